@@ -1,0 +1,1 @@
+//! ferry: resumable tus uploads from field devices.
