@@ -1,0 +1,111 @@
+//! Time: the only place that reads the clock or sleeps, so that everything else can be tested
+//! with a [`ManualClock`] and no real waiting.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Mutex;
+use std::time::{Duration, Instant, SystemTime};
+
+/// A source of time.
+pub trait Clock: Send + Sync {
+    /// Monotonic now, for durations.
+    fn now(&self) -> Instant;
+    /// Wall-clock now, for HTTP dates and records.
+    fn wall(&self) -> SystemTime;
+    /// Sleeps for `d`, returning early when `wake` becomes true (checked at least every 100 ms).
+    fn sleep(&self, d: Duration, wake: &AtomicBool);
+}
+
+/// The real clock.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct SystemClock;
+
+impl Clock for SystemClock {
+    fn now(&self) -> Instant {
+        Instant::now()
+    }
+
+    fn wall(&self) -> SystemTime {
+        SystemTime::now()
+    }
+
+    fn sleep(&self, d: Duration, wake: &AtomicBool) {
+        let until = Instant::now() + d;
+        while !wake.load(Ordering::Relaxed) {
+            let left = until.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                break;
+            }
+            std::thread::sleep(left.min(Duration::from_millis(100)));
+        }
+    }
+}
+
+/// A clock that moves only when slept on: sleeping advances it instantly.
+#[derive(Debug)]
+pub struct ManualClock {
+    start: Instant,
+    wall_start: SystemTime,
+    elapsed: Mutex<Duration>,
+    /// Every sleep asked for, in order.
+    pub sleeps: Mutex<Vec<Duration>>,
+}
+
+impl ManualClock {
+    /// A clock at `wall` wall-clock time.
+    pub fn new(wall: SystemTime) -> Self {
+        Self {
+            start: Instant::now(),
+            wall_start: wall,
+            elapsed: Mutex::new(Duration::ZERO),
+            sleeps: Mutex::new(Vec::new()),
+        }
+    }
+
+    /// Moves time forward without a sleep.
+    pub fn advance(&self, d: Duration) {
+        *self.elapsed.lock().unwrap_or_else(|e| e.into_inner()) += d;
+    }
+
+    fn elapsed(&self) -> Duration {
+        *self.elapsed.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The sleeps asked for so far.
+    pub fn sleeps(&self) -> Vec<Duration> {
+        self.sleeps
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+}
+
+impl Clock for ManualClock {
+    fn now(&self) -> Instant {
+        self.start + self.elapsed()
+    }
+
+    fn wall(&self) -> SystemTime {
+        self.wall_start + self.elapsed()
+    }
+
+    fn sleep(&self, d: Duration, _wake: &AtomicBool) {
+        self.sleeps
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(d);
+        self.advance(d);
+    }
+}
+
+/// A seed for jitter that differs between processes and devices.
+pub fn random_seed() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u128(
+        SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos()),
+    );
+    h.write_u32(std::process::id());
+    h.finish()
+}

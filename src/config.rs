@@ -1,0 +1,542 @@
+//! Configuration: the TOML file (parsed from text, so it is tested without files), command-line
+//! overrides of the same keys, and secrets read from files. The only module that reads the
+//! environment or config files.
+//!
+//! ```toml
+//! state_dir = "/var/lib/ferry"        # where upload state lives (default: $STATE_DIRECTORY, else ~/.local/state/ferry)
+//!
+//! [server]
+//! endpoint = "https://tus.example.com/files/"   # tus creation endpoint (required)
+//! headers = { "X-Device" = "cam-17" }           # extra request headers
+//! header_files = { Authorization = "/etc/ferry/auth" }  # header value read from a file, or "credential:NAME"
+//! ca_file = "/etc/ferry/ca.pem"                 # trust this CA instead of the public roots
+//! client_cert = "/etc/ferry/client.pem"         # mutual TLS (with client_key)
+//! client_key = "/etc/ferry/client.key"
+//! connect_timeout = "15s"                       # resolve + TCP + TLS handshake
+//! idle_timeout = "30s"                          # no byte moved for this long = stalled link
+//! auth_cross_origin = false                     # send credentials to upload URLs on other origins
+//!
+//! [upload]
+//! chunk_size = "6MiB"                           # bytes per PATCH
+//! checksum = "auto"                             # auto | off | sha1 | sha256
+//! creation_with_upload = false                  # small files in the POST itself (see README)
+//! default_metadata = true                       # send filename and filetype
+//! metadata = { camera = "north-gate" }          # extra Upload-Metadata
+//!
+//! [retry]
+//! initial_delay = "1s"                          # first backoff ceiling
+//! max_delay = "2m"                              # backoff cap
+//! max_attempts = 0                              # 0 = retry transient failures forever
+//! give_up_after = "0s"                          # 0 = never give up for lack of progress
+//! ```
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::backoff::RetryPolicy;
+use crate::error::{Error, Result};
+use crate::transport::http::HttpSettings;
+use crate::tus::checksum::Algorithm;
+use crate::tus::{metadata, url};
+use crate::upload::{ChecksumMode, Header, Settings};
+
+/// The config file's keys; every field optional so that flags can fill or override them.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct Raw {
+    /// Directory of the state store.
+    pub state_dir: Option<PathBuf>,
+    /// `[server]`.
+    #[serde(default)]
+    pub server: RawServer,
+    /// `[upload]`.
+    #[serde(default)]
+    pub upload: RawUpload,
+    /// `[retry]`.
+    #[serde(default)]
+    pub retry: RawRetry,
+}
+
+/// `[server]` keys.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct RawServer {
+    /// tus creation endpoint.
+    pub endpoint: Option<String>,
+    /// Extra headers.
+    #[serde(default)]
+    pub headers: BTreeMap<String, String>,
+    /// Headers whose values are read from files.
+    #[serde(default)]
+    pub header_files: BTreeMap<String, String>,
+    /// CA certificates to trust.
+    pub ca_file: Option<PathBuf>,
+    /// Client certificate chain.
+    pub client_cert: Option<PathBuf>,
+    /// Client private key.
+    pub client_key: Option<PathBuf>,
+    /// Connect timeout.
+    pub connect_timeout: Option<String>,
+    /// Idle timeout.
+    pub idle_timeout: Option<String>,
+    /// Send credentials to other origins.
+    pub auth_cross_origin: Option<bool>,
+}
+
+/// `[upload]` keys.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct RawUpload {
+    /// Bytes per PATCH, e.g. "6MiB".
+    pub chunk_size: Option<String>,
+    /// auto | off | sha1 | sha256.
+    pub checksum: Option<String>,
+    /// Use creation-with-upload for small files.
+    pub creation_with_upload: Option<bool>,
+    /// Send filename and filetype.
+    pub default_metadata: Option<bool>,
+    /// Extra metadata.
+    #[serde(default)]
+    pub metadata: BTreeMap<String, String>,
+}
+
+/// `[retry]` keys.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct RawRetry {
+    /// First backoff ceiling.
+    pub initial_delay: Option<String>,
+    /// Backoff cap.
+    pub max_delay: Option<String>,
+    /// 0 = unlimited.
+    pub max_attempts: Option<u32>,
+    /// "0s" = never.
+    pub give_up_after: Option<String>,
+}
+
+/// Everything `ferry upload` needs, checked.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Config {
+    /// State directory.
+    pub state_dir: PathBuf,
+    /// Upload behaviour.
+    pub upload: Settings,
+    /// HTTP client.
+    pub http: HttpSettings,
+}
+
+impl Raw {
+    /// Parses TOML text; errors name the key and line.
+    pub fn parse(text: &str, origin: &str) -> Result<Self> {
+        toml::from_str(text).map_err(|e| Error::config(format!("{origin}: {e}")))
+    }
+
+    /// Reads and parses a config file.
+    pub fn load(path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            Error::config(format!("cannot read config file {}: {e}", path.display()))
+        })?;
+        Self::parse(&text, &path.display().to_string())
+    }
+
+    /// Lays `over` (command-line flags) on top of `self` (the file).
+    pub fn merge(mut self, over: Raw) -> Raw {
+        macro_rules! take {
+            ($($f:ident).+) => { if over.$($f).+.is_some() { self.$($f).+ = over.$($f).+.clone(); } };
+        }
+        take!(state_dir);
+        take!(server.endpoint);
+        take!(server.ca_file);
+        take!(server.client_cert);
+        take!(server.client_key);
+        take!(server.connect_timeout);
+        take!(server.idle_timeout);
+        take!(server.auth_cross_origin);
+        take!(upload.chunk_size);
+        take!(upload.checksum);
+        take!(upload.creation_with_upload);
+        take!(upload.default_metadata);
+        take!(retry.initial_delay);
+        take!(retry.max_delay);
+        take!(retry.max_attempts);
+        take!(retry.give_up_after);
+        self.server.headers.extend(over.server.headers);
+        self.server.header_files.extend(over.server.header_files);
+        self.upload.metadata.extend(over.upload.metadata);
+        self
+    }
+
+    /// Checks every value and reads secret files.
+    pub fn resolve(self) -> Result<Config> {
+        let s = &self.server;
+        let endpoint = s.endpoint.clone().ok_or_else(|| {
+            Error::config(
+                "server.endpoint is not set: give --endpoint URL or set it in the config file",
+            )
+        })?;
+        url::validate(&endpoint).map_err(|e| Error::config(format!("server.endpoint: {e}")))?;
+        let http = HttpSettings {
+            connect_timeout: duration_or(&s.connect_timeout, "server.connect_timeout", 15)?,
+            idle_timeout: duration_or(&s.idle_timeout, "server.idle_timeout", 30)?,
+            ca_file: s.ca_file.clone(),
+            client_cert: s.client_cert.clone(),
+            client_key: s.client_key.clone(),
+        };
+        if http.connect_timeout.is_zero() || http.idle_timeout.is_zero() {
+            return Err(Error::config(
+                "server.connect_timeout and server.idle_timeout must be above 0",
+            ));
+        }
+        let upload = Settings {
+            endpoint,
+            chunk_size_bytes: chunk_size(&self.upload.chunk_size)?,
+            headers: headers(s)?,
+            metadata: user_metadata(&self.upload.metadata)?,
+            default_metadata: self.upload.default_metadata.unwrap_or(true),
+            checksum: checksum_mode(self.upload.checksum.as_deref())?,
+            creation_with_upload: self.upload.creation_with_upload.unwrap_or(false),
+            auth_cross_origin: s.auth_cross_origin.unwrap_or(false),
+            retry: retry_policy(&self.retry)?,
+            max_checksum_mismatches: 5,
+        };
+        let state_dir = match self.state_dir {
+            Some(d) => d,
+            None => default_state_dir()?,
+        };
+        Ok(Config {
+            state_dir,
+            upload,
+            http,
+        })
+    }
+}
+
+fn chunk_size(v: &Option<String>) -> Result<u64> {
+    let Some(text) = v else {
+        return Ok(6 * 1024 * 1024);
+    };
+    let n = parse_size(text).map_err(|e| Error::config(format!("upload.chunk_size: {e}")))?;
+    if n == 0 {
+        return Err(Error::config("upload.chunk_size must be above 0"));
+    }
+    Ok(n)
+}
+
+fn checksum_mode(v: Option<&str>) -> Result<ChecksumMode> {
+    match v.map(str::to_ascii_lowercase).as_deref() {
+        None | Some("auto") => Ok(ChecksumMode::Auto),
+        Some("off") => Ok(ChecksumMode::Off),
+        Some(other) => Algorithm::from_token(other)
+            .map(ChecksumMode::Always)
+            .ok_or_else(|| {
+                Error::config(format!(
+                    "upload.checksum = {other:?}: use auto, off, sha1 or sha256"
+                ))
+            }),
+    }
+}
+
+fn retry_policy(r: &RawRetry) -> Result<RetryPolicy> {
+    let give_up = duration_or(&r.give_up_after, "retry.give_up_after", 0)?;
+    let policy = RetryPolicy {
+        initial_delay: duration_or(&r.initial_delay, "retry.initial_delay", 1)?,
+        max_delay: duration_or(&r.max_delay, "retry.max_delay", 120)?,
+        max_attempts: r.max_attempts.filter(|n| *n > 0),
+        give_up_after: (!give_up.is_zero()).then_some(give_up),
+    };
+    if policy.max_delay < policy.initial_delay {
+        return Err(Error::config(
+            "retry.max_delay must not be below retry.initial_delay",
+        ));
+    }
+    Ok(policy)
+}
+
+fn headers(s: &RawServer) -> Result<Vec<Header>> {
+    let mut out = Vec::new();
+    for (name, value) in &s.headers {
+        check_header(name, value, "server.headers")?;
+        out.push(Header {
+            name: name.clone(),
+            value: value.clone(),
+            secret: false,
+        });
+    }
+    for (name, source) in &s.header_files {
+        let value = read_secret(source)
+            .map_err(|e| Error::config(format!("server.header_files.{name}: {e}")))?;
+        check_header(name, &value, "server.header_files")?;
+        out.push(Header {
+            name: name.clone(),
+            value,
+            secret: true,
+        });
+    }
+    Ok(out)
+}
+
+fn check_header(name: &str, value: &str, key: &str) -> Result<()> {
+    let name_ok = !name.is_empty()
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b));
+    if !name_ok {
+        return Err(Error::config(format!(
+            "{key}: {name:?} is not a valid header name"
+        )));
+    }
+    if value.bytes().any(|b| b == b'\r' || b == b'\n' || b == 0) {
+        // The value is a secret: never print it.
+        return Err(Error::config(format!(
+            "{key}.{name}: the value contains a line break or NUL"
+        )));
+    }
+    Ok(())
+}
+
+/// Reads a secret from a file path or `credential:NAME` (systemd's `$CREDENTIALS_DIRECTORY`).
+pub fn read_secret(source: &str) -> std::result::Result<String, String> {
+    let path = match source.strip_prefix("credential:") {
+        Some(name) => {
+            let dir = std::env::var_os("CREDENTIALS_DIRECTORY").ok_or_else(|| {
+                format!("credential {name:?} requested but $CREDENTIALS_DIRECTORY is not set (use LoadCredential= in the unit)")
+            })?;
+            PathBuf::from(dir).join(name)
+        }
+        None => PathBuf::from(source),
+    };
+    let text = std::fs::read_to_string(&path)
+        .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    let value = text.trim_end_matches(['\r', '\n']).to_string();
+    if value.is_empty() {
+        return Err(format!("{} is empty", path.display()));
+    }
+    Ok(value)
+}
+
+fn user_metadata(m: &BTreeMap<String, String>) -> Result<Vec<metadata::Entry>> {
+    m.iter()
+        .map(|(k, v)| {
+            metadata::validate_key(k)
+                .map_err(|e| Error::config(format!("upload.metadata: {e}")))?;
+            Ok((k.clone(), Some(v.clone())))
+        })
+        .collect()
+}
+
+/// True when stderr goes to journald, which stamps lines itself.
+pub fn under_journald() -> bool {
+    std::env::var_os("JOURNAL_STREAM").is_some()
+}
+
+fn default_state_dir() -> Result<PathBuf> {
+    if let Some(d) = std::env::var_os("STATE_DIRECTORY") {
+        return Ok(PathBuf::from(d));
+    }
+    if let Some(d) = std::env::var_os("XDG_STATE_HOME") {
+        return Ok(PathBuf::from(d).join("ferry"));
+    }
+    std::env::var_os("HOME")
+        .map(|h| PathBuf::from(h).join(".local/state/ferry"))
+        .ok_or_else(|| Error::config("no state directory: give --state-dir DIR"))
+}
+
+fn duration_or(v: &Option<String>, key: &str, default_secs: u64) -> Result<Duration> {
+    match v {
+        None => Ok(Duration::from_secs(default_secs)),
+        Some(text) => parse_duration(text).map_err(|e| Error::config(format!("{key}: {e}"))),
+    }
+}
+
+/// Parses a size: `6291456`, `6MiB`, `6 MiB`, `6M` (binary), `5MB` (decimal).
+pub fn parse_size(text: &str) -> std::result::Result<u64, String> {
+    let t = text.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("{text:?} is not a size like 6291456, 6MiB or 5MB"))?;
+    let mult: u64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "k" | "kib" => 1 << 10,
+        "m" | "mib" => 1 << 20,
+        "g" | "gib" => 1 << 30,
+        "kb" => 1_000,
+        "mb" => 1_000_000,
+        "gb" => 1_000_000_000,
+        _ => {
+            return Err(format!(
+                "{text:?}: unknown unit; use B, KiB, MiB, GiB, KB, MB or GB"
+            ))
+        }
+    };
+    n.checked_mul(mult)
+        .ok_or_else(|| format!("{text:?} is too large"))
+}
+
+/// Parses a duration: `30s`, `500ms`, `2m`, `1h`, `1d`, or plain seconds.
+pub fn parse_duration(text: &str) -> std::result::Result<Duration, String> {
+    let t = text.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("{text:?} is not a duration like 30s, 500ms, 2m or 1h"))?;
+    let d = match unit.trim() {
+        "" | "s" => Duration::from_secs(n),
+        "ms" => Duration::from_millis(n),
+        "m" | "min" => Duration::from_secs(n.saturating_mul(60)),
+        "h" => Duration::from_secs(n.saturating_mul(3600)),
+        "d" => Duration::from_secs(n.saturating_mul(86_400)),
+        _ => return Err(format!("{text:?}: unknown unit; use ms, s, m, h or d")),
+    };
+    Ok(d)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes_and_durations() {
+        assert_eq!(parse_size("6MiB"), Ok(6 << 20));
+        assert_eq!(parse_size("6 MiB"), Ok(6 << 20));
+        assert_eq!(parse_size("6M"), Ok(6 << 20));
+        assert_eq!(parse_size("5MB"), Ok(5_000_000));
+        assert_eq!(parse_size("262144"), Ok(262_144));
+        assert!(parse_size("6 parsecs")
+            .unwrap_err()
+            .contains("unknown unit"));
+        assert!(parse_size("MiB").is_err());
+        assert!(parse_size("99999999999GiB")
+            .unwrap_err()
+            .contains("too large"));
+        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
+        assert_eq!(parse_duration("90"), Ok(Duration::from_secs(90)));
+        assert!(parse_duration("1 fortnight").is_err());
+    }
+
+    const FULL: &str = r#"
+state_dir = "/var/lib/ferry"
+[server]
+endpoint = "https://tus.example.com/files/"
+headers = { "X-Device" = "cam-17" }
+connect_timeout = "5s"
+[upload]
+chunk_size = "8MiB"
+checksum = "sha1"
+metadata = { camera = "north" }
+[retry]
+max_attempts = 4
+give_up_after = "10m"
+"#;
+
+    #[test]
+    fn parses_and_resolves_a_full_file() {
+        let c = Raw::parse(FULL, "test").unwrap().resolve().unwrap();
+        assert_eq!(c.state_dir, PathBuf::from("/var/lib/ferry"));
+        assert_eq!(c.upload.endpoint, "https://tus.example.com/files/");
+        assert_eq!(c.upload.chunk_size_bytes, 8 << 20);
+        assert_eq!(c.upload.checksum, ChecksumMode::Always(Algorithm::Sha1));
+        assert_eq!(
+            c.upload.headers,
+            [Header {
+                name: "X-Device".into(),
+                value: "cam-17".into(),
+                secret: false
+            }]
+        );
+        assert_eq!(
+            c.upload.metadata,
+            [("camera".to_string(), Some("north".to_string()))]
+        );
+        assert_eq!(c.upload.retry.max_attempts, Some(4));
+        assert_eq!(c.upload.retry.give_up_after, Some(Duration::from_secs(600)));
+        assert_eq!(c.http.connect_timeout, Duration::from_secs(5));
+        assert_eq!(c.http.idle_timeout, Duration::from_secs(30));
+    }
+
+    #[test]
+    fn defaults_retry_forever() {
+        let raw = Raw::parse(
+            "state_dir = \"/s\"\n[server]\nendpoint = \"http://h/f/\"",
+            "t",
+        )
+        .unwrap();
+        let c = raw.resolve().unwrap();
+        assert_eq!(c.upload.retry, RetryPolicy::default());
+        assert_eq!(c.upload.chunk_size_bytes, 6 << 20);
+        assert!(!c.upload.creation_with_upload);
+    }
+
+    #[test]
+    fn errors_name_the_key() {
+        let err = |text: &str| {
+            Raw::parse(text, "ferry.toml")
+                .and_then(Raw::resolve)
+                .unwrap_err()
+                .to_string()
+        };
+        assert!(err("[server]\nendpiont = \"x\"").contains("endpiont"));
+        assert!(err("[upload]\nchunk_size = 5").contains("chunk_size"));
+        assert!(
+            err("state_dir=\"/s\"\n[server]\nendpoint = \"ftp://x\"").contains("server.endpoint")
+        );
+        assert!(err(
+            "state_dir=\"/s\"\n[server]\nendpoint = \"http://h/\"\n[upload]\nchecksum = \"md5\""
+        )
+        .contains("upload.checksum"));
+        assert!(err(
+            "state_dir=\"/s\"\n[server]\nendpoint = \"http://h/\"\n[upload]\nchunk_size = \"0\""
+        )
+        .contains("chunk_size"));
+        assert!(err(
+            "state_dir=\"/s\"\n[server]\nendpoint = \"http://h/\"\n[retry]\nmax_delay = \"soon\""
+        )
+        .contains("retry.max_delay"));
+        assert!(err("state_dir=\"/s\"\n[server]\nendpoint = \"http://h/\"\nheaders = { \"Bad Name\" = \"v\" }").contains("header name"));
+        assert!(err("state_dir=\"/s\"\n[server]\nendpoint = \"http://h/\"\n[upload]\nmetadata = { \"a b\" = \"v\" }").contains("upload.metadata"));
+        assert!(err("state_dir=\"/s\"\n[server]\n").contains("server.endpoint is not set"));
+    }
+
+    #[test]
+    fn flags_override_the_file_and_add_headers() {
+        let file = Raw::parse(FULL, "t").unwrap();
+        let mut over = Raw::default();
+        over.server.endpoint = Some("http://127.0.0.1:1/files/".into());
+        over.server.headers.insert("X-Other".into(), "1".into());
+        let c = file.merge(over).resolve().unwrap();
+        assert_eq!(c.upload.endpoint, "http://127.0.0.1:1/files/");
+        assert_eq!(c.upload.headers.len(), 2);
+        assert_eq!(c.upload.chunk_size_bytes, 8 << 20, "kept from the file");
+    }
+
+    #[test]
+    fn secrets_come_from_files_and_are_never_echoed() {
+        let dir = std::env::temp_dir().join(format!("ferry-cfg-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let good = dir.join("token");
+        std::fs::write(&good, "Bearer s3cret\n").unwrap();
+        assert_eq!(
+            read_secret(good.to_str().unwrap()),
+            Ok("Bearer s3cret".into())
+        );
+        let bad = dir.join("bad");
+        std::fs::write(&bad, "Bearer s3cret\ninjected: 1\n").unwrap();
+        let text = format!("state_dir=\"/s\"\n[server]\nendpoint = \"http://h/\"\nheader_files = {{ Authorization = {:?} }}", bad.to_str().unwrap());
+        let e = Raw::parse(&text, "t")
+            .unwrap()
+            .resolve()
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("line break") && !e.contains("s3cret"), "{e}");
+        assert!(read_secret(dir.join("missing").to_str().unwrap())
+            .unwrap_err()
+            .contains("cannot read"));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}

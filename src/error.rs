@@ -1,0 +1,119 @@
+//! One error type, grouped by whose fault it is, each variant naming the thing and what to do.
+
+use std::path::PathBuf;
+
+/// Everything that can stop ferry or fail a file.
+#[derive(Debug)]
+pub enum Error {
+    /// The command line or config file is wrong: the user must fix it.
+    Config(String),
+    /// A file to upload cannot be used (missing, not a regular file, changed, unreadable).
+    Source {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong with it.
+        problem: String,
+    },
+    /// The state directory (sled) failed.
+    State {
+        /// The state directory.
+        dir: PathBuf,
+        /// What failed.
+        problem: String,
+    },
+    /// The server refused the upload in a way retrying cannot change.
+    Server {
+        /// The URL that answered (query redacted).
+        url: String,
+        /// HTTP status.
+        status: u16,
+        /// The server's message.
+        message: String,
+    },
+    /// Retries were exhausted (`--max-attempts` / `--give-up-after`).
+    GaveUp {
+        /// Attempts made since the last progress.
+        attempts: u32,
+        /// The last transient failure.
+        last: String,
+    },
+    /// The network or TLS layer failed in a way retrying cannot change (e.g. an unknown CA).
+    Network {
+        /// The URL (query redacted).
+        url: String,
+        /// What failed.
+        problem: String,
+    },
+    /// A plain I/O error with context.
+    Io {
+        /// What was being done.
+        context: String,
+        /// The error.
+        source: std::io::Error,
+    },
+}
+
+impl std::fmt::Display for Error {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Config(m) => write!(f, "configuration error: {m}"),
+            Self::Source { path, problem } => write!(f, "{}: {problem}", path.display()),
+            Self::State { dir, problem } => {
+                write!(f, "state directory {}: {problem}", dir.display())
+            }
+            Self::Server {
+                url,
+                status,
+                message,
+            } => {
+                write!(
+                    f,
+                    "server refused the upload ({status}) at {url}: {message}"
+                )
+            }
+            Self::GaveUp { attempts, last } => {
+                write!(
+                    f,
+                    "gave up after {attempts} attempts without progress; last error: {last}"
+                )
+            }
+            Self::Network { url, problem } => write!(f, "{url}: {problem}"),
+            Self::Io { context, source } => write!(f, "{context}: {source}"),
+        }
+    }
+}
+
+impl std::error::Error for Error {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            Self::Io { source, .. } => Some(source),
+            _ => None,
+        }
+    }
+}
+
+impl Error {
+    /// Shorthand for a config error.
+    pub fn config(msg: impl Into<String>) -> Self {
+        Self::Config(msg.into())
+    }
+
+    /// Shorthand for a source-file error.
+    pub fn source_file(path: impl Into<PathBuf>, problem: impl Into<String>) -> Self {
+        Self::Source {
+            path: path.into(),
+            problem: problem.into(),
+        }
+    }
+
+    /// The process exit code for this error when it ends a command.
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            Self::Config(_) => 2,
+            _ => 1,
+        }
+    }
+}
+
+/// ferry's result type.
+pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -1,0 +1,303 @@
+//! Reading byte ranges of a file to upload, safely.
+//!
+//! A file is opened only if the path names a regular file (never a symlink, FIFO or device),
+//! and the opened descriptor is checked to be that same file (so a path swapped for a symlink
+//! between the check and the open is caught). Its identity (device, inode, size, mtime) is
+//! compared again before every chunk: a file that changed is never silently mixed (invariant 4).
+
+use std::fs::File;
+use std::io::Read;
+use std::os::unix::fs::{FileExt, MetadataExt};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use crate::error::{Error, Result};
+use crate::tus::checksum::{Algorithm, Hasher};
+
+/// Size of the read buffer for digests (the transport has its own for bodies).
+const DIGEST_BUF_BYTES: usize = 64 * 1024;
+
+/// What makes a file the same file: where it lives, its size and when it was last written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Identity {
+    /// Device number.
+    pub dev: u64,
+    /// Inode number.
+    pub ino: u64,
+    /// Size in bytes.
+    pub size: u64,
+    /// Modification time, seconds since the epoch.
+    pub mtime_sec: i64,
+    /// Modification time, nanosecond part.
+    pub mtime_nsec: i64,
+}
+
+impl Identity {
+    fn of(m: &std::fs::Metadata) -> Self {
+        Self {
+            dev: m.dev(),
+            ino: m.ino(),
+            size: m.size(),
+            mtime_sec: m.mtime(),
+            mtime_nsec: m.mtime_nsec(),
+        }
+    }
+}
+
+/// An open file to upload.
+#[derive(Debug)]
+pub struct Source {
+    path: PathBuf,
+    file: File,
+    identity: Identity,
+}
+
+impl Source {
+    /// Opens `path` if it is a regular file (symlinks are refused, not followed).
+    pub fn open(path: &Path) -> Result<Self> {
+        let err = |problem: String| Error::source_file(path, problem);
+        let meta = std::fs::symlink_metadata(path).map_err(|e| err(describe(&e)))?;
+        let kind = meta.file_type();
+        if kind.is_symlink() {
+            return Err(err(
+                "is a symbolic link; ferry uploads only regular files and never follows links"
+                    .into(),
+            ));
+        }
+        if !kind.is_file() {
+            return Err(err(
+                "is not a regular file (a directory, FIFO, socket or device); skipped".into(),
+            ));
+        }
+        let file = File::open(path).map_err(|e| err(describe(&e)))?;
+        let opened = file.metadata().map_err(|e| err(describe(&e)))?;
+        let identity = Identity::of(&opened);
+        if (identity.dev, identity.ino) != (meta.dev(), meta.ino()) || !opened.is_file() {
+            return Err(err("was replaced while being opened; try again".into()));
+        }
+        Ok(Self {
+            path: path.to_path_buf(),
+            file,
+            identity,
+        })
+    }
+
+    /// The path as given.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The identity seen when the file was opened.
+    pub fn identity(&self) -> Identity {
+        self.identity
+    }
+
+    /// Size in bytes when opened.
+    pub fn len(&self) -> u64 {
+        self.identity.size
+    }
+
+    /// True for an empty file.
+    pub fn is_empty(&self) -> bool {
+        self.identity.size == 0
+    }
+
+    /// Checks that the file is unchanged: same size and mtime, and the path still names it.
+    pub fn check_unchanged(&self) -> Result<()> {
+        let now = self.file.metadata().map(|m| Identity::of(&m));
+        let at_path = std::fs::symlink_metadata(&self.path).map(|m| Identity::of(&m));
+        match (now, at_path) {
+            (Ok(a), Ok(b)) if a == self.identity && b == self.identity => Ok(()),
+            (Ok(a), _) if a.size != self.identity.size => Err(self.changed(format!(
+                "changed size from {} to {} bytes while uploading",
+                self.identity.size, a.size
+            ))),
+            (_, Err(e)) if e.kind() == std::io::ErrorKind::NotFound => {
+                Err(self.changed("vanished while uploading".into()))
+            }
+            _ => Err(self.changed("was modified or replaced while uploading".into())),
+        }
+    }
+
+    fn changed(&self, problem: String) -> Error {
+        Error::source_file(&self.path, problem)
+    }
+
+    /// A reader of `len` bytes from `offset`, counting bytes read into `counter`.
+    pub fn reader(&self, offset: u64, len: u64, counter: Arc<AtomicU64>) -> Result<RangeReader> {
+        let file = self
+            .file
+            .try_clone()
+            .map_err(|e| self.changed(describe(&e)))?;
+        Ok(RangeReader {
+            file,
+            pos: offset,
+            remaining: len,
+            counter,
+        })
+    }
+
+    /// The `Upload-Checksum` value for `len` bytes from `offset`.
+    pub fn digest(&self, offset: u64, len: u64, algorithm: Algorithm) -> Result<String> {
+        let mut hasher = Hasher::new(algorithm);
+        let mut reader = self.reader(offset, len, Arc::new(AtomicU64::new(0)))?;
+        let mut buf = vec![0u8; DIGEST_BUF_BYTES];
+        loop {
+            let n = reader
+                .read(&mut buf)
+                .map_err(|e| self.changed(describe(&e)))?;
+            if n == 0 {
+                return Ok(hasher.header_value());
+            }
+            hasher.update(&buf[..n]);
+        }
+    }
+}
+
+/// Reads a byte range with `pread`; an early end of file is an error, never a short body.
+///
+/// A body shorter than its `Content-Length` would leave the HTTP client waiting for bytes
+/// that never come, so the shrinking file must surface here.
+#[derive(Debug)]
+pub struct RangeReader {
+    file: File,
+    pos: u64,
+    remaining: u64,
+    counter: Arc<AtomicU64>,
+}
+
+impl Read for RangeReader {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        if self.remaining == 0 || buf.is_empty() {
+            return Ok(0);
+        }
+        let want = buf
+            .len()
+            .min(usize::try_from(self.remaining).unwrap_or(usize::MAX));
+        let n = self.file.read_at(&mut buf[..want], self.pos)?;
+        if n == 0 {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::UnexpectedEof,
+                "file ended before its recorded size: it shrank while uploading",
+            ));
+        }
+        self.pos += n as u64;
+        self.remaining -= n as u64;
+        self.counter.fetch_add(n as u64, Ordering::Relaxed);
+        Ok(n)
+    }
+}
+
+/// A readable description of an I/O error on a source file.
+fn describe(e: &std::io::Error) -> String {
+    match e.kind() {
+        std::io::ErrorKind::NotFound => "does not exist".into(),
+        std::io::ErrorKind::PermissionDenied => {
+            "cannot be read: permission denied (give the ferry user read access)".into()
+        }
+        _ => format!("cannot be read: {e}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    fn temp_dir(name: &str) -> PathBuf {
+        let d = std::env::temp_dir().join(format!("ferry-src-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        std::fs::create_dir_all(&d).unwrap();
+        d
+    }
+
+    #[test]
+    fn reads_ranges_and_counts_bytes() {
+        let d = temp_dir("range");
+        let p = d.join("f.bin");
+        std::fs::write(&p, b"0123456789").unwrap();
+        let s = Source::open(&p).unwrap();
+        let counter = Arc::new(AtomicU64::new(0));
+        let mut out = String::new();
+        s.reader(3, 4, counter.clone())
+            .unwrap()
+            .read_to_string(&mut out)
+            .unwrap();
+        assert_eq!(out, "3456");
+        assert_eq!(counter.load(Ordering::Relaxed), 4);
+        assert_eq!(
+            s.digest(0, 5, Algorithm::Sha1).unwrap(),
+            "sha1 EZBKTot39iQuLSiHBQI62tAKkxA=" // printf 01234 | sha1sum
+        );
+    }
+
+    #[test]
+    fn refuses_symlinks_fifos_and_directories() {
+        let d = temp_dir("kinds");
+        std::fs::write(d.join("real"), b"x").unwrap();
+        std::os::unix::fs::symlink(d.join("real"), d.join("link")).unwrap();
+        let e = Source::open(&d.join("link")).unwrap_err().to_string();
+        assert!(e.contains("symbolic link"), "{e}");
+        let e = Source::open(&d).unwrap_err().to_string();
+        assert!(e.contains("not a regular file"), "{e}");
+        let e = Source::open(&d.join("missing")).unwrap_err().to_string();
+        assert!(e.contains("does not exist"), "{e}");
+    }
+
+    #[test]
+    fn a_shrunk_file_is_an_error_not_a_short_body() {
+        let d = temp_dir("shrink");
+        let p = d.join("f.bin");
+        std::fs::write(&p, vec![7u8; 1000]).unwrap();
+        let s = Source::open(&p).unwrap();
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(&p)
+            .unwrap()
+            .set_len(10)
+            .unwrap();
+        let mut r = s.reader(0, 1000, Arc::new(AtomicU64::new(0))).unwrap();
+        let err = std::io::copy(&mut r, &mut std::io::sink()).unwrap_err();
+        assert_eq!(err.kind(), std::io::ErrorKind::UnexpectedEof);
+        assert!(s
+            .check_unchanged()
+            .unwrap_err()
+            .to_string()
+            .contains("changed size"));
+    }
+
+    #[test]
+    fn detects_modification_and_replacement() {
+        let d = temp_dir("modify");
+        let p = d.join("f.bin");
+        std::fs::write(&p, b"abc").unwrap();
+        let s = Source::open(&p).unwrap();
+        assert!(s.check_unchanged().is_ok());
+        std::fs::write(d.join("new"), b"xyz").unwrap();
+        std::fs::rename(d.join("new"), &p).unwrap();
+        assert!(s
+            .check_unchanged()
+            .unwrap_err()
+            .to_string()
+            .contains("modified or replaced"));
+        let s = Source::open(&p).unwrap();
+        std::fs::remove_file(&p).unwrap();
+        assert!(s
+            .check_unchanged()
+            .unwrap_err()
+            .to_string()
+            .contains("vanished"));
+        let s2 = {
+            std::fs::write(&p, b"abc").unwrap();
+            Source::open(&p).unwrap()
+        };
+        std::fs::OpenOptions::new()
+            .append(true)
+            .open(&p)
+            .unwrap()
+            .write_all(b"d")
+            .unwrap();
+        assert!(s2.check_unchanged().is_err());
+    }
+}

@@ -1,0 +1,67 @@
+//! Sending one request: the [`Transport`] trait the upload logic talks to, and its ureq/rustls
+//! implementation in [`http`].
+//!
+//! Key idea: a transport moves bytes and reports what happened; it never interprets tus.
+//! Every HTTP status comes back as a [`Response`] (never as an error), so 409, 404 and 460 reach
+//! the protocol layer as values; only failures to get any answer are [`TransportError`]s.
+
+use std::io::Read;
+
+use crate::tus::{Request, Response};
+
+pub mod http;
+
+/// Sends requests.
+pub trait Transport {
+    /// Sends `req`. When `req.body` is a file range, `body` yields exactly its bytes, which are
+    /// streamed with that `Content-Length`.
+    fn send(
+        &self,
+        req: &Request,
+        body: Option<Box<dyn Read + Send + 'static>>,
+    ) -> Result<Response, TransportError>;
+}
+
+/// Why no answer came back.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FailureKind {
+    /// Connect, read or write took longer than its timeout (a stalled link).
+    Timeout,
+    /// Could not connect, the connection broke, or the name did not resolve.
+    Connection,
+    /// The server's certificate was refused, or our TLS settings are wrong: retrying won't help.
+    Tls,
+    /// Reading the request body from the file failed (the file changed or is unreadable).
+    Body,
+    /// The server's answer was not HTTP we can read.
+    Protocol,
+}
+
+/// A request that got no usable answer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TransportError {
+    /// What kind of failure.
+    pub kind: FailureKind,
+    /// Details for the log.
+    pub message: String,
+}
+
+impl TransportError {
+    /// True when retrying the same request later might work.
+    pub fn is_transient(&self) -> bool {
+        !matches!(self.kind, FailureKind::Tls)
+    }
+}
+
+impl std::fmt::Display for TransportError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let what = match self.kind {
+            FailureKind::Timeout => "timed out",
+            FailureKind::Connection => "connection failed",
+            FailureKind::Tls => "TLS failed",
+            FailureKind::Body => "reading the file failed",
+            FailureKind::Protocol => "bad HTTP answer",
+        };
+        write!(f, "{what}: {}", self.message)
+    }
+}

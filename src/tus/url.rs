@@ -1,0 +1,230 @@
+//! Upload URLs: resolving a `Location` against the request URL and comparing origins.
+//!
+//! tus servers answer creation with an absolute, relative (`/files/abc`) or protocol-relative
+//! (`//host/files/abc`) `Location`; RFC 3986 §5.2 says how to resolve each. Only `http` and
+//! `https` are accepted, and an `https` endpoint may never hand us an `http` upload URL.
+
+/// Why a URL cannot be used.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum UrlError {
+    /// Not an absolute `http://` or `https://` URL with a host.
+    NotHttp(String),
+    /// The server tried to move an upload from `https` to `http`.
+    Downgrade(String),
+}
+
+impl std::fmt::Display for UrlError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::NotHttp(u) => write!(f, "{u:?} is not an http:// or https:// URL with a host"),
+            Self::Downgrade(u) => write!(
+                f,
+                "refusing to follow an https endpoint to plain http {u:?}"
+            ),
+        }
+    }
+}
+
+/// The parts of an absolute URL that resolution needs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Parts<'a> {
+    scheme: &'a str,
+    authority: &'a str,
+    path: &'a str,
+    query: Option<&'a str>,
+}
+
+fn split(url: &str) -> Result<Parts<'_>, UrlError> {
+    let bad = || UrlError::NotHttp(url.to_string());
+    let (scheme, rest) = url.split_once("://").ok_or_else(bad)?;
+    if !scheme.eq_ignore_ascii_case("http") && !scheme.eq_ignore_ascii_case("https") {
+        return Err(bad());
+    }
+    let rest = rest.split('#').next().unwrap_or_default();
+    let end = rest.find(['/', '?']).unwrap_or(rest.len());
+    let (authority, tail) = rest.split_at(end);
+    if authority.is_empty() || authority.contains(['@', ' ']) {
+        return Err(bad());
+    }
+    let (path, query) = match tail.split_once('?') {
+        Some((p, q)) => (p, Some(q)),
+        None => (tail, None),
+    };
+    Ok(Parts {
+        scheme,
+        authority,
+        path,
+        query,
+    })
+}
+
+/// Checks that `url` is an absolute http(s) URL with a host.
+pub fn validate(url: &str) -> Result<(), UrlError> {
+    split(url).map(|_| ())
+}
+
+/// The origin of an absolute URL: lowercased scheme and host, with the default port made explicit.
+pub fn origin(url: &str) -> Result<String, UrlError> {
+    let p = split(url)?;
+    let scheme = p.scheme.to_ascii_lowercase();
+    let authority = p.authority.to_ascii_lowercase();
+    let has_port = authority.rsplit_once(':').is_some_and(|(_, port)| {
+        !port.is_empty() && port.bytes().all(|b| b.is_ascii_digit()) && !authority.ends_with(']')
+    });
+    if has_port {
+        Ok(format!("{scheme}://{authority}"))
+    } else {
+        let port = if scheme == "https" { 443 } else { 80 };
+        Ok(format!("{scheme}://{authority}:{port}"))
+    }
+}
+
+/// True when both URLs have the same origin (scheme, host and port).
+pub fn same_origin(a: &str, b: &str) -> bool {
+    matches!((origin(a), origin(b)), (Ok(x), Ok(y)) if x == y)
+}
+
+/// Resolves `location` (absolute, protocol-relative or relative) against `base` (the request URL).
+pub fn resolve(base: &str, location: &str) -> Result<String, UrlError> {
+    let location = location.trim();
+    let b = split(base)?;
+    let resolved = if location.contains("://") {
+        split(location)?;
+        location.to_string()
+    } else if let Some(rest) = location.strip_prefix("//") {
+        format!("{}://{rest}", b.scheme)
+    } else if location.starts_with('/') {
+        let (path, query) = location
+            .split_once('?')
+            .map_or((location, None), |(p, q)| (p, Some(q)));
+        join(b.scheme, b.authority, &remove_dots(path), query)
+    } else if location.is_empty() {
+        return Err(UrlError::NotHttp(location.to_string()));
+    } else if let Some(q) = location.strip_prefix('?') {
+        join(b.scheme, b.authority, b.path, Some(q))
+    } else {
+        let dir = b.path.rsplit_once('/').map_or("", |(d, _)| d);
+        let (rel, query) = location
+            .split_once('?')
+            .map_or((location, None), |(p, q)| (p, Some(q)));
+        join(
+            b.scheme,
+            b.authority,
+            &remove_dots(&format!("{dir}/{rel}")),
+            query,
+        )
+    };
+    let r = split(&resolved)?;
+    if b.scheme.eq_ignore_ascii_case("https") && r.scheme.eq_ignore_ascii_case("http") {
+        return Err(UrlError::Downgrade(resolved));
+    }
+    let _ = b.query; // the base query never carries over to a new path (RFC 3986 §5.2.2)
+    Ok(resolved)
+}
+
+fn join(scheme: &str, authority: &str, path: &str, query: Option<&str>) -> String {
+    match query {
+        Some(q) => format!("{scheme}://{authority}{path}?{q}"),
+        None => format!("{scheme}://{authority}{path}"),
+    }
+}
+
+/// RFC 3986 §5.2.4 remove_dot_segments for an absolute path.
+fn remove_dots(path: &str) -> String {
+    let mut out: Vec<&str> = Vec::new();
+    let segments: Vec<&str> = path.split('/').skip(1).collect();
+    for (i, seg) in segments.iter().enumerate() {
+        let last = i + 1 == segments.len();
+        match *seg {
+            "." => {
+                if last {
+                    out.push("");
+                }
+            }
+            ".." => {
+                out.pop();
+                if last {
+                    out.push("");
+                }
+            }
+            s => out.push(s),
+        }
+    }
+    format!("/{}", out.join("/"))
+}
+
+/// The URL without its query string, for log lines (query strings often carry tokens).
+pub fn redact(url: &str) -> &str {
+    url.split(['?', '#']).next().unwrap_or(url)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const BASE: &str = "http://127.0.0.1:1080/files/";
+
+    #[test]
+    fn resolves_every_location_form() {
+        let cases = [
+            ("http://other:9/u/1", "http://other:9/u/1"),
+            ("/files/abc", "http://127.0.0.1:1080/files/abc"),
+            ("//cdn.example/up/1", "http://cdn.example/up/1"),
+            ("abc", "http://127.0.0.1:1080/files/abc"),
+            ("../x/abc?t=1", "http://127.0.0.1:1080/x/abc?t=1"),
+            ("/a/./b/../c", "http://127.0.0.1:1080/a/c"),
+            ("  /files/sp  ", "http://127.0.0.1:1080/files/sp"),
+        ];
+        for (loc, want) in cases {
+            assert_eq!(resolve(BASE, loc).unwrap(), want, "location {loc}");
+        }
+    }
+
+    #[test]
+    fn protocol_relative_keeps_https() {
+        assert_eq!(
+            resolve(
+                "https://api.example/tus",
+                "//upload.example/tus/1?tusv2=true"
+            )
+            .unwrap(),
+            "https://upload.example/tus/1?tusv2=true"
+        );
+    }
+
+    #[test]
+    fn refuses_downgrade_and_non_http() {
+        assert!(matches!(
+            resolve("https://a.example/files/", "http://a.example/files/1"),
+            Err(UrlError::Downgrade(_))
+        ));
+        assert!(matches!(
+            resolve(BASE, "ftp://x/1"),
+            Err(UrlError::NotHttp(_))
+        ));
+        assert!(matches!(resolve(BASE, ""), Err(UrlError::NotHttp(_))));
+        assert!(matches!(resolve("files/", "/x"), Err(UrlError::NotHttp(_))));
+        assert!(validate("http://user@host/x").is_err());
+    }
+
+    #[test]
+    fn origins_compare_with_default_ports() {
+        assert!(same_origin(
+            "https://A.example/x",
+            "https://a.example:443/y"
+        ));
+        assert!(same_origin("http://h/x", "http://h:80/"));
+        assert!(!same_origin("http://h/x", "https://h/x"));
+        assert!(!same_origin("http://h:1/x", "http://h:2/x"));
+        assert!(same_origin("http://[::1]:8/x", "http://[::1]:8/y"));
+        assert_eq!(origin("http://[::1]/x").unwrap(), "http://[::1]:80");
+    }
+
+    #[test]
+    fn redact_drops_query() {
+        assert_eq!(
+            redact("https://u.example/tus/1?token=s3cret"),
+            "https://u.example/tus/1"
+        );
+    }
+}
