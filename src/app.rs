@@ -1,13 +1,14 @@
 //! The commands, composed from the real parts: what `main` runs and what the demo calls.
 
 use std::io::{IsTerminal, Write};
+
 use std::sync::Arc;
 use std::time::Duration;
 
 use crate::cli::{Command, UploadArgs, USAGE};
 use crate::clock::{random_seed, Clock, SystemClock};
 use crate::config::Raw;
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::progress::{Progress, Reporter};
 use crate::store::Store;
 use crate::transport::http::UreqTransport;
@@ -116,7 +117,35 @@ fn print_line(line: &str) {
     let _ = writeln!(out, "{line}").and_then(|_| out.flush());
 }
 
-/// Shorthand used by `main` for errors before logging is set up.
-pub fn exit_code(e: &Error) -> i32 {
-    e.exit_code()
+/// Logs go to stderr. Under journald without timestamps (it stamps lines itself) and with
+/// `<N>` syslog priority prefixes (so `journalctl -p warning` works); on a
+/// terminal each line first clears the live progress line so the two never interleave.
+pub fn init_logging() {
+    let mut b = env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"));
+    let journald = crate::config::under_journald();
+    let clear = if std::io::stderr().is_terminal() {
+        "\r\x1b[2K"
+    } else {
+        ""
+    };
+    b.format(move |buf, rec| {
+        if journald {
+            let priority = match rec.level() {
+                log::Level::Error => 3,
+                log::Level::Warn => 4,
+                log::Level::Info => 6,
+                log::Level::Debug | log::Level::Trace => 7,
+            };
+            writeln!(buf, "<{priority}>{}", rec.args())
+        } else {
+            writeln!(
+                buf,
+                "{clear}[{} {:<5}] {}",
+                buf.timestamp_seconds(),
+                rec.level(),
+                rec.args()
+            )
+        }
+    });
+    b.init();
 }

@@ -70,7 +70,9 @@ EXIT: 0 all files complete, 1 some file failed, 2 usage or configuration error.
 pub fn parse(args: impl IntoIterator<Item = std::ffi::OsString>) -> Result<Command> {
     let mut p = lexopt::Parser::from_args(args);
     match p.next().map_err(usage)? {
-        Some(Value(cmd)) if cmd == "upload" => parse_upload(&mut p).map(|a| Command::Upload(Box::new(a))),
+        Some(Value(cmd)) if cmd == "upload" => {
+            parse_upload(&mut p).map(|a| Command::Upload(Box::new(a)))
+        }
         Some(Value(cmd)) if cmd == "help" => Ok(Command::Help),
         Some(Long("help") | Short('h')) => Ok(Command::Help),
         Some(Long("version") | Short('V')) => Ok(Command::Version),

@@ -73,23 +73,22 @@ impl Reporter {
         let stop = Arc::new(AtomicBool::new(false));
         let flag = stop.clone();
         let thread = std::thread::spawn(move || {
-            let tick = if live {
-                Duration::from_millis(250)
-            } else {
-                log_every
-            };
+            // Sample often (for a steady rate); draw live, or log every `log_every`.
+            let tick = Duration::from_millis(250);
             let mut rate = Rate::default();
+            let mut last_log = clock.now();
             while !flag.load(Ordering::Relaxed) {
                 clock.sleep(tick, &flag);
                 let Some((name, pos, total)) = progress.snapshot() else {
                     rate = Rate::default();
                     continue;
                 };
-                let bps = rate.update(&name, pos, clock.now());
-                let line = render(&name, pos, total, bps);
+                let now = clock.now();
+                let line = render(&name, pos, total, rate.update(&name, pos, now));
                 if live {
                     let _ = write!(std::io::stderr(), "\r\x1b[2K{line}");
-                } else {
+                } else if now.saturating_duration_since(last_log) >= log_every {
+                    last_log = now;
                     log::info!("{line}");
                 }
             }
@@ -136,7 +135,7 @@ impl Rate {
                 self.bytes_per_sec = if self.bytes_per_sec == 0.0 {
                     sample
                 } else {
-                    0.7 * self.bytes_per_sec + 0.3 * sample
+                    0.9 * self.bytes_per_sec + 0.1 * sample
                 };
             }
         }
@@ -209,7 +208,7 @@ mod tests {
         let t = Instant::now();
         assert_eq!(r.update("a", 0, t), 0.0);
         assert_eq!(r.update("a", 1000, t + Duration::from_secs(1)), 1000.0);
-        assert_eq!(r.update("a", 1000, t + Duration::from_secs(2)), 700.0);
+        assert_eq!(r.update("a", 1000, t + Duration::from_secs(2)), 900.0);
         assert_eq!(r.update("b", 5, t + Duration::from_secs(3)), 0.0);
     }
 }

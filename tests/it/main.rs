@@ -1,7 +1,14 @@
 //! ferry's one integration-test binary: the real `ferry` binary against real loopback servers.
+#![allow(
+    clippy::unwrap_used,
+    reason = "tests: a panic is a failed test with a location"
+)]
 
 #[path = "../support/mod.rs"]
 mod support;
 
-mod support_selftest;
+mod fault_server;
+mod harness;
+mod peers_interop;
 mod peers_smoke;
+mod support_selftest;

@@ -1,5 +1,8 @@
 //! Test support: a fault-injecting tus server, a flaky TCP proxy, and the real peer servers.
-#![allow(dead_code, reason = "each test uses a different part of the support code")]
+#![allow(
+    dead_code,
+    reason = "each test uses a different part of the support code"
+)]
 
 pub mod flaky_proxy;
 pub mod peers;

@@ -1,0 +1,561 @@
+//! Upload benchmark: the release `ferry` binary against curl, both uploading one file of random
+//! bytes to a local `@tus/server`, plus one ferry run through a proxy that cuts the connection
+//! about 20 times.
+//!
+//! ```sh
+//! scripts/install-peers                           # once: @tus/server into tests/peers
+//! cargo bench --bench upload                      # 1 GiB file
+//! cargo bench --bench upload -- --size 256MiB
+//! ```
+//!
+//! Machines are shared and noisy, so every figure that matters is a ratio against a baseline
+//! measured in the same run: ferry's wall time over curl's (one POST plus one PATCH of the whole
+//! file, streamed from disk by `curl -T`), and the cut run's wall time over the uncut ferry run.
+//! Peak RSS is the last `VmHWM` read from `/proc/<pid>/status`, polled every 10 ms while ferry
+//! runs (the high-water mark only grows, so the last reading is the peak).
+//!
+//! Exits non-zero if a stored upload differs from the file, if an upload fails, or if ferry's
+//! peak RSS is over the 16 MiB budget.
+
+use std::fs::{self, File};
+use std::io::{BufWriter, Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitCode, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread;
+use std::time::{Duration, Instant};
+
+#[path = "../tests/support/flaky_proxy.rs"]
+mod flaky_proxy;
+#[path = "../tests/support/peers.rs"]
+#[allow(dead_code, reason = "the benchmark uses part of the test support")]
+mod peers;
+
+use flaky_proxy::{FlakyProxy, ProxyPlan};
+use peers::{NodeOpts, Peer};
+
+const MIB: u64 = 1 << 20;
+const GIB: u64 = 1 << 30;
+/// The project's hard budget for ferry's resident memory.
+const RSS_BUDGET_KIB: u64 = 16 * 1024;
+const RSS_POLL: Duration = Duration::from_millis(10);
+const CHUNK_SIZES: [&str; 2] = ["6MiB", "64MiB"];
+/// Variables that could route the loopback traffic through some other proxy.
+const PROXY_VARS: [&str; 6] = [
+    "ALL_PROXY",
+    "HTTP_PROXY",
+    "HTTPS_PROXY",
+    "all_proxy",
+    "http_proxy",
+    "https_proxy",
+];
+
+type Res<T> = Result<T, String>;
+
+fn main() -> ExitCode {
+    let size = match parse_args() {
+        Ok(size) => size,
+        Err(e) => {
+            eprintln!("upload bench: {e}");
+            eprintln!("usage: cargo bench --bench upload [-- --size SIZE]");
+            eprintln!("       SIZE e.g. 1GiB (the default), 256MiB, 100MB");
+            return ExitCode::from(2);
+        }
+    };
+    match run(size) {
+        Ok(failures) if failures.is_empty() => ExitCode::SUCCESS,
+        Ok(failures) => {
+            for f in &failures {
+                eprintln!("FAILED: {f}");
+            }
+            ExitCode::FAILURE
+        }
+        Err(e) => {
+            eprintln!("upload bench: FAILED: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// `--size SIZE`; anything else Cargo passes (`--bench`) is ignored.
+fn parse_args() -> Res<u64> {
+    let mut size = GIB;
+    let mut args = std::env::args().skip(1);
+    while let Some(arg) = args.next() {
+        if let Some(v) = arg.strip_prefix("--size=") {
+            size = parse_size(v)?;
+        } else if arg == "--size" {
+            size = parse_size(&args.next().ok_or("--size needs a value")?)?;
+        } else if arg.starts_with("--") {
+            // `cargo bench` passes `--bench`; libtest-style flags mean nothing here.
+        } else {
+            return Err(format!("unexpected argument {arg:?}"));
+        }
+    }
+    if size == 0 {
+        return Err("--size must be above 0".into());
+    }
+    Ok(size)
+}
+
+fn parse_size(text: &str) -> Res<u64> {
+    let t = text.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("--size {text:?}: not a size"))?;
+    let mult = match unit.trim() {
+        "" | "B" => 1,
+        "K" | "KiB" => 1 << 10,
+        "M" | "MiB" => MIB,
+        "G" | "GiB" => GIB,
+        "KB" | "kB" => 1_000,
+        "MB" => 1_000_000,
+        "GB" => 1_000_000_000,
+        _ => {
+            return Err(format!(
+                "--size {text:?}: unknown unit (use KiB, MiB, GiB, KB, MB, GB)"
+            ))
+        }
+    };
+    n.checked_mul(mult)
+        .ok_or_else(|| format!("--size {text:?}: too large"))
+}
+
+/// A temporary directory removed on drop.
+struct TempDir(PathBuf);
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = fs::remove_dir_all(&self.0);
+    }
+}
+
+/// One ferry run.
+struct FerryRun {
+    wall: Duration,
+    peak_rss_kib: u64,
+}
+
+fn run(size: u64) -> Res<Vec<String>> {
+    check_curl()?;
+    let dir = TempDir(std::env::temp_dir().join(format!("ferry-bench-{}", std::process::id())));
+    fs::create_dir_all(&dir.0).map_err(|e| format!("create {}: {e}", dir.0.display()))?;
+    let file = dir.0.join("random.bin");
+
+    eprintln!(
+        "generating {} of random bytes in {}",
+        human(size),
+        file.display()
+    );
+    write_random(&file, size)?;
+
+    let peer = Peer::node_tus_server(NodeOpts::default());
+    let mut failures = Vec::new();
+
+    // Warm-up, untimed: the first upload to a fresh node process pays for its JIT.
+    let warm = dir.0.join("warm-up.bin");
+    let warm_size = size.min(16 * MIB);
+    write_random(&warm, warm_size)?;
+    let (_, url) = curl_upload(&peer.endpoint(), &warm, warm_size)?;
+    verify(&peer, &url, &warm, "warm-up (curl)", &mut failures)?;
+
+    // 1. Baseline: curl, one POST and one PATCH of the whole file.
+    eprintln!("curl: POST + one PATCH");
+    let (curl_wall, url) = curl_upload(&peer.endpoint(), &file, size)?;
+    verify(&peer, &url, &file, "curl", &mut failures)?;
+
+    // 2. ferry, uncut, per chunk size.
+    let mut ferry_runs = Vec::new();
+    for chunk in CHUNK_SIZES {
+        eprintln!("ferry: --chunk-size {chunk}");
+        let config = write_config(&dir.0, &format!("plain-{chunk}"), &peer.endpoint(), "")?;
+        let (run, url) = run_ferry(&config, &file, Some(chunk), &dir.0)?;
+        verify(
+            &peer,
+            &url,
+            &file,
+            &format!("ferry --chunk-size {chunk}"),
+            &mut failures,
+        )?;
+        if run.peak_rss_kib > RSS_BUDGET_KIB {
+            failures.push(format!(
+                "ferry --chunk-size {chunk}: peak RSS {:.1} MiB is over the {} MiB budget",
+                run.peak_rss_kib as f64 / 1024.0,
+                RSS_BUDGET_KIB / 1024
+            ));
+        }
+        ferry_runs.push((chunk, run));
+    }
+
+    // 3. ferry through a proxy that resets the connection every size/21 bytes (about 20 cuts).
+    eprintln!(
+        "ferry: through a proxy cutting every {} bytes",
+        (size / 21).max(1)
+    );
+    let proxy = FlakyProxy::start(
+        peer.addr(),
+        ProxyPlan {
+            cut_every_bytes: Some((size / 21).max(1)),
+            ..Default::default()
+        },
+    );
+    let retry = "[retry]\ninitial_delay = \"50ms\"\nmax_delay = \"500ms\"\n";
+    let config = write_config(&dir.0, "cut", &proxy.rewrite(&peer.endpoint()), retry)?;
+    let uploads_before = peer.upload_count();
+    let (cut_run, url) = run_ferry(&config, &file, None, &dir.0)?;
+    let uploads_created = peer.upload_count().saturating_sub(uploads_before);
+    verify(
+        &peer,
+        &url,
+        &file,
+        "ferry through the cutting proxy",
+        &mut failures,
+    )?;
+    if cut_run.peak_rss_kib > RSS_BUDGET_KIB {
+        failures.push(format!(
+            "ferry through the cutting proxy: peak RSS {:.1} MiB is over the {} MiB budget",
+            cut_run.peak_rss_kib as f64 / 1024.0,
+            RSS_BUDGET_KIB / 1024
+        ));
+    }
+    let (cuts, bytes_up) = (proxy.cuts(), proxy.bytes_up());
+    drop(proxy);
+    drop(peer);
+
+    // Report.
+    let nproc = thread::available_parallelism().map_or(0, |n| n.get());
+    let secs = |d: Duration| d.as_secs_f64();
+    let mib_s = |d: Duration| size as f64 / MIB as f64 / secs(d).max(1e-9);
+    println!();
+    println!(
+        "ferry upload benchmark: {} of random bytes to @tus/server on 127.0.0.1; nproc = {nproc}",
+        human(size)
+    );
+    println!("All figures are from this one run; compare the ratios, not the absolute times.");
+    println!(
+        "Peak RSS = last VmHWM read from /proc/<pid>/status, polled every {} ms while ferry runs.",
+        RSS_POLL.as_millis()
+    );
+    println!();
+    println!(
+        "{:<32} {:>9} {:>9} {:>11} {:>13}",
+        "run", "wall s", "MiB/s", "vs curl", "peak RSS MiB"
+    );
+    println!(
+        "{:<32} {:>9.2} {:>9.1} {:>11} {:>13}",
+        "curl (POST + 1 PATCH)",
+        secs(curl_wall),
+        mib_s(curl_wall),
+        "1.00",
+        "-"
+    );
+    for (chunk, run) in &ferry_runs {
+        println!(
+            "{:<32} {:>9.2} {:>9.1} {:>11.2} {:>13.1}",
+            format!("ferry --chunk-size {chunk}"),
+            secs(run.wall),
+            mib_s(run.wall),
+            secs(run.wall) / secs(curl_wall).max(1e-9),
+            run.peak_rss_kib as f64 / 1024.0
+        );
+    }
+    println!(
+        "{:<32} {:>9.2} {:>9.1} {:>11.2} {:>13.1}",
+        "ferry 6MiB via cutting proxy",
+        secs(cut_run.wall),
+        mib_s(cut_run.wall),
+        secs(cut_run.wall) / secs(curl_wall).max(1e-9),
+        cut_run.peak_rss_kib as f64 / 1024.0
+    );
+    let uncut = ferry_runs
+        .first()
+        .map_or(Duration::ZERO, |(_, run)| run.wall);
+    println!();
+    println!(
+        "cut run: {cuts} cuts; bytes sent (client->server, HTTP headers included) / file size \
+         = {:.3}; wall time / uncut ferry 6MiB = {:.2}; uploads created = {uploads_created}",
+        bytes_up as f64 / size as f64,
+        secs(cut_run.wall) / secs(uncut).max(1e-9)
+    );
+    println!("(the cut run's wall time includes the test proxy's forwarding and the retry delays)");
+    if failures.is_empty() {
+        println!("all uploads verified byte for byte; peak RSS within the 16 MiB budget");
+    }
+    Ok(failures)
+}
+
+fn check_curl() -> Res<()> {
+    match Command::new("curl").arg("--version").output() {
+        Ok(out) if out.status.success() => Ok(()),
+        _ => Err(
+            "curl is needed for the baseline and was not found on PATH; install it \
+                  (Debian/Ubuntu: `sudo apt-get install curl`, Fedora: `sudo dnf install curl`, \
+                  macOS: `brew install curl`)"
+                .into(),
+        ),
+    }
+}
+
+/// Writes `size` incompressible bytes (xorshift64) in 1 MiB blocks.
+fn write_random(path: &Path, size: u64) -> Res<()> {
+    let f = File::create(path).map_err(|e| format!("create {}: {e}", path.display()))?;
+    let mut w = BufWriter::with_capacity(MIB as usize, f);
+    let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
+    let mut block = vec![0u8; MIB as usize];
+    let mut left = size;
+    while left > 0 {
+        for word in block.chunks_exact_mut(8) {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            word.copy_from_slice(&x.to_le_bytes());
+        }
+        let n = left.min(MIB) as usize;
+        w.write_all(&block[..n])
+            .map_err(|e| format!("write {}: {e}", path.display()))?;
+        left -= n as u64;
+    }
+    // Flushed to disk now, so that its writeback does not slow down the first timed upload.
+    w.into_inner()
+        .map_err(|e| e.into_error())
+        .and_then(|f| f.sync_all())
+        .map_err(|e| format!("write {}: {e}", path.display()))
+}
+
+fn curl() -> Command {
+    let mut c = Command::new("curl");
+    for v in PROXY_VARS {
+        c.env_remove(v);
+    }
+    c.args(["--noproxy", "*"]);
+    c
+}
+
+/// POST to create, then one PATCH of the whole file; returns the wall time of both and the URL.
+fn curl_upload(endpoint: &str, file: &Path, size: u64) -> Res<(Duration, String)> {
+    let start = Instant::now();
+    let post = curl()
+        .args(["-sS", "-X", "POST", "-H", "Tus-Resumable: 1.0.0", "-H"])
+        .arg(format!("Upload-Length: {size}"))
+        .args(["-D", "-", "-o", "/dev/null", endpoint])
+        .output()
+        .map_err(|e| format!("run curl: {e}"))?;
+    let headers = String::from_utf8_lossy(&post.stdout);
+    if !post.status.success() {
+        return Err(format!(
+            "curl POST failed ({}): {}",
+            post.status,
+            String::from_utf8_lossy(&post.stderr)
+        ));
+    }
+    let url = headers
+        .lines()
+        .find_map(|l| {
+            let (name, value) = l.split_once(':')?;
+            name.trim()
+                .eq_ignore_ascii_case("location")
+                .then(|| value.trim().to_string())
+        })
+        .ok_or_else(|| format!("curl POST: no Location in the response:\n{headers}"))?;
+    let patch = curl()
+        .args(["-sS", "-X", "PATCH", "-T"])
+        .arg(file)
+        .args([
+            "-H",
+            "Tus-Resumable: 1.0.0",
+            "-H",
+            "Upload-Offset: 0",
+            "-H",
+            "Content-Type: application/offset+octet-stream",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            &url,
+        ])
+        .output()
+        .map_err(|e| format!("run curl: {e}"))?;
+    let wall = start.elapsed();
+    let code = String::from_utf8_lossy(&patch.stdout);
+    if !patch.status.success() || code.trim() != "204" {
+        return Err(format!(
+            "curl PATCH {url} failed ({}, HTTP {code}): {}",
+            patch.status,
+            String::from_utf8_lossy(&patch.stderr)
+        ));
+    }
+    Ok((wall, url))
+}
+
+/// A config file with its own state directory (so no run resumes another's upload).
+fn write_config(dir: &Path, name: &str, endpoint: &str, extra: &str) -> Res<PathBuf> {
+    let state = dir.join(format!("state-{name}"));
+    let path = dir.join(format!("ferry-{name}.toml"));
+    let state = state
+        .to_str()
+        .ok_or("the temporary directory's path is not UTF-8")?;
+    let text = format!("state_dir = {state:?}\n[server]\nendpoint = {endpoint:?}\n{extra}");
+    fs::write(&path, text).map_err(|e| format!("write {}: {e}", path.display()))?;
+    Ok(path)
+}
+
+/// Runs `ferry upload`, polling its peak RSS; returns the run and the upload URL it printed.
+fn run_ferry(
+    config: &Path,
+    file: &Path,
+    chunk: Option<&str>,
+    dir: &Path,
+) -> Res<(FerryRun, String)> {
+    let log_path = dir.join("ferry-stderr.log");
+    let log = File::create(&log_path).map_err(|e| format!("create {}: {e}", log_path.display()))?;
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_ferry"));
+    for v in PROXY_VARS {
+        cmd.env_remove(v);
+    }
+    cmd.arg("upload").arg("--config").arg(config);
+    if let Some(chunk) = chunk {
+        cmd.args(["--chunk-size", chunk]);
+    }
+    cmd.arg(file)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(log);
+
+    let start = Instant::now();
+    let child = cmd.spawn().map_err(|e| format!("run ferry: {e}"))?;
+    let status_path = PathBuf::from(format!("/proc/{}/status", child.id()));
+    let done = Arc::new(AtomicBool::new(false));
+    let poller = {
+        let done = Arc::clone(&done);
+        thread::spawn(move || {
+            let mut peak = 0;
+            // Stops once the process is reaped (its /proc entry is gone) or the wait returned.
+            while !done.load(Ordering::SeqCst) {
+                match fs::read_to_string(&status_path) {
+                    Ok(status) => {
+                        if let Some(kib) = vm_hwm_kib(&status) {
+                            peak = kib;
+                        }
+                    }
+                    Err(_) => break,
+                }
+                thread::sleep(RSS_POLL);
+            }
+            peak
+        })
+    };
+    let out = child.wait_with_output();
+    let wall = start.elapsed();
+    done.store(true, Ordering::SeqCst);
+    let peak_rss_kib = poller.join().unwrap_or(0);
+    let out = out.map_err(|e| format!("wait for ferry: {e}"))?;
+
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let url = stdout
+        .lines()
+        .find_map(|l| l.split_once('\t').map(|(_, url)| url.trim().to_string()));
+    match url {
+        Some(url) if out.status.success() => {
+            if peak_rss_kib == 0 {
+                return Err("could not read ferry's VmHWM from /proc (Linux only)".into());
+            }
+            Ok((FerryRun { wall, peak_rss_kib }, url))
+        }
+        _ => {
+            let log = fs::read_to_string(&log_path).unwrap_or_default();
+            let tail: Vec<&str> = log.lines().rev().take(30).collect();
+            let tail: Vec<&str> = tail.into_iter().rev().collect();
+            Err(format!(
+                "ferry upload failed ({}); stdout: {stdout:?}; last stderr lines:\n{}",
+                out.status,
+                tail.join("\n")
+            ))
+        }
+    }
+}
+
+/// The `VmHWM:   1234 kB` line of `/proc/<pid>/status`.
+fn vm_hwm_kib(status: &str) -> Option<u64> {
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+}
+
+/// Compares the server's stored bytes with the file (streaming), records a failure if they
+/// differ, then deletes the stored copy to keep disk use down.
+fn verify(peer: &Peer, url: &str, file: &Path, what: &str, failures: &mut Vec<String>) -> Res<()> {
+    let stored = peer.stored_path(url);
+    match same_bytes(file, &stored) {
+        Ok(None) => {}
+        Ok(Some(why)) => failures.push(format!("{what}: stored bytes differ from the file: {why}")),
+        Err(e) => failures.push(format!("{what}: cannot compare the stored upload: {e}")),
+    }
+    let _ = fs::remove_file(&stored);
+    Ok(())
+}
+
+/// `None` if equal, else where they differ.
+fn same_bytes(a: &Path, b: &Path) -> Res<Option<String>> {
+    let open = |p: &Path| File::open(p).map_err(|e| format!("open {}: {e}", p.display()));
+    let (mut fa, mut fb) = (open(a)?, open(b)?);
+    let len = |f: &File, p: &Path| {
+        f.metadata()
+            .map(|m| m.len())
+            .map_err(|e| format!("stat {}: {e}", p.display()))
+    };
+    let (la, lb) = (len(&fa, a)?, len(&fb, b)?);
+    if la != lb {
+        return Ok(Some(format!("{lb} bytes stored, file has {la}")));
+    }
+    let (mut ba, mut bb) = (vec![0u8; MIB as usize], vec![0u8; MIB as usize]);
+    let mut offset = 0u64;
+    loop {
+        let n = read_full(&mut fa, &mut ba).map_err(|e| format!("read {}: {e}", a.display()))?;
+        let m = read_full(&mut fb, &mut bb).map_err(|e| format!("read {}: {e}", b.display()))?;
+        if let Some(i) = ba[..n.min(m)]
+            .iter()
+            .zip(&bb[..n.min(m)])
+            .position(|(x, y)| x != y)
+        {
+            return Ok(Some(format!(
+                "first difference at byte {}",
+                offset + i as u64
+            )));
+        }
+        if n != m {
+            return Ok(Some(format!(
+                "lengths differ near byte {}",
+                offset + n.min(m) as u64
+            )));
+        }
+        if n == 0 {
+            return Ok(None);
+        }
+        offset += n as u64;
+    }
+}
+
+fn read_full(f: &mut File, buf: &mut [u8]) -> std::io::Result<usize> {
+    let mut filled = 0;
+    while filled < buf.len() {
+        match f.read(&mut buf[filled..])? {
+            0 => break,
+            n => filled += n,
+        }
+    }
+    Ok(filled)
+}
+
+fn human(bytes: u64) -> String {
+    if bytes >= GIB && bytes % GIB == 0 {
+        format!("{} GiB", bytes / GIB)
+    } else if bytes >= MIB && bytes % MIB == 0 {
+        format!("{} MiB", bytes / MIB)
+    } else {
+        format!("{bytes} bytes")
+    }
+}

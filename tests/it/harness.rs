@@ -1,0 +1,137 @@
+//! Running the real `ferry` binary from tests: temp dirs, test files, config files.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+
+/// A scratch directory with a spool of test files and a state dir, removed on drop.
+pub struct Scratch {
+    pub dir: PathBuf,
+}
+
+static COUNTER: AtomicU32 = AtomicU32::new(0);
+
+impl Scratch {
+    pub fn new(name: &str) -> Self {
+        let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+        let dir = std::env::temp_dir().join(format!("ferry-it-{name}-{}-{n}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(dir.join("files")).unwrap();
+        Scratch { dir }
+    }
+
+    pub fn state(&self) -> PathBuf {
+        self.dir.join("state")
+    }
+
+    /// Writes a file of `len` pseudo-random bytes (seeded by `seed`) and returns its path.
+    pub fn file(&self, name: &str, len: usize, seed: u64) -> PathBuf {
+        let p = self.dir.join("files").join(name);
+        std::fs::write(&p, random_bytes(len, seed)).unwrap();
+        p
+    }
+
+    /// A config file for `endpoint` with fast retries (tests must not wait for real backoff).
+    pub fn config(&self, endpoint: &str, extra: &str) -> PathBuf {
+        let p = self.dir.join("ferry.toml");
+        let text = format!(
+            "state_dir = {:?}\n[server]\nendpoint = {endpoint:?}\nidle_timeout = \"5s\"\nconnect_timeout = \"5s\"\n[retry]\ninitial_delay = \"20ms\"\nmax_delay = \"200ms\"\n{extra}\n",
+            self.state().to_str().unwrap()
+        );
+        std::fs::write(&p, text).unwrap();
+        p
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// Deterministic incompressible bytes (xorshift).
+pub fn random_bytes(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    let mut out = Vec::with_capacity(len + 8);
+    while out.len() < len {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        out.extend_from_slice(&x.to_le_bytes());
+    }
+    out.truncate(len);
+    out
+}
+
+pub fn ferry() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_ferry"));
+    // Tests talk to loopback only; a proxy in the environment must not reroute them.
+    for v in [
+        "ALL_PROXY",
+        "HTTP_PROXY",
+        "HTTPS_PROXY",
+        "all_proxy",
+        "http_proxy",
+        "https_proxy",
+    ] {
+        c.env_remove(v);
+    }
+    c.env("RUST_LOG", "info");
+    c
+}
+
+/// `ferry upload --config CFG <args> FILES...`, waited for.
+pub fn upload(config: &Path, args: &[&str], files: &[&Path]) -> Output {
+    let mut c = ferry();
+    c.arg("upload")
+        .arg("--config")
+        .arg(config)
+        .args(args)
+        .args(files);
+    c.output().unwrap()
+}
+
+/// Same, started in the background.
+pub fn spawn_upload(config: &Path, args: &[&str], files: &[&Path]) -> Child {
+    let mut c = ferry();
+    c.arg("upload")
+        .arg("--config")
+        .arg(config)
+        .args(args)
+        .args(files);
+    c.stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+/// The `<path>\t<url>` lines of a successful run, as (path, url) pairs; panics with stderr otherwise.
+pub fn finished(out: &Output) -> Vec<(String, String)> {
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "ferry failed ({:?}):\n{stderr}",
+        out.status
+    );
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| {
+            let (p, u) = l
+                .split_once('\t')
+                .unwrap_or_else(|| panic!("bad line {l:?}"));
+            (p.to_string(), u.to_string())
+        })
+        .collect()
+}
+
+pub fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// Asserts equality of two byte strings without printing megabytes.
+pub fn assert_same_bytes(got: &[u8], want: &[u8], what: &str) {
+    assert_eq!(got.len(), want.len(), "{what}: length differs");
+    if let Some(i) = got.iter().zip(want).position(|(a, b)| a != b) {
+        panic!("{what}: first difference at byte {i}");
+    }
+}
