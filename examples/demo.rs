@@ -14,6 +14,8 @@
     reason = "a demo: any failure should stop it loudly"
 )]
 
+#[path = "../tests/support/data.rs"]
+mod data;
 #[path = "../tests/support/flaky_proxy.rs"]
 mod flaky_proxy;
 #[path = "../tests/support/tus_server.rs"]
@@ -21,6 +23,7 @@ mod tus_server;
 
 use std::path::PathBuf;
 
+use data::random_bytes;
 use flaky_proxy::{FlakyProxy, ProxyPlan};
 use tus_server::{ServerConfig, TusServer};
 
@@ -106,17 +109,4 @@ fn main() {
         println!("FAILED: see above.");
         std::process::exit(1);
     }
-}
-
-fn random_bytes(len: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    let mut out = Vec::with_capacity(len + 8);
-    while out.len() < len {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        out.extend_from_slice(&x.to_le_bytes());
-    }
-    out.truncate(len);
-    out
 }

@@ -293,7 +293,7 @@ impl<'a> Uploader<'a> {
         let cached = self.caps.borrow().get(endpoint).cloned();
         let caps = match cached {
             Some(c) => c,
-            None => match self.exchange(f, request::options(endpoint)) {
+            None => match self.exchange(request::options(endpoint)) {
                 Ok(resp) => {
                     let caps = ServerCaps::from_options(&resp);
                     if !caps.discovered {
@@ -352,7 +352,7 @@ impl<'a> Uploader<'a> {
             );
             return Ok(Step::Continue);
         }
-        match self.exchange(f, request::delete(&stale)) {
+        match self.exchange(request::delete(&stale)) {
             Ok(resp) => match response::deleted(&resp) {
                 Outcome::Gone { .. } => log::info!(
                     "{}: terminated the old upload {}",
@@ -399,7 +399,7 @@ impl<'a> Uploader<'a> {
             checksum: first.as_ref().is_some_and(|(_, s)| s.is_some()),
         };
         let req = request::create(&self.settings.endpoint, length, meta.as_deref(), first);
-        let resp = match self.exchange(f, req) {
+        let resp = match self.exchange(req) {
             Ok(r) => r,
             Err(e) => return self.transport_failure(f, e, Phase::Create),
         };
@@ -412,14 +412,7 @@ impl<'a> Uploader<'a> {
             Outcome::Retry { why, retry_after } => {
                 self.retry_later(f, why, retry_after.as_deref(), Phase::Create)
             }
-            Outcome::ChecksumRejected { why } => {
-                log::warn!(
-                    "{}: server rejected our checksum ({why}); sending without",
-                    f.path().display()
-                );
-                f.checksum = None;
-                Ok(Step::Continue)
-            }
+            Outcome::ChecksumRejected { why } => Ok(self.without_checksum(f, &why)),
             other => Err(self.refused(&self.settings.endpoint, &resp, other)),
         }
     }
@@ -468,7 +461,7 @@ impl<'a> Uploader<'a> {
         {
             return self.forget_upload(f, "its Upload-Expires has passed");
         }
-        let resp = match self.exchange(f, request::head(&rec.upload_url)) {
+        let resp = match self.exchange(request::head(&rec.upload_url)) {
             Ok(r) => r,
             Err(e) => return self.transport_failure(f, e, Phase::Probe),
         };
@@ -511,7 +504,7 @@ impl<'a> Uploader<'a> {
         let req = request::patch(&rec.upload_url, offset, len, sum);
         f.progress.set_position(offset);
         let body = f.source.reader(offset, len, f.progress.counter())?;
-        let resp = match self.exchange_with_body(f, req, Some(Box::new(body))) {
+        let resp = match self.send_scoped(&self.settings.endpoint, req, Some(Box::new(body))) {
             Ok(r) => r,
             Err(e) if e.kind == FailureKind::Body => {
                 let changed = f.source.check_unchanged().err();
@@ -522,7 +515,19 @@ impl<'a> Uploader<'a> {
             }
             Err(e) => return self.transport_failure(f, e, Phase::Probe),
         };
-        match response::patch(&resp, sent) {
+        self.on_patch_answer(f, &rec.upload_url, sent, &resp)
+    }
+
+    /// Acts on the answer to a PATCH that carried `sent`.
+    fn on_patch_answer(
+        &self,
+        f: &mut FileUpload,
+        upload_url: &str,
+        sent: Sent,
+        resp: &Response,
+    ) -> Result<Step> {
+        let (offset, len) = (sent.offset, sent.len);
+        match response::patch(resp, sent) {
             Outcome::Offset {
                 offset: new,
                 expires,
@@ -560,7 +565,7 @@ impl<'a> Uploader<'a> {
                 f.checksum_mismatches += 1;
                 if f.checksum_mismatches >= self.settings.max_checksum_mismatches {
                     return Err(Error::Server {
-                        url: url::redact(&rec.upload_url).into(),
+                        url: url::redact(upload_url).into(),
                         status: resp.status,
                         message: format!("checksum mismatch {} times in a row at offset {offset}: the file or the link corrupts data", f.checksum_mismatches),
                     });
@@ -571,14 +576,7 @@ impl<'a> Uploader<'a> {
                 );
                 Ok(Step::Continue)
             }
-            Outcome::ChecksumRejected { why } => {
-                log::warn!(
-                    "{}: server rejected our checksum ({why}); sending without",
-                    f.path().display()
-                );
-                f.checksum = None;
-                Ok(Step::Continue)
-            }
+            Outcome::ChecksumRejected { why } => Ok(self.without_checksum(f, &why)),
             Outcome::TooLarge { why } if f.chunk_bytes > MIN_CHUNK_BYTES => {
                 f.chunk_bytes = (f.chunk_bytes / 2).max(MIN_CHUNK_BYTES);
                 log::warn!(
@@ -589,7 +587,7 @@ impl<'a> Uploader<'a> {
                 f.phase = Phase::Probe;
                 Ok(Step::Continue)
             }
-            other => Err(self.refused(&rec.upload_url, &resp, other)),
+            other => Err(self.refused(upload_url, resp, other)),
         }
     }
 
@@ -615,6 +613,16 @@ impl<'a> Uploader<'a> {
             length: f.source.len(),
             already,
         })
+    }
+
+    /// The server will not check our checksum algorithm: go on without checksums.
+    fn without_checksum(&self, f: &mut FileUpload, why: &str) -> Step {
+        log::warn!(
+            "{}: server rejected our checksum ({why}); sending without",
+            f.path().display()
+        );
+        f.checksum = None;
+        Step::Continue
     }
 
     /// The server confirmed `offset` bytes: record progress and choose the next phase.
@@ -784,26 +792,23 @@ impl<'a> Uploader<'a> {
         entries
     }
 
-    fn exchange(
-        &self,
-        f: &FileUpload,
-        req: Request,
-    ) -> std::result::Result<Response, TransportError> {
-        self.exchange_with_body(f, req, None)
+    fn exchange(&self, req: Request) -> std::result::Result<Response, TransportError> {
+        self.send_scoped(&self.settings.endpoint, req, None)
     }
 
-    fn exchange_with_body(
+    /// Sends `req` with the configured headers; credentials only to `endpoint`'s origin unless
+    /// `auth_cross_origin` is set.
+    fn send_scoped(
         &self,
-        f: &FileUpload,
+        endpoint: &str,
         mut req: Request,
         body: Option<Box<dyn std::io::Read + Send>>,
     ) -> std::result::Result<Response, TransportError> {
-        let cross = !url::same_origin(&req.url, &self.settings.endpoint);
+        let cross = !url::same_origin(&req.url, endpoint);
         for h in &self.settings.headers {
             if cross && h.is_credential() && !self.settings.auth_cross_origin {
                 log::debug!(
-                    "{}: not sending {} to {}, another origin",
-                    f.path().display(),
+                    "not sending {} to {}, another origin",
                     h.name,
                     url::redact(&req.url)
                 );
@@ -824,16 +829,8 @@ impl<'a> Uploader<'a> {
                 "has no upload recorded in this state directory; nothing to cancel",
             ));
         };
-        let mut req = request::delete(&rec.upload_url);
-        let cross = !url::same_origin(&rec.upload_url, &rec.endpoint);
-        for h in &self.settings.headers {
-            if !(cross && h.is_credential() && !self.settings.auth_cross_origin) {
-                req.set(&h.name, h.value.clone());
-            }
-        }
         let outcome = self
-            .transport
-            .send(&req, None)
+            .send_scoped(&rec.endpoint, request::delete(&rec.upload_url), None)
             .map(|r| (response::deleted(&r), r));
         match outcome {
             Ok((Outcome::Gone { .. }, _)) => {

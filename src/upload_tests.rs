@@ -176,6 +176,21 @@ fn run(e: &Env, s: &Settings, script: &Script) -> Result<Completed> {
     Uploader::new(script, &e.store, &e.clock, s, 7).upload(&e.file, Arc::new(Progress::default()))
 }
 
+/// A first run that ends at its first transient failure (`max_attempts = 1`), as a kill would.
+fn interrupted(e: &Env, s: &Settings, script: &Script) {
+    let once = Settings {
+        retry: RetryPolicy {
+            max_attempts: Some(1),
+            ..RetryPolicy::default()
+        },
+        ..s.clone()
+    };
+    assert!(matches!(
+        run(e, &once, script),
+        Err(Error::GaveUp { attempts: 1, .. })
+    ));
+}
+
 fn data(n: usize) -> Vec<u8> {
     (0..n).map(|i| (i * 31 % 251) as u8).collect()
 }
@@ -259,17 +274,7 @@ fn resume_asks_the_server_and_continues_from_its_offset() {
             cut(Method::Patch),
         ],
     );
-    let policy = Settings {
-        retry: RetryPolicy {
-            max_attempts: Some(1),
-            ..RetryPolicy::default()
-        },
-        ..s.clone()
-    };
-    assert!(matches!(
-        run(&e, &policy, &first),
-        Err(Error::GaveUp { attempts: 1, .. })
-    ));
+    interrupted(&e, &s, &first);
     // The server kept 13 bytes of the cut PATCH; the next run resumes at 13, not at 10 or 20.
     let second = Script::new(
         &e.store,
@@ -386,14 +391,7 @@ fn a_lost_upload_is_created_again() {
         &e.key,
         vec![options(), created(URL), cut(Method::Patch)],
     );
-    let once = Settings {
-        retry: RetryPolicy {
-            max_attempts: Some(1),
-            ..RetryPolicy::default()
-        },
-        ..s.clone()
-    };
-    assert!(run(&e, &once, &first).is_err());
+    interrupted(&e, &s, &first);
     let second = Script::new(
         &e.store,
         &e.key,
@@ -425,14 +423,7 @@ fn an_expired_upload_is_not_probed() {
             cut(Method::Patch),
         ],
     );
-    let once = Settings {
-        retry: RetryPolicy {
-            max_attempts: Some(1),
-            ..RetryPolicy::default()
-        },
-        ..s.clone()
-    };
-    assert!(run(&e, &once, &first).is_err());
+    interrupted(&e, &s, &first);
     e.clock.advance(Duration::from_secs(61));
     let second = Script::new(
         &e.store,
@@ -592,14 +583,7 @@ fn a_file_changed_since_its_upload_began_is_uploaded_anew_and_the_old_upload_ter
         &e.key,
         vec![options(), created(URL), cut(Method::Patch)],
     );
-    let once = Settings {
-        retry: RetryPolicy {
-            max_attempts: Some(1),
-            ..RetryPolicy::default()
-        },
-        ..s.clone()
-    };
-    assert!(run(&e, &once, &first).is_err());
+    interrupted(&e, &s, &first);
     std::fs::write(&e.file, data(12)).unwrap();
     let second = Script::new(
         &e.store,
@@ -645,14 +629,7 @@ fn cancel_terminates_and_forgets() {
         &e.key,
         vec![options(), created(URL), cut(Method::Patch)],
     );
-    let once = Settings {
-        retry: RetryPolicy {
-            max_attempts: Some(1),
-            ..RetryPolicy::default()
-        },
-        ..s.clone()
-    };
-    assert!(run(&e, &once, &first).is_err());
+    interrupted(&e, &s, &first);
     let del = Script::new(&e.store, &e.key, vec![(Method::Delete, resp(204, &[]))]);
     assert_eq!(
         Uploader::new(&del, &e.store, &e.clock, &s, 1)

@@ -4,6 +4,7 @@
     reason = "each test uses a different part of the support code"
 )]
 
+pub mod data;
 pub mod flaky_proxy;
 pub mod peers;
 pub mod tus_server;
