@@ -205,7 +205,7 @@ mod tests {
     #[test]
     fn rate_smooths_and_resets_per_file() {
         let mut r = Rate::default();
-        let t = Instant::now();
+        let t = crate::clock::SystemClock.now();
         assert_eq!(r.update("a", 0, t), 0.0);
         assert_eq!(r.update("a", 1000, t + Duration::from_secs(1)), 1000.0);
         assert_eq!(r.update("a", 1000, t + Duration::from_secs(2)), 900.0);

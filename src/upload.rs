@@ -26,7 +26,7 @@ use crate::store::{FileRecord, RecordState, Store, RECORD_VERSION};
 use crate::transport::{FailureKind, Transport, TransportError};
 use crate::tus::checksum::{self, Algorithm};
 use crate::tus::response::{self, Sent};
-use crate::tus::{metadata, request, url, Outcome, Request, Response, ServerCaps};
+use crate::tus::{metadata, request, url, Body, Outcome, Request, Response, ServerCaps};
 
 /// Smallest chunk that a 413 may shrink us to.
 const MIN_CHUNK_BYTES: u64 = 64 * 1024;
@@ -180,6 +180,8 @@ pub struct Uploader<'a> {
     caps: RefCell<HashMap<String, ServerCaps>>,
     jitter: RefCell<Jitter>,
     wake: Arc<AtomicBool>,
+    /// The largest chunk the server (or a proxy before it) accepted after a 413, if any.
+    learned_chunk_limit: RefCell<Option<u64>>,
 }
 
 impl<'a> Uploader<'a> {
@@ -199,6 +201,7 @@ impl<'a> Uploader<'a> {
             caps: RefCell::new(HashMap::new()),
             jitter: RefCell::new(Jitter::new(jitter_seed)),
             wake: Arc::new(AtomicBool::new(false)),
+            learned_chunk_limit: RefCell::new(None),
         }
     }
 
@@ -231,7 +234,7 @@ impl<'a> Uploader<'a> {
             last_progress: self.clock.now(),
             checksum_mismatches: 0,
             checksum: None,
-            chunk_bytes: self.settings.chunk_size_bytes.max(1),
+            chunk_bytes: self.chunk_size(),
             restarts: 0,
             progress,
         };
@@ -331,6 +334,14 @@ impl<'a> Uploader<'a> {
         Ok(Step::Continue)
     }
 
+    /// Bytes per PATCH: the configured size, or less if a 413 taught us a limit.
+    fn chunk_size(&self) -> u64 {
+        let configured = self.settings.chunk_size_bytes.max(1);
+        self.learned_chunk_limit
+            .borrow()
+            .map_or(configured, |l| l.min(configured))
+    }
+
     fn caps(&self) -> ServerCaps {
         self.caps
             .borrow()
@@ -399,7 +410,18 @@ impl<'a> Uploader<'a> {
             checksum: first.as_ref().is_some_and(|(_, s)| s.is_some()),
         };
         let req = request::create(&self.settings.endpoint, length, meta.as_deref(), first);
-        let resp = match self.exchange(req) {
+        let body: Option<Box<dyn std::io::Read + Send>> = match req.body {
+            Body::File { offset, len } => {
+                f.progress.set_position(offset);
+                Some(Box::new(f.source.reader(
+                    offset,
+                    len,
+                    f.progress.counter(),
+                )?))
+            }
+            Body::Empty => None,
+        };
+        let resp = match self.send_scoped(&self.settings.endpoint, req, body) {
             Ok(r) => r,
             Err(e) => return self.transport_failure(f, e, Phase::Create),
         };
@@ -579,6 +601,7 @@ impl<'a> Uploader<'a> {
             Outcome::ChecksumRejected { why } => Ok(self.without_checksum(f, &why)),
             Outcome::TooLarge { why } if f.chunk_bytes > MIN_CHUNK_BYTES => {
                 f.chunk_bytes = (f.chunk_bytes / 2).max(MIN_CHUNK_BYTES);
+                *self.learned_chunk_limit.borrow_mut() = Some(f.chunk_bytes);
                 log::warn!(
                     "{}: chunk too large ({why}); using {} byte chunks",
                     f.path().display(),

@@ -616,8 +616,29 @@ fn too_large_halves_the_chunk() {
             offset(Method::Patch, 300_000),
         ],
     );
-    run(&e, &settings(300_000), &script).unwrap();
+    let s = settings(300_000);
+    let up = Uploader::new(&script, &e.store, &e.clock, &s, 7);
+    up.upload(&e.file, Arc::new(Progress::default())).unwrap();
     assert_eq!(script.seen()[4].body.len(), 150_000);
+    // The next file starts at the size the server accepted, without another 413.
+    let other = e.dir.join("other.bin");
+    std::fs::write(&other, data(200_000)).unwrap();
+    let key = record_key(&other).unwrap();
+    let next = Script::new(
+        &e.store,
+        &key,
+        vec![
+            created("/files/o"),
+            offset(Method::Patch, 150_000),
+            offset(Method::Patch, 200_000),
+        ],
+    );
+    let up = Uploader {
+        transport: &next,
+        ..up
+    };
+    up.upload(&other, Arc::new(Progress::default())).unwrap();
+    assert_eq!(next.seen()[1].body.len(), 150_000);
 }
 
 #[test]
@@ -638,4 +659,39 @@ fn cancel_terminates_and_forgets() {
         URL
     );
     assert_eq!(e.store.get(&e.key).unwrap(), None);
+}
+
+#[test]
+fn creation_with_upload_sends_a_small_file_in_the_post_when_enabled_and_advertised() {
+    let e = env("cwu", &data(8));
+    let opts = (
+        Method::Options,
+        resp(204, &[("Tus-Extension", "creation,creation-with-upload")]),
+    );
+    let post = (
+        Method::Post,
+        resp(201, &[("Location", URL), ("Upload-Offset", "8")]),
+    );
+    let script = Script::new(&e.store, &e.key, vec![opts, post]);
+    let s = Settings {
+        creation_with_upload: true,
+        ..settings(10)
+    };
+    run(&e, &s, &script).unwrap();
+    let seen = script.seen();
+    assert_eq!(seen.len(), 2, "no PATCH: one round trip for the data");
+    assert_eq!(seen[1].body, data(8));
+    assert_eq!(
+        e.store.get(&e.key).unwrap().unwrap().state,
+        RecordState::Complete
+    );
+    // Not advertised, or the file is larger than a chunk: plain creation.
+    let e2 = env("cwu-off", &data(8));
+    let plain = Script::new(
+        &e2.store,
+        &e2.key,
+        vec![options(), created(URL), offset(Method::Patch, 8)],
+    );
+    run(&e2, &s, &plain).unwrap();
+    assert!(plain.seen()[1].body.is_empty());
 }

@@ -142,7 +142,13 @@ impl Transport for UreqTransport {
                     .map_err(bad_request)?;
                 self.agent.run(http)
             }
-            _ => {
+            (Body::File { .. }, None) => {
+                return Err(TransportError {
+                    kind: FailureKind::Body,
+                    message: "a request with a file body was given no reader".into(),
+                })
+            }
+            (Body::Empty, _) => {
                 let method = req.method;
                 if matches!(method, crate::tus::Method::Post | crate::tus::Method::Patch) {
                     builder = builder.header("Content-Length", "0");

@@ -562,3 +562,53 @@ fn a_second_process_on_the_same_state_dir_is_refused_clearly() {
         stderr(&second)
     );
 }
+
+#[test]
+fn creation_with_upload_sends_small_files_in_the_post_and_its_documented_orphan() {
+    let server = TusServer::start(ServerConfig::default());
+    let s = Scratch::new("cwu");
+    let small = s.file("small.bin", 100_000, 21);
+    let big = s.file("big.bin", 300_000, 22);
+    let cfg = s.config(
+        &server.endpoint(),
+        "[upload]\nchunk_size = \"256KiB\"\ncreation_with_upload = true",
+    );
+    let lines = finished(&upload(&cfg, &[], &[&small, &big]));
+    let reqs = server.requests();
+    let posts: Vec<_> = reqs.iter().filter(|r| r.method == "POST").collect();
+    assert_eq!(
+        posts[0].body_bytes, 100_000,
+        "the small file rode in its POST"
+    );
+    assert_eq!(
+        posts[1].body_bytes, 0,
+        "a file larger than a chunk uses plain creation"
+    );
+    assert_eq!(
+        reqs.iter().filter(|r| r.method == "PATCH").count(),
+        2,
+        "PATCHes only for big.bin"
+    );
+    for ((path, url), f) in lines.iter().zip([&small, &big]) {
+        assert_same_bytes(
+            &server.upload_bytes(id_of(url)),
+            &std::fs::read(f).unwrap(),
+            path,
+        );
+    }
+    // The price (README): a POST cut mid-body leaves an orphaned upload the rerun cannot know.
+    let other = s.file("other.bin", 50_000, 23);
+    server.push_fault("POST", Fault::CutAfter { bytes: 10_000 });
+    let lines = finished(&upload(&cfg, &[], &[&other]));
+    let uploads = server.uploads();
+    assert_eq!(
+        uploads.len(),
+        4,
+        "small, big, the orphan and its replacement"
+    );
+    assert!(
+        uploads[2].offset < uploads[2].length,
+        "the orphan is incomplete"
+    );
+    assert_eq!(id_of(&lines[0].1), uploads[3].id);
+}
