@@ -5,10 +5,15 @@ use std::io::{IsTerminal, Write};
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::cli::{Command, UploadArgs, USAGE};
+use std::path::Path;
+
+use crate::cli::{Command, CommonArgs, UploadArgs, DEFAULT_CONFIG, USAGE};
 use crate::clock::{random_seed, Clock, SystemClock};
+use crate::config;
 use crate::config::Raw;
-use crate::error::Result;
+use crate::daemon::{DaemonSettings, Parts};
+use crate::error::{Error, Result};
+use crate::notify::Notifier;
 use crate::progress::{Progress, Reporter};
 use crate::store::Store;
 use crate::transport::http::UreqTransport;
@@ -36,7 +41,130 @@ fn dispatch(cmd: Command) -> Result<i32> {
             Ok(0)
         }
         Command::Upload(args) => upload(*args),
+        Command::Run(args) => run_daemon(&args),
+        Command::Status(args, json) => show_status(&args, json),
+        Command::Pause(args) => set_paused(&args, true),
+        Command::Resume(args) => set_paused(&args, false),
+        Command::CheckConfig(args) => check_config(&args),
     }
+}
+
+/// The config file (given, or the default one when it exists) with the flags laid over it.
+fn load(args: &CommonArgs) -> Result<Raw> {
+    let file = match &args.config {
+        Some(path) => Raw::load(path)?,
+        None if Path::new(DEFAULT_CONFIG).exists() => Raw::load(Path::new(DEFAULT_CONFIG))?,
+        None => Raw::default(),
+    };
+    Ok(file.merge(args.overrides.clone()))
+}
+
+fn run_daemon(args: &CommonArgs) -> Result<i32> {
+    let raw = load(args)?;
+    let config = raw.clone().resolve()?;
+    let settings = raw.resolve_daemon(&config.state_dir)?;
+    let transport = UreqTransport::new(&config.http)?;
+    let store = Store::open(&config.state_dir)?;
+    let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+    let (tx, rx) = std::sync::mpsc::channel();
+    crate::watch::signals(tx.clone()).map_err(|e| Error::Io {
+        context: "cannot handle signals".into(),
+        source: e,
+    })?;
+    crate::watch::spool(
+        settings.spool.clone(),
+        config.state_dir.clone(),
+        clock.clone(),
+        tx.clone(),
+    );
+    let state_dir = config.state_dir.clone();
+    let reload = move || -> Result<DaemonSettings> { load(args)?.resolve_daemon(&state_dir) };
+    let parts = Parts {
+        transport: &transport,
+        store: &store,
+        clock,
+        upload: &config.upload,
+        state_dir: &config.state_dir,
+        notifier: Notifier::new(config::notify_socket()),
+        watchdog: config::watchdog_interval(),
+        reload: &reload,
+    };
+    crate::daemon::run(parts, settings, rx, tx)?;
+    Ok(0)
+}
+
+fn show_status(args: &CommonArgs, json: bool) -> Result<i32> {
+    let dir = load(args)?.state_dir()?;
+    let snap = crate::status::read(&dir).map_err(Error::config)?;
+    let alive = std::fs::read_to_string(format!("/proc/{}/comm", snap.pid))
+        .is_ok_and(|c| c.trim() == "ferry");
+    if json {
+        let mut value = serde_json::to_value(&snap).unwrap_or_default();
+        value["running"] = serde_json::Value::Bool(alive);
+        print_line(&value.to_string());
+    } else {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        print!("{}", crate::status::render_text(&snap, alive, now));
+    }
+    Ok(0)
+}
+
+fn set_paused(args: &CommonArgs, paused: bool) -> Result<i32> {
+    let dir = load(args)?.state_dir()?;
+    let marker = dir.join(crate::status::PAUSE_MARKER);
+    let io = |e| Error::Io {
+        context: marker.display().to_string(),
+        source: e,
+    };
+    if paused {
+        std::fs::create_dir_all(&dir).map_err(io)?;
+        std::fs::write(
+            &marker,
+            b"paused by `ferry pause`; `ferry resume` removes this file\n",
+        )
+        .map_err(io)?;
+        print_line("paused: uploads stop within a second and stay paused across restarts (`ferry resume` resumes)");
+    } else {
+        match std::fs::remove_file(&marker) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(io(e)),
+            _ => print_line("resumed"),
+        }
+    }
+    Ok(0)
+}
+
+fn check_config(args: &CommonArgs) -> Result<i32> {
+    let raw = load(args)?;
+    let config = raw.clone().resolve()?;
+    UreqTransport::new(&config.http)?;
+    print_line(&format!(
+        "endpoint    {}",
+        crate::tus::url::redact(&config.upload.endpoint)
+    ));
+    print_line(&format!("state_dir   {}", config.state_dir.display()));
+    if raw.spool.dir.is_none() {
+        print_line("spool       not set: `ferry upload` works, `ferry run` needs spool.dir");
+        return Ok(0);
+    }
+    let d = raw.resolve_daemon(&config.state_dir)?;
+    if !d.spool.dir.is_dir() {
+        return Err(Error::config(format!(
+            "spool.dir {} is not a directory (ferry run would wait for it)",
+            d.spool.dir.display()
+        )));
+    }
+    print_line(&format!(
+        "spool       {} (after upload: {:?}, failed: {})",
+        d.spool.dir.display(),
+        d.after_upload,
+        d.failed_dir
+            .as_ref()
+            .map_or("kept in place".into(), |f| f.display().to_string())
+    ));
+    print_line("configuration OK");
+    Ok(0)
 }
 
 fn upload(args: UploadArgs) -> Result<i32> {

@@ -13,11 +13,33 @@ use crate::error::{Error, Result};
 pub enum Command {
     /// `ferry upload [OPTIONS] FILE...`
     Upload(Box<UploadArgs>),
+    /// `ferry run [OPTIONS]`: the spool daemon.
+    Run(Box<CommonArgs>),
+    /// `ferry status [--json]`.
+    Status(Box<CommonArgs>, bool),
+    /// `ferry pause`.
+    Pause(Box<CommonArgs>),
+    /// `ferry resume`.
+    Resume(Box<CommonArgs>),
+    /// `ferry check-config`.
+    CheckConfig(Box<CommonArgs>),
     /// `ferry help` / `--help`.
     Help,
     /// `ferry --version`.
     Version,
 }
+
+/// The config file and flag overrides every command takes.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CommonArgs {
+    /// `--config FILE`.
+    pub config: Option<PathBuf>,
+    /// Flags that override the config file.
+    pub overrides: Raw,
+}
+
+/// The config file `ferry run` and friends read when none is given.
+pub const DEFAULT_CONFIG: &str = "/etc/ferry/ferry.toml";
 
 /// Arguments of `ferry upload`.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -39,6 +61,10 @@ ferry: resumable tus uploads that survive cut links, crashes and restarts
 USAGE:
     ferry upload [OPTIONS] FILE...     upload files (resumes where the server left off)
     ferry upload --cancel FILE...      terminate the files' uploads and forget them
+    ferry run [OPTIONS]                the spool daemon (config: /etc/ferry/ferry.toml)
+    ferry status [--json] [OPTIONS]    what the daemon is doing
+    ferry pause | resume [OPTIONS]     stop / restart uploading (survives restarts)
+    ferry check-config [OPTIONS]       validate the configuration
     ferry help | --version
 
 OPTIONS (each overrides the same key of the --config file):
@@ -62,8 +88,15 @@ OPTIONS (each overrides the same key of the --config file):
     --max-attempts N         give up after N failed attempts in a row (0 = never)
     --give-up-after DUR      give up after DUR without progress (0 = never)
 
+DAEMON OPTIONS (run, status, pause, resume, check-config; also --config, --endpoint,
+--state-dir and the options above):
+    --spool DIR              the spool directory                   [spool.dir]
+    --after-upload ACTION    delete | keep | move:DIR              [spool.after_upload]
+    --failed-dir DIR         where permanently failed files go     [spool.failed_dir]
+
 OUTPUT: one line per finished file on stdout: <path><TAB><upload URL>; progress on stderr.
-EXIT: 0 all files complete, 1 some file failed, 2 usage or configuration error.
+EXIT: 0 all files complete (run: stopped by a signal), 1 some file failed or a runtime
+error, 2 usage or configuration error (systemd does not restart ferry for it).
 ";
 
 /// Parses `args` (without the program name).
@@ -74,10 +107,25 @@ pub fn parse(args: impl IntoIterator<Item = std::ffi::OsString>) -> Result<Comma
             parse_upload(&mut p).map(|a| Command::Upload(Box::new(a)))
         }
         Some(Value(cmd)) if cmd == "help" => Ok(Command::Help),
+        Some(Value(cmd)) if cmd == "run" => {
+            parse_common(&mut p, "run").map(|(c, _)| Command::Run(Box::new(c)))
+        }
+        Some(Value(cmd)) if cmd == "status" => {
+            parse_common(&mut p, "status").map(|(c, j)| Command::Status(Box::new(c), j))
+        }
+        Some(Value(cmd)) if cmd == "pause" => {
+            parse_common(&mut p, "pause").map(|(c, _)| Command::Pause(Box::new(c)))
+        }
+        Some(Value(cmd)) if cmd == "resume" => {
+            parse_common(&mut p, "resume").map(|(c, _)| Command::Resume(Box::new(c)))
+        }
+        Some(Value(cmd)) if cmd == "check-config" => {
+            parse_common(&mut p, "check-config").map(|(c, _)| Command::CheckConfig(Box::new(c)))
+        }
         Some(Long("help") | Short('h')) => Ok(Command::Help),
         Some(Long("version") | Short('V')) => Ok(Command::Version),
         Some(Value(cmd)) => Err(Error::config(format!(
-            "unknown command {:?}; try `ferry help` (this version has `upload` only)",
+            "unknown command {:?}; try `ferry help`",
             cmd.to_string_lossy()
         ))),
         Some(other) => Err(usage(other.unexpected())),
@@ -87,57 +135,18 @@ pub fn parse(args: impl IntoIterator<Item = std::ffi::OsString>) -> Result<Comma
 
 fn parse_upload(p: &mut lexopt::Parser) -> Result<UploadArgs> {
     let mut a = UploadArgs::default();
-    let o = &mut a.overrides;
     while let Some(arg) = p.next().map_err(usage)? {
         match arg {
-            Long("config") => a.config = Some(p.value().map_err(usage)?.into()),
-            Long("endpoint") => o.server.endpoint = Some(text(p)?),
-            Long("state-dir") => o.state_dir = Some(p.value().map_err(usage)?.into()),
-            Long("chunk-size") => o.upload.chunk_size = Some(text(p)?),
-            Long("header") => {
-                let v = text(p)?;
-                let (n, val) = v
-                    .split_once(':')
-                    .ok_or_else(|| Error::config(format!("--header {v:?}: use 'Name: value'")))?;
-                o.server
-                    .headers
-                    .insert(n.trim().to_string(), val.trim().to_string());
-            }
-            Long("header-file") => {
-                let v = text(p)?;
-                let (n, path) = v.split_once('=').ok_or_else(|| {
-                    Error::config(format!("--header-file {v:?}: use Name=/path/to/file"))
-                })?;
-                o.server
-                    .header_files
-                    .insert(n.trim().to_string(), path.to_string());
-            }
-            Long("metadata") => {
-                let v = text(p)?;
-                let (k, val) = v
-                    .split_once('=')
-                    .ok_or_else(|| Error::config(format!("--metadata {v:?}: use key=value")))?;
-                o.upload.metadata.insert(k.to_string(), val.to_string());
-            }
-            Long("no-default-metadata") => o.upload.default_metadata = Some(false),
-            Long("checksum") => o.upload.checksum = Some(text(p)?),
-            Long("creation-with-upload") => o.upload.creation_with_upload = Some(true),
-            Long("ca-file") => o.server.ca_file = Some(p.value().map_err(usage)?.into()),
-            Long("client-cert") => o.server.client_cert = Some(p.value().map_err(usage)?.into()),
-            Long("client-key") => o.server.client_key = Some(p.value().map_err(usage)?.into()),
-            Long("auth-cross-origin") => o.server.auth_cross_origin = Some(true),
-            Long("connect-timeout") => o.server.connect_timeout = Some(text(p)?),
-            Long("idle-timeout") => o.server.idle_timeout = Some(text(p)?),
-            Long("max-attempts") => {
-                let v = text(p)?;
-                o.retry.max_attempts =
-                    Some(v.parse().map_err(|_| {
-                        Error::config(format!("--max-attempts {v:?}: not a number"))
-                    })?);
-            }
-            Long("give-up-after") => o.retry.give_up_after = Some(text(p)?),
             Long("cancel") => a.cancel = true,
             Value(file) => a.files.push(file.into()),
+            Long(name) => {
+                let name = name.to_string();
+                if !setting(p, &name, &mut a.config, &mut a.overrides)? {
+                    return Err(Error::config(format!(
+                        "unknown option --{name}; try `ferry help`"
+                    )));
+                }
+            }
             other => return Err(usage(other.unexpected())),
         }
     }
@@ -147,6 +156,91 @@ fn parse_upload(p: &mut lexopt::Parser) -> Result<UploadArgs> {
         ));
     }
     Ok(a)
+}
+
+/// Options of the daemon commands; returns the args and whether `--json` was given.
+fn parse_common(p: &mut lexopt::Parser, cmd: &str) -> Result<(CommonArgs, bool)> {
+    let mut a = CommonArgs::default();
+    let mut json = false;
+    while let Some(arg) = p.next().map_err(usage)? {
+        match arg {
+            Long("json") if cmd == "status" => json = true,
+            Long("spool") => a.overrides.spool.dir = Some(p.value().map_err(usage)?.into()),
+            Long("after-upload") => a.overrides.spool.after_upload = Some(text(p)?),
+            Long("failed-dir") => {
+                a.overrides.spool.failed_dir = Some(p.value().map_err(usage)?.into())
+            }
+            Long(name) => {
+                let name = name.to_string();
+                if !setting(p, &name, &mut a.config, &mut a.overrides)? {
+                    return Err(Error::config(format!(
+                        "unknown option --{name}; try `ferry help`"
+                    )));
+                }
+            }
+            other => return Err(usage(other.unexpected())),
+        }
+    }
+    Ok((a, json))
+}
+
+/// Applies one of the options shared by every command; false when `arg` is not one.
+fn setting(
+    p: &mut lexopt::Parser,
+    name: &str,
+    config: &mut Option<PathBuf>,
+    o: &mut Raw,
+) -> Result<bool> {
+    match name {
+        "config" => *config = Some(p.value().map_err(usage)?.into()),
+        "endpoint" => o.server.endpoint = Some(text(p)?),
+        "state-dir" => o.state_dir = Some(p.value().map_err(usage)?.into()),
+        "chunk-size" => o.upload.chunk_size = Some(text(p)?),
+        "header" => {
+            let v = text(p)?;
+            let (n, val) = v
+                .split_once(':')
+                .ok_or_else(|| Error::config(format!("--header {v:?}: use 'Name: value'")))?;
+            o.server
+                .headers
+                .insert(n.trim().to_string(), val.trim().to_string());
+        }
+        "header-file" => {
+            let v = text(p)?;
+            let (n, path) = v.split_once('=').ok_or_else(|| {
+                Error::config(format!("--header-file {v:?}: use Name=/path/to/file"))
+            })?;
+            o.server
+                .header_files
+                .insert(n.trim().to_string(), path.to_string());
+        }
+        "metadata" => {
+            let v = text(p)?;
+            let (k, val) = v
+                .split_once('=')
+                .ok_or_else(|| Error::config(format!("--metadata {v:?}: use key=value")))?;
+            o.upload.metadata.insert(k.to_string(), val.to_string());
+        }
+        "no-default-metadata" => o.upload.default_metadata = Some(false),
+        "checksum" => o.upload.checksum = Some(text(p)?),
+        "creation-with-upload" => o.upload.creation_with_upload = Some(true),
+        "ca-file" => o.server.ca_file = Some(p.value().map_err(usage)?.into()),
+        "client-cert" => o.server.client_cert = Some(p.value().map_err(usage)?.into()),
+        "client-key" => o.server.client_key = Some(p.value().map_err(usage)?.into()),
+        "auth-cross-origin" => o.server.auth_cross_origin = Some(true),
+        "connect-timeout" => o.server.connect_timeout = Some(text(p)?),
+        "idle-timeout" => o.server.idle_timeout = Some(text(p)?),
+        "max-attempts" => {
+            let v = text(p)?;
+            o.retry.max_attempts = Some(
+                v.parse()
+                    .map_err(|_| Error::config(format!("--max-attempts {v:?}: not a number")))?,
+            );
+        }
+        "give-up-after" => o.retry.give_up_after = Some(text(p)?),
+        _ => return Ok(false),
+    }
+    Ok(true)
 }
 
 fn text(p: &mut lexopt::Parser) -> Result<String> {
@@ -228,5 +322,50 @@ mod tests {
         assert!(e(&["upload", "--max-attempts", "x", "f"]).contains("not a number"));
         assert_eq!(parse_str(&[]).unwrap(), Command::Help);
         assert_eq!(parse_str(&["--version"]).unwrap(), Command::Version);
+        assert!(e(&["status", "--bogus"]).contains("--bogus"));
+        assert!(
+            e(&["run", "--json"]).contains("--json"),
+            "--json is for status only"
+        );
+    }
+
+    #[test]
+    fn parses_daemon_commands() {
+        let Command::Run(a) = parse_str(&[
+            "run",
+            "--spool",
+            "/s",
+            "--endpoint",
+            "http://h/f/",
+            "--after-upload",
+            "move:/done",
+            "--failed-dir",
+            "/bad",
+        ])
+        .unwrap() else {
+            panic!()
+        };
+        assert_eq!(a.overrides.spool.dir, Some(PathBuf::from("/s")));
+        assert_eq!(
+            a.overrides.spool.after_upload.as_deref(),
+            Some("move:/done")
+        );
+        assert_eq!(a.overrides.spool.failed_dir, Some(PathBuf::from("/bad")));
+        assert_eq!(a.overrides.server.endpoint.as_deref(), Some("http://h/f/"));
+        assert!(matches!(
+            parse_str(&["status", "--json", "--state-dir", "/st"]).unwrap(),
+            Command::Status(_, true)
+        ));
+        assert!(
+            matches!(parse_str(&["pause", "--config", "/c"]).unwrap(), Command::Pause(c) if c.config == Some(PathBuf::from("/c")))
+        );
+        assert!(matches!(
+            parse_str(&["resume"]).unwrap(),
+            Command::Resume(_)
+        ));
+        assert!(matches!(
+            parse_str(&["check-config"]).unwrap(),
+            Command::CheckConfig(_)
+        ));
     }
 }

@@ -28,6 +28,20 @@
 //! max_delay = "2m"                              # backoff cap
 //! max_attempts = 0                              # 0 = retry transient failures forever
 //! give_up_after = "0s"                          # 0 = never give up for lack of progress
+//!
+//! [spool]                                       # ferry run
+//! dir = "/var/spool/ferry"                      # the directory to empty (required for run)
+//! recursive = false                             # watch subdirectories too
+//! ignore = [".*", "*.part", "*.tmp"]            # names never uploaded (replaces the defaults)
+//! settle_time = "5s"                            # unwritten for this long = complete (scans)
+//! after_upload = "delete"                       # delete | keep | move:/var/spool/ferry-done
+//! failed_dir = "/var/spool/ferry-failed"        # permanent failures go here; unset: kept in place
+//! rescan_interval = "60s"                       # full rescan (events cover the rest)
+//!
+//! [daemon]
+//! concurrency = 1                               # files uploaded at once
+//! rate_limit = "0"                              # bytes/s for all uploads together, e.g. "250KB"
+//! metrics_file = "/var/lib/node_exporter/ferry.prom"  # Prometheus textfile (optional)
 //! ```
 
 use std::collections::BTreeMap;
@@ -37,7 +51,9 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use crate::backoff::RetryPolicy;
+use crate::daemon::{AfterUpload, DaemonSettings};
 use crate::error::{Error, Result};
+use crate::spool::{self, SpoolRules};
 use crate::transport::http::HttpSettings;
 use crate::tus::checksum::Algorithm;
 use crate::tus::{metadata, url};
@@ -58,6 +74,44 @@ pub struct Raw {
     /// `[retry]`.
     #[serde(default)]
     pub retry: RawRetry,
+    /// `[spool]` (`ferry run`).
+    #[serde(default)]
+    pub spool: RawSpool,
+    /// `[daemon]` (`ferry run`).
+    #[serde(default)]
+    pub daemon: RawDaemon,
+}
+
+/// `[spool]` keys.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct RawSpool {
+    /// The spool directory.
+    pub dir: Option<PathBuf>,
+    /// Watch subdirectories too.
+    pub recursive: Option<bool>,
+    /// File name patterns never uploaded (replaces the defaults).
+    pub ignore: Option<Vec<String>>,
+    /// A file written to within this time is not picked up by a scan.
+    pub settle_time: Option<String>,
+    /// `delete`, `keep` or `move:DIR`.
+    pub after_upload: Option<String>,
+    /// Where permanently failed files go (with a `.ferry-error.json` sidecar); unset: kept in place.
+    pub failed_dir: Option<PathBuf>,
+    /// Full rescan interval (events cover the rest).
+    pub rescan_interval: Option<String>,
+}
+
+/// `[daemon]` keys.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct RawDaemon {
+    /// Files uploaded at once.
+    pub concurrency: Option<usize>,
+    /// Upload rate limit in bytes per second ("0" = none), e.g. "250KB".
+    pub rate_limit: Option<String>,
+    /// Prometheus textfile to write metrics to.
+    pub metrics_file: Option<PathBuf>,
 }
 
 /// `[server]` keys.
@@ -163,10 +217,28 @@ impl Raw {
         take!(retry.max_delay);
         take!(retry.max_attempts);
         take!(retry.give_up_after);
+        take!(spool.dir);
+        take!(spool.recursive);
+        take!(spool.ignore);
+        take!(spool.settle_time);
+        take!(spool.after_upload);
+        take!(spool.failed_dir);
+        take!(spool.rescan_interval);
+        take!(daemon.concurrency);
+        take!(daemon.rate_limit);
+        take!(daemon.metrics_file);
         self.server.headers.extend(over.server.headers);
         self.server.header_files.extend(over.server.header_files);
         self.upload.metadata.extend(over.upload.metadata);
         self
+    }
+
+    /// The state directory (given, or the default), without checking anything else.
+    pub fn state_dir(&self) -> Result<PathBuf> {
+        match &self.state_dir {
+            Some(d) => Ok(d.clone()),
+            None => default_state_dir(),
+        }
     }
 
     /// Checks every value and reads secret files.
@@ -212,6 +284,82 @@ impl Raw {
             http,
         })
     }
+}
+
+impl Raw {
+    /// Checks the `[spool]` and `[daemon]` keys for `ferry run`.
+    pub fn resolve_daemon(&self, state_dir: &Path) -> Result<DaemonSettings> {
+        let sp = &self.spool;
+        let dir = sp.dir.clone().ok_or_else(|| {
+            Error::config("spool.dir is not set: give --spool DIR or set it in the config file")
+        })?;
+        let after_upload = after_upload(sp.after_upload.as_deref())?;
+        let mut exclude = Vec::new();
+        if let AfterUpload::Move(d) = &after_upload {
+            exclude.push(d.clone());
+        }
+        exclude.extend(sp.failed_dir.clone());
+        exclude.push(state_dir.to_path_buf());
+        let ignore = sp.ignore.clone().unwrap_or_else(spool::default_ignore);
+        let rules = SpoolRules {
+            dir,
+            recursive: sp.recursive.unwrap_or(false),
+            ignore,
+            settle: duration_or(&sp.settle_time, "spool.settle_time", 5)?,
+            exclude,
+        };
+        let concurrency = self.daemon.concurrency.unwrap_or(1);
+        if concurrency == 0 || concurrency > 64 {
+            return Err(Error::config("daemon.concurrency must be between 1 and 64"));
+        }
+        let rate = match &self.daemon.rate_limit {
+            None => None,
+            Some(t) => {
+                let n =
+                    parse_size(t).map_err(|e| Error::config(format!("daemon.rate_limit: {e}")))?;
+                (n > 0).then_some(n)
+            }
+        };
+        let rescan = duration_or(&sp.rescan_interval, "spool.rescan_interval", 60)?;
+        if rescan.is_zero() {
+            return Err(Error::config("spool.rescan_interval must be above 0"));
+        }
+        Ok(DaemonSettings {
+            spool: rules,
+            after_upload,
+            failed_dir: sp.failed_dir.clone(),
+            concurrency,
+            rate_limit_bytes_per_sec: rate,
+            rescan_interval: rescan,
+            metrics_file: self.daemon.metrics_file.clone(),
+        })
+    }
+}
+
+fn after_upload(v: Option<&str>) -> Result<AfterUpload> {
+    match v {
+        None | Some("delete") => Ok(AfterUpload::Delete),
+        Some("keep") => Ok(AfterUpload::Keep),
+        Some(other) => match other.strip_prefix("move:") {
+            Some(dir) if !dir.is_empty() => Ok(AfterUpload::Move(PathBuf::from(dir))),
+            _ => Err(Error::config(format!(
+                "spool.after_upload = {other:?}: use delete, keep or move:/path/to/dir"
+            ))),
+        },
+    }
+}
+
+/// The systemd notification socket, when running under `Type=notify`.
+pub fn notify_socket() -> Option<std::ffi::OsString> {
+    std::env::var_os("NOTIFY_SOCKET")
+}
+
+/// The systemd watchdog interval, when `WatchdogSec=` is set for this process.
+pub fn watchdog_interval() -> Option<Duration> {
+    let pid_ok =
+        std::env::var("WATCHDOG_PID").map_or(true, |p| p.trim() == std::process::id().to_string());
+    let usec: u64 = std::env::var("WATCHDOG_USEC").ok()?.trim().parse().ok()?;
+    (pid_ok && usec > 0).then(|| Duration::from_micros(usec))
 }
 
 fn chunk_size(v: &Option<String>) -> Result<u64> {

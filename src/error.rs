@@ -32,6 +32,8 @@ pub enum Error {
     },
     /// Retries were exhausted (`--max-attempts` / `--give-up-after`).
     GaveUp {
+        /// The file.
+        path: PathBuf,
         /// Attempts made since the last progress.
         attempts: u32,
         /// The last transient failure.
@@ -44,6 +46,8 @@ pub enum Error {
         /// What failed.
         problem: String,
     },
+    /// A pause or shutdown stopped the upload; it resumes on the next run.
+    Interrupted,
     /// A plain I/O error with context.
     Io {
         /// What was being done.
@@ -71,14 +75,21 @@ impl std::fmt::Display for Error {
                     "server refused the upload ({status}) at {url}: {message}"
                 )
             }
-            Self::GaveUp { attempts, last } => {
-                write!(
-                    f,
-                    "gave up after {attempts} attempts without progress; last error: {last}"
-                )
-            }
+            Self::GaveUp {
+                path,
+                attempts,
+                last,
+            } => write!(
+                f,
+                "{}: gave up after {attempts} attempts without progress; last error: {last}",
+                path.display()
+            ),
             Self::Network { url, problem } => write!(f, "{url}: {problem}"),
             Self::Io { context, source } => write!(f, "{context}: {source}"),
+            Self::Interrupted => write!(
+                f,
+                "interrupted by pause or shutdown; it resumes on the next run"
+            ),
         }
     }
 }
@@ -103,6 +114,14 @@ impl Error {
         Self::Source {
             path: path.into(),
             problem: problem.into(),
+        }
+    }
+
+    /// A converter of I/O errors on `path` (for `map_err`).
+    pub fn from_io(path: &std::path::Path) -> impl Fn(std::io::Error) -> Error + '_ {
+        move |e| Error::Io {
+            context: path.display().to_string(),
+            source: e,
         }
     }
 

@@ -39,6 +39,14 @@ impl Progress {
         self.position.clone()
     }
 
+    /// (total size, position) of the current file.
+    pub fn position_and_total(&self) -> (u64, u64) {
+        (
+            self.total.load(Ordering::Relaxed),
+            self.position.load(Ordering::Relaxed),
+        )
+    }
+
     /// The file is done.
     pub fn finish(&self) {
         self.active.store(false, Ordering::Relaxed);

@@ -9,11 +9,36 @@ use std::fs::File;
 use std::io::Read;
 use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
 use crate::error::{Error, Result};
+use crate::ratelimit::RateLimiter;
 use crate::tus::checksum::{Algorithm, Hasher};
+
+/// The message of the I/O error a body read returns when the upload is being interrupted.
+pub const INTERRUPTED: &str = "upload interrupted by pause or shutdown";
+
+/// What a body reader reports to and obeys: progress counter, interruption, rate limit.
+#[derive(Clone, Default)]
+pub struct ReadControl {
+    /// Bytes read are added here.
+    pub counter: Arc<AtomicU64>,
+    /// When set, the next read fails with [`INTERRUPTED`].
+    pub interrupt: Option<Arc<AtomicBool>>,
+    /// Shared upload rate limit.
+    pub limiter: Option<Arc<RateLimiter>>,
+    /// Bytes read by every reader, for metrics.
+    pub total: Option<Arc<AtomicU64>>,
+}
+
+impl std::fmt::Debug for ReadControl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ReadControl")
+            .field("counter", &self.counter)
+            .finish_non_exhaustive()
+    }
+}
 
 /// Size of the read buffer for digests (the transport has its own for bodies).
 const DIGEST_BUF_BYTES: usize = 64 * 1024;
@@ -124,8 +149,8 @@ impl Source {
         Error::source_file(&self.path, problem)
     }
 
-    /// A reader of `len` bytes from `offset`, counting bytes read into `counter`.
-    pub fn reader(&self, offset: u64, len: u64, counter: Arc<AtomicU64>) -> Result<RangeReader> {
+    /// A reader of `len` bytes from `offset`, under `control`.
+    pub fn reader(&self, offset: u64, len: u64, control: ReadControl) -> Result<RangeReader> {
         let file = self
             .file
             .try_clone()
@@ -134,14 +159,14 @@ impl Source {
             file,
             pos: offset,
             remaining: len,
-            counter,
+            control,
         })
     }
 
     /// The `Upload-Checksum` value for `len` bytes from `offset`.
     pub fn digest(&self, offset: u64, len: u64, algorithm: Algorithm) -> Result<String> {
         let mut hasher = Hasher::new(algorithm);
-        let mut reader = self.reader(offset, len, Arc::new(AtomicU64::new(0)))?;
+        let mut reader = self.reader(offset, len, ReadControl::default())?;
         let mut buf = vec![0u8; DIGEST_BUF_BYTES];
         loop {
             let n = reader
@@ -164,7 +189,7 @@ pub struct RangeReader {
     file: File,
     pos: u64,
     remaining: u64,
-    counter: Arc<AtomicU64>,
+    control: ReadControl,
 }
 
 impl Read for RangeReader {
@@ -172,9 +197,21 @@ impl Read for RangeReader {
         if self.remaining == 0 || buf.is_empty() {
             return Ok(0);
         }
-        let want = buf
+        if self
+            .control
+            .interrupt
+            .as_ref()
+            .is_some_and(|i| i.load(Ordering::Relaxed))
+        {
+            return Err(std::io::Error::other(INTERRUPTED));
+        }
+        let mut want = buf
             .len()
             .min(usize::try_from(self.remaining).unwrap_or(usize::MAX));
+        if let Some(l) = &self.control.limiter {
+            want = want.min(l.max_read());
+            l.take(want);
+        }
         let n = self.file.read_at(&mut buf[..want], self.pos)?;
         if n == 0 {
             return Err(std::io::Error::new(
@@ -184,7 +221,10 @@ impl Read for RangeReader {
         }
         self.pos += n as u64;
         self.remaining -= n as u64;
-        self.counter.fetch_add(n as u64, Ordering::Relaxed);
+        self.control.counter.fetch_add(n as u64, Ordering::Relaxed);
+        if let Some(t) = &self.control.total {
+            t.fetch_add(n as u64, Ordering::Relaxed);
+        }
         Ok(n)
     }
 }
@@ -218,14 +258,24 @@ mod tests {
         let p = d.join("f.bin");
         std::fs::write(&p, b"0123456789").unwrap();
         let s = Source::open(&p).unwrap();
-        let counter = Arc::new(AtomicU64::new(0));
+        let control = ReadControl::default();
         let mut out = String::new();
-        s.reader(3, 4, counter.clone())
+        s.reader(3, 4, control.clone())
             .unwrap()
             .read_to_string(&mut out)
             .unwrap();
         assert_eq!(out, "3456");
-        assert_eq!(counter.load(Ordering::Relaxed), 4);
+        assert_eq!(control.counter.load(Ordering::Relaxed), 4);
+        let stopped = ReadControl {
+            interrupt: Some(Arc::new(AtomicBool::new(true))),
+            ..ReadControl::default()
+        };
+        let err = s
+            .reader(0, 4, stopped)
+            .unwrap()
+            .read(&mut [0; 4])
+            .unwrap_err();
+        assert_eq!(err.to_string(), INTERRUPTED);
         assert_eq!(
             s.digest(0, 5, Algorithm::Sha1).unwrap(),
             "sha1 EZBKTot39iQuLSiHBQI62tAKkxA=" // printf 01234 | sha1sum
@@ -257,7 +307,7 @@ mod tests {
             .unwrap()
             .set_len(10)
             .unwrap();
-        let mut r = s.reader(0, 1000, Arc::new(AtomicU64::new(0))).unwrap();
+        let mut r = s.reader(0, 1000, ReadControl::default()).unwrap();
         let err = std::io::copy(&mut r, &mut std::io::sink()).unwrap_err();
         assert_eq!(err.kind(), std::io::ErrorKind::UnexpectedEof);
         assert!(s

@@ -20,6 +20,33 @@ pub const RECORD_VERSION: u32 = 1;
 const CACHE_CAPACITY_BYTES: u64 = 1024 * 1024;
 
 const FILE_PREFIX: &str = "file/";
+const QUEUE_PREFIX: &str = "queue/";
+const QUEUED_PREFIX: &str = "queued/";
+const FAILED_PREFIX: &str = "failed/";
+
+/// A file waiting in the daemon's queue.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct QueueEntry {
+    /// Absolute path.
+    pub path: String,
+    /// Identity when queued.
+    pub identity: Identity,
+}
+
+/// A file that failed permanently and was kept in place (not retried until it changes).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FailedRecord {
+    /// Absolute path.
+    pub path: String,
+    /// Identity of the content that failed.
+    pub identity: Identity,
+    /// HTTP status, when the server refused.
+    pub status: Option<u16>,
+    /// Why.
+    pub message: String,
+    /// When, seconds since the epoch.
+    pub failed_unix: u64,
+}
 
 /// Where a file stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -149,6 +176,118 @@ impl Store {
             .collect()
     }
 
+    /// Queues `path` (oldest mtime first); false when it was already queued. Not flushed: the
+    /// queue is rebuilt from the spool after a crash.
+    pub fn enqueue(&self, path: &str, identity: Identity) -> Result<bool> {
+        if self.is_queued(path)? {
+            return Ok(false);
+        }
+        let qkey = queue_key(path, &identity);
+        let entry = QueueEntry {
+            path: path.to_string(),
+            identity,
+        };
+        let value = serde_json::to_vec(&entry).map_err(|e| state_err(&self.dir, e.to_string()))?;
+        let mut batch = sled::Batch::default();
+        batch.insert(qkey.clone(), value);
+        batch.insert([QUEUED_PREFIX.as_bytes(), path.as_bytes()].concat(), qkey);
+        self.db
+            .apply_batch(batch)
+            .map_err(|e| sled_err(&self.dir, e))?;
+        Ok(true)
+    }
+
+    /// True when `path` is in the queue.
+    pub fn is_queued(&self, path: &str) -> Result<bool> {
+        let k = [QUEUED_PREFIX.as_bytes(), path.as_bytes()].concat();
+        self.db.contains_key(k).map_err(|e| sled_err(&self.dir, e))
+    }
+
+    /// Removes `path` from the queue (no-op when absent).
+    pub fn unqueue(&self, path: &str) -> Result<()> {
+        let k = [QUEUED_PREFIX.as_bytes(), path.as_bytes()].concat();
+        let Some(qkey) = self.db.get(&k).map_err(|e| sled_err(&self.dir, e))? else {
+            return Ok(());
+        };
+        let mut batch = sled::Batch::default();
+        batch.remove(qkey);
+        batch.remove(k);
+        self.db
+            .apply_batch(batch)
+            .map_err(|e| sled_err(&self.dir, e))
+    }
+
+    /// The oldest queued entries whose paths `skip` does not reject, at most `limit`.
+    pub fn oldest_queued(
+        &self,
+        limit: usize,
+        skip: &dyn Fn(&str) -> bool,
+    ) -> Result<Vec<QueueEntry>> {
+        let mut out = Vec::new();
+        for kv in self.db.scan_prefix(QUEUE_PREFIX) {
+            let (_, v) = kv.map_err(|e| sled_err(&self.dir, e))?;
+            let entry: QueueEntry = serde_json::from_slice(&v)
+                .map_err(|e| state_err(&self.dir, format!("unreadable queue entry: {e}")))?;
+            if !skip(&entry.path) {
+                out.push(entry);
+                if out.len() >= limit {
+                    break;
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Number of queued files (walks the queue's keys).
+    pub fn queued_count(&self) -> usize {
+        self.db.scan_prefix(QUEUED_PREFIX).keys().count()
+    }
+
+    /// Records a permanent failure of a file kept in place (durably).
+    pub fn put_failed(&self, rec: &FailedRecord) -> Result<()> {
+        let value = serde_json::to_vec(rec).map_err(|e| state_err(&self.dir, e.to_string()))?;
+        self.db
+            .insert(
+                [FAILED_PREFIX.as_bytes(), rec.path.as_bytes()].concat(),
+                value,
+            )
+            .map_err(|e| sled_err(&self.dir, e))?;
+        self.flush()
+    }
+
+    /// The failure record of `path`, if any.
+    pub fn get_failed(&self, path: &str) -> Result<Option<FailedRecord>> {
+        let raw = self
+            .db
+            .get([FAILED_PREFIX.as_bytes(), path.as_bytes()].concat())
+            .map_err(|e| sled_err(&self.dir, e))?;
+        raw.map(|v| {
+            serde_json::from_slice(&v)
+                .map_err(|e| state_err(&self.dir, format!("unreadable failure record: {e}")))
+        })
+        .transpose()
+    }
+
+    /// Forgets the failure of `path`.
+    pub fn remove_failed(&self, path: &str) -> Result<()> {
+        self.db
+            .remove([FAILED_PREFIX.as_bytes(), path.as_bytes()].concat())
+            .map_err(|e| sled_err(&self.dir, e))?;
+        Ok(())
+    }
+
+    /// All failure records.
+    pub fn failed(&self) -> Result<Vec<FailedRecord>> {
+        self.db
+            .scan_prefix(FAILED_PREFIX)
+            .map(|kv| {
+                let (_, v) = kv.map_err(|e| sled_err(&self.dir, e))?;
+                serde_json::from_slice(&v)
+                    .map_err(|e| state_err(&self.dir, format!("unreadable failure record: {e}")))
+            })
+            .collect()
+    }
+
     fn flush(&self) -> Result<()> {
         self.db
             .flush()
@@ -175,6 +314,19 @@ impl Store {
         serde_json::from_slice(raw)
             .map_err(|e| state_err(&self.dir, format!("unreadable record: {e}")))
     }
+}
+
+/// Queue order: modification time, then path.
+fn queue_key(path: &str, id: &Identity) -> Vec<u8> {
+    let secs = u64::try_from(id.mtime_sec).unwrap_or(0);
+    let nanos = u32::try_from(id.mtime_nsec).unwrap_or(0);
+    [
+        QUEUE_PREFIX.as_bytes(),
+        &secs.to_be_bytes(),
+        &nanos.to_be_bytes(),
+        path.as_bytes(),
+    ]
+    .concat()
 }
 
 fn key(path: &str) -> Vec<u8> {
@@ -257,6 +409,53 @@ mod tests {
         assert_eq!(s.get("/x").unwrap(), Some(record("/x")));
         drop(s);
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn the_queue_hands_out_oldest_first_once_each() {
+        let s = Store::open_temporary().unwrap();
+        let id = |mtime| Identity {
+            dev: 1,
+            ino: 2,
+            size: 3,
+            mtime_sec: mtime,
+            mtime_nsec: 0,
+        };
+        assert!(s.enqueue("/new", id(300)).unwrap());
+        assert!(s.enqueue("/old", id(100)).unwrap());
+        assert!(s.enqueue("/mid", id(200)).unwrap());
+        assert!(!s.enqueue("/mid", id(200)).unwrap(), "already queued");
+        assert_eq!(s.queued_count(), 3);
+        let paths = |v: Vec<QueueEntry>| v.into_iter().map(|e| e.path).collect::<Vec<_>>();
+        assert_eq!(
+            paths(s.oldest_queued(10, &|_| false).unwrap()),
+            ["/old", "/mid", "/new"]
+        );
+        assert_eq!(
+            paths(s.oldest_queued(1, &|p| p == "/old").unwrap()),
+            ["/mid"]
+        );
+        s.unqueue("/old").unwrap();
+        s.unqueue("/absent").unwrap();
+        assert!(!s.is_queued("/old").unwrap());
+        assert_eq!(s.queued_count(), 2);
+    }
+
+    #[test]
+    fn failures_are_recorded_and_forgotten() {
+        let s = Store::open_temporary().unwrap();
+        let rec = FailedRecord {
+            path: "/f".into(),
+            identity: record("/f").identity,
+            status: Some(415),
+            message: "no".into(),
+            failed_unix: 9,
+        };
+        s.put_failed(&rec).unwrap();
+        assert_eq!(s.get_failed("/f").unwrap(), Some(rec.clone()));
+        assert_eq!(s.failed().unwrap(), [rec]);
+        s.remove_failed("/f").unwrap();
+        assert_eq!(s.get_failed("/f").unwrap(), None);
     }
 
     #[test]

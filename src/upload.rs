@@ -21,7 +21,8 @@ use crate::backoff::{parse_retry_after, Decision, Jitter, RetryPolicy};
 use crate::clock::Clock;
 use crate::error::{Error, Result};
 use crate::progress::Progress;
-use crate::source::Source;
+use crate::ratelimit::RateLimiter;
+use crate::source::{ReadControl, Source};
 use crate::store::{FileRecord, RecordState, Store, RECORD_VERSION};
 use crate::transport::{FailureKind, Transport, TransportError};
 use crate::tus::checksum::{self, Algorithm};
@@ -121,6 +122,8 @@ pub enum Step {
     Done(Completed),
     /// The file cannot be uploaded; the reason says why and what to do.
     Failed(Error),
+    /// A pause or shutdown interrupted the transfer; `step` will resume from the server's offset.
+    Interrupted,
 }
 
 /// A finished upload.
@@ -161,6 +164,7 @@ pub struct FileUpload {
     checksum: Option<Algorithm>,
     chunk_bytes: u64,
     restarts: u32,
+    last_error: Option<String>,
     progress: Arc<Progress>,
 }
 
@@ -168,6 +172,31 @@ impl FileUpload {
     /// The file's path.
     pub fn path(&self) -> &Path {
         self.source.path()
+    }
+
+    /// The file's size.
+    pub fn len(&self) -> u64 {
+        self.source.len()
+    }
+
+    /// True for an empty file.
+    pub fn is_empty(&self) -> bool {
+        self.source.is_empty()
+    }
+
+    /// Failed attempts since the last confirmed byte.
+    pub fn attempts(&self) -> u32 {
+        self.attempt
+    }
+
+    /// The last transient failure, for status displays.
+    pub fn last_error(&self) -> Option<&str> {
+        self.last_error.as_deref()
+    }
+
+    /// The progress counters of this file.
+    pub fn progress(&self) -> &Arc<Progress> {
+        &self.progress
     }
 }
 
@@ -180,6 +209,8 @@ pub struct Uploader<'a> {
     caps: RefCell<HashMap<String, ServerCaps>>,
     jitter: RefCell<Jitter>,
     wake: Arc<AtomicBool>,
+    limiter: Option<Arc<RateLimiter>>,
+    bytes_sent: Option<Arc<std::sync::atomic::AtomicU64>>,
     /// The largest chunk the server (or a proxy before it) accepted after a 413, if any.
     learned_chunk_limit: RefCell<Option<u64>>,
 }
@@ -201,7 +232,41 @@ impl<'a> Uploader<'a> {
             caps: RefCell::new(HashMap::new()),
             jitter: RefCell::new(Jitter::new(jitter_seed)),
             wake: Arc::new(AtomicBool::new(false)),
+            limiter: None,
+            bytes_sent: None,
             learned_chunk_limit: RefCell::new(None),
+        }
+    }
+
+    /// Interrupts transfers and waits when `flag` is set (pause, shutdown).
+    pub fn with_interrupt(mut self, flag: Arc<AtomicBool>) -> Self {
+        self.wake = flag;
+        self
+    }
+
+    /// Shares `limiter` among this uploader's transfers.
+    pub fn with_rate_limit(mut self, limiter: Option<Arc<RateLimiter>>) -> Self {
+        self.limiter = limiter;
+        self
+    }
+
+    /// Counts every body byte read into `total` (metrics).
+    pub fn with_byte_counter(mut self, total: Arc<std::sync::atomic::AtomicU64>) -> Self {
+        self.bytes_sent = Some(total);
+        self
+    }
+
+    /// The flag that interrupts transfers and waits.
+    pub fn interrupt_flag(&self) -> &Arc<AtomicBool> {
+        &self.wake
+    }
+
+    fn read_control(&self, f: &FileUpload) -> ReadControl {
+        ReadControl {
+            counter: f.progress.counter(),
+            interrupt: Some(self.wake.clone()),
+            limiter: self.limiter.clone(),
+            total: self.bytes_sent.clone(),
         }
     }
 
@@ -214,6 +279,7 @@ impl<'a> Uploader<'a> {
                 Step::Wait(d) => self.clock.sleep(d, &self.wake),
                 Step::Done(c) => return Ok(c),
                 Step::Failed(e) => return Err(e),
+                Step::Interrupted => return Err(Error::Interrupted),
             }
         }
     }
@@ -236,6 +302,7 @@ impl<'a> Uploader<'a> {
             checksum: None,
             chunk_bytes: self.chunk_size(),
             restarts: 0,
+            last_error: None,
             progress,
         };
         self.adopt_record(&mut file)?;
@@ -416,7 +483,7 @@ impl<'a> Uploader<'a> {
                 Some(Box::new(f.source.reader(
                     offset,
                     len,
-                    f.progress.counter(),
+                    self.read_control(f),
                 )?))
             }
             Body::Empty => None,
@@ -525,7 +592,7 @@ impl<'a> Uploader<'a> {
         };
         let req = request::patch(&rec.upload_url, offset, len, sum);
         f.progress.set_position(offset);
-        let body = f.source.reader(offset, len, f.progress.counter())?;
+        let body = f.source.reader(offset, len, self.read_control(f))?;
         let resp = match self.send_scoped(&self.settings.endpoint, req, Some(Box::new(body))) {
             Ok(r) => r,
             Err(e) if e.kind == FailureKind::Body => {
@@ -731,6 +798,13 @@ impl<'a> Uploader<'a> {
                 .as_ref()
                 .map_or_else(|| self.settings.endpoint.clone(), |r| r.upload_url.clone()),
         };
+        if e.kind == FailureKind::Interrupted {
+            f.phase = match next {
+                Phase::Send { .. } => Phase::Probe,
+                other => other,
+            };
+            return Ok(Step::Interrupted);
+        }
         if !e.is_transient() {
             return Err(Error::Network {
                 url: url::redact(&target).into(),
@@ -763,6 +837,7 @@ impl<'a> Uploader<'a> {
         let jitter = self.jitter.borrow_mut().next_unit();
         match self.settings.retry.decide(f.attempt, stalled, ra, jitter) {
             Decision::RetryAfter(d) => {
+                f.last_error = Some(why.clone());
                 log::warn!(
                     "{}: {why}; retrying in {:.1} s (attempt {})",
                     f.path().display(),
@@ -773,6 +848,7 @@ impl<'a> Uploader<'a> {
                 Step::Wait(d)
             }
             Decision::GiveUp => Step::Failed(Error::GaveUp {
+                path: f.path().to_path_buf(),
                 attempts: f.attempt,
                 last: why,
             }),

@@ -192,6 +192,9 @@ fn bad_request(e: ureq::http::Error) -> TransportError {
 fn classify(e: ureq::Error) -> TransportError {
     let kind = match &e {
         ureq::Error::Timeout(_) | ureq::Error::BodyStalled => FailureKind::Timeout,
+        ureq::Error::Io(io) if io.to_string().contains(crate::source::INTERRUPTED) => {
+            FailureKind::Interrupted
+        }
         ureq::Error::Io(io)
             if io.kind() == std::io::ErrorKind::UnexpectedEof
                 && io.to_string().contains("file ended") =>
@@ -203,6 +206,14 @@ fn classify(e: ureq::Error) -> TransportError {
                 || io.kind() == std::io::ErrorKind::WouldBlock =>
         {
             FailureKind::Timeout
+        }
+        // ureq reports TLS handshake failures as I/O errors wrapping rustls' error. A refused
+        // certificate (ours or theirs) is a setting to fix, not a link problem to retry.
+        ureq::Error::Io(io)
+            if io.kind() == std::io::ErrorKind::InvalidData
+                && io.to_string().to_ascii_lowercase().contains("certificate") =>
+        {
+            FailureKind::Tls
         }
         ureq::Error::Io(_)
         | ureq::Error::HostNotFound

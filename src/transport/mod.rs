@@ -12,7 +12,7 @@ use crate::tus::{Request, Response};
 pub mod http;
 
 /// Sends requests.
-pub trait Transport {
+pub trait Transport: Send + Sync {
     /// Sends `req`. When `req.body` is a file range, `body` yields exactly its bytes, which are
     /// streamed with that `Content-Length`.
     fn send(
@@ -35,6 +35,8 @@ pub enum FailureKind {
     Body,
     /// The server's answer was not HTTP we can read.
     Protocol,
+    /// We stopped sending because of a pause or shutdown.
+    Interrupted,
 }
 
 /// A request that got no usable answer.
@@ -61,6 +63,7 @@ impl std::fmt::Display for TransportError {
             FailureKind::Tls => "TLS failed",
             FailureKind::Body => "reading the file failed",
             FailureKind::Protocol => "bad HTTP answer",
+            FailureKind::Interrupted => "interrupted",
         };
         write!(f, "{what}: {}", self.message)
     }

@@ -7,8 +7,10 @@
 #[path = "../support/mod.rs"]
 mod support;
 
+mod daemon;
 mod fault_server;
 mod harness;
 mod peers_interop;
 mod peers_smoke;
 mod support_selftest;
+mod tls;

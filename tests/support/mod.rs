@@ -7,4 +7,5 @@
 pub mod data;
 pub mod flaky_proxy;
 pub mod peers;
+pub mod tls_proxy;
 pub mod tus_server;

@@ -1,0 +1,314 @@
+//! What the daemon tells operators: a JSON snapshot in the state directory (read by
+//! `ferry status`, since sled admits one process) and Prometheus metrics for node_exporter's
+//! textfile collector. Both are written atomically (temporary file, then rename).
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::progress::human_bytes;
+
+/// The snapshot file's name in the state directory.
+pub const SNAPSHOT_FILE: &str = "status.json";
+
+/// The file in the state directory whose presence pauses uploads (`ferry pause`); it
+/// survives restarts, so a paused agent stays paused.
+pub const PAUSE_MARKER: &str = "paused";
+
+/// The daemon's state as last published.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Snapshot {
+    /// Daemon process id.
+    pub pid: u32,
+    /// ferry version.
+    pub version: String,
+    /// Start time, seconds since the epoch.
+    pub started_unix: u64,
+    /// When this snapshot was written.
+    pub updated_unix: u64,
+    /// `running`, `paused`, `waiting for the spool directory`, `stopping` or `stopped`.
+    pub state: String,
+    /// The spool directory.
+    pub spool: String,
+    /// The endpoint (query removed).
+    pub endpoint: String,
+    /// Files waiting.
+    pub queued: u64,
+    /// Files being uploaded (or waiting to retry).
+    pub active: Vec<ActiveFile>,
+    /// Recent permanent failures.
+    pub failed: Vec<FailedFile>,
+    /// Counters since start.
+    pub totals: Totals,
+}
+
+/// A file being uploaded.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ActiveFile {
+    /// Path.
+    pub path: String,
+    /// Size in bytes.
+    pub size: u64,
+    /// Bytes sent or confirmed so far.
+    pub position: u64,
+    /// Recent rate.
+    pub bytes_per_sec: f64,
+    /// Failed attempts since the last progress.
+    pub attempts: u32,
+    /// When the next retry is due, seconds since the epoch.
+    pub next_retry_unix: Option<u64>,
+    /// The last transient error.
+    pub last_error: Option<String>,
+}
+
+/// A file that failed permanently.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FailedFile {
+    /// Where it was.
+    pub path: String,
+    /// HTTP status, when the server refused.
+    pub status: Option<u16>,
+    /// Why.
+    pub message: String,
+    /// When, seconds since the epoch.
+    pub failed_unix: u64,
+    /// Where it was moved, if it was.
+    pub moved_to: Option<String>,
+}
+
+/// Counters since the daemon started.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Totals {
+    /// Files uploaded completely.
+    pub files_done: u64,
+    /// Files failed permanently.
+    pub files_failed: u64,
+    /// Body bytes sent (resends included).
+    pub bytes_sent: u64,
+    /// Transient failures retried.
+    pub retries: u64,
+    /// Last completed upload, seconds since the epoch.
+    pub last_success_unix: Option<u64>,
+}
+
+/// Writes `contents` to `path` atomically (same-directory temp file, fsync, rename).
+pub fn write_atomic(path: &Path, contents: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    let tmp: PathBuf = path.with_extension("tmp");
+    let mut f = std::fs::File::create(&tmp)?;
+    f.write_all(contents)?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, path)
+}
+
+/// Reads the snapshot in `state_dir`.
+pub fn read(state_dir: &Path) -> Result<Snapshot, String> {
+    let path = state_dir.join(SNAPSHOT_FILE);
+    let text = std::fs::read_to_string(&path).map_err(|e| {
+        format!(
+            "{}: {e} (is `ferry run` using this state directory?)",
+            path.display()
+        )
+    })?;
+    serde_json::from_str(&text).map_err(|e| format!("{}: unreadable: {e}", path.display()))
+}
+
+/// The snapshot for people.
+pub fn render_text(s: &Snapshot, alive: bool, now_unix: u64) -> String {
+    let mut out = String::new();
+    let state = if alive {
+        s.state.clone()
+    } else {
+        format!("not running (last state: {})", s.state)
+    };
+    out += &format!("ferry {}: {state}\n", s.version);
+    out += &format!("spool {}  ->  {}\n", s.spool, s.endpoint);
+    let t = &s.totals;
+    let last = t.last_success_unix.map_or("never".into(), |u| {
+        format!("{} s ago", now_unix.saturating_sub(u))
+    });
+    out += &format!(
+        "queued {}, active {}, done {}, failed {}, sent {}, retries {}, last success {last}\n",
+        s.queued,
+        s.active.len(),
+        t.files_done,
+        t.files_failed,
+        human_bytes(t.bytes_sent),
+        t.retries
+    );
+    for a in &s.active {
+        let pct = if a.size == 0 {
+            100.0
+        } else {
+            a.position as f64 * 100.0 / a.size as f64
+        };
+        out += &format!(
+            "  active  {}  {} / {} ({pct:.1}%)  {}/s  attempts {}",
+            a.path,
+            human_bytes(a.position),
+            human_bytes(a.size),
+            human_bytes(a.bytes_per_sec as u64),
+            a.attempts
+        );
+        if let Some(n) = a.next_retry_unix {
+            out += &format!("  next retry in {} s", n.saturating_sub(now_unix));
+        }
+        if let Some(e) = &a.last_error {
+            out += &format!("  last error: {e}");
+        }
+        out += "\n";
+    }
+    for f in &s.failed {
+        let status = f.status.map_or(String::new(), |c| format!(" ({c})"));
+        let moved = f
+            .moved_to
+            .as_ref()
+            .map_or(String::new(), |m| format!(", moved to {m}"));
+        out += &format!("  failed  {}{status}: {}{moved}\n", f.path, f.message);
+    }
+    out
+}
+
+/// The snapshot as Prometheus text exposition format.
+pub fn render_metrics(s: &Snapshot) -> String {
+    let t = &s.totals;
+    let metrics: [(&str, &str, &str, u64); 7] = [
+        (
+            "ferry_files_done_total",
+            "counter",
+            "Files uploaded completely since start.",
+            t.files_done,
+        ),
+        (
+            "ferry_files_failed_total",
+            "counter",
+            "Files failed permanently since start.",
+            t.files_failed,
+        ),
+        (
+            "ferry_bytes_sent_total",
+            "counter",
+            "Body bytes sent since start, resends included.",
+            t.bytes_sent,
+        ),
+        (
+            "ferry_retries_total",
+            "counter",
+            "Transient failures retried since start.",
+            t.retries,
+        ),
+        (
+            "ferry_queue_length",
+            "gauge",
+            "Files waiting to be uploaded.",
+            s.queued,
+        ),
+        (
+            "ferry_active_uploads",
+            "gauge",
+            "Files being uploaded.",
+            s.active.len() as u64,
+        ),
+        (
+            "ferry_last_success_timestamp_seconds",
+            "gauge",
+            "When the last upload completed.",
+            t.last_success_unix.unwrap_or(0),
+        ),
+    ];
+    let mut out = String::new();
+    for (name, kind, help, value) in metrics {
+        out += &format!("# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}\n");
+    }
+    let paused = u8::from(s.state == "paused");
+    out += &format!("# HELP ferry_paused 1 when uploads are paused.\n# TYPE ferry_paused gauge\nferry_paused {paused}\n");
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn snap() -> Snapshot {
+        Snapshot {
+            pid: 1,
+            version: "0.1.0".into(),
+            state: "running".into(),
+            spool: "/spool".into(),
+            endpoint: "http://h/files/".into(),
+            queued: 3,
+            active: vec![ActiveFile {
+                path: "/spool/a.mp4".into(),
+                size: 2048,
+                position: 1024,
+                attempts: 2,
+                next_retry_unix: Some(110),
+                last_error: Some("timed out".into()),
+                ..ActiveFile::default()
+            }],
+            failed: vec![FailedFile {
+                path: "/spool/b".into(),
+                status: Some(415),
+                message: "bad type".into(),
+                failed_unix: 5,
+                moved_to: Some("/failed/b".into()),
+            }],
+            totals: Totals {
+                files_done: 7,
+                bytes_sent: 4096,
+                last_success_unix: Some(90),
+                ..Totals::default()
+            },
+            ..Snapshot::default()
+        }
+    }
+
+    #[test]
+    fn text_shows_each_file_with_retry_and_error() {
+        let t = render_text(&snap(), true, 100);
+        assert!(t.contains("queued 3, active 1, done 7, failed 0, sent 4.0 KiB, retries 0, last success 10 s ago"), "{t}");
+        assert!(
+            t.contains("/spool/a.mp4  1.0 KiB / 2.0 KiB (50.0%)")
+                && t.contains("next retry in 10 s")
+                && t.contains("last error: timed out"),
+            "{t}"
+        );
+        assert!(
+            t.contains("failed  /spool/b (415): bad type, moved to /failed/b"),
+            "{t}"
+        );
+        assert!(render_text(&snap(), false, 100).contains("not running"));
+    }
+
+    #[test]
+    fn metrics_are_prometheus_text() {
+        let m = render_metrics(&snap());
+        assert!(
+            m.contains("# TYPE ferry_files_done_total counter\nferry_files_done_total 7\n"),
+            "{m}"
+        );
+        assert!(
+            m.contains("ferry_queue_length 3\n") && m.contains("ferry_paused 0\n"),
+            "{m}"
+        );
+        assert!(
+            m.lines()
+                .all(|l| l.starts_with('#') || l.split(' ').count() == 2),
+            "{m}"
+        );
+    }
+
+    #[test]
+    fn snapshots_round_trip_through_the_file() {
+        let dir = std::env::temp_dir().join(format!("ferry-status-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        write_atomic(
+            &dir.join(SNAPSHOT_FILE),
+            &serde_json::to_vec(&snap()).unwrap(),
+        )
+        .unwrap();
+        assert_eq!(read(&dir).unwrap(), snap());
+        std::fs::remove_dir_all(&dir).unwrap();
+        assert!(read(&dir).unwrap_err().contains("ferry run"));
+    }
+}

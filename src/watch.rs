@@ -1,0 +1,167 @@
+//! Watching the spool (inotify) and the process's signals, turned into daemon [`Event`]s.
+//!
+//! The watcher reports a file the moment its writer closes it or renames it into the spool,
+//! so an idle daemon sleeps instead of polling. Anything it cannot account for (a queue
+//! overflow, a new subdirectory, the spool disappearing) becomes a full rescan request.
+
+use std::collections::HashMap;
+use std::ffi::OsStr;
+use std::path::{Path, PathBuf};
+use std::sync::mpsc::Sender;
+use std::time::Duration;
+
+use inotify::{EventMask, Inotify, WatchDescriptor, WatchMask};
+
+use crate::clock::Clock;
+use crate::daemon::Event;
+use crate::spool::{self, Kind, SpoolRules};
+use crate::status::PAUSE_MARKER;
+
+/// How often a missing spool directory is looked for again.
+const RETRY_MISSING: Duration = Duration::from_secs(2);
+
+/// Starts the signal thread: SIGTERM, SIGINT and SIGHUP become [`Event::Signal`].
+pub fn signals(tx: Sender<Event>) -> std::io::Result<()> {
+    use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+    let mut signals = signal_hook::iterator::Signals::new([SIGTERM, SIGINT, SIGHUP])?;
+    std::thread::Builder::new()
+        .name("signals".into())
+        .spawn(move || {
+            for sig in signals.forever() {
+                if tx.send(Event::Signal(sig)).is_err() {
+                    break;
+                }
+            }
+        })?;
+    Ok(())
+}
+
+/// Starts the spool watcher thread; without inotify it reports [`Event::WatchUnavailable`].
+pub fn spool(
+    rules: SpoolRules,
+    state_dir: PathBuf,
+    clock: std::sync::Arc<dyn Clock>,
+    tx: Sender<Event>,
+) {
+    let spawned = std::thread::Builder::new()
+        .name("watch".into())
+        .spawn(move || {
+            if let Err(e) = watch_loop(&rules, &state_dir, clock.as_ref(), &tx) {
+                log::warn!(
+                    "cannot watch {} ({e}); falling back to frequent scans",
+                    rules.dir.display()
+                );
+                let _ = tx.send(Event::WatchUnavailable);
+            }
+        });
+    if let Err(e) = spawned {
+        log::warn!("cannot start the spool watcher: {e}");
+    }
+}
+
+fn spool_mask() -> WatchMask {
+    WatchMask::CLOSE_WRITE
+        | WatchMask::MOVED_TO
+        | WatchMask::CREATE
+        | WatchMask::DELETE_SELF
+        | WatchMask::MOVE_SELF
+}
+
+fn watch_loop(
+    rules: &SpoolRules,
+    state_dir: &Path,
+    clock: &dyn Clock,
+    tx: &Sender<Event>,
+) -> std::io::Result<()> {
+    let mut ino = Inotify::init()?;
+    let control = ino.watches().add(
+        state_dir,
+        WatchMask::CREATE | WatchMask::DELETE | WatchMask::MOVED_TO | WatchMask::MOVED_FROM,
+    )?;
+    let never = std::sync::atomic::AtomicBool::new(false);
+    let mut buf = vec![0u8; 16 * 1024];
+    loop {
+        let mut dirs: HashMap<WatchDescriptor, PathBuf> = HashMap::new();
+        while let Err(e) = add_tree(&mut ino, &rules.dir, rules, &mut dirs) {
+            log::debug!("spool {} not watchable yet: {e}", rules.dir.display());
+            clock.sleep(RETRY_MISSING, &never);
+        }
+        if tx.send(Event::Rescan).is_err() {
+            return Ok(());
+        }
+        'events: loop {
+            let events = ino.read_events_blocking(&mut buf)?;
+            for ev in events {
+                if ev.mask.contains(EventMask::Q_OVERFLOW) {
+                    send(tx, Event::Rescan)?;
+                    continue;
+                }
+                if ev.wd == control {
+                    if ev.name == Some(OsStr::new(PAUSE_MARKER)) {
+                        send(tx, Event::Control)?;
+                    }
+                    continue;
+                }
+                let Some(dir) = dirs.get(&ev.wd).cloned() else {
+                    continue;
+                };
+                if ev
+                    .mask
+                    .intersects(EventMask::DELETE_SELF | EventMask::MOVE_SELF)
+                    && dir == rules.dir
+                {
+                    for wd in dirs.keys() {
+                        let _ = ino.watches().remove(wd.clone());
+                    }
+                    break 'events; // the spool itself went away: wait for it again
+                }
+                let Some(name) = ev.name else { continue };
+                let path = dir.join(name);
+                if ev.mask.contains(EventMask::ISDIR) {
+                    if rules.recursive
+                        && ev.mask.intersects(EventMask::CREATE | EventMask::MOVED_TO)
+                        && !rules.exclude.contains(&path)
+                    {
+                        let _ = add_tree(&mut ino, &path, rules, &mut dirs);
+                        send(tx, Event::Rescan)?;
+                    }
+                } else if ev
+                    .mask
+                    .intersects(EventMask::CLOSE_WRITE | EventMask::MOVED_TO)
+                {
+                    send(tx, Event::Written(path))?;
+                }
+            }
+        }
+    }
+}
+
+fn send(tx: &Sender<Event>, ev: Event) -> std::io::Result<()> {
+    tx.send(ev)
+        .map_err(|_| std::io::Error::other("daemon stopped"))
+}
+
+/// Watches `dir` and, when recursive, every subdirectory (never through links).
+fn add_tree(
+    ino: &mut Inotify,
+    dir: &Path,
+    rules: &SpoolRules,
+    dirs: &mut HashMap<WatchDescriptor, PathBuf>,
+) -> std::io::Result<()> {
+    let wd = ino
+        .watches()
+        .add(dir, spool_mask() | WatchMask::DONT_FOLLOW)?;
+    dirs.insert(wd, dir.to_path_buf());
+    if !rules.recursive {
+        return Ok(());
+    }
+    for entry in std::fs::read_dir(dir)?.flatten() {
+        let path = entry.path();
+        if let Ok(Some(e)) = spool::stat(&path) {
+            if e.kind == Kind::Dir && !rules.exclude.contains(&path) {
+                let _ = add_tree(ino, &path, rules, dirs);
+            }
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,616 @@
+//! End to end: `ferry run` (the real binary) emptying a spool into real servers, through cut
+//! links, kill -9, pauses and signals.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::process::{Child, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::harness::{assert_same_bytes, ferry, random_bytes, Scratch};
+use crate::support::flaky_proxy::{FlakyProxy, ProxyPlan};
+use crate::support::peers::{NodeOpts, Peer};
+use crate::support::tus_server::{Fault, LocationStyle, ServerConfig, TusServer};
+
+const MIB: usize = 1024 * 1024;
+
+/// A spool, a state dir and a config for `ferry run`.
+struct Spool {
+    s: Scratch,
+    spool: PathBuf,
+    config: PathBuf,
+    log: PathBuf,
+}
+
+impl Spool {
+    fn new(name: &str, endpoint: &str, extra: &str) -> Self {
+        let s = Scratch::new(name);
+        let spool = s.dir.join("spool");
+        std::fs::create_dir_all(&spool).unwrap();
+        let config = s.dir.join("ferry.toml");
+        let text = format!(
+            "state_dir = {:?}\n[server]\nendpoint = {endpoint:?}\nidle_timeout = \"5s\"\nconnect_timeout = \"5s\"\n[retry]\ninitial_delay = \"20ms\"\nmax_delay = \"200ms\"\n[spool]\ndir = {:?}\nsettle_time = \"300ms\"\n{extra}\n",
+            s.state(),
+            spool
+        );
+        std::fs::write(&config, text).unwrap();
+        let log = s.dir.join("ferry.log");
+        Spool {
+            s,
+            spool,
+            config,
+            log,
+        }
+    }
+
+    fn start(&self) -> Child {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .unwrap();
+        let mut c = ferry();
+        c.arg("run").arg("--config").arg(&self.config);
+        c.stdout(Stdio::null())
+            .stderr(Stdio::from(log))
+            .spawn()
+            .unwrap()
+    }
+
+    fn cmd(&self, args: &[&str]) -> std::process::Output {
+        let mut c = ferry();
+        c.args(args).arg("--config").arg(&self.config);
+        c.output().unwrap()
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Writes a file the way cameras do: half written in place, half renamed in.
+    fn drop_file(&self, name: &str, len: usize, seed: u64) -> PathBuf {
+        let path = self.spool.join(name);
+        if seed % 2 == 0 {
+            std::fs::write(&path, random_bytes(len, seed)).unwrap();
+        } else {
+            let part = self.spool.join(format!("{name}.part"));
+            std::fs::write(&part, random_bytes(len, seed)).unwrap();
+            std::fs::rename(&part, &path).unwrap();
+        }
+        path
+    }
+
+    fn spool_files(&self) -> Vec<PathBuf> {
+        let mut v: Vec<PathBuf> = std::fs::read_dir(&self.spool)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .filter(|p| p.is_file())
+            .collect();
+        v.sort();
+        v
+    }
+}
+
+fn wait_until(what: &str, timeout: Duration, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !cond() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn sigterm(child: &Child) {
+    let status = std::process::Command::new("kill")
+        .arg("-TERM")
+        .arg(child.id().to_string())
+        .status()
+        .unwrap();
+    assert!(status.success());
+}
+
+/// The mixed sizes of a camera's day: mostly small files, some large ones.
+fn size_of(i: usize) -> usize {
+    match i {
+        0 => 0,
+        i if i % 50 == 25 => 50 * MIB + i,
+        i if i % 10 == 3 => 4 * MIB + i,
+        i => (i * 7919) % (256 * 1024),
+    }
+}
+
+/// Checks that every file name uploaded completely exactly once with the right bytes.
+fn assert_each_uploaded_once(server: &TusServer, names: &HashMap<String, (usize, u64)>) {
+    let mut complete: HashMap<String, usize> = HashMap::new();
+    for u in server
+        .uploads()
+        .iter()
+        .filter(|u| !u.deleted && u.offset == u.length)
+    {
+        let name = u
+            .metadata
+            .iter()
+            .find(|(k, _)| k == "filename")
+            .and_then(|(_, v)| v.clone())
+            .unwrap();
+        *complete.entry(name.clone()).or_default() += 1;
+        let (len, seed) = names[&name];
+        assert_same_bytes(&server.upload_bytes(&u.id), &random_bytes(len, seed), &name);
+    }
+    for name in names.keys() {
+        assert_eq!(
+            complete.get(name).copied().unwrap_or(0),
+            1,
+            "{name}: completed uploads"
+        );
+    }
+}
+
+#[test]
+fn two_hundred_files_through_a_cut_link_each_arrive_once_and_are_deleted() {
+    let server = TusServer::start(ServerConfig {
+        location: LocationStyle::Relative,
+        ..ServerConfig::default()
+    });
+    let proxy = FlakyProxy::start(
+        server.addr(),
+        ProxyPlan {
+            cut_every_bytes: Some(3 * MIB as u64 + 777),
+            ..ProxyPlan::default()
+        },
+    );
+    let sp = Spool::new(
+        "d200",
+        &proxy.rewrite(&server.endpoint()),
+        "[upload]\nchunk_size = \"1MiB\"",
+    );
+    let mut child = sp.start();
+    let mut names = HashMap::new();
+    for i in 0..200 {
+        let name = format!("cam-{i:03}.mp4");
+        sp.drop_file(&name, size_of(i), i as u64);
+        names.insert(name, (size_of(i), i as u64));
+    }
+    wait_until("the spool to empty", Duration::from_secs(300), || {
+        sp.spool_files().is_empty()
+    });
+    sigterm(&child);
+    assert!(child.wait().unwrap().success());
+    assert!(proxy.cuts() >= 50, "only {} cuts", proxy.cuts());
+    assert_each_uploaded_once(&server, &names);
+    let status = String::from_utf8_lossy(&sp.cmd(&["status", "--json"]).stdout).to_string();
+    assert!(status.contains("\"files_done\":200"), "{status}");
+}
+
+#[test]
+fn tus_node_server_receives_a_spool_through_cuts() {
+    let peer = Peer::node_tus_server(NodeOpts::default());
+    let proxy = FlakyProxy::start(
+        peer.addr(),
+        ProxyPlan {
+            cut_every_bytes: Some(2 * MIB as u64 + 99),
+            ..ProxyPlan::default()
+        },
+    );
+    let done = Scratch::new("node-done");
+    let sp = Spool::new(
+        "dnode",
+        &proxy.rewrite(&peer.endpoint()),
+        &format!(
+            "after_upload = \"move:{}\"\n[upload]\nchunk_size = \"1MiB\"",
+            done.dir.display()
+        ),
+    );
+    let mut child = sp.start();
+    let len = |i: usize| (i * 7919) % (256 * 1024) + if i % 6 == 0 { 3 * MIB } else { 0 };
+    let files: Vec<(PathBuf, usize, u64)> = (0..60)
+        .map(|i| {
+            (
+                sp.drop_file(&format!("f{i:02}.bin"), len(i), 1000 + i as u64),
+                len(i),
+                1000 + i as u64,
+            )
+        })
+        .collect();
+    wait_until("the spool to empty", Duration::from_secs(300), || {
+        sp.spool_files().is_empty()
+    });
+    sigterm(&child);
+    assert!(child.wait().unwrap().success());
+    assert_eq!(
+        peer.upload_count(),
+        files.len(),
+        "one upload per file: {}",
+        sp.log()
+    );
+    for (path, len, seed) in &files {
+        let moved = done.dir.join(path.file_name().unwrap());
+        assert_same_bytes(
+            &std::fs::read(&moved).unwrap(),
+            &random_bytes(*len, *seed),
+            "moved copy",
+        );
+    }
+    assert!(proxy.cuts() >= 5);
+}
+
+#[test]
+fn kill_9_thirty_times_loses_nothing_and_duplicates_nothing() {
+    let server = TusServer::start(ServerConfig {
+        location: LocationStyle::Relative,
+        ..ServerConfig::default()
+    });
+    let proxy = FlakyProxy::start(
+        server.addr(),
+        ProxyPlan {
+            throttle_bytes_per_sec: Some(8 * MIB as u64),
+            cut_every_bytes: Some(5 * MIB as u64 + 3),
+            ..ProxyPlan::default()
+        },
+    );
+    let sp = Spool::new(
+        "soak",
+        &proxy.rewrite(&server.endpoint()),
+        "[upload]\nchunk_size = \"512KiB\"",
+    );
+    let mut names = HashMap::new();
+    for i in 0..40 {
+        let len = if i % 8 == 0 {
+            6 * MIB + i
+        } else {
+            (i * 104_729) % (700 * 1024)
+        };
+        let name = format!("soak-{i:02}.bin");
+        sp.drop_file(&name, len, 500 + i as u64);
+        names.insert(name, (len, 500 + i as u64));
+    }
+    let mut rng = 0x2545_F491_4F6C_DD1Du64;
+    for round in 0..30 {
+        let mut child = sp.start();
+        rng ^= rng << 13;
+        rng ^= rng >> 7;
+        rng ^= rng << 17;
+        std::thread::sleep(Duration::from_millis(150 + rng % 600));
+        child.kill().unwrap();
+        child.wait().unwrap();
+        // Invariant 1: a file gone from the spool is complete on the server.
+        let present: Vec<String> = sp
+            .spool_files()
+            .iter()
+            .map(|p| p.file_name().unwrap().to_string_lossy().into_owned())
+            .collect();
+        for (name, (len, _)) in &names {
+            if !present.contains(name) {
+                let complete = server.uploads().iter().any(|u| {
+                    u.offset == u.length
+                        && u.length == *len as u64
+                        && u.metadata
+                            .iter()
+                            .any(|(k, v)| k == "filename" && v.as_deref() == Some(name))
+                });
+                assert!(
+                    complete,
+                    "round {round}: {name} left the spool before the server held all of it"
+                );
+            }
+        }
+    }
+    let mut child = sp.start();
+    wait_until(
+        "the spool to empty after the kills",
+        Duration::from_secs(240),
+        || sp.spool_files().is_empty(),
+    );
+    sigterm(&child);
+    child.wait().unwrap();
+    assert_each_uploaded_once(&server, &names);
+}
+
+#[test]
+fn pause_takes_effect_within_a_second_survives_a_restart_and_resume_finishes() {
+    let server = TusServer::start(ServerConfig {
+        location: LocationStyle::Relative,
+        ..ServerConfig::default()
+    });
+    let proxy = FlakyProxy::start(
+        server.addr(),
+        ProxyPlan {
+            throttle_bytes_per_sec: Some(2 * MIB as u64),
+            ..ProxyPlan::default()
+        },
+    );
+    let sp = Spool::new(
+        "pause",
+        &proxy.rewrite(&server.endpoint()),
+        "[upload]\nchunk_size = \"1MiB\"",
+    );
+    let mut child = sp.start();
+    sp.drop_file("big.bin", 12 * MIB, 4);
+    wait_until("upload progress", Duration::from_secs(30), || {
+        proxy.bytes_up() > 2 * MIB as u64
+    });
+    let out = sp.cmd(&["pause"]);
+    assert!(out.status.success());
+    std::thread::sleep(Duration::from_millis(1000));
+    let after_pause = proxy.bytes_up();
+    std::thread::sleep(Duration::from_millis(1500));
+    assert_eq!(proxy.bytes_up(), after_pause, "nothing sent while paused");
+    let status = String::from_utf8_lossy(&sp.cmd(&["status"]).stdout).to_string();
+    assert!(status.contains("paused"), "{status}");
+    sigterm(&child);
+    assert!(child.wait().unwrap().success());
+    let mut child = sp.start();
+    std::thread::sleep(Duration::from_millis(1500));
+    assert_eq!(
+        proxy.bytes_up(),
+        after_pause,
+        "a paused agent stays paused after a restart"
+    );
+    assert!(sp.cmd(&["resume"]).status.success());
+    wait_until("the upload to finish", Duration::from_secs(60), || {
+        sp.spool_files().is_empty()
+    });
+    sigterm(&child);
+    child.wait().unwrap();
+    assert_eq!(server.uploads().len(), 1, "resumed the same upload");
+    assert_same_bytes(
+        &server.upload_bytes(&server.uploads()[0].id),
+        &random_bytes(12 * MIB, 4),
+        "big.bin",
+    );
+}
+
+#[test]
+fn sigterm_mid_upload_stops_within_5_seconds_and_the_restart_resumes() {
+    let server = TusServer::start(ServerConfig {
+        location: LocationStyle::Relative,
+        ..ServerConfig::default()
+    });
+    let proxy = FlakyProxy::start(
+        server.addr(),
+        ProxyPlan {
+            throttle_bytes_per_sec: Some(MIB as u64),
+            ..ProxyPlan::default()
+        },
+    );
+    let sp = Spool::new(
+        "term",
+        &proxy.rewrite(&server.endpoint()),
+        "[upload]\nchunk_size = \"6MiB\"",
+    );
+    let mut child = sp.start();
+    sp.drop_file("big.bin", 8 * MIB, 6);
+    wait_until("upload progress", Duration::from_secs(30), || {
+        proxy.bytes_up() > MIB as u64
+    });
+    let t = Instant::now();
+    sigterm(&child);
+    let status = child.wait().unwrap();
+    assert!(
+        t.elapsed() < Duration::from_secs(5),
+        "stopped after {:?}",
+        t.elapsed()
+    );
+    assert!(status.success(), "{status:?}\n{}", sp.log());
+    proxy.set_plan(ProxyPlan::default());
+    let mut child = sp.start();
+    wait_until("the upload to finish", Duration::from_secs(60), || {
+        sp.spool_files().is_empty()
+    });
+    sigterm(&child);
+    child.wait().unwrap();
+    assert_eq!(server.uploads().len(), 1);
+    assert_same_bytes(
+        &server.upload_bytes(&server.uploads()[0].id),
+        &random_bytes(8 * MIB, 6),
+        "big.bin",
+    );
+}
+
+#[test]
+fn symlinks_and_fifos_are_refused_and_never_touched() {
+    let server = TusServer::start(ServerConfig::default());
+    let sp = Spool::new("links", &server.endpoint(), "");
+    let outside = sp.s.dir.join("secret.txt");
+    std::fs::write(&outside, b"not for upload").unwrap();
+    let mut child = sp.start();
+    std::os::unix::fs::symlink(&outside, sp.spool.join("link.txt")).unwrap();
+    assert!(std::process::Command::new("mkfifo")
+        .arg(sp.spool.join("pipe"))
+        .status()
+        .unwrap()
+        .success());
+    sp.drop_file("real.bin", 1000, 2);
+    wait_until("real.bin to be uploaded", Duration::from_secs(20), || {
+        !sp.spool.join("real.bin").exists()
+    });
+    wait_until("the refusals to be logged", Duration::from_secs(10), || {
+        sp.log().contains("symbolic link") && sp.log().contains("not a regular file")
+    });
+    sigterm(&child);
+    child.wait().unwrap();
+    assert_eq!(server.uploads().len(), 1);
+    assert!(
+        sp.spool.join("link.txt").symlink_metadata().is_ok(),
+        "the link is left alone"
+    );
+    assert_eq!(std::fs::read(&outside).unwrap(), b"not for upload");
+}
+
+#[test]
+fn a_file_changed_mid_upload_starts_over_and_its_old_upload_is_terminated() {
+    let server = TusServer::start(ServerConfig {
+        location: LocationStyle::Relative,
+        ..ServerConfig::default()
+    });
+    let proxy = FlakyProxy::start(
+        server.addr(),
+        ProxyPlan {
+            throttle_bytes_per_sec: Some(2 * MIB as u64),
+            ..ProxyPlan::default()
+        },
+    );
+    let sp = Spool::new(
+        "changed",
+        &proxy.rewrite(&server.endpoint()),
+        "[upload]\nchunk_size = \"1MiB\"",
+    );
+    let mut child = sp.start();
+    let path = sp.drop_file("grow.bin", 6 * MIB, 8);
+    wait_until("upload progress", Duration::from_secs(30), || {
+        proxy.bytes_up() > 2 * MIB as u64
+    });
+    let mut content = random_bytes(6 * MIB, 8);
+    content.extend_from_slice(b"appended later");
+    std::fs::write(&path, &content).unwrap();
+    proxy.set_plan(ProxyPlan::default());
+    wait_until(
+        "the new content to be uploaded",
+        Duration::from_secs(60),
+        || !path.exists(),
+    );
+    sigterm(&child);
+    child.wait().unwrap();
+    let uploads = server.uploads();
+    assert_eq!(uploads.len(), 2, "{}", sp.log());
+    assert!(uploads[0].deleted, "the old upload was terminated");
+    assert_same_bytes(&server.upload_bytes(&uploads[1].id), &content, "grow.bin");
+}
+
+#[test]
+fn a_file_deleted_mid_upload_is_forgotten_and_the_others_go_on() {
+    let server = TusServer::start(ServerConfig {
+        location: LocationStyle::Relative,
+        ..ServerConfig::default()
+    });
+    let proxy = FlakyProxy::start(
+        server.addr(),
+        ProxyPlan {
+            throttle_bytes_per_sec: Some(2 * MIB as u64),
+            ..ProxyPlan::default()
+        },
+    );
+    let sp = Spool::new(
+        "deleted",
+        &proxy.rewrite(&server.endpoint()),
+        "[upload]\nchunk_size = \"1MiB\"",
+    );
+    let mut child = sp.start();
+    let doomed = sp.drop_file("a-doomed.bin", 8 * MIB, 10);
+    wait_until("upload progress", Duration::from_secs(30), || {
+        proxy.bytes_up() > MIB as u64
+    });
+    sp.drop_file("b-next.bin", 100_000, 12);
+    std::fs::remove_file(&doomed).unwrap();
+    proxy.set_plan(ProxyPlan::default());
+    wait_until("b-next.bin to be uploaded", Duration::from_secs(30), || {
+        sp.spool_files().is_empty()
+    });
+    wait_until(
+        "the vanished file to be forgotten",
+        Duration::from_secs(10),
+        || sp.log().contains("vanished"),
+    );
+    sigterm(&child);
+    assert!(child.wait().unwrap().success());
+    let b = server
+        .uploads()
+        .into_iter()
+        .find(|u| u.length == 100_000)
+        .unwrap();
+    assert_same_bytes(
+        &server.upload_bytes(&b.id),
+        &random_bytes(100_000, 12),
+        "b-next.bin",
+    );
+}
+
+#[test]
+fn permanent_failures_go_to_the_failed_dir_with_a_sidecar() {
+    let server = TusServer::start(ServerConfig::default());
+    let failed = Scratch::new("failed-dir");
+    let sp = Spool::new(
+        "fail",
+        &server.endpoint(),
+        &format!("failed_dir = {:?}", failed.dir),
+    );
+    server.push_fault(
+        "POST",
+        Fault::Status {
+            code: 415,
+            body: "we do not take videos".into(),
+        },
+    );
+    let mut child = sp.start();
+    sp.drop_file("rejected.mp4", 5000, 14);
+    wait_until(
+        "the file to be moved aside",
+        Duration::from_secs(20),
+        || failed.dir.join("rejected.mp4").exists(),
+    );
+    let sidecar =
+        std::fs::read_to_string(failed.dir.join("rejected.mp4.ferry-error.json")).unwrap();
+    assert!(
+        sidecar.contains("415") && sidecar.contains("we do not take videos"),
+        "{sidecar}"
+    );
+    let status = String::from_utf8_lossy(&sp.cmd(&["status"]).stdout).to_string();
+    assert!(
+        status.contains("rejected.mp4") && status.contains("415"),
+        "{status}"
+    );
+    sigterm(&child);
+    child.wait().unwrap();
+    assert_eq!(
+        std::fs::read(failed.dir.join("rejected.mp4")).unwrap(),
+        random_bytes(5000, 14),
+        "nothing lost"
+    );
+}
+
+#[test]
+fn a_missing_spool_is_waited_for_and_keep_never_uploads_twice() {
+    let server = TusServer::start(ServerConfig::default());
+    let sp = Spool::new("missing", &server.endpoint(), "after_upload = \"keep\"");
+    std::fs::remove_dir(&sp.spool).unwrap();
+    let mut child = sp.start();
+    wait_until(
+        "the missing spool to be reported",
+        Duration::from_secs(10),
+        || sp.log().contains("waiting for it"),
+    );
+    std::fs::create_dir(&sp.spool).unwrap();
+    let f = sp.drop_file("late.bin", 20_000, 16);
+    wait_until("late.bin to be uploaded", Duration::from_secs(20), || {
+        server.uploads().iter().any(|u| u.offset == 20_000)
+    });
+    sigterm(&child);
+    child.wait().unwrap();
+    let mut child = sp.start();
+    std::thread::sleep(Duration::from_millis(1500));
+    sigterm(&child);
+    child.wait().unwrap();
+    assert!(f.exists(), "keep leaves the file");
+    assert_eq!(
+        server.uploads().len(),
+        1,
+        "kept files are remembered as done: {}",
+        sp.log()
+    );
+}
+
+#[test]
+fn config_errors_exit_2_before_anything_runs() {
+    let sp = Spool::new(
+        "badcfg",
+        "http://127.0.0.1:9/files/",
+        "after_upload = \"shred\"",
+    );
+    let out = sp.cmd(&["run"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("spool.after_upload"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let check = sp.cmd(&["check-config"]);
+    assert_eq!(check.status.code(), Some(2));
+}
