@@ -487,12 +487,20 @@ impl<'p, 'a> Main<'p, 'a> {
     /// Lists the whole spool: queues ready files, forgets records of files that are gone.
     fn rescan(&mut self) -> Result<()> {
         self.next_rescan = self.parts.clock.now() + self.rescan_every;
-        let mut found = Vec::new();
+        let rules = self.settings.spool.clone();
+        let mut first_error = None;
         let walked = spool::walk(
-            &self.settings.spool,
-            &mut |e| found.push(e.path),
+            &rules,
+            &mut |e| {
+                if first_error.is_none() {
+                    first_error = self.consider_entry(e, false).err();
+                }
+            },
             &mut |p, e| log::warn!("{}: cannot read: {e}", p.display()),
         );
+        if let Some(e) = first_error {
+            return Err(e);
+        }
         if let Err(e) = walked {
             if !self.spool_missing {
                 log::error!(
@@ -515,11 +523,7 @@ impl<'p, 'a> Main<'p, 'a> {
             );
             self.spool_missing = false;
         }
-        for p in found {
-            self.consider(&p, false)?;
-        }
         self.forget_vanished()?;
-        self.queued = self.parts.store.queued_count() as u64;
         self.announce_ready();
         Ok(())
     }
@@ -548,29 +552,34 @@ impl<'p, 'a> Main<'p, 'a> {
                 );
             }
             self.parts.store.remove(&rec.path)?;
-            self.parts.store.unqueue(&rec.path)?;
+            self.unqueue(&rec.path)?;
         }
         Ok(())
     }
 
     /// Looks at one spool path; `written` when a writer just closed or renamed it.
     fn consider(&mut self, path: &Path, written: bool) -> Result<()> {
-        let Ok(key) = record_key(path) else {
-            return Ok(());
-        };
-        let entry = match spool::stat(path) {
-            Ok(Some(e)) => e,
+        match spool::stat(path) {
+            Ok(Some(e)) => self.consider_entry(e, written),
             Ok(None) => {
                 self.settling.remove(path);
-                if !self.active.contains_key(&key) && self.parts.store.is_queued(&key)? {
-                    self.parts.store.unqueue(&key)?;
+                match record_key(path) {
+                    Ok(key) if !self.active.contains_key(&key) => self.unqueue(&key),
+                    _ => Ok(()),
                 }
-                return Ok(());
             }
             Err(e) => {
                 log::warn!("{}: cannot look at it: {e}", path.display());
-                return Ok(());
+                Ok(())
             }
+        }
+    }
+
+    fn consider_entry(&mut self, entry: spool::Entry, written: bool) -> Result<()> {
+        let path = entry.path.clone();
+        let path = path.as_path();
+        let Ok(key) = record_key(path) else {
+            return Ok(());
         };
         let name = path
             .file_name()
@@ -715,7 +724,7 @@ impl<'p, 'a> Main<'p, 'a> {
         match spool::stat(path) {
             Ok(None) => {
                 log::info!("{}: vanished; forgotten", path.display());
-                store.unqueue(key)?;
+                self.unqueue(key)?;
                 store.remove(key)?;
                 Ok(())
             }
@@ -724,7 +733,7 @@ impl<'p, 'a> Main<'p, 'a> {
             {
                 // It changed (again): let it settle, then it is queued as new content.
                 log::warn!("{e}; waiting for it to settle");
-                store.unqueue(key)?;
+                self.unqueue(key)?;
                 self.settling.insert(
                     path.to_path_buf(),
                     self.parts.clock.now() + self.settings.spool.settle,
@@ -771,7 +780,7 @@ impl<'p, 'a> Main<'p, 'a> {
                 store.put_failed(&rec)?;
             }
         }
-        store.unqueue(key)?;
+        self.unqueue(key)?;
         self.recent_failed.push_front(FailedFile {
             path: key.to_string(),
             status,
@@ -799,7 +808,7 @@ impl<'p, 'a> Main<'p, 'a> {
             if self.settings.after_upload != AfterUpload::Keep {
                 store.remove(key)?;
             }
-            store.unqueue(key)
+            self.unqueue(key)
         });
         if let Err(e) = result {
             // The record stays Complete: the next scan tries the action again, never the upload.
@@ -807,9 +816,15 @@ impl<'p, 'a> Main<'p, 'a> {
                 "{}: uploaded, but the after-upload action failed: {e}",
                 path.display()
             );
-        } else {
+        }
+    }
+
+    /// Takes `key` out of the queue, keeping the count.
+    fn unqueue(&mut self, key: &str) -> Result<()> {
+        if self.parts.store.unqueue(key)? {
             self.queued = self.queued.saturating_sub(1);
         }
+        Ok(())
     }
 
     fn status_line(&self) -> String {

@@ -203,18 +203,19 @@ impl Store {
         self.db.contains_key(k).map_err(|e| sled_err(&self.dir, e))
     }
 
-    /// Removes `path` from the queue (no-op when absent).
-    pub fn unqueue(&self, path: &str) -> Result<()> {
+    /// Removes `path` from the queue; false when it was not queued.
+    pub fn unqueue(&self, path: &str) -> Result<bool> {
         let k = [QUEUED_PREFIX.as_bytes(), path.as_bytes()].concat();
         let Some(qkey) = self.db.get(&k).map_err(|e| sled_err(&self.dir, e))? else {
-            return Ok(());
+            return Ok(false);
         };
         let mut batch = sled::Batch::default();
         batch.remove(qkey);
         batch.remove(k);
         self.db
             .apply_batch(batch)
-            .map_err(|e| sled_err(&self.dir, e))
+            .map_err(|e| sled_err(&self.dir, e))?;
+        Ok(true)
     }
 
     /// The oldest queued entries whose paths `skip` does not reject, at most `limit`.

@@ -614,3 +614,77 @@ fn config_errors_exit_2_before_anything_runs() {
     let check = sp.cmd(&["check-config"]);
     assert_eq!(check.status.code(), Some(2));
 }
+
+#[test]
+fn the_rate_limit_holds_uploads_below_it() {
+    let server = TusServer::start(ServerConfig::default());
+    let sp = Spool::new("rate", &server.endpoint(), "[daemon]\nrate_limit = \"1MB\"");
+    let mut child = sp.start();
+    let t = Instant::now();
+    sp.drop_file("limited.bin", 3_000_000, 18);
+    wait_until("the upload", Duration::from_secs(30), || {
+        sp.spool_files().is_empty()
+    });
+    // 3 MB at 1 MB/s with a quarter-second burst cannot take less than 2.75 s (a lower bound:
+    // a busy machine only makes it slower).
+    assert!(
+        t.elapsed() >= Duration::from_millis(2750),
+        "took {:?}",
+        t.elapsed()
+    );
+    sigterm(&child);
+    child.wait().unwrap();
+    assert_same_bytes(
+        &server.upload_bytes(&server.uploads()[0].id),
+        &random_bytes(3_000_000, 18),
+        "limited.bin",
+    );
+}
+
+#[test]
+fn sighup_reloads_the_spool_settings_and_metrics_are_written() {
+    let server = TusServer::start(ServerConfig::default());
+    let metrics = Scratch::new("metrics");
+    let prom = metrics.dir.join("ferry.prom");
+    let sp = Spool::new(
+        "hup",
+        &server.endpoint(),
+        &format!("after_upload = \"keep\"\n[daemon]\nmetrics_file = {prom:?}"),
+    );
+    let mut child = sp.start();
+    let kept = sp.drop_file("kept.bin", 1000, 20);
+    wait_until("kept.bin to be uploaded", Duration::from_secs(20), || {
+        server.uploads().len() == 1 && server.uploads()[0].offset == 1000
+    });
+    let text = std::fs::read_to_string(&sp.config)
+        .unwrap()
+        .replace("after_upload = \"keep\"", "after_upload = \"delete\"");
+    std::fs::write(&sp.config, text).unwrap();
+    let hup = std::process::Command::new("kill")
+        .arg("-HUP")
+        .arg(child.id().to_string())
+        .status()
+        .unwrap();
+    assert!(hup.success());
+    wait_until("the reload", Duration::from_secs(10), || {
+        sp.log().contains("configuration reloaded")
+    });
+    let deleted = sp.drop_file("deleted.bin", 1000, 22);
+    wait_until(
+        "deleted.bin to be uploaded and deleted",
+        Duration::from_secs(20),
+        || !deleted.exists(),
+    );
+    // Files kept earlier are done: the new action applies to them too, without a new upload.
+    wait_until(
+        "kept.bin to be deleted by the new action",
+        Duration::from_secs(20),
+        || !kept.exists(),
+    );
+    wait_until("the metrics", Duration::from_secs(40), || {
+        std::fs::read_to_string(&prom).is_ok_and(|m| m.contains("ferry_files_done_total 2"))
+    });
+    sigterm(&child);
+    child.wait().unwrap();
+    assert_eq!(server.uploads().len(), 2);
+}
