@@ -32,7 +32,7 @@
 //! [spool]                                       # ferry run
 //! dir = "/var/spool/ferry"                      # the directory to empty (required for run)
 //! recursive = false                             # watch subdirectories too
-//! ignore = [".*", "*.part", "*.tmp"]            # names never uploaded (replaces the defaults)
+//! ignore = [".*", "*.part", "*.partial", "*.tmp", "*.crdownload", "*~"]  # never uploaded
 //! settle_time = "5s"                            # unwritten for this long = complete (scans)
 //! after_upload = "delete"                       # delete | keep | move:/var/spool/ferry-done
 //! failed_dir = "/var/spool/ferry-failed"        # permanent failures go here; unset: kept in place
@@ -475,9 +475,21 @@ fn user_metadata(m: &BTreeMap<String, String>) -> Result<Vec<metadata::Entry>> {
         .collect()
 }
 
-/// True when stderr goes to journald, which stamps lines itself.
+/// True when stderr goes to journald, which stamps lines itself: `$JOURNAL_STREAM` names
+/// the device and inode of the stream systemd connected, and stderr must still be it (a
+/// child that inherited the variable but writes elsewhere is not under journald).
 pub fn under_journald() -> bool {
-    std::env::var_os("JOURNAL_STREAM").is_some()
+    use std::os::unix::fs::MetadataExt;
+    let Some(value) = std::env::var_os("JOURNAL_STREAM") else {
+        return false;
+    };
+    let Some((dev, ino)) = value.to_str().and_then(|v| v.split_once(':')) else {
+        return false;
+    };
+    match std::fs::metadata("/proc/self/fd/2") {
+        Ok(m) => dev.parse() == Ok(m.dev()) && ino.parse() == Ok(m.ino()),
+        Err(_) => false,
+    }
 }
 
 fn default_state_dir() -> Result<PathBuf> {

@@ -21,6 +21,7 @@ use crate::clock::{random_seed, Clock};
 use crate::error::{Error, Result};
 use crate::notify::Notifier;
 use crate::progress::Progress;
+use crate::queue::Window;
 use crate::ratelimit::RateLimiter;
 use crate::spool::{self, SpoolRules, Verdict};
 use crate::status::{self, ActiveFile, FailedFile, Snapshot, Totals, PAUSE_MARKER};
@@ -38,8 +39,12 @@ const STATUS_IDLE: Duration = Duration::from_secs(30);
 const RESCAN_WITHOUT_WATCH: Duration = Duration::from_secs(2);
 /// After a state-store failure (disk full), stop handing out files for this long.
 const STORE_TROUBLE_PAUSE: Duration = Duration::from_secs(30);
+/// After a TLS failure (a setting to fix, or the server's certificate), wait this long.
+const LINK_TROUBLE_PAUSE: Duration = Duration::from_secs(60);
 /// How many refused paths are remembered so each is logged once.
 const MAX_REFUSED_REMEMBERED: usize = 10_000;
+/// How many ready files the queue window holds (the rest wait in the spool).
+const QUEUE_WINDOW: usize = 1024;
 /// How many permanent failures the status shows.
 const MAX_RECENT_FAILED: usize = 50;
 
@@ -260,7 +265,12 @@ struct Main<'p, 'a> {
     next_watchdog: Option<Instant>,
     last_status_line: String,
     ready_sent: bool,
-    queued: u64,
+    queue: Window,
+    /// A full scan must run at the next tick (start, events, refill, reload, unreadable files).
+    force_scan: bool,
+    last_status_write: Instant,
+    watch_ok: bool,
+    last_scan_dir_mtime: Option<SystemTime>,
     started: SystemTime,
     bytes_sent: Arc<AtomicU64>,
     retries: Arc<AtomicU64>,
@@ -297,7 +307,11 @@ impl<'p, 'a> Main<'p, 'a> {
             next_watchdog: parts.watchdog.map(|_| now),
             last_status_line: String::new(),
             ready_sent: false,
-            queued: parts.store.queued_count() as u64,
+            queue: Window::new(QUEUE_WINDOW),
+            force_scan: true,
+            last_status_write: now,
+            watch_ok: true,
+            last_scan_dir_mtime: None,
             started: parts.clock.wall(),
             bytes_sent,
             retries,
@@ -320,7 +334,7 @@ impl<'p, 'a> Main<'p, 'a> {
             self.settings.concurrency
         );
         loop {
-            self.tick()?;
+            self.survive(|m| m.tick())?;
             if self.stopping.is_some() && self.active.is_empty() {
                 break;
             }
@@ -335,18 +349,35 @@ impl<'p, 'a> Main<'p, 'a> {
                 .next_due()
                 .saturating_duration_since(self.parts.clock.now());
             match events.recv_timeout(wait) {
-                Ok(ev) => self.handle(ev)?,
+                Ok(ev) => self.survive(|m| m.handle(ev))?,
                 Err(RecvTimeoutError::Timeout) => {}
                 Err(RecvTimeoutError::Disconnected) => break,
             }
             while let Ok(ev) = events.try_recv() {
-                self.handle(ev)?;
+                self.survive(|m| m.handle(ev))?;
             }
         }
         self.write_status("stopped");
         self.parts.notifier.send("STATUS=stopped");
         log::info!("stopped");
         Ok(())
+    }
+
+    /// Runs `f`; a state-store failure (a full disk) holds uploads back instead of ending
+    /// the daemon, any other error ends it.
+    fn survive(&mut self, f: impl FnOnce(&mut Self) -> Result<()>) -> Result<()> {
+        match f(self) {
+            Err(Error::State { dir, problem }) => {
+                log::error!(
+                    "state directory {}: {problem}; uploads wait {} s",
+                    dir.display(),
+                    STORE_TROUBLE_PAUSE.as_secs()
+                );
+                self.hold_uploads(STORE_TROUBLE_PAUSE);
+                Ok(())
+            }
+            other => other,
+        }
     }
 
     /// Everything that is due now: rescans, settled files, dispatch, status, watchdog.
@@ -408,8 +439,12 @@ impl<'p, 'a> Main<'p, 'a> {
                     self.consider(&path, false)?;
                 }
             }
-            Event::Rescan => self.next_rescan = self.parts.clock.now(),
+            Event::Rescan => {
+                self.force_scan = true;
+                self.next_rescan = self.parts.clock.now();
+            }
             Event::WatchUnavailable => {
+                self.watch_ok = false;
                 self.rescan_every = self.rescan_every.min(RESCAN_WITHOUT_WATCH);
                 self.next_rescan = self.parts.clock.now();
             }
@@ -446,6 +481,7 @@ impl<'p, 'a> Main<'p, 'a> {
                 let concurrency = self.settings.concurrency;
                 self.settings = DaemonSettings { concurrency, ..new };
                 self.rescan_every = self.settings.rescan_interval;
+                self.force_scan = true;
                 self.next_rescan = self.parts.clock.now();
                 log::info!("configuration reloaded ([server], [upload] and [retry] changes need a restart)");
             }
@@ -468,7 +504,7 @@ impl<'p, 'a> Main<'p, 'a> {
             if self.stopping.is_none() {
                 self.interrupt.store(paused, Ordering::Relaxed);
             }
-            self.next_status = self.parts.clock.now();
+            self.status_soon();
         }
     }
 
@@ -487,13 +523,24 @@ impl<'p, 'a> Main<'p, 'a> {
     /// Lists the whole spool: queues ready files, forgets records of files that are gone.
     fn rescan(&mut self) -> Result<()> {
         self.next_rescan = self.parts.clock.now() + self.rescan_every;
+        // With inotify working, a scan of an unchanged spool finds nothing new: skip it.
+        let dir_mtime = std::fs::metadata(&self.settings.spool.dir)
+            .and_then(|m| m.modified())
+            .ok();
+        let unchanged = dir_mtime.is_some() && dir_mtime == self.last_scan_dir_mtime;
+        if !self.force_scan && self.watch_ok && !self.settings.spool.recursive && unchanged {
+            return Ok(());
+        }
+        self.force_scan = false;
+        self.last_scan_dir_mtime = dir_mtime;
+        self.queue.begin_scan();
         let rules = self.settings.spool.clone();
         let mut first_error = None;
         let walked = spool::walk(
             &rules,
             &mut |e| {
                 if first_error.is_none() {
-                    first_error = self.consider_entry(e, false).err();
+                    first_error = self.consider_entry(e, false, true).err();
                 }
             },
             &mut |p, e| log::warn!("{}: cannot read: {e}", p.display()),
@@ -560,7 +607,7 @@ impl<'p, 'a> Main<'p, 'a> {
     /// Looks at one spool path; `written` when a writer just closed or renamed it.
     fn consider(&mut self, path: &Path, written: bool) -> Result<()> {
         match spool::stat(path) {
-            Ok(Some(e)) => self.consider_entry(e, written),
+            Ok(Some(e)) => self.consider_entry(e, written, false),
             Ok(None) => {
                 self.settling.remove(path);
                 match record_key(path) {
@@ -575,7 +622,7 @@ impl<'p, 'a> Main<'p, 'a> {
         }
     }
 
-    fn consider_entry(&mut self, entry: spool::Entry, written: bool) -> Result<()> {
+    fn consider_entry(&mut self, entry: spool::Entry, written: bool, by_scan: bool) -> Result<()> {
         let path = entry.path.clone();
         let path = path.as_path();
         let Ok(key) = record_key(path) else {
@@ -606,11 +653,17 @@ impl<'p, 'a> Main<'p, 'a> {
                     .insert(path.to_path_buf(), self.parts.clock.now() + d);
                 Ok(())
             }
-            Verdict::NotYet(_) | Verdict::Ready => self.ready(path, &key, entry.identity),
+            Verdict::NotYet(_) | Verdict::Ready => self.ready(path, &key, entry.identity, by_scan),
         }
     }
 
-    fn ready(&mut self, path: &Path, key: &str, identity: crate::source::Identity) -> Result<()> {
+    fn ready(
+        &mut self,
+        path: &Path,
+        key: &str,
+        identity: crate::source::Identity,
+        by_scan: bool,
+    ) -> Result<()> {
         self.settling.remove(path);
         if self.active.contains_key(key) {
             return Ok(());
@@ -631,10 +684,7 @@ impl<'p, 'a> Main<'p, 'a> {
             }
             store.remove_failed(key)?;
         }
-        if store.enqueue(key, identity)? {
-            self.queued += 1;
-            log::debug!("{}: queued", path.display());
-        }
+        self.queue.offer(key, spool::mtime_of(&identity), by_scan);
         Ok(())
     }
 
@@ -649,18 +699,20 @@ impl<'p, 'a> Main<'p, 'a> {
         }
         self.store_trouble_until = None;
         while self.active.len() < self.settings.concurrency {
-            let active = &self.active;
-            let next = self
-                .parts
-                .store
-                .oldest_queued(1, &|p| active.contains_key(p))?;
-            let Some(entry) = next.into_iter().next() else {
+            let Some(key) = self.queue.pop_oldest() else {
+                if self.queue.needs_refill() && self.next_rescan > now {
+                    self.next_rescan = now;
+                    self.force_scan = true;
+                }
                 break;
             };
+            if self.active.contains_key(&key) {
+                continue;
+            }
             let progress = Arc::new(Progress::default());
             let info = Arc::new(Mutex::new(JobInfo::default()));
             let job = Job {
-                key: entry.path.clone(),
+                key: key.clone(),
                 progress: progress.clone(),
                 info: info.clone(),
             };
@@ -668,21 +720,21 @@ impl<'p, 'a> Main<'p, 'a> {
                 return Err(Error::config("upload threads ended unexpectedly"));
             }
             self.active.insert(
-                entry.path,
+                key,
                 Active {
                     progress,
                     info,
                     rate: (now, 0, 0.0),
                 },
             );
-            self.next_status = now;
+            self.status_soon();
         }
         Ok(())
     }
 
     fn finished(&mut self, key: &str, result: JobResult) -> Result<()> {
         self.active.remove(key);
-        self.next_status = self.parts.clock.now();
+        self.status_soon();
         let path = PathBuf::from(key);
         match result {
             JobResult::Done(c) => {
@@ -704,9 +756,15 @@ impl<'p, 'a> Main<'p, 'a> {
                     dir.display(),
                     STORE_TROUBLE_PAUSE.as_secs()
                 );
-                self.store_trouble_until = Some(self.parts.clock.now() + STORE_TROUBLE_PAUSE);
+                self.hold_uploads(STORE_TROUBLE_PAUSE);
             }
             JobResult::Failed(e @ Error::Source { .. }) => self.source_failed(&path, key, e)?,
+            JobResult::Failed(e @ Error::Network { .. }) => {
+                // TLS settings (or the server's certificate) are wrong: not this file's fault.
+                // It stays in the spool; uploads wait, then try again.
+                log::error!("{e}; uploads wait {} s", LINK_TROUBLE_PAUSE.as_secs());
+                self.hold_uploads(LINK_TROUBLE_PAUSE);
+            }
             JobResult::Failed(e) => {
                 let status = match &e {
                     Error::Server { status, .. } => Some(*status),
@@ -728,19 +786,27 @@ impl<'p, 'a> Main<'p, 'a> {
                 store.remove(key)?;
                 Ok(())
             }
-            Ok(Some(entry))
-                if entry.kind == spool::Kind::File && std::fs::File::open(path).is_ok() =>
-            {
-                // It changed (again): let it settle, then it is queued as new content.
-                log::warn!("{e}; waiting for it to settle");
+            Ok(Some(entry)) if entry.kind == spool::Kind::File => {
                 self.unqueue(key)?;
-                self.settling.insert(
-                    path.to_path_buf(),
-                    self.parts.clock.now() + self.settings.spool.settle,
-                );
+                if std::fs::File::open(path).is_ok() {
+                    // It changed (again): let it settle, then it is queued as new content.
+                    log::warn!("{e}; waiting for it to settle");
+                    let due = self.parts.clock.now() + self.settings.spool.settle;
+                    self.settling.insert(path.to_path_buf(), due);
+                } else {
+                    // Unreadable: an operator can fix permissions without touching the
+                    // content, so this is no permanent failure; the next scan tries again.
+                    log::warn!("{e}; tried again at the next scan");
+                    self.force_scan = true;
+                }
                 Ok(())
             }
-            _ => self.fail(path, key, None, &e.to_string()),
+            Ok(Some(_)) => {
+                // Replaced by a link, FIFO or directory: the next look refuses it.
+                self.unqueue(key)?;
+                Ok(())
+            }
+            Err(_) => self.fail(path, key, None, &e.to_string()),
         }
     }
 
@@ -754,7 +820,7 @@ impl<'p, 'a> Main<'p, 'a> {
         if let Some(dir) = &self.settings.failed_dir {
             let sidecar = serde_json::json!({ "path": key, "status": status, "message": message, "failed_unix": now });
             let write_sidecar = |dest: &Path| {
-                status::write_atomic(&sidecar_path(dest), sidecar.to_string().as_bytes())
+                status::write_atomic(&sidecar_path(dest), sidecar.to_string().as_bytes(), true)
             };
             match move_into(path, dir, &write_sidecar) {
                 Ok(dest) => {
@@ -819,11 +885,17 @@ impl<'p, 'a> Main<'p, 'a> {
         }
     }
 
-    /// Takes `key` out of the queue, keeping the count.
+    /// Hands out no files for `pause`; then a scan finds the held-back ones again.
+    fn hold_uploads(&mut self, pause: Duration) {
+        let until = self.parts.clock.now() + pause;
+        self.store_trouble_until = Some(until);
+        self.force_scan = true;
+        self.next_rescan = self.next_rescan.min(until);
+    }
+
+    /// Takes `key` out of the queue.
     fn unqueue(&mut self, key: &str) -> Result<()> {
-        if self.parts.store.unqueue(key)? {
-            self.queued = self.queued.saturating_sub(1);
-        }
+        self.queue.remove(key);
         Ok(())
     }
 
@@ -831,15 +903,23 @@ impl<'p, 'a> Main<'p, 'a> {
         format!(
             "{}: {} queued, {} active, {} done, {} failed",
             self.state_name(),
-            self.queued,
+            self.queue.waiting(),
             self.active.len(),
             self.totals.files_done,
             self.totals.files_failed
         )
     }
 
+    /// Asks for a status write as soon as the last one is a second old (not per file: a
+    /// spool of small files would rewrite it hundreds of times a second).
+    fn status_soon(&mut self) {
+        let soon = self.last_status_write + STATUS_BUSY;
+        self.next_status = self.next_status.min(soon.max(self.parts.clock.now()));
+    }
+
     fn write_status(&mut self, state: &str) {
         let now = self.parts.clock.now();
+        self.last_status_write = now;
         self.next_status = now
             + if self.active.is_empty() {
                 STATUS_IDLE
@@ -854,11 +934,12 @@ impl<'p, 'a> Main<'p, 'a> {
         let snap = self.snapshot(state, now);
         let state_file = self.parts.state_dir.join(status::SNAPSHOT_FILE);
         let json = serde_json::to_vec_pretty(&snap).unwrap_or_default();
-        if let Err(e) = status::write_atomic(&state_file, &json) {
+        if let Err(e) = status::write_atomic(&state_file, &json, false) {
             log::debug!("{}: cannot write: {e}", state_file.display());
         }
         if let Some(m) = &self.settings.metrics_file {
-            if let Err(e) = status::write_atomic(m, status::render_metrics(&snap).as_bytes()) {
+            if let Err(e) = status::write_atomic(m, status::render_metrics(&snap).as_bytes(), false)
+            {
                 log::warn!("{}: cannot write metrics: {e}", m.display());
             }
         }
@@ -922,7 +1003,7 @@ impl<'p, 'a> Main<'p, 'a> {
             state: state.to_string(),
             spool: self.settings.spool.dir.display().to_string(),
             endpoint: url::redact(&self.parts.upload.endpoint).to_string(),
-            queued: self.queued,
+            queued: self.queue.waiting(),
             active,
             failed,
             totals,

@@ -24,6 +24,7 @@ pub mod daemon;
 pub mod error;
 pub mod notify;
 pub mod progress;
+pub mod queue;
 pub mod ratelimit;
 pub mod source;
 pub mod spool;

@@ -91,13 +91,16 @@ pub struct Totals {
     pub last_success_unix: Option<u64>,
 }
 
-/// Writes `contents` to `path` atomically (same-directory temp file, fsync, rename).
-pub fn write_atomic(path: &Path, contents: &[u8]) -> std::io::Result<()> {
+/// Writes `contents` to `path` atomically (same-directory temp file, rename); with
+/// `durable`, fsynced first (SD cards wear: status snapshots are not worth it).
+pub fn write_atomic(path: &Path, contents: &[u8], durable: bool) -> std::io::Result<()> {
     use std::io::Write;
     let tmp: PathBuf = path.with_extension("tmp");
     let mut f = std::fs::File::create(&tmp)?;
     f.write_all(contents)?;
-    f.sync_all()?;
+    if durable {
+        f.sync_all()?;
+    }
     std::fs::rename(&tmp, path)
 }
 
@@ -305,6 +308,7 @@ mod tests {
         write_atomic(
             &dir.join(SNAPSHOT_FILE),
             &serde_json::to_vec(&snap()).unwrap(),
+            false,
         )
         .unwrap();
         assert_eq!(read(&dir).unwrap(), snap());

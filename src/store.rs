@@ -20,18 +20,7 @@ pub const RECORD_VERSION: u32 = 1;
 const CACHE_CAPACITY_BYTES: u64 = 1024 * 1024;
 
 const FILE_PREFIX: &str = "file/";
-const QUEUE_PREFIX: &str = "queue/";
-const QUEUED_PREFIX: &str = "queued/";
 const FAILED_PREFIX: &str = "failed/";
-
-/// A file waiting in the daemon's queue.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct QueueEntry {
-    /// Absolute path.
-    pub path: String,
-    /// Identity when queued.
-    pub identity: Identity,
-}
 
 /// A file that failed permanently and was kept in place (not retried until it changes).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -139,7 +128,7 @@ impl Store {
             .path(path)
             .cache_capacity(CACHE_CAPACITY_BYTES)
             .mode(sled::Mode::LowSpace)
-            .flush_every_ms(Some(1000))
+            .flush_every_ms(None) // every write that matters is flushed explicitly
     }
 
     /// The record for `path`, if any.
@@ -157,12 +146,13 @@ impl Store {
         self.flush()
     }
 
-    /// Removes the record for `path` (durably).
+    /// Removes the record for `path`. Not flushed (the next put flushes it): a removal lost in
+    /// a crash only brings back a record that is looked at and dropped again.
     pub fn remove(&self, path: &str) -> Result<()> {
         self.db
             .remove(key(path))
             .map_err(|e| sled_err(&self.dir, e))?;
-        self.flush()
+        Ok(())
     }
 
     /// All records, in key order.
@@ -174,74 +164,6 @@ impl Store {
                 self.decode(&v)
             })
             .collect()
-    }
-
-    /// Queues `path` (oldest mtime first); false when it was already queued. Not flushed: the
-    /// queue is rebuilt from the spool after a crash.
-    pub fn enqueue(&self, path: &str, identity: Identity) -> Result<bool> {
-        if self.is_queued(path)? {
-            return Ok(false);
-        }
-        let qkey = queue_key(path, &identity);
-        let entry = QueueEntry {
-            path: path.to_string(),
-            identity,
-        };
-        let value = serde_json::to_vec(&entry).map_err(|e| state_err(&self.dir, e.to_string()))?;
-        let mut batch = sled::Batch::default();
-        batch.insert(qkey.clone(), value);
-        batch.insert([QUEUED_PREFIX.as_bytes(), path.as_bytes()].concat(), qkey);
-        self.db
-            .apply_batch(batch)
-            .map_err(|e| sled_err(&self.dir, e))?;
-        Ok(true)
-    }
-
-    /// True when `path` is in the queue.
-    pub fn is_queued(&self, path: &str) -> Result<bool> {
-        let k = [QUEUED_PREFIX.as_bytes(), path.as_bytes()].concat();
-        self.db.contains_key(k).map_err(|e| sled_err(&self.dir, e))
-    }
-
-    /// Removes `path` from the queue; false when it was not queued.
-    pub fn unqueue(&self, path: &str) -> Result<bool> {
-        let k = [QUEUED_PREFIX.as_bytes(), path.as_bytes()].concat();
-        let Some(qkey) = self.db.get(&k).map_err(|e| sled_err(&self.dir, e))? else {
-            return Ok(false);
-        };
-        let mut batch = sled::Batch::default();
-        batch.remove(qkey);
-        batch.remove(k);
-        self.db
-            .apply_batch(batch)
-            .map_err(|e| sled_err(&self.dir, e))?;
-        Ok(true)
-    }
-
-    /// The oldest queued entries whose paths `skip` does not reject, at most `limit`.
-    pub fn oldest_queued(
-        &self,
-        limit: usize,
-        skip: &dyn Fn(&str) -> bool,
-    ) -> Result<Vec<QueueEntry>> {
-        let mut out = Vec::new();
-        for kv in self.db.scan_prefix(QUEUE_PREFIX) {
-            let (_, v) = kv.map_err(|e| sled_err(&self.dir, e))?;
-            let entry: QueueEntry = serde_json::from_slice(&v)
-                .map_err(|e| state_err(&self.dir, format!("unreadable queue entry: {e}")))?;
-            if !skip(&entry.path) {
-                out.push(entry);
-                if out.len() >= limit {
-                    break;
-                }
-            }
-        }
-        Ok(out)
-    }
-
-    /// Number of queued files (walks the queue's keys).
-    pub fn queued_count(&self) -> usize {
-        self.db.scan_prefix(QUEUED_PREFIX).keys().count()
     }
 
     /// Records a permanent failure of a file kept in place (durably).
@@ -317,19 +239,6 @@ impl Store {
     }
 }
 
-/// Queue order: modification time, then path.
-fn queue_key(path: &str, id: &Identity) -> Vec<u8> {
-    let secs = u64::try_from(id.mtime_sec).unwrap_or(0);
-    let nanos = u32::try_from(id.mtime_nsec).unwrap_or(0);
-    [
-        QUEUE_PREFIX.as_bytes(),
-        &secs.to_be_bytes(),
-        &nanos.to_be_bytes(),
-        path.as_bytes(),
-    ]
-    .concat()
-}
-
 fn key(path: &str) -> Vec<u8> {
     [FILE_PREFIX.as_bytes(), path.as_bytes()].concat()
 }
@@ -348,7 +257,10 @@ fn sled_err(dir: &Path, e: sled::Error) -> Error {
         {
             "is in use by another ferry process (one process per state directory)".to_string()
         }
-        sled::Error::Io(io) if io.raw_os_error() == Some(28) => {
+        // sled sometimes wraps the OS error in a custom one: match the kind, not the errno.
+        sled::Error::Io(io)
+            if io.kind() == std::io::ErrorKind::StorageFull || io.raw_os_error() == Some(28) =>
+        {
             "the disk is full: free space, then run ferry again (nothing was lost)".to_string()
         }
         other => other.to_string(),
@@ -410,36 +322,6 @@ mod tests {
         assert_eq!(s.get("/x").unwrap(), Some(record("/x")));
         drop(s);
         std::fs::remove_dir_all(&dir).unwrap();
-    }
-
-    #[test]
-    fn the_queue_hands_out_oldest_first_once_each() {
-        let s = Store::open_temporary().unwrap();
-        let id = |mtime| Identity {
-            dev: 1,
-            ino: 2,
-            size: 3,
-            mtime_sec: mtime,
-            mtime_nsec: 0,
-        };
-        assert!(s.enqueue("/new", id(300)).unwrap());
-        assert!(s.enqueue("/old", id(100)).unwrap());
-        assert!(s.enqueue("/mid", id(200)).unwrap());
-        assert!(!s.enqueue("/mid", id(200)).unwrap(), "already queued");
-        assert_eq!(s.queued_count(), 3);
-        let paths = |v: Vec<QueueEntry>| v.into_iter().map(|e| e.path).collect::<Vec<_>>();
-        assert_eq!(
-            paths(s.oldest_queued(10, &|_| false).unwrap()),
-            ["/old", "/mid", "/new"]
-        );
-        assert_eq!(
-            paths(s.oldest_queued(1, &|p| p == "/old").unwrap()),
-            ["/mid"]
-        );
-        s.unqueue("/old").unwrap();
-        s.unqueue("/absent").unwrap();
-        assert!(!s.is_queued("/old").unwrap());
-        assert_eq!(s.queued_count(), 2);
     }
 
     #[test]

@@ -58,7 +58,8 @@ impl UreqTransport {
             .max_redirects(0)
             .max_redirects_will_error(false)
             .user_agent(concat!("ferry/", env!("CARGO_PKG_VERSION")))
-            .timeout_resolve(Some(settings.connect_timeout))
+            // No timeout_resolve: with one, ureq starts a thread for every lookup (even of an
+            // IP address on a reused connection); the system resolver has its own timeouts.
             .timeout_connect(Some(settings.connect_timeout))
             .timeout_per_read(Some(settings.idle_timeout))
             .timeout_per_write(Some(settings.idle_timeout))
@@ -182,6 +183,16 @@ impl Transport for UreqTransport {
     }
 }
 
+fn is_certificate_error(io: &std::io::Error) -> bool {
+    io.kind() == std::io::ErrorKind::InvalidData
+        && io.to_string().to_ascii_lowercase().contains("certificate")
+}
+
+fn is_clock_problem(io: &std::io::Error) -> bool {
+    let text = io.to_string();
+    text.contains("NotValidYet") || text.contains("Expired")
+}
+
 fn bad_request(e: ureq::http::Error) -> TransportError {
     TransportError {
         kind: FailureKind::Protocol,
@@ -209,10 +220,9 @@ fn classify(e: ureq::Error) -> TransportError {
         }
         // ureq reports TLS handshake failures as I/O errors wrapping rustls' error. A refused
         // certificate (ours or theirs) is a setting to fix, not a link problem to retry.
-        ureq::Error::Io(io)
-            if io.kind() == std::io::ErrorKind::InvalidData
-                && io.to_string().to_ascii_lowercase().contains("certificate") =>
-        {
+        // ...except a certificate that is not valid *yet* or any more: on a board without a
+        // real-time clock that is our clock before NTP, so it passes by itself.
+        ureq::Error::Io(io) if is_certificate_error(io) && !is_clock_problem(io) => {
             FailureKind::Tls
         }
         ureq::Error::Io(_)

@@ -552,10 +552,13 @@ fn permanent_failures_go_to_the_failed_dir_with_a_sidecar() {
         sidecar.contains("415") && sidecar.contains("we do not take videos"),
         "{sidecar}"
     );
-    let status = String::from_utf8_lossy(&sp.cmd(&["status"]).stdout).to_string();
-    assert!(
-        status.contains("rejected.mp4") && status.contains("415"),
-        "{status}"
+    wait_until(
+        "the status to show the failure",
+        Duration::from_secs(10),
+        || {
+            let status = String::from_utf8_lossy(&sp.cmd(&["status"]).stdout).to_string();
+            status.contains("rejected.mp4") && status.contains("415")
+        },
     );
     sigterm(&child);
     child.wait().unwrap();
@@ -687,4 +690,161 @@ fn sighup_reloads_the_spool_settings_and_metrics_are_written() {
     sigterm(&child);
     child.wait().unwrap();
     assert_eq!(server.uploads().len(), 2);
+}
+
+/// These tests change users or mount filesystems: they need root (CI runs as root).
+fn require_root(what: &str) {
+    let uid = std::fs::read_to_string("/proc/self/status")
+        .unwrap()
+        .lines()
+        .find(|l| l.starts_with("Uid:"))
+        .and_then(|l| l.split_whitespace().nth(1).map(str::to_string))
+        .unwrap();
+    assert_eq!(
+        uid, "0",
+        "{what} needs root (to run ferry as another user or mount a tmpfs); run the tests as root"
+    );
+}
+
+#[test]
+fn an_unreadable_file_is_reported_and_uploaded_once_its_permissions_are_fixed() {
+    use std::os::unix::fs::PermissionsExt;
+    require_root("the unreadable-file test");
+    let server = TusServer::start(ServerConfig::default());
+    let sp = Spool::new("unreadable", &server.endpoint(), "rescan_interval = \"1s\"");
+    for d in [&sp.s.dir, &sp.spool] {
+        std::fs::set_permissions(d, std::fs::Permissions::from_mode(0o777)).unwrap();
+    }
+    let f = sp.drop_file("locked.bin", 4000, 24);
+    std::fs::set_permissions(&f, std::fs::Permissions::from_mode(0o000)).unwrap();
+    let log = std::fs::File::create(&sp.log).unwrap();
+    let mut child = std::process::Command::new("setpriv")
+        .args([
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            env!("CARGO_BIN_EXE_ferry"),
+            "run",
+            "--config",
+        ])
+        .arg(&sp.config)
+        .env("RUST_LOG", "info")
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    wait_until(
+        "the permission problem to be logged",
+        Duration::from_secs(15),
+        || sp.log().contains("permission denied"),
+    );
+    assert!(server.uploads().is_empty());
+    std::fs::set_permissions(&f, std::fs::Permissions::from_mode(0o644)).unwrap();
+    wait_until(
+        "the file to be uploaded once readable",
+        Duration::from_secs(15),
+        || !f.exists(),
+    );
+    sigterm(&child);
+    child.wait().unwrap();
+    assert_same_bytes(
+        &server.upload_bytes(&server.uploads()[0].id),
+        &random_bytes(4000, 24),
+        "locked.bin",
+    );
+}
+
+#[test]
+fn a_full_state_disk_is_a_clear_error_and_nothing_is_lost() {
+    require_root("the disk-full test");
+    let server = TusServer::start(ServerConfig::default());
+    let sp = Spool::new("full", &server.endpoint(), "");
+    let f = sp.drop_file("waiting.bin", 50_000, 26);
+    std::fs::create_dir_all(sp.s.state()).unwrap();
+    // A private mount namespace: a 1 MiB tmpfs over the state dir, filled up; ferry must say
+    // so and keep the spool file; then, with space freed, the same state dir works.
+    let script = format!(
+        "set -u; mount -t tmpfs -o size=1m tmpfs {state}; head -c 1040000 /dev/zero > {state}/filler 2>/dev/null; \
+         timeout -s TERM 4 {ferry} run --config {cfg}; echo \"rc=$?\"; ls {spool}; rm {state}/filler; \
+         {ferry} upload --config {cfg} {file}; echo \"rc2=$?\"",
+        state = sp.s.state().display(),
+        ferry = env!("CARGO_BIN_EXE_ferry"),
+        cfg = sp.config.display(),
+        file = f.display(),
+        spool = sp.spool.display()
+    );
+    let out = std::process::Command::new("unshare")
+        .args(["--mount", "--propagation", "private", "sh", "-c", &script])
+        .output()
+        .unwrap();
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    // The daemon stays up (holding uploads back, saying why) until stopped; the file stays.
+    assert!(
+        stdout.contains("rc=124"),
+        "ferry run kept running until stopped:\n{stdout}\n{stderr}"
+    );
+    assert!(
+        stdout.contains("waiting.bin"),
+        "the spool file is still there:\n{stdout}"
+    );
+    assert!(stderr.contains("the disk is full"), "{stderr}");
+    assert!(
+        stdout.contains("rc2=0"),
+        "after freeing space it works:\n{stdout}\n{stderr}"
+    );
+    assert!(f.exists(), "upload (not run) leaves the file");
+    // The run on the full disk may have created an upload whose URL it could not store: it
+    // then sent no data to it (invariant 2), and the later upload is the complete one.
+    let uploads = server.uploads();
+    let complete: Vec<_> = uploads.iter().filter(|u| u.offset == u.length).collect();
+    assert_eq!(complete.len(), 1, "{uploads:?}");
+    assert!(
+        uploads
+            .iter()
+            .all(|u| u.offset == 0 || u.offset == u.length),
+        "no data went to an unrecorded upload"
+    );
+    assert_same_bytes(
+        &server.upload_bytes(&complete[0].id),
+        &random_bytes(50_000, 26),
+        "waiting.bin",
+    );
+}
+
+#[test]
+fn a_systemd_credential_supplies_the_authorization_header() {
+    let server = TusServer::start(ServerConfig::default());
+    let creds = Scratch::new("creds");
+    std::fs::write(creds.dir.join("auth-header"), "Bearer device-secret\n").unwrap();
+    let sp = Spool::new("cred", &server.endpoint(), "");
+    let text = std::fs::read_to_string(&sp.config).unwrap().replace(
+        "[server]\n",
+        "[server]\nheader_files = { Authorization = \"credential:auth-header\" }\n",
+    );
+    std::fs::write(&sp.config, text).unwrap();
+    let log = std::fs::File::create(&sp.log).unwrap();
+    let mut child = ferry()
+        .args(["run", "--config"])
+        .arg(&sp.config)
+        .env("CREDENTIALS_DIRECTORY", &creds.dir)
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    sp.drop_file("a.bin", 100, 28);
+    wait_until("the upload", Duration::from_secs(15), || {
+        sp.spool_files().is_empty()
+    });
+    sigterm(&child);
+    child.wait().unwrap();
+    let reqs = server.requests();
+    assert!(reqs
+        .iter()
+        .filter(|r| r.method != "OPTIONS")
+        .all(|r| r.header("authorization") == Some("Bearer device-secret")));
+    assert!(
+        !sp.log().contains("device-secret"),
+        "the secret is never logged"
+    );
 }

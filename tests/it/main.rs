@@ -13,4 +13,5 @@ mod harness;
 mod peers_interop;
 mod peers_smoke;
 mod support_selftest;
+mod systemd_unit;
 mod tls;

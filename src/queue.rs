@@ -1,0 +1,159 @@
+//! The upload queue: the oldest ready files of the spool, held in a bounded window.
+//!
+//! Key idea: the spool itself is the queue. Holding one record per waiting file (in memory
+//! or in sled, which keeps its index in memory too) grows the process with the spool:
+//! 100,000 queued records cost sled 26-40 MiB. Instead the daemon keeps only the `cap`
+//! oldest ready files it knows of; when files had to be left out and the window drains, a
+//! scan of the spool refills it. Memory stays bounded, the order stays oldest first.
+
+use std::collections::{BTreeSet, HashMap};
+use std::time::SystemTime;
+
+/// The oldest known ready files, at most `cap` of them.
+#[derive(Debug)]
+pub struct Window {
+    cap: usize,
+    entries: BTreeSet<(SystemTime, String)>,
+    index: HashMap<String, SystemTime>,
+    complete: bool,
+    found_by_scan: u64,
+    taken_since_scan: u64,
+}
+
+impl Window {
+    /// An empty window holding at most `cap` files.
+    pub fn new(cap: usize) -> Self {
+        Self {
+            cap: cap.max(1),
+            entries: BTreeSet::new(),
+            index: HashMap::new(),
+            complete: true,
+            found_by_scan: 0,
+            taken_since_scan: 0,
+        }
+    }
+
+    /// A full scan starts: forget everything, the scan offers every ready file again.
+    pub fn begin_scan(&mut self) {
+        self.entries.clear();
+        self.index.clear();
+        self.complete = true;
+        self.found_by_scan = 0;
+        self.taken_since_scan = 0;
+    }
+
+    /// Offers a ready file (`key`, modification time); a newer one than the window's newest
+    /// is left out when the window is full (a later scan finds it again).
+    pub fn offer(&mut self, key: &str, mtime: SystemTime, by_scan: bool) {
+        if by_scan {
+            self.found_by_scan += 1;
+        }
+        if let Some(old) = self.index.remove(key) {
+            self.entries.remove(&(old, key.to_string()));
+        }
+        self.entries.insert((mtime, key.to_string()));
+        self.index.insert(key.to_string(), mtime);
+        if self.entries.len() > self.cap {
+            if let Some((t, k)) = self.entries.pop_last() {
+                self.index.remove(&k);
+                let _ = t;
+            }
+            self.complete = false;
+        }
+    }
+
+    /// Removes `key` (it vanished, failed or changed); false when it was not there.
+    pub fn remove(&mut self, key: &str) -> bool {
+        match self.index.remove(key) {
+            Some(t) => self.entries.remove(&(t, key.to_string())),
+            None => false,
+        }
+    }
+
+    /// True when `key` is waiting.
+    pub fn contains(&self, key: &str) -> bool {
+        self.index.contains_key(key)
+    }
+
+    /// Takes the oldest waiting file.
+    pub fn pop_oldest(&mut self) -> Option<String> {
+        let (_, key) = self.entries.pop_first()?;
+        self.index.remove(&key);
+        self.taken_since_scan += 1;
+        Some(key)
+    }
+
+    /// True when the window ran dry but the spool holds more ready files: scan again.
+    pub fn needs_refill(&self) -> bool {
+        self.entries.is_empty() && !self.complete
+    }
+
+    /// How many files are waiting, as far as the last scan and the events since can tell.
+    pub fn waiting(&self) -> u64 {
+        let held = self.entries.len() as u64;
+        if self.complete {
+            held
+        } else {
+            held.max(self.found_by_scan.saturating_sub(self.taken_since_scan))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::{Duration, UNIX_EPOCH};
+
+    fn t(s: u64) -> SystemTime {
+        UNIX_EPOCH + Duration::from_secs(s)
+    }
+
+    #[test]
+    fn hands_out_oldest_first_and_never_twice() {
+        let mut w = Window::new(10);
+        w.offer("/c", t(30), true);
+        w.offer("/a", t(10), true);
+        w.offer("/b", t(20), true);
+        w.offer("/b", t(20), false);
+        assert_eq!(w.waiting(), 3);
+        assert_eq!(w.pop_oldest().as_deref(), Some("/a"));
+        assert!(w.remove("/c"));
+        assert!(!w.remove("/c"));
+        assert_eq!(w.pop_oldest().as_deref(), Some("/b"));
+        assert_eq!(w.pop_oldest(), None);
+        assert!(!w.needs_refill(), "everything the scan found fit");
+    }
+
+    #[test]
+    fn a_full_window_keeps_the_oldest_and_asks_for_a_refill() {
+        let mut w = Window::new(2);
+        w.begin_scan();
+        for (k, s) in [("/d", 40), ("/b", 20), ("/a", 10), ("/c", 30)] {
+            w.offer(k, t(s), true);
+        }
+        assert_eq!(w.waiting(), 4, "the scan saw 4 ready files");
+        assert!(w.contains("/a") && w.contains("/b") && !w.contains("/c"));
+        w.offer("/e", t(50), false);
+        assert!(
+            !w.contains("/e"),
+            "newer than the window: left for the next scan"
+        );
+        assert_eq!(w.pop_oldest().as_deref(), Some("/a"));
+        assert_eq!(w.pop_oldest().as_deref(), Some("/b"));
+        assert!(w.needs_refill());
+        assert_eq!(w.waiting(), 2);
+        w.begin_scan();
+        w.offer("/c", t(30), true);
+        assert!(!w.needs_refill());
+        assert_eq!(w.pop_oldest().as_deref(), Some("/c"));
+    }
+
+    #[test]
+    fn an_older_file_displaces_the_newest() {
+        let mut w = Window::new(2);
+        w.offer("/b", t(20), true);
+        w.offer("/c", t(30), true);
+        w.offer("/a", t(10), false);
+        assert!(w.contains("/a") && w.contains("/b") && !w.contains("/c"));
+    }
+}
