@@ -204,7 +204,12 @@ fn upload(args: UploadArgs) -> Result<i32> {
                     ""
                 };
                 log::info!("{}: complete, {} bytes{note}", path.display(), done.length);
-                print_line(&format!("{}\t{}", path.display(), done.url));
+                match done.media_id() {
+                    Some(media) => {
+                        print_line(&format!("{}\t{}\t{media}", path.display(), done.url))
+                    }
+                    None => print_line(&format!("{}\t{}", path.display(), done.url)),
+                }
             }
             Err(e) => {
                 progress.finish();

@@ -69,7 +69,10 @@ USAGE:
 
 OPTIONS (each overrides the same key of the --config file):
     --config FILE            TOML config file (see README)
-    --endpoint URL           tus creation endpoint                 [server.endpoint]
+    --endpoint URL           tus creation endpoint, or the broker  [server.endpoint]
+    --target KIND            tus | cloudflare-stream | url-broker  [server.target]
+    --stream-account-id ID   Cloudflare account (cloudflare-stream) [stream.account_id]
+    --stream-api-token-file PATH   API token file or credential:NAME [stream.api_token_file]
     --state-dir DIR          where upload state is kept            [state_dir]
     --chunk-size SIZE        bytes per PATCH, e.g. 6MiB            [upload.chunk_size]
     --header 'Name: value'   extra request header (repeatable)     [server.headers]
@@ -94,7 +97,9 @@ DAEMON OPTIONS (run, status, pause, resume, check-config; also --config, --endpo
     --after-upload ACTION    delete | keep | move:DIR              [spool.after_upload]
     --failed-dir DIR         where permanently failed files go     [spool.failed_dir]
 
-OUTPUT: one line per finished file on stdout: <path><TAB><upload URL>; progress on stderr.
+OUTPUT: one line per finished file on stdout: <path><TAB><upload URL>[<TAB><media id>] (the
+third field when the server named the video: Cloudflare Stream's stream-media-id); progress
+on stderr.
 EXIT: 0 all files complete (run: stopped by a signal), 1 some file failed or a runtime
 error, 2 usage or configuration error (systemd does not restart ferry for it).
 ";
@@ -194,6 +199,9 @@ fn setting(
     match name {
         "config" => *config = Some(p.value().map_err(usage)?.into()),
         "endpoint" => o.server.endpoint = Some(text(p)?),
+        "target" => o.server.target = Some(text(p)?),
+        "stream-account-id" => o.stream.account_id = Some(text(p)?),
+        "stream-api-token-file" => o.stream.api_token_file = Some(text(p)?),
         "state-dir" => o.state_dir = Some(p.value().map_err(usage)?.into()),
         "chunk-size" => o.upload.chunk_size = Some(text(p)?),
         "header" => {

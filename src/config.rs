@@ -15,6 +15,13 @@
 //! connect_timeout = "15s"                       # resolve + TCP + TLS handshake
 //! idle_timeout = "30s"                          # no byte moved for this long = stalled link
 //! auth_cross_origin = false                     # send credentials to upload URLs on other origins
+//! target = "tus"                                # tus | cloudflare-stream | url-broker
+//! capture_headers = []                          # response headers to keep besides stream-media-id
+//!
+//! [stream]                                      # target = "cloudflare-stream"
+//! account_id = "023e105f4ecef8ad9ca31a8372d0c353"
+//! api_token_file = "credential:stream-token"    # API token with Stream Write
+//! api_base = "https://api.cloudflare.com/client/v4"
 //!
 //! [upload]
 //! chunk_size = "6MiB"                           # bytes per PATCH
@@ -57,7 +64,10 @@ use crate::spool::{self, SpoolRules};
 use crate::transport::http::HttpSettings;
 use crate::tus::checksum::Algorithm;
 use crate::tus::{metadata, url};
-use crate::upload::{ChecksumMode, Header, Settings};
+use crate::upload::{
+    ChecksumMode, Header, Settings, Target, MEDIA_ID_HEADER, STREAM_CHUNK_MULTIPLE,
+    STREAM_MAX_CHUNK, STREAM_MIN_CHUNK,
+};
 
 /// The config file's keys; every field optional so that flags can fill or override them.
 #[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
@@ -80,6 +90,46 @@ pub struct Raw {
     /// `[daemon]` (`ferry run`).
     #[serde(default)]
     pub daemon: RawDaemon,
+    /// `[stream]` (target `cloudflare-stream`).
+    #[serde(default)]
+    pub stream: RawStream,
+    /// `[broker]` (`ferry broker`, the one-time upload URL service).
+    #[serde(default)]
+    pub broker: RawBroker,
+}
+
+/// `[broker]` keys (`ferry broker`); checked by the broker itself.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct RawBroker {
+    /// Address to listen on (default 127.0.0.1:8787).
+    pub listen: Option<String>,
+    /// Path of the one-time URL endpoint (default /generate-tus-upload-request).
+    pub path: Option<String>,
+    /// Cloudflare API base (default https://api.cloudflare.com/client/v4).
+    pub api_base: Option<String>,
+    /// Cloudflare account id.
+    pub account_id: Option<String>,
+    /// File (or credential:NAME) holding the Stream API token.
+    pub api_token_file: Option<String>,
+    /// File with one `<device name> <sha256 hex of its token>` per line.
+    pub device_tokens_file: Option<PathBuf>,
+    /// maxDurationSeconds set on every video.
+    pub max_duration_seconds: Option<u64>,
+    /// Lifetime of a one-time URL in seconds (Stream: 120 to 21600).
+    pub url_expiry_seconds: Option<u64>,
+    /// Largest Upload-Length accepted.
+    pub max_upload_length: Option<String>,
+    /// Upload-Metadata keys passed on to Stream.
+    pub allowed_metadata: Option<Vec<String>>,
+    /// Browser origins allowed by CORS (none unless configured; "*" only if listed).
+    pub allowed_origins: Option<Vec<String>>,
+    /// One-time URLs per device per hour.
+    pub urls_per_hour: Option<u32>,
+    /// TLS certificate chain (PEM) to serve HTTPS.
+    pub tls_cert: Option<PathBuf>,
+    /// TLS private key (PEM).
+    pub tls_key: Option<PathBuf>,
 }
 
 /// `[spool]` keys.
@@ -138,6 +188,22 @@ pub struct RawServer {
     pub idle_timeout: Option<String>,
     /// Send credentials to other origins.
     pub auth_cross_origin: Option<bool>,
+    /// `tus` (default), `cloudflare-stream` or `url-broker`.
+    pub target: Option<String>,
+    /// Response headers to keep besides `stream-media-id`.
+    pub capture_headers: Option<Vec<String>>,
+}
+
+/// `[stream]` keys (target `cloudflare-stream`).
+#[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct RawStream {
+    /// Cloudflare account id.
+    pub account_id: Option<String>,
+    /// File (or `credential:NAME`) holding an API token with Stream Write permission.
+    pub api_token_file: Option<String>,
+    /// API base URL (default https://api.cloudflare.com/client/v4).
+    pub api_base: Option<String>,
 }
 
 /// `[upload]` keys.
@@ -209,6 +275,11 @@ impl Raw {
         take!(server.connect_timeout);
         take!(server.idle_timeout);
         take!(server.auth_cross_origin);
+        take!(server.target);
+        take!(server.capture_headers);
+        take!(stream.account_id);
+        take!(stream.api_token_file);
+        take!(stream.api_base);
         take!(upload.chunk_size);
         take!(upload.checksum);
         take!(upload.creation_with_upload);
@@ -244,12 +315,28 @@ impl Raw {
     /// Checks every value and reads secret files.
     pub fn resolve(self) -> Result<Config> {
         let s = &self.server;
-        let endpoint = s.endpoint.clone().ok_or_else(|| {
-            Error::config(
-                "server.endpoint is not set: give --endpoint URL or set it in the config file",
-            )
-        })?;
+        let target = target_kind(s.target.as_deref())?;
+        let mut headers = headers(s)?;
+        let endpoint = match target {
+            Target::CloudflareStream => stream_endpoint(&self.stream, &mut headers)?,
+            _ => s.endpoint.clone().ok_or_else(|| {
+                Error::config(
+                    "server.endpoint is not set: give --endpoint URL or set it in the config file",
+                )
+            })?,
+        };
         url::validate(&endpoint).map_err(|e| Error::config(format!("server.endpoint: {e}")))?;
+        let chunk_size_bytes = chunk_size(&self.upload.chunk_size)?;
+        if target.stream_rules() {
+            check_stream_chunk(chunk_size_bytes)?;
+        }
+        let mut capture_headers = vec![MEDIA_ID_HEADER.to_string()];
+        for h in s.capture_headers.iter().flatten() {
+            let h = h.to_ascii_lowercase();
+            if !capture_headers.contains(&h) {
+                capture_headers.push(h);
+            }
+        }
         let http = HttpSettings {
             connect_timeout: duration_or(&s.connect_timeout, "server.connect_timeout", 15)?,
             idle_timeout: duration_or(&s.idle_timeout, "server.idle_timeout", 30)?,
@@ -264,8 +351,8 @@ impl Raw {
         }
         let upload = Settings {
             endpoint,
-            chunk_size_bytes: chunk_size(&self.upload.chunk_size)?,
-            headers: headers(s)?,
+            chunk_size_bytes,
+            headers,
             metadata: user_metadata(&self.upload.metadata)?,
             default_metadata: self.upload.default_metadata.unwrap_or(true),
             checksum: checksum_mode(self.upload.checksum.as_deref())?,
@@ -273,6 +360,8 @@ impl Raw {
             auth_cross_origin: s.auth_cross_origin.unwrap_or(false),
             retry: retry_policy(&self.retry)?,
             max_checksum_mismatches: 5,
+            target,
+            capture_headers,
         };
         let state_dir = match self.state_dir {
             Some(d) => d,
@@ -333,6 +422,64 @@ impl Raw {
             rescan_interval: rescan,
             metrics_file: self.daemon.metrics_file.clone(),
         })
+    }
+}
+
+fn target_kind(v: Option<&str>) -> Result<Target> {
+    match v {
+        None | Some("tus") => Ok(Target::Tus),
+        Some("cloudflare-stream") => Ok(Target::CloudflareStream),
+        Some("url-broker") => Ok(Target::UrlBroker),
+        Some(other) => Err(Error::config(format!(
+            "server.target = {other:?}: use tus, cloudflare-stream or url-broker"
+        ))),
+    }
+}
+
+/// Stream's tus endpoint for the account, with the API token as a secret Bearer header.
+fn stream_endpoint(st: &RawStream, headers: &mut Vec<Header>) -> Result<String> {
+    let account = st.account_id.as_deref().ok_or_else(|| {
+        Error::config("stream.account_id is not set (target cloudflare-stream needs it)")
+    })?;
+    if account.is_empty()
+        || !account
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+    {
+        return Err(Error::config(format!(
+            "stream.account_id {account:?} is not an account id"
+        )));
+    }
+    let source = st.api_token_file.as_deref().ok_or_else(|| {
+        Error::config("stream.api_token_file is not set (target cloudflare-stream needs an API token with Stream Write)")
+    })?;
+    let token =
+        read_secret(source).map_err(|e| Error::config(format!("stream.api_token_file: {e}")))?;
+    check_header("Authorization", &token, "stream.api_token_file")?;
+    headers.retain(|h| !h.name.eq_ignore_ascii_case("authorization"));
+    headers.push(Header {
+        name: "Authorization".into(),
+        value: format!("Bearer {token}"),
+        secret: true,
+    });
+    let base = st
+        .api_base
+        .as_deref()
+        .unwrap_or("https://api.cloudflare.com/client/v4")
+        .trim_end_matches('/');
+    Ok(format!("{base}/accounts/{account}/stream"))
+}
+
+/// Stream's chunk rules, checked before anything is sent.
+fn check_stream_chunk(chunk: u64) -> Result<()> {
+    let ok = chunk % STREAM_CHUNK_MULTIPLE == 0
+        && (STREAM_MIN_CHUNK..=STREAM_MAX_CHUNK).contains(&chunk);
+    if ok {
+        Ok(())
+    } else {
+        Err(Error::config(format!(
+            "upload.chunk_size = {chunk} bytes breaks Cloudflare Stream's rule: every chunk but the last must be a multiple of 256 KiB between 5 MiB and 200 MiB (the default 6MiB fits; 50MiB suits good links)"
+        )))
     }
 }
 
@@ -697,6 +844,68 @@ give_up_after = "10m"
         assert!(read_secret(dir.join("missing").to_str().unwrap())
             .unwrap_err()
             .contains("cannot read"));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn stream_targets_build_the_endpoint_and_enforce_the_chunk_rules() {
+        let dir = std::env::temp_dir().join(format!("ferry-cfg-stream-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let token = dir.join("token");
+        std::fs::write(&token, "cf-token\n").unwrap();
+        let base = format!("state_dir=\"/s\"\n[server]\ntarget = \"cloudflare-stream\"\n[stream]\naccount_id = \"acct1\"\napi_token_file = {:?}\n", token.to_str().unwrap());
+        let c = Raw::parse(&base, "t").unwrap().resolve().unwrap();
+        assert_eq!(
+            c.upload.endpoint,
+            "https://api.cloudflare.com/client/v4/accounts/acct1/stream"
+        );
+        assert_eq!(c.upload.target, Target::CloudflareStream);
+        let auth = c
+            .upload
+            .headers
+            .iter()
+            .find(|h| h.name == "Authorization")
+            .unwrap();
+        assert_eq!(
+            (auth.value.as_str(), auth.secret),
+            ("Bearer cf-token", true)
+        );
+        let bad = format!("{base}[upload]\nchunk_size = \"1MiB\"\n");
+        let e = Raw::parse(&bad, "t")
+            .unwrap()
+            .resolve()
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("upload.chunk_size") && e.contains("256 KiB") && e.contains("5 MiB"),
+            "{e}"
+        );
+        let odd = format!("{base}[upload]\nchunk_size = \"5000000\"\n");
+        assert!(
+            Raw::parse(&odd, "t").unwrap().resolve().is_err(),
+            "not a 256 KiB multiple"
+        );
+        let broker = "state_dir=\"/s\"\n[server]\ntarget = \"url-broker\"\nendpoint = \"https://b.example/x\"\n[upload]\nchunk_size = \"2MiB\"";
+        assert!(Raw::parse(broker, "t")
+            .unwrap()
+            .resolve()
+            .unwrap_err()
+            .to_string()
+            .contains("Cloudflare Stream's rule"));
+        let no_acct = "state_dir=\"/s\"\n[server]\ntarget = \"cloudflare-stream\"";
+        assert!(Raw::parse(no_acct, "t")
+            .unwrap()
+            .resolve()
+            .unwrap_err()
+            .to_string()
+            .contains("stream.account_id"));
+        let typo = "state_dir=\"/s\"\n[server]\nendpoint = \"http://h/\"\ntarget = \"vimeo\"";
+        assert!(Raw::parse(typo, "t")
+            .unwrap()
+            .resolve()
+            .unwrap_err()
+            .to_string()
+            .contains("server.target"));
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -70,6 +70,9 @@ pub struct FileRecord {
     pub updated_unix: u64,
     /// Where the file stands.
     pub state: RecordState,
+    /// Response headers kept (e.g. `stream-media-id`).
+    #[serde(default)]
+    pub captured: std::collections::BTreeMap<String, String>,
 }
 
 /// The sled-backed store.
@@ -290,6 +293,7 @@ mod tests {
             created_unix: 10,
             updated_unix: 10,
             state: RecordState::Uploading,
+            captured: Default::default(),
         }
     }
 

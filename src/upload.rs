@@ -29,6 +29,9 @@ use crate::tus::checksum::{self, Algorithm};
 use crate::tus::response::{self, Sent};
 use crate::tus::{metadata, request, url, Body, Outcome, Request, Response, ServerCaps};
 
+/// The header Cloudflare Stream names a new video with.
+pub const MEDIA_ID_HEADER: &str = "stream-media-id";
+
 /// Smallest chunk that a 413 may shrink us to.
 const MIN_CHUNK_BYTES: u64 = 64 * 1024;
 
@@ -67,6 +70,37 @@ pub enum ChecksumMode {
     Always(Algorithm),
 }
 
+/// What kind of server the endpoint is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Target {
+    /// A tus 1.0 creation endpoint.
+    Tus,
+    /// Cloudflare Stream's tus endpoint, with the account's API token.
+    CloudflareStream,
+    /// A back-end that answers the creation POST with a one-time upload URL elsewhere
+    /// (`ferry broker`, or the operator's own).
+    UrlBroker,
+}
+
+impl Target {
+    /// True when upload URLs are one-time URLs that a 403 or 404 ends (ask for a new one).
+    pub fn one_time_urls(self) -> bool {
+        !matches!(self, Target::Tus)
+    }
+
+    /// True when Cloudflare Stream's chunk rules apply.
+    pub fn stream_rules(self) -> bool {
+        !matches!(self, Target::Tus)
+    }
+}
+
+/// Stream's rules: every chunk but the last a multiple of 256 KiB within [5 MiB, 200 MiB].
+pub const STREAM_CHUNK_MULTIPLE: u64 = 256 * 1024;
+/// Stream's smallest chunk (but the last).
+pub const STREAM_MIN_CHUNK: u64 = 5 * 1024 * 1024;
+/// Stream's largest chunk.
+pub const STREAM_MAX_CHUNK: u64 = 200 * 1024 * 1024;
+
 /// How files are uploaded.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Settings {
@@ -92,6 +126,10 @@ pub struct Settings {
     pub retry: RetryPolicy,
     /// How many checksum mismatches in a row fail the file.
     pub max_checksum_mismatches: u32,
+    /// What kind of server the endpoint is.
+    pub target: Target,
+    /// Response headers to keep (lowercase), e.g. `stream-media-id`.
+    pub capture_headers: Vec<String>,
 }
 
 impl Default for Settings {
@@ -107,6 +145,8 @@ impl Default for Settings {
             auth_cross_origin: false,
             retry: RetryPolicy::default(),
             max_checksum_mismatches: 5,
+            target: Target::Tus,
+            capture_headers: vec![MEDIA_ID_HEADER.to_string()],
         }
     }
 }
@@ -137,6 +177,15 @@ pub struct Completed {
     pub length: u64,
     /// True when it was already complete before this run.
     pub already: bool,
+    /// Response headers kept (see `Settings::capture_headers`).
+    pub captured: std::collections::BTreeMap<String, String>,
+}
+
+impl Completed {
+    /// Cloudflare Stream's media id, when the server sent one.
+    pub fn media_id(&self) -> Option<&str> {
+        self.captured.get(MEDIA_ID_HEADER).map(String::as_str)
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -497,7 +546,10 @@ impl<'a> Uploader<'a> {
                 url,
                 offset,
                 expires,
-            } => self.created(f, url, offset, expires),
+            } => {
+                let captured = self.capture(&resp, &Default::default());
+                self.created(f, url, offset, expires, captured)
+            }
             Outcome::Retry { why, retry_after } => {
                 self.retry_later(f, why, retry_after.as_deref(), Phase::Create)
             }
@@ -512,6 +564,7 @@ impl<'a> Uploader<'a> {
         upload_url: String,
         offset: u64,
         expires: Option<std::time::SystemTime>,
+        captured: std::collections::BTreeMap<String, String>,
     ) -> Result<Step> {
         let now = unix(self.clock.wall());
         let record = FileRecord {
@@ -525,11 +578,16 @@ impl<'a> Uploader<'a> {
             created_unix: now,
             updated_unix: now,
             state: RecordState::Uploading,
+            captured,
         };
         // Invariant 2: durable before any PATCH.
         self.store.put(&record)?;
+        let media = record
+            .captured
+            .get(MEDIA_ID_HEADER)
+            .map_or(String::new(), |m| format!(" (media id {m})"));
         log::info!(
-            "{}: created upload {}",
+            "{}: created upload {}{media}",
             f.path().display(),
             url::redact(&record.upload_url)
         );
@@ -554,6 +612,7 @@ impl<'a> Uploader<'a> {
             Ok(r) => r,
             Err(e) => return self.transport_failure(f, e, Phase::Probe),
         };
+        self.capture_later(f, &resp)?;
         match response::head(&resp, f.source.len()) {
             Outcome::Offset { offset, expires } => {
                 if let Some(e) = expires {
@@ -563,6 +622,9 @@ impl<'a> Uploader<'a> {
                 Ok(Step::Continue)
             }
             Outcome::Gone { why } => self.forget_upload(f, &why),
+            Outcome::Fail { status: 403, why } if self.settings.target.one_time_urls() => {
+                self.forget_upload(f, &format!("the one-time URL is refused: {why}"))
+            }
             Outcome::Retry { why, retry_after } => {
                 self.retry_later(f, why, retry_after.as_deref(), Phase::Probe)
             }
@@ -616,6 +678,7 @@ impl<'a> Uploader<'a> {
         resp: &Response,
     ) -> Result<Step> {
         let (offset, len) = (sent.offset, sent.len);
+        self.capture_later(f, resp)?;
         match response::patch(resp, sent) {
             Outcome::Offset {
                 offset: new,
@@ -666,8 +729,11 @@ impl<'a> Uploader<'a> {
                 Ok(Step::Continue)
             }
             Outcome::ChecksumRejected { why } => Ok(self.without_checksum(f, &why)),
-            Outcome::TooLarge { why } if f.chunk_bytes > MIN_CHUNK_BYTES => {
-                f.chunk_bytes = (f.chunk_bytes / 2).max(MIN_CHUNK_BYTES);
+            Outcome::Fail { status: 403, why } if self.settings.target.one_time_urls() => {
+                self.forget_upload(f, &format!("the one-time URL is refused: {why}"))
+            }
+            Outcome::TooLarge { why } if self.smaller_chunk(f.chunk_bytes) < f.chunk_bytes => {
+                f.chunk_bytes = self.smaller_chunk(f.chunk_bytes);
                 *self.learned_chunk_limit.borrow_mut() = Some(f.chunk_bytes);
                 log::warn!(
                     "{}: chunk too large ({why}); using {} byte chunks",
@@ -702,7 +768,45 @@ impl<'a> Uploader<'a> {
             url: rec.upload_url,
             length: f.source.len(),
             already,
+            captured: rec.captured,
         })
+    }
+
+    /// The configured response headers present in `resp`, added to `known`.
+    fn capture(
+        &self,
+        resp: &Response,
+        known: &std::collections::BTreeMap<String, String>,
+    ) -> std::collections::BTreeMap<String, String> {
+        let mut out = known.clone();
+        for name in &self.settings.capture_headers {
+            if let Some(v) = resp.header(name) {
+                out.insert(name.clone(), v.to_string());
+            }
+        }
+        out
+    }
+
+    /// Half of `chunk`, within the target's rules (Stream: multiples of 256 KiB, ≥ 5 MiB).
+    fn smaller_chunk(&self, chunk: u64) -> u64 {
+        if self.settings.target.stream_rules() {
+            let half = chunk / 2 / STREAM_CHUNK_MULTIPLE * STREAM_CHUNK_MULTIPLE;
+            half.max(STREAM_MIN_CHUNK).min(chunk)
+        } else {
+            (chunk / 2).max(MIN_CHUNK_BYTES).min(chunk)
+        }
+    }
+
+    /// Keeps response headers that first arrive after creation.
+    fn capture_later(&self, f: &mut FileUpload, resp: &Response) -> Result<()> {
+        if let Some(rec) = f.record.as_mut() {
+            let captured = self.capture(resp, &rec.captured);
+            if captured != rec.captured {
+                rec.captured = captured;
+                self.store.put(rec)?;
+            }
+        }
+        Ok(())
     }
 
     /// The server will not check our checksum algorithm: go on without checksums.
@@ -723,14 +827,16 @@ impl<'a> Uploader<'a> {
             f.last_progress = self.clock.now();
         }
         f.progress.set_position(offset);
+        let complete = offset == f.source.len();
         if let Some(rec) = f.record.as_mut() {
-            if rec.offset != offset {
+            // At the end, `complete` writes the record once, with its final state.
+            if rec.offset != offset && !complete {
                 rec.offset = offset;
                 rec.updated_unix = unix(self.clock.wall());
                 self.store.put(rec)?;
             }
         }
-        f.phase = if offset == f.source.len() {
+        f.phase = if complete {
             Phase::Complete { already: false }
         } else {
             Phase::Send { offset }
@@ -752,6 +858,12 @@ impl<'a> Uploader<'a> {
     /// The server lost or expired the upload: forget it and create a new one.
     fn forget_upload(&self, f: &mut FileUpload, why: &str) -> Result<Step> {
         if let Some(rec) = f.record.take() {
+            if let Some(media) = rec.captured.get(MEDIA_ID_HEADER) {
+                log::warn!(
+                    "{}: abandoning video {media} (its upload URL is gone)",
+                    f.path().display()
+                );
+            }
             log::warn!(
                 "{}: upload {} is gone ({why}); creating a new upload",
                 f.path().display(),

@@ -216,7 +216,8 @@ fn fresh_upload_persists_the_url_before_the_first_patch() {
             path: e.file.clone(),
             url: URL.into(),
             length: 25,
-            already: false
+            already: false,
+            captured: Default::default(),
         }
     );
     let seen = script.seen();
@@ -694,4 +695,94 @@ fn creation_with_upload_sends_a_small_file_in_the_post_when_enabled_and_advertis
     );
     run(&e2, &s, &plain).unwrap();
     assert!(plain.seen()[1].body.is_empty());
+}
+
+#[test]
+fn one_time_urls_capture_the_media_id_and_a_refused_url_is_replaced() {
+    let e = env("broker", &data(12));
+    let mut s = settings(10);
+    s.target = Target::UrlBroker;
+    s.headers = vec![Header {
+        name: "Authorization".into(),
+        value: "Bearer device".into(),
+        secret: true,
+    }];
+    let first = Script::new(
+        &e.store,
+        &e.key,
+        vec![
+            options(),
+            (
+                Method::Post,
+                resp(
+                    200,
+                    &[
+                        ("Location", "https://upload.example/tus/v1?tusv2=true"),
+                        ("stream-media-id", "v1"),
+                    ],
+                ),
+            ),
+            (Method::Patch, resp(403, &[])),
+            (
+                Method::Post,
+                resp(
+                    201,
+                    &[
+                        ("Location", "https://upload.example/tus/v2?tusv2=true"),
+                        ("stream-media-id", "v2"),
+                    ],
+                ),
+            ),
+            offset(Method::Patch, 10),
+            offset(Method::Patch, 12),
+        ],
+    );
+    let done = run(&e, &s, &first).unwrap();
+    assert_eq!(
+        done.media_id(),
+        Some("v2"),
+        "the abandoned video v1 was replaced"
+    );
+    assert_eq!(done.url, "https://upload.example/tus/v2?tusv2=true");
+    let seen = first.seen();
+    let auth = |i: usize| seen[i].headers.iter().any(|(n, _)| n == "Authorization");
+    assert!(auth(1) && auth(3), "the broker gets the device credential");
+    assert!(!auth(2) && !auth(4), "the upload origin never does");
+}
+
+#[test]
+fn stream_targets_shrink_chunks_only_within_streams_rules() {
+    let e = env("stream413", &data(10));
+    let mut s = settings(12 * 1024 * 1024);
+    s.target = Target::CloudflareStream;
+    let up = Uploader::new(
+        &Script::new(&e.store, &e.key, vec![]),
+        &e.store,
+        &e.clock,
+        &s,
+        1,
+    )
+    .smaller_chunk(12 * 1024 * 1024);
+    assert_eq!(up, 6 * 1024 * 1024);
+    let at_min = Uploader::new(
+        &Script::new(&e.store, &e.key, vec![]),
+        &e.store,
+        &e.clock,
+        &s,
+        1,
+    )
+    .smaller_chunk(STREAM_MIN_CHUNK);
+    assert_eq!(
+        at_min, STREAM_MIN_CHUNK,
+        "never below 5 MiB: a 413 then fails the file"
+    );
+    let odd = Uploader::new(
+        &Script::new(&e.store, &e.key, vec![]),
+        &e.store,
+        &e.clock,
+        &s,
+        1,
+    )
+    .smaller_chunk(11 * 1024 * 1024);
+    assert_eq!(odd % STREAM_CHUNK_MULTIPLE, 0);
 }
