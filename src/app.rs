@@ -46,6 +46,8 @@ fn dispatch(cmd: Command) -> Result<i32> {
         Command::Pause(args) => set_paused(&args, true),
         Command::Resume(args) => set_paused(&args, false),
         Command::CheckConfig(args) => check_config(&args),
+        #[cfg(feature = "broker")]
+        Command::Broker(args) => crate::broker::run(*args),
     }
 }
 
@@ -88,6 +90,7 @@ fn run_daemon(args: &CommonArgs) -> Result<i32> {
         notifier: Notifier::new(config::notify_socket()),
         watchdog: config::watchdog_interval(),
         reload: &reload,
+        hook: config.hook.as_ref(),
     };
     crate::daemon::run(parts, settings, rx, tx)?;
     Ok(0)
@@ -103,7 +106,8 @@ fn show_status(args: &CommonArgs, json: bool) -> Result<i32> {
         value["running"] = serde_json::Value::Bool(alive);
         print_line(&value.to_string());
     } else {
-        let now = std::time::SystemTime::now()
+        let now = SystemClock
+            .wall()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_secs());
         print!("{}", crate::status::render_text(&snap, alive, now));
@@ -210,6 +214,15 @@ fn upload(args: UploadArgs) -> Result<i32> {
                     }
                     None => print_line(&format!("{}\t{}", path.display(), done.url)),
                 }
+                if let Some(hook) = &config.hook {
+                    if let Err(e) = run_hook(&store, path, hook, clock.as_ref()) {
+                        failed += 1;
+                        log::error!(
+                            "{}: hook failed: {e} (it runs again when this command is run again)",
+                            path.display()
+                        );
+                    }
+                }
             }
             Err(e) => {
                 progress.finish();
@@ -224,6 +237,28 @@ fn upload(args: UploadArgs) -> Result<i32> {
         return Ok(1);
     }
     Ok(0)
+}
+
+/// Runs the hook of a completed file, up to three times with short pauses.
+fn run_hook(
+    store: &Store,
+    path: &Path,
+    hook: &crate::hook::HookSettings,
+    clock: &dyn Clock,
+) -> std::result::Result<(), String> {
+    let key = crate::upload::record_key(path).map_err(|e| e.to_string())?;
+    let never = std::sync::atomic::AtomicBool::new(false);
+    let mut last = String::new();
+    for attempt in 1..=3u32 {
+        match crate::hook::run_recorded(store, &key, hook, clock, &never) {
+            Ok(_) => return Ok(()),
+            Err(e) => last = e,
+        }
+        if attempt < 3 {
+            clock.sleep(Duration::from_secs(u64::from(attempt)), &never);
+        }
+    }
+    Err(last)
 }
 
 fn cancel(uploader: &Uploader, args: &UploadArgs) -> Result<i32> {

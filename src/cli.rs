@@ -23,6 +23,9 @@ pub enum Command {
     Resume(Box<CommonArgs>),
     /// `ferry check-config`.
     CheckConfig(Box<CommonArgs>),
+    /// `ferry broker [OPTIONS]`: the one-time upload URL service.
+    #[cfg(feature = "broker")]
+    Broker(Box<crate::broker::BrokerArgs>),
     /// `ferry help` / `--help`.
     Help,
     /// `ferry --version`.
@@ -65,6 +68,8 @@ USAGE:
     ferry status [--json] [OPTIONS]    what the daemon is doing
     ferry pause | resume [OPTIONS]     stop / restart uploading (survives restarts)
     ferry check-config [OPTIONS]       validate the configuration
+    ferry broker [OPTIONS]             one-time Cloudflare Stream upload URLs for devices
+                                       (`ferry broker --help`; not in device builds)
     ferry help | --version
 
 OPTIONS (each overrides the same key of the --config file):
@@ -127,6 +132,7 @@ pub fn parse(args: impl IntoIterator<Item = std::ffi::OsString>) -> Result<Comma
         Some(Value(cmd)) if cmd == "check-config" => {
             parse_common(&mut p, "check-config").map(|(c, _)| Command::CheckConfig(Box::new(c)))
         }
+        Some(Value(cmd)) if cmd == "broker" => broker(&mut p),
         Some(Long("help") | Short('h')) => Ok(Command::Help),
         Some(Long("version") | Short('V')) => Ok(Command::Version),
         Some(Value(cmd)) => Err(Error::config(format!(
@@ -136,6 +142,18 @@ pub fn parse(args: impl IntoIterator<Item = std::ffi::OsString>) -> Result<Comma
         Some(other) => Err(usage(other.unexpected())),
         None => Ok(Command::Help),
     }
+}
+
+#[cfg(feature = "broker")]
+fn broker(p: &mut lexopt::Parser) -> Result<Command> {
+    crate::broker::args::parse(p).map(|a| Command::Broker(Box::new(a)))
+}
+
+#[cfg(not(feature = "broker"))]
+fn broker(_: &mut lexopt::Parser) -> Result<Command> {
+    Err(Error::config(
+        "this ferry was built without `ferry broker` (cargo feature \"broker\")",
+    ))
 }
 
 fn parse_upload(p: &mut lexopt::Parser) -> Result<UploadArgs> {

@@ -23,6 +23,11 @@
 //! api_token_file = "credential:stream-token"    # API token with Stream Write
 //! api_base = "https://api.cloudflare.com/client/v4"
 //!
+//! [hook]                                        # optional: run once per completed upload
+//! command = ["/usr/local/bin/on-upload"]        # program + args, no shell; env FERRY_PATH, FERRY_SIZE,
+//!                                               # FERRY_UPLOAD_URL, FERRY_MEDIA_ID, FERRY_ELAPSED_SECS, ...
+//! timeout = "60s"                               # killed after this, retried with backoff
+//!
 //! [upload]
 //! chunk_size = "6MiB"                           # bytes per PATCH
 //! checksum = "auto"                             # auto | off | sha1 | sha256
@@ -60,6 +65,7 @@ use serde::Deserialize;
 use crate::backoff::RetryPolicy;
 use crate::daemon::{AfterUpload, DaemonSettings};
 use crate::error::{Error, Result};
+use crate::hook::HookSettings;
 use crate::spool::{self, SpoolRules};
 use crate::transport::http::HttpSettings;
 use crate::tus::checksum::Algorithm;
@@ -93,6 +99,9 @@ pub struct Raw {
     /// `[stream]` (target `cloudflare-stream`).
     #[serde(default)]
     pub stream: RawStream,
+    /// `[hook]`: a command run once per completed upload.
+    #[serde(default)]
+    pub hook: RawHook,
     /// `[broker]` (`ferry broker`, the one-time upload URL service).
     #[serde(default)]
     pub broker: RawBroker,
@@ -106,7 +115,7 @@ pub struct RawBroker {
     pub listen: Option<String>,
     /// Path of the one-time URL endpoint (default /generate-tus-upload-request).
     pub path: Option<String>,
-    /// Cloudflare API base (default https://api.cloudflare.com/client/v4).
+    /// Cloudflare API base (default `https://api.cloudflare.com/client/v4`).
     pub api_base: Option<String>,
     /// Cloudflare account id.
     pub account_id: Option<String>,
@@ -130,6 +139,12 @@ pub struct RawBroker {
     pub tls_cert: Option<PathBuf>,
     /// TLS private key (PEM).
     pub tls_key: Option<PathBuf>,
+    /// How long Stream may take to answer before the device gets 504 (default "30s").
+    pub api_timeout: Option<String>,
+    /// How long a client may take to send a request, and keep an idle connection (default "10s").
+    pub request_timeout: Option<String>,
+    /// Connections served at once; more are refused (default 64).
+    pub max_connections: Option<usize>,
 }
 
 /// `[spool]` keys.
@@ -194,6 +209,16 @@ pub struct RawServer {
     pub capture_headers: Option<Vec<String>>,
 }
 
+/// `[hook]` keys.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct RawHook {
+    /// Program and arguments, e.g. `["/usr/local/bin/notify-upload", "--quiet"]` (no shell).
+    pub command: Option<Vec<String>>,
+    /// A run taking longer is killed and retried later (default 60 s).
+    pub timeout: Option<String>,
+}
+
 /// `[stream]` keys (target `cloudflare-stream`).
 #[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
@@ -246,6 +271,8 @@ pub struct Config {
     pub upload: Settings,
     /// HTTP client.
     pub http: HttpSettings,
+    /// The after-upload hook, if any.
+    pub hook: Option<HookSettings>,
 }
 
 impl Raw {
@@ -280,6 +307,8 @@ impl Raw {
         take!(stream.account_id);
         take!(stream.api_token_file);
         take!(stream.api_base);
+        take!(hook.command);
+        take!(hook.timeout);
         take!(upload.chunk_size);
         take!(upload.checksum);
         take!(upload.creation_with_upload);
@@ -367,10 +396,23 @@ impl Raw {
             Some(d) => d,
             None => default_state_dir()?,
         };
+        let hook = match &self.hook.command {
+            None => None,
+            Some(argv) if argv.is_empty() || argv[0].is_empty() => {
+                return Err(Error::config(
+                    "hook.command is empty: give the program and its arguments as a list",
+                ))
+            }
+            Some(argv) => Some(HookSettings {
+                argv: argv.clone(),
+                timeout: duration_or(&self.hook.timeout, "hook.timeout", 60)?,
+            }),
+        };
         Ok(Config {
             state_dir,
             upload,
             http,
+            hook,
         })
     }
 }

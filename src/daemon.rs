@@ -19,6 +19,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use crate::clock::{random_seed, Clock};
 use crate::error::{Error, Result};
+use crate::hook::{self, HookSettings};
 use crate::notify::Notifier;
 use crate::progress::Progress;
 use crate::queue::Window;
@@ -95,6 +96,8 @@ pub enum Event {
     Signal(i32),
     /// A worker is done with a file.
     Finished(String, JobResult),
+    /// The hook thread ran the hook of a file (`Ok(false)`: it had already run).
+    HookFinished(String, std::result::Result<bool, String>),
 }
 
 /// How a worker's job ended.
@@ -126,6 +129,8 @@ pub struct Parts<'a> {
     pub watchdog: Option<Duration>,
     /// Re-reads the daemon settings (SIGHUP).
     pub reload: &'a dyn Fn() -> Result<DaemonSettings>,
+    /// The after-upload hook.
+    pub hook: Option<&'a HookSettings>,
 }
 
 /// What a worker publishes about its file for the status.
@@ -187,9 +192,37 @@ pub fn run(
                     source: e,
                 })?;
         }
+        let hook_stop = Arc::new(AtomicBool::new(false));
+        let (hooks_tx, hooks_rx) = std::sync::mpsc::channel::<String>();
+        if let Some(settings) = parts.hook {
+            let (tx, clock, stop, store) = (
+                tx.clone(),
+                parts.clock.clone(),
+                hook_stop.clone(),
+                parts.store,
+            );
+            std::thread::Builder::new()
+                .name("hook".into())
+                .spawn_scoped(scope, move || {
+                    for key in hooks_rx {
+                        let result =
+                            hook::run_recorded(store, &key, settings, clock.as_ref(), &stop);
+                        if tx.send(Event::HookFinished(key, result)).is_err() {
+                            return;
+                        }
+                    }
+                })
+                .map_err(|e| Error::Io {
+                    context: "cannot start the hook thread".into(),
+                    source: e,
+                })?;
+        }
         let mut main = Main::new(&parts, settings, interrupt, jobs_tx, bytes_sent, retries);
+        if parts.hook.is_some() {
+            main.hooks = Some((hooks_tx, hook_stop));
+        }
         let result = main.run(&events);
-        drop(main); // closes the job channel: idle workers end
+        drop(main); // closes the job and hook channels: idle workers end
         result
     })
 }
@@ -266,6 +299,10 @@ struct Main<'p, 'a> {
     last_status_line: String,
     ready_sent: bool,
     queue: Window,
+    /// The hook thread's job channel and stop flag, when a hook is configured.
+    hooks: Option<(Sender<String>, Arc<AtomicBool>)>,
+    /// Files whose hook is running (`None`) or waiting to retry (due, failures so far).
+    hook_waiting: HashMap<String, (Option<Instant>, u32)>,
     /// A full scan must run at the next tick (start, events, refill, reload, unreadable files).
     force_scan: bool,
     last_status_write: Instant,
@@ -308,6 +345,8 @@ impl<'p, 'a> Main<'p, 'a> {
             last_status_line: String::new(),
             ready_sent: false,
             queue: Window::new(QUEUE_WINDOW),
+            hooks: None,
+            hook_waiting: HashMap::new(),
             force_scan: true,
             last_status_write: now,
             watch_ok: true,
@@ -397,6 +436,17 @@ impl<'p, 'a> Main<'p, 'a> {
             self.consider(&p, false)?;
         }
         self.dispatch()?;
+        if self.stopping.is_none() {
+            let due: Vec<String> = self
+                .hook_waiting
+                .iter()
+                .filter(|(_, (d, _))| d.is_some_and(|d| d <= now))
+                .map(|(k, _)| k.clone())
+                .collect();
+            for key in due {
+                self.start_hook(&key);
+            }
+        }
         if now >= self.next_status {
             let state = self.state_name();
             self.write_status(state);
@@ -423,6 +473,9 @@ impl<'p, 'a> Main<'p, 'a> {
         }
         if let Some(t) = self.store_trouble_until {
             due = due.min(t);
+        }
+        if let Some(h) = self.hook_waiting.values().filter_map(|(d, _)| *d).min() {
+            due = due.min(h);
         }
         due
     }
@@ -451,6 +504,7 @@ impl<'p, 'a> Main<'p, 'a> {
             Event::Control => self.check_pause(),
             Event::Signal(sig) => self.signal(sig),
             Event::Finished(key, result) => self.finished(&key, result)?,
+            Event::HookFinished(key, result) => self.hook_finished(&key, result),
         }
         Ok(())
     }
@@ -462,6 +516,9 @@ impl<'p, 'a> Main<'p, 'a> {
                 log::info!("stopping: saving state and ending uploads");
                 self.stopping = Some(self.parts.clock.now());
                 self.interrupt.store(true, Ordering::Relaxed);
+                if let Some((_, stop)) = &self.hooks {
+                    stop.store(true, Ordering::Relaxed);
+                }
                 self.parts.notifier.send("STOPPING=1\nSTATUS=stopping");
                 self.write_status("stopping");
             }
@@ -671,10 +728,8 @@ impl<'p, 'a> Main<'p, 'a> {
         let store = self.parts.store;
         if let Some(rec) = store.get(key)? {
             if rec.state == RecordState::Complete && rec.identity == identity {
-                // Uploaded before a crash or restart, action not yet taken (or kept).
-                if self.settings.after_upload != AfterUpload::Keep {
-                    self.after_upload(path, key);
-                }
+                // Uploaded before a crash or restart: hook and action not yet done (or kept).
+                self.uploaded(path, key, rec.hook.done);
                 return Ok(());
             }
         }
@@ -740,13 +795,16 @@ impl<'p, 'a> Main<'p, 'a> {
             JobResult::Done(c) => {
                 self.totals.files_done += 1;
                 self.totals.last_success_unix = Some(unix(self.parts.clock.wall()));
+                let media = c
+                    .media_id()
+                    .map_or(String::new(), |m| format!(", media id {m}"));
                 log::info!(
-                    "{}: uploaded, {} bytes, {}",
+                    "{}: uploaded, {} bytes, {}{media}",
                     path.display(),
                     c.length,
                     url::redact(&c.url)
                 );
-                self.after_upload(&path, key);
+                self.uploaded(&path, key, false);
             }
             JobResult::Interrupted => {}
             JobResult::Failed(Error::Interrupted) => {}
@@ -856,6 +914,58 @@ impl<'p, 'a> Main<'p, 'a> {
         });
         self.recent_failed.truncate(MAX_RECENT_FAILED);
         Ok(())
+    }
+
+    /// The server holds the whole file: run the hook (if any, and not yet done), then the
+    /// after-upload action.
+    fn uploaded(&mut self, path: &Path, key: &str, hook_done: bool) {
+        match &self.hooks {
+            Some(_) if !hook_done => {
+                if !self.hook_waiting.contains_key(key) {
+                    self.start_hook(key);
+                }
+            }
+            _ => {
+                if !(hook_done && self.settings.after_upload == AfterUpload::Keep) {
+                    self.after_upload(path, key);
+                }
+            }
+        }
+    }
+
+    fn start_hook(&mut self, key: &str) {
+        if let Some((tx, _)) = &self.hooks {
+            if tx.send(key.to_string()).is_ok() {
+                let failures = self.hook_waiting.get(key).map_or(0, |w| w.1);
+                self.hook_waiting.insert(key.to_string(), (None, failures));
+            }
+        }
+    }
+
+    fn hook_finished(&mut self, key: &str, result: std::result::Result<bool, String>) {
+        let path = PathBuf::from(key);
+        match result {
+            Ok(ran) => {
+                if ran {
+                    log::info!("{}: hook done", path.display());
+                }
+                self.hook_waiting.remove(key);
+                self.after_upload(&path, key);
+            }
+            Err(e) => {
+                let failures = self.hook_waiting.get(key).map_or(0, |w| w.1) + 1;
+                let delay = hook::retry_delay(failures);
+                log::warn!(
+                    "{}: hook failed ({e}); trying again in {} s",
+                    path.display(),
+                    delay.as_secs()
+                );
+                self.hook_waiting.insert(
+                    key.to_string(),
+                    (Some(self.parts.clock.now() + delay), failures),
+                );
+            }
+        }
     }
 
     /// Deletes, moves or keeps a file the server holds completely (invariant 1 holds: the

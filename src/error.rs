@@ -14,7 +14,7 @@ pub enum Error {
         /// What is wrong with it.
         problem: String,
     },
-    /// The state directory (sled) failed.
+    /// The state directory (the state store) failed.
     State {
         /// The state directory.
         dir: PathBuf,

@@ -17,11 +17,14 @@
 
 pub mod app;
 pub mod backoff;
+#[cfg(feature = "broker")]
+pub mod broker;
 pub mod cli;
 pub mod clock;
 pub mod config;
 pub mod daemon;
 pub mod error;
+pub mod hook;
 pub mod notify;
 pub mod progress;
 pub mod queue;

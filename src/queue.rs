@@ -1,8 +1,8 @@
 //! The upload queue: the oldest ready files of the spool, held in a bounded window.
 //!
 //! Key idea: the spool itself is the queue. Holding one record per waiting file (in memory
-//! or in sled, which keeps its index in memory too) grows the process with the spool:
-//! 100,000 queued records cost sled 26-40 MiB. Instead the daemon keeps only the `cap`
+//! or in the state store, whose index lives in memory too) grows the process with the
+//! spool: 100,000 queued records cost the store 26-40 MiB. Instead the daemon keeps only the `cap`
 //! oldest ready files it knows of; when files had to be left out and the window drains, a
 //! scan of the spool refills it. Memory stays bounded, the order stays oldest first.
 

@@ -1,5 +1,5 @@
 //! What the daemon tells operators: a JSON snapshot in the state directory (read by
-//! `ferry status`, since sled admits one process) and Prometheus metrics for node_exporter's
+//! `ferry status`, since the state store admits one process) and Prometheus metrics for node_exporter's
 //! textfile collector. Both are written atomically (temporary file, then rename).
 
 use std::path::{Path, PathBuf};

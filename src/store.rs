@@ -73,6 +73,9 @@ pub struct FileRecord {
     /// Response headers kept (e.g. `stream-media-id`).
     #[serde(default)]
     pub captured: std::collections::BTreeMap<String, String>,
+    /// The after-upload hook's runs (see `hook`).
+    #[serde(default)]
+    pub hook: crate::hook::HookState,
 }
 
 /// The sled-backed store.
@@ -294,6 +297,7 @@ mod tests {
             updated_unix: 10,
             state: RecordState::Uploading,
             captured: Default::default(),
+            hook: Default::default(),
         }
     }
 

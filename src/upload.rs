@@ -579,6 +579,7 @@ impl<'a> Uploader<'a> {
             updated_unix: now,
             state: RecordState::Uploading,
             captured,
+            hook: Default::default(),
         };
         // Invariant 2: durable before any PATCH.
         self.store.put(&record)?;

@@ -6,10 +6,12 @@ use std::path::PathBuf;
 use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::harness::{assert_same_bytes, ferry, random_bytes, Scratch};
+use crate::harness::{
+    assert_same_bytes, ferry, random_bytes, server_behind_proxy, wait_until, Scratch,
+};
 use crate::support::flaky_proxy::{FlakyProxy, ProxyPlan};
 use crate::support::peers::{NodeOpts, Peer};
-use crate::support::tus_server::{Fault, LocationStyle, ServerConfig, TusServer};
+use crate::support::tus_server::{Fault, ServerConfig, TusServer};
 
 const MIB: usize = 1024 * 1024;
 
@@ -90,14 +92,6 @@ impl Spool {
     }
 }
 
-fn wait_until(what: &str, timeout: Duration, mut cond: impl FnMut() -> bool) {
-    let deadline = Instant::now() + timeout;
-    while !cond() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
 fn sigterm(child: &Child) {
     let status = std::process::Command::new("kill")
         .arg("-TERM")
@@ -146,17 +140,10 @@ fn assert_each_uploaded_once(server: &TusServer, names: &HashMap<String, (usize,
 
 #[test]
 fn two_hundred_files_through_a_cut_link_each_arrive_once_and_are_deleted() {
-    let server = TusServer::start(ServerConfig {
-        location: LocationStyle::Relative,
-        ..ServerConfig::default()
+    let (server, proxy) = server_behind_proxy(ProxyPlan {
+        cut_every_bytes: Some(3 * MIB as u64 + 777),
+        ..ProxyPlan::default()
     });
-    let proxy = FlakyProxy::start(
-        server.addr(),
-        ProxyPlan {
-            cut_every_bytes: Some(3 * MIB as u64 + 777),
-            ..ProxyPlan::default()
-        },
-    );
     let sp = Spool::new(
         "d200",
         &proxy.rewrite(&server.endpoint()),
@@ -181,12 +168,12 @@ fn two_hundred_files_through_a_cut_link_each_arrive_once_and_are_deleted() {
 }
 
 #[test]
-fn tus_node_server_receives_a_spool_through_cuts() {
+fn tus_node_server_receives_two_hundred_files_through_cuts() {
     let peer = Peer::node_tus_server(NodeOpts::default());
     let proxy = FlakyProxy::start(
         peer.addr(),
         ProxyPlan {
-            cut_every_bytes: Some(2 * MIB as u64 + 99),
+            cut_every_bytes: Some(3 * MIB as u64 + 99),
             ..ProxyPlan::default()
         },
     );
@@ -200,16 +187,12 @@ fn tus_node_server_receives_a_spool_through_cuts() {
         ),
     );
     let mut child = sp.start();
-    let len = |i: usize| (i * 7919) % (256 * 1024) + if i % 6 == 0 { 3 * MIB } else { 0 };
-    let files: Vec<(PathBuf, usize, u64)> = (0..60)
-        .map(|i| {
-            (
-                sp.drop_file(&format!("f{i:02}.bin"), len(i), 1000 + i as u64),
-                len(i),
-                1000 + i as u64,
-            )
-        })
-        .collect();
+    let mut names = HashMap::new();
+    for i in 0..200 {
+        let name = format!("f{i:03}.bin");
+        sp.drop_file(&name, size_of(i), 1000 + i as u64);
+        names.insert(name, (size_of(i), 1000 + i as u64));
+    }
     wait_until("the spool to empty", Duration::from_secs(300), || {
         sp.spool_files().is_empty()
     });
@@ -217,35 +200,50 @@ fn tus_node_server_receives_a_spool_through_cuts() {
     assert!(child.wait().unwrap().success());
     assert_eq!(
         peer.upload_count(),
-        files.len(),
+        names.len(),
         "one upload per file: {}",
         sp.log()
     );
-    for (path, len, seed) in &files {
-        let moved = done.dir.join(path.file_name().unwrap());
+    assert!(proxy.cuts() >= 50, "only {} cuts", proxy.cuts());
+    // @tus/server's FileStore keeps <id> (bytes) and <id>.json (with the metadata) side by side.
+    let data_dir = peer
+        .stored_path(&format!("{}x", peer.endpoint()))
+        .parent()
+        .unwrap()
+        .to_path_buf();
+    let mut seen = 0;
+    for entry in std::fs::read_dir(&data_dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_some_and(|e| e == "json") {
+            let info: serde_json::Value =
+                serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+            let name = info["metadata"]["filename"].as_str().unwrap().to_string();
+            let (len, seed) = names[&name];
+            assert_same_bytes(
+                &std::fs::read(path.with_extension("")).unwrap(),
+                &random_bytes(len, seed),
+                &name,
+            );
+            seen += 1;
+        }
+    }
+    assert_eq!(seen, names.len());
+    for (name, (len, seed)) in &names {
         assert_same_bytes(
-            &std::fs::read(&moved).unwrap(),
+            &std::fs::read(done.dir.join(name)).unwrap(),
             &random_bytes(*len, *seed),
             "moved copy",
         );
     }
-    assert!(proxy.cuts() >= 5);
 }
 
 #[test]
 fn kill_9_thirty_times_loses_nothing_and_duplicates_nothing() {
-    let server = TusServer::start(ServerConfig {
-        location: LocationStyle::Relative,
-        ..ServerConfig::default()
+    let (server, proxy) = server_behind_proxy(ProxyPlan {
+        throttle_bytes_per_sec: Some(8 * MIB as u64),
+        cut_every_bytes: Some(5 * MIB as u64 + 3),
+        ..ProxyPlan::default()
     });
-    let proxy = FlakyProxy::start(
-        server.addr(),
-        ProxyPlan {
-            throttle_bytes_per_sec: Some(8 * MIB as u64),
-            cut_every_bytes: Some(5 * MIB as u64 + 3),
-            ..ProxyPlan::default()
-        },
-    );
     let sp = Spool::new(
         "soak",
         &proxy.rewrite(&server.endpoint()),
@@ -306,17 +304,10 @@ fn kill_9_thirty_times_loses_nothing_and_duplicates_nothing() {
 
 #[test]
 fn pause_takes_effect_within_a_second_survives_a_restart_and_resume_finishes() {
-    let server = TusServer::start(ServerConfig {
-        location: LocationStyle::Relative,
-        ..ServerConfig::default()
+    let (server, proxy) = server_behind_proxy(ProxyPlan {
+        throttle_bytes_per_sec: Some(2 * MIB as u64),
+        ..ProxyPlan::default()
     });
-    let proxy = FlakyProxy::start(
-        server.addr(),
-        ProxyPlan {
-            throttle_bytes_per_sec: Some(2 * MIB as u64),
-            ..ProxyPlan::default()
-        },
-    );
     let sp = Spool::new(
         "pause",
         &proxy.rewrite(&server.endpoint()),
@@ -360,17 +351,10 @@ fn pause_takes_effect_within_a_second_survives_a_restart_and_resume_finishes() {
 
 #[test]
 fn sigterm_mid_upload_stops_within_5_seconds_and_the_restart_resumes() {
-    let server = TusServer::start(ServerConfig {
-        location: LocationStyle::Relative,
-        ..ServerConfig::default()
+    let (server, proxy) = server_behind_proxy(ProxyPlan {
+        throttle_bytes_per_sec: Some(MIB as u64),
+        ..ProxyPlan::default()
     });
-    let proxy = FlakyProxy::start(
-        server.addr(),
-        ProxyPlan {
-            throttle_bytes_per_sec: Some(MIB as u64),
-            ..ProxyPlan::default()
-        },
-    );
     let sp = Spool::new(
         "term",
         &proxy.rewrite(&server.endpoint()),
@@ -437,17 +421,10 @@ fn symlinks_and_fifos_are_refused_and_never_touched() {
 
 #[test]
 fn a_file_changed_mid_upload_starts_over_and_its_old_upload_is_terminated() {
-    let server = TusServer::start(ServerConfig {
-        location: LocationStyle::Relative,
-        ..ServerConfig::default()
+    let (server, proxy) = server_behind_proxy(ProxyPlan {
+        throttle_bytes_per_sec: Some(2 * MIB as u64),
+        ..ProxyPlan::default()
     });
-    let proxy = FlakyProxy::start(
-        server.addr(),
-        ProxyPlan {
-            throttle_bytes_per_sec: Some(2 * MIB as u64),
-            ..ProxyPlan::default()
-        },
-    );
     let sp = Spool::new(
         "changed",
         &proxy.rewrite(&server.endpoint()),
@@ -477,17 +454,10 @@ fn a_file_changed_mid_upload_starts_over_and_its_old_upload_is_terminated() {
 
 #[test]
 fn a_file_deleted_mid_upload_is_forgotten_and_the_others_go_on() {
-    let server = TusServer::start(ServerConfig {
-        location: LocationStyle::Relative,
-        ..ServerConfig::default()
+    let (server, proxy) = server_behind_proxy(ProxyPlan {
+        throttle_bytes_per_sec: Some(2 * MIB as u64),
+        ..ProxyPlan::default()
     });
-    let proxy = FlakyProxy::start(
-        server.addr(),
-        ProxyPlan {
-            throttle_bytes_per_sec: Some(2 * MIB as u64),
-            ..ProxyPlan::default()
-        },
-    );
     let sp = Spool::new(
         "deleted",
         &proxy.rewrite(&server.endpoint()),

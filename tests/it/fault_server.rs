@@ -3,8 +3,10 @@
 
 use std::time::Duration;
 
-use crate::harness::{assert_same_bytes, finished, spawn_upload, stderr, upload, Scratch};
-use crate::support::flaky_proxy::{FlakyProxy, ProxyPlan};
+use crate::harness::{
+    assert_same_bytes, finished, server_behind_proxy, spawn_upload, stderr, upload, Scratch,
+};
+use crate::support::flaky_proxy::ProxyPlan;
 use crate::support::tus_server::{Fault, LocationStyle, ServerConfig, TusServer};
 
 const CHUNK: usize = 256 * 1024;
@@ -36,17 +38,10 @@ fn assert_protocol_hygiene(server: &TusServer) {
 
 #[test]
 fn every_edge_size_arrives_intact_through_a_link_cut_every_300_kib() {
-    let server = TusServer::start(ServerConfig {
-        location: LocationStyle::Relative,
-        ..ServerConfig::default()
+    let (server, proxy) = server_behind_proxy(ProxyPlan {
+        cut_every_bytes: Some(300 * 1024),
+        ..ProxyPlan::default()
     });
-    let proxy = FlakyProxy::start(
-        server.addr(),
-        ProxyPlan {
-            cut_every_bytes: Some(300 * 1024),
-            ..ProxyPlan::default()
-        },
-    );
     let s = Scratch::new("edges");
     let sizes = [0, 1, CHUNK - 1, CHUNK, CHUNK + 1, 3 * 1024 * 1024 + 17];
     let files: Vec<_> = sizes
@@ -425,17 +420,10 @@ fn fatal_answers_fail_the_file_with_the_server_message_and_exit_1() {
 
 #[test]
 fn kill_9_mid_file_then_rerun_completes_the_same_upload() {
-    let server = TusServer::start(ServerConfig {
-        location: LocationStyle::Relative,
-        ..ServerConfig::default()
+    let (server, proxy) = server_behind_proxy(ProxyPlan {
+        throttle_bytes_per_sec: Some(2 * 1024 * 1024),
+        ..ProxyPlan::default()
     });
-    let proxy = FlakyProxy::start(
-        server.addr(),
-        ProxyPlan {
-            throttle_bytes_per_sec: Some(2 * 1024 * 1024),
-            ..ProxyPlan::default()
-        },
-    );
     let s = Scratch::new("kill");
     let f = s.file("a.bin", 12 * 1024 * 1024, 11);
     let cfg = s.config(
@@ -534,17 +522,10 @@ fn config_errors_exit_2_and_name_the_key() {
 
 #[test]
 fn a_second_process_on_the_same_state_dir_is_refused_clearly() {
-    let server = TusServer::start(ServerConfig {
-        location: LocationStyle::Relative,
-        ..ServerConfig::default()
+    let (server, proxy) = server_behind_proxy(ProxyPlan {
+        throttle_bytes_per_sec: Some(512 * 1024),
+        ..ProxyPlan::default()
     });
-    let proxy = FlakyProxy::start(
-        server.addr(),
-        ProxyPlan {
-            throttle_bytes_per_sec: Some(512 * 1024),
-            ..ProxyPlan::default()
-        },
-    );
     let s = Scratch::new("lock");
     let f = s.file("a.bin", 4 * 1024 * 1024, 13);
     let cfg = s.config(&proxy.rewrite(&server.endpoint()), "");

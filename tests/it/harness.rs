@@ -123,3 +123,32 @@ pub fn assert_same_bytes(got: &[u8], want: &[u8], what: &str) {
         panic!("{what}: first difference at byte {i}");
     }
 }
+
+/// Polls `cond` every 50 ms until it holds; fails the test naming `what` after `timeout`.
+pub fn wait_until(what: &str, timeout: std::time::Duration, mut cond: impl FnMut() -> bool) {
+    let deadline = std::time::Instant::now() + timeout;
+    while !cond() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}
+
+/// A tus test server with relative Locations behind a proxy with `plan`: clients keep going
+/// through the proxy (the usual set-up of the end-to-end tests).
+pub fn server_behind_proxy(
+    plan: crate::support::flaky_proxy::ProxyPlan,
+) -> (
+    crate::support::tus_server::TusServer,
+    crate::support::flaky_proxy::FlakyProxy,
+) {
+    use crate::support::tus_server::{LocationStyle, ServerConfig, TusServer};
+    let server = TusServer::start(ServerConfig {
+        location: LocationStyle::Relative,
+        ..ServerConfig::default()
+    });
+    let proxy = crate::support::flaky_proxy::FlakyProxy::start(server.addr(), plan);
+    (server, proxy)
+}

@@ -7,11 +7,17 @@
 #[path = "../support/mod.rs"]
 mod support;
 
+mod arm;
+#[cfg(feature = "broker")]
+mod broker;
 mod daemon;
 mod fault_server;
 mod harness;
+mod hook;
 mod peers_interop;
 mod peers_smoke;
+mod stream;
+mod stream_emulator_selftest;
 mod support_selftest;
 mod systemd_unit;
 mod tls;

@@ -7,5 +7,6 @@
 pub mod data;
 pub mod flaky_proxy;
 pub mod peers;
+pub mod stream_emulator;
 pub mod tls_proxy;
 pub mod tus_server;

@@ -1,0 +1,292 @@
+//! One request in, one answer out: the broker's endpoint.
+//!
+//! `POST <path>`: device token → `Upload-Length` → metadata → rate limit → Stream, answered
+//! 201 + `Location` (+ `Stream-Media-ID`), or 400/401/412/429 for the device's mistakes, and
+//! 502/504 when Stream refuses or does not answer. `OPTIONS <path>`: CORS preflight, or tus
+//! discovery without `Origin`. The API token goes into one header of one request to Stream;
+//! it is never put in an answer or a log line.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::{json, Value};
+
+use super::cors::Cors;
+use super::devices::Devices;
+use super::http::{Request, Response};
+use super::limit::{retry_after_secs, RateLimits};
+use super::settings::{ApiToken, Settings};
+use super::stream::{self, Answer, Ask};
+use crate::clock::Clock;
+use crate::error::{Error, Result};
+use crate::transport::{FailureKind, Transport};
+use crate::tus::TUS_RESUMABLE;
+
+/// An answer and what the log line says about it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Handled {
+    /// The answer.
+    pub response: Response,
+    /// The authenticated device.
+    pub device: Option<String>,
+    /// The Stream video id handed out.
+    pub media_id: Option<String>,
+    /// Why the request failed, for operators (never a secret).
+    pub note: Option<String>,
+}
+
+impl Handled {
+    fn error(status: u16, message: &str, device: Option<&str>) -> Self {
+        Self {
+            response: Response::json_error(status, message, Value::Null),
+            device: device.map(str::to_string),
+            media_id: None,
+            note: Some(message.to_string()),
+        }
+    }
+}
+
+/// The endpoint's state: settings, device tokens, rate limits, and the way to Stream.
+pub struct Broker {
+    path: String,
+    api_base: String,
+    account_id: String,
+    api_token: ApiToken,
+    max_duration_seconds: u64,
+    url_expiry: Duration,
+    max_upload_length: u64,
+    allowed_metadata: Vec<String>,
+    api_timeout: Duration,
+    devices: Devices,
+    limits: RateLimits,
+    cors: Cors,
+    transport: Box<dyn Transport>,
+    clock: Arc<dyn Clock>,
+}
+
+impl Broker {
+    /// A broker for `settings`; reads the device tokens file.
+    pub fn new(
+        settings: &Settings,
+        transport: Box<dyn Transport>,
+        clock: Arc<dyn Clock>,
+    ) -> Result<Self> {
+        let devices = Devices::load(&settings.device_tokens_file)
+            .map_err(|e| Error::config(format!("broker.device_tokens_file: {e}")))?;
+        if devices.count() == 0 {
+            log::warn!(
+                "{} lists no devices: every request is refused until it does",
+                settings.device_tokens_file.display()
+            );
+        }
+        Ok(Self {
+            path: settings.path.clone(),
+            api_base: settings.api_base.clone(),
+            account_id: settings.account_id.clone(),
+            api_token: settings.api_token.clone(),
+            max_duration_seconds: settings.max_duration_seconds,
+            url_expiry: settings.url_expiry,
+            max_upload_length: settings.max_upload_length,
+            allowed_metadata: settings.allowed_metadata.clone(),
+            api_timeout: settings.api_timeout,
+            devices,
+            limits: RateLimits::new(settings.urls_per_hour),
+            cors: Cors::new(settings.allowed_origins.clone()),
+            transport,
+            clock,
+        })
+    }
+
+    /// Number of device tokens known.
+    pub fn device_count(&self) -> usize {
+        self.devices.count()
+    }
+
+    /// Re-reads the device tokens file (SIGHUP).
+    pub fn reload_devices(&self) {
+        self.devices.reload();
+    }
+
+    /// Answers one request.
+    pub fn handle(&self, req: &Request) -> Handled {
+        if req.path() != self.path {
+            return Handled::error(404, "not found", None);
+        }
+        let origin = req.header("Origin");
+        let mut handled = match req.method.as_str() {
+            "OPTIONS" => return self.options(origin),
+            "POST" => self.create(req),
+            _ => {
+                let mut h = Handled::error(405, "use POST", None);
+                h.response.set("Allow", "POST, OPTIONS");
+                h
+            }
+        };
+        self.cors.decorate(origin, &mut handled.response);
+        handled
+    }
+
+    fn options(&self, origin: Option<&str>) -> Handled {
+        let response = match origin {
+            Some(o) => self.cors.preflight(o),
+            None => {
+                let mut r = Response::new(204);
+                r.set("Tus-Resumable", TUS_RESUMABLE);
+                r.set("Tus-Version", TUS_RESUMABLE);
+                r.set("Tus-Extension", "creation");
+                r.set("Tus-Max-Size", self.max_upload_length.to_string());
+                r
+            }
+        };
+        let note = (response.status == 403).then(|| "origin not allowed".to_string());
+        Handled {
+            response,
+            device: None,
+            media_id: None,
+            note,
+        }
+    }
+
+    fn create(&self, req: &Request) -> Handled {
+        let Some(device) = self.devices.authenticate(req.header("Authorization")) else {
+            let mut h = Handled::error(401, "missing or unknown device token", None);
+            h.response.set("WWW-Authenticate", "Bearer");
+            return h;
+        };
+        let dev = Some(device.as_str());
+        if req
+            .header("Tus-Resumable")
+            .is_some_and(|v| v != TUS_RESUMABLE)
+        {
+            let mut h = Handled::error(412, "only tus 1.0.0 is supported", dev);
+            h.response.set("Tus-Version", TUS_RESUMABLE);
+            return h;
+        }
+        let ask = match self.ask(req) {
+            Ok(ask) => ask,
+            Err(message) => return Handled::error(400, &message, dev),
+        };
+        if let Err(wait) = self.limits.take(&device, self.clock.now()) {
+            let mut h = Handled::error(429, "too many upload URLs for this device", dev);
+            h.response
+                .set("Retry-After", retry_after_secs(wait).to_string());
+            return h;
+        }
+        let body = req.body_length().unwrap_or(0);
+        self.call_stream(&device, &ask, body)
+    }
+
+    /// The device's request, checked: length and metadata; the message names the problem.
+    fn ask(&self, req: &Request) -> std::result::Result<Ask, String> {
+        if req.header("Upload-Defer-Length").is_some() {
+            return Err(
+                "Upload-Defer-Length is not supported: Stream needs the length up front".into(),
+            );
+        }
+        let length = upload_length(req.header("Upload-Length"), self.max_upload_length)?;
+        let expiry = self.clock.wall() + self.url_expiry;
+        let metadata = stream::metadata_for_stream(
+            req.header("Upload-Metadata"),
+            &self.allowed_metadata,
+            self.max_duration_seconds,
+            expiry,
+        )
+        .map_err(|e| format!("Upload-Metadata: {e}"))?;
+        Ok(Ask { length, metadata })
+    }
+
+    /// Asks Stream for the URL; `req_body` is how many body bytes the device sent (dropped).
+    fn call_stream(&self, device: &str, ask: &Ask, req_body: u64) -> Handled {
+        let req = stream::creation_request(
+            &self.api_base,
+            &self.account_id,
+            self.api_token.expose(),
+            ask,
+        );
+        let e = match self.transport.send(&req, None) {
+            Ok(resp) => return self.answer(device, stream::interpret(&req.url, &resp), req_body),
+            Err(e) => e,
+        };
+        let mut h = if e.kind == FailureKind::Timeout {
+            let secs = self.api_timeout.as_secs_f32();
+            let message = format!("Cloudflare Stream did not answer within {secs} s");
+            Handled::error(504, &message, Some(device))
+        } else {
+            Handled::error(502, "cannot reach Cloudflare Stream", Some(device))
+        };
+        h.note = Some(self.redact(&format!("Stream: {e}")));
+        h
+    }
+
+    /// The device's answer to Stream's.
+    fn answer(&self, device: &str, answer: Answer, req_body: u64) -> Handled {
+        match answer {
+            Answer::Created { location, media_id } => {
+                let mut r = Response::new(201);
+                r.set("Location", location);
+                r.set("Tus-Resumable", TUS_RESUMABLE);
+                if let Some(id) = &media_id {
+                    r.set("Stream-Media-ID", id.clone());
+                }
+                r.set("Cache-Control", "no-store");
+                if req_body > 0 {
+                    // creation-with-upload: none of the body was stored; the client sends
+                    // it again to the Location (tus allows a partial acceptance; 0 is one).
+                    r.set("Upload-Offset", "0");
+                }
+                Handled {
+                    response: r,
+                    device: Some(device.to_string()),
+                    media_id,
+                    note: None,
+                }
+            }
+            Answer::Refused { status, messages } => {
+                let messages: Vec<String> = messages.iter().map(|m| self.redact(m)).collect();
+                let response = Response::json_error(
+                    502,
+                    "Cloudflare Stream refused to create the upload",
+                    json!({ "stream_status": status, "messages": messages }),
+                );
+                Handled {
+                    response,
+                    device: Some(device.to_string()),
+                    media_id: None,
+                    note: Some(format!("Stream {status}: {}", messages.join("; "))),
+                }
+            }
+        }
+    }
+
+    /// Text from Stream or the transport with the API token cut out, should it ever echo it.
+    fn redact(&self, text: &str) -> String {
+        text.replace(self.api_token.expose(), "[api token]")
+    }
+}
+
+/// `Upload-Length`, checked against `max`; the error names the problem.
+fn upload_length(v: Option<&str>, max: u64) -> std::result::Result<u64, String> {
+    let Some(v) = v else {
+        return Err("Upload-Length is missing: Stream needs the file size up front".into());
+    };
+    let shown: String = v.chars().take(40).collect();
+    if v.is_empty() || !v.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(format!("Upload-Length {shown:?} is not a whole number"));
+    }
+    let n: u64 = v
+        .parse()
+        .map_err(|_| format!("Upload-Length {shown} is above the limit of {max} bytes"))?;
+    if n == 0 {
+        return Err("Upload-Length must be above 0".into());
+    }
+    if n > max {
+        return Err(format!(
+            "Upload-Length {n} is above the limit of {max} bytes"
+        ));
+    }
+    Ok(n)
+}
+
+#[cfg(test)]
+#[path = "handler_tests.rs"]
+mod tests;

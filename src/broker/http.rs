@@ -1,0 +1,359 @@
+//! HTTP/1.1 messages for the broker's small server: reading a request head within a size
+//! limit, and writing a response. Works on any `BufRead`/`Write`, so it is tested on bytes.
+//!
+//! Only what the broker needs: no request bodies beyond a small `Content-Length` (read and
+//! dropped), no `Transfer-Encoding`, no pipelining guarantees beyond sequential keep-alive.
+
+use std::io::{self, BufRead, Write};
+
+/// Largest request line plus headers (bigger → 431).
+pub const MAX_HEAD_BYTES: usize = 16 * 1024;
+/// Most header fields in one request (more → 431).
+pub const MAX_HEADERS: usize = 100;
+
+/// A request head.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Request {
+    /// Method, as sent (case-sensitive).
+    pub method: String,
+    /// Request target (path and query).
+    pub target: String,
+    /// True for HTTP/1.1, false for HTTP/1.0.
+    pub http11: bool,
+    /// Header fields in order, values trimmed.
+    pub headers: Vec<(String, String)>,
+}
+
+impl Request {
+    /// A header's value (case-insensitive name, first occurrence).
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// The target without its query string (what log lines show).
+    pub fn path(&self) -> &str {
+        self.target.split(['?', '#']).next().unwrap_or_default()
+    }
+
+    /// True when the client wants the connection kept open.
+    pub fn keep_alive(&self) -> bool {
+        let tokens = |v: &str, t: &str| v.split(',').any(|x| x.trim().eq_ignore_ascii_case(t));
+        match self.header("Connection") {
+            Some(v) if tokens(v, "close") => false,
+            Some(v) if tokens(v, "keep-alive") => true,
+            _ => self.http11,
+        }
+    }
+
+    /// The body length: `Ok(0)` without one; `Err` for what the broker does not read.
+    pub fn body_length(&self) -> Result<u64, ReadError> {
+        if self.header("Transfer-Encoding").is_some() {
+            return Err(ReadError::Unsupported("Transfer-Encoding is not supported"));
+        }
+        let mut lengths = self
+            .headers
+            .iter()
+            .filter(|(n, _)| n.eq_ignore_ascii_case("Content-Length"))
+            .map(|(_, v)| v.as_str());
+        let Some(first) = lengths.next() else {
+            return Ok(0);
+        };
+        if lengths.any(|v| v != first) || !first.bytes().all(|b| b.is_ascii_digit()) {
+            return Err(ReadError::Bad("bad Content-Length".into()));
+        }
+        first
+            .parse()
+            .map_err(|_| ReadError::Bad("bad Content-Length".into()))
+    }
+}
+
+/// Why no request was read.
+#[derive(Debug)]
+pub enum ReadError {
+    /// The connection closed cleanly before a request began.
+    Closed,
+    /// The head is larger than [`MAX_HEAD_BYTES`] or has too many fields (431).
+    TooLarge,
+    /// Not HTTP/1.x we can read (400).
+    Bad(String),
+    /// Valid HTTP the broker does not implement (501).
+    Unsupported(&'static str),
+    /// The client was too slow (its read timed out).
+    TimedOut,
+    /// The connection failed.
+    Io(io::Error),
+}
+
+impl From<io::Error> for ReadError {
+    fn from(e: io::Error) -> Self {
+        match e.kind() {
+            io::ErrorKind::TimedOut | io::ErrorKind::WouldBlock => Self::TimedOut,
+            _ => Self::Io(e),
+        }
+    }
+}
+
+/// Reads one request head (up to and including the empty line); the body stays in `r`.
+pub fn read_head(r: &mut impl BufRead) -> Result<Request, ReadError> {
+    let mut head: Vec<u8> = Vec::with_capacity(1024);
+    loop {
+        let buf = r.fill_buf()?;
+        if buf.is_empty() {
+            return Err(if head.is_empty() {
+                ReadError::Closed
+            } else {
+                ReadError::Bad("connection closed in the middle of a request".into())
+            });
+        }
+        let mut used = 0;
+        let mut done = false;
+        for &b in buf {
+            used += 1;
+            head.push(b);
+            if b == b'\n' {
+                // Empty lines before a request line are allowed (RFC 9112 §2.2).
+                if head == b"\n" || head == b"\r\n" {
+                    head.clear();
+                } else if head.ends_with(b"\n\n") || head.ends_with(b"\n\r\n") {
+                    done = true;
+                    break;
+                }
+            }
+            if head.len() > MAX_HEAD_BYTES {
+                break;
+            }
+        }
+        r.consume(used);
+        if head.len() > MAX_HEAD_BYTES {
+            return Err(ReadError::TooLarge);
+        }
+        if done {
+            return parse_head(&head);
+        }
+    }
+}
+
+fn parse_head(head: &[u8]) -> Result<Request, ReadError> {
+    let text = std::str::from_utf8(head).map_err(|_| ReadError::Bad("head is not UTF-8".into()))?;
+    let mut lines = text.split('\n').map(|l| l.strip_suffix('\r').unwrap_or(l));
+    let line = lines.next().unwrap_or_default();
+    let mut parts = line.split(' ');
+    let (Some(method), Some(target), Some(version), None) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
+        return Err(ReadError::Bad("bad request line".into()));
+    };
+    let http11 = match version {
+        "HTTP/1.1" => true,
+        "HTTP/1.0" => false,
+        _ => {
+            return Err(ReadError::Bad(
+                "only HTTP/1.0 and HTTP/1.1 are served".into(),
+            ))
+        }
+    };
+    if method.is_empty() || !method.bytes().all(is_token_byte) || target.is_empty() {
+        return Err(ReadError::Bad("bad request line".into()));
+    }
+    let mut headers = Vec::new();
+    for line in lines.take_while(|l| !l.is_empty()) {
+        if line.starts_with([' ', '\t']) {
+            return Err(ReadError::Bad("folded header lines are not allowed".into()));
+        }
+        let (name, value) = line
+            .split_once(':')
+            .ok_or_else(|| ReadError::Bad("header line without a colon".into()))?;
+        if name.is_empty() || !name.bytes().all(is_token_byte) {
+            return Err(ReadError::Bad("bad header name".into()));
+        }
+        if headers.len() == MAX_HEADERS {
+            return Err(ReadError::TooLarge);
+        }
+        headers.push((name.to_string(), value.trim().to_string()));
+    }
+    Ok(Request {
+        method: method.to_string(),
+        target: target.to_string(),
+        http11,
+        headers,
+    })
+}
+
+fn is_token_byte(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
+}
+
+/// A response to write.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Response {
+    /// Status code.
+    pub status: u16,
+    /// Header fields (without `Content-Length` and `Connection`, which [`write()`] adds).
+    pub headers: Vec<(String, String)>,
+    /// Body bytes.
+    pub body: Vec<u8>,
+}
+
+impl Response {
+    /// An empty response.
+    pub fn new(status: u16) -> Self {
+        Self {
+            status,
+            ..Self::default()
+        }
+    }
+
+    /// A JSON error body `{"error": message}` plus `extra` fields.
+    pub fn json_error(status: u16, message: &str, extra: serde_json::Value) -> Self {
+        let mut body = serde_json::json!({ "error": message });
+        if let (Some(b), serde_json::Value::Object(more)) = (body.as_object_mut(), extra) {
+            b.extend(more);
+        }
+        let mut r = Self::new(status);
+        r.set("Content-Type", "application/json");
+        r.body = body.to_string().into_bytes();
+        r
+    }
+
+    /// Adds a header field.
+    pub fn set(&mut self, name: &str, value: impl Into<String>) {
+        self.headers.push((name.to_string(), value.into()));
+    }
+
+    /// A header's value (case-insensitive name).
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// Writes `resp`; `head_only` leaves the body out (HEAD requests).
+pub fn write(
+    w: &mut impl Write,
+    resp: &Response,
+    keep_alive: bool,
+    head_only: bool,
+) -> io::Result<()> {
+    let mut out = Vec::with_capacity(256 + resp.body.len());
+    write!(out, "HTTP/1.1 {} {}\r\n", resp.status, reason(resp.status))?;
+    for (n, v) in &resp.headers {
+        // A value with a line break would split the response: such a value is a bug upstream.
+        if !v.contains(['\r', '\n']) {
+            write!(out, "{n}: {v}\r\n")?;
+        }
+    }
+    let connection = if keep_alive { "keep-alive" } else { "close" };
+    write!(
+        out,
+        "Content-Length: {}\r\nConnection: {connection}\r\n\r\n",
+        resp.body.len()
+    )?;
+    if !head_only {
+        out.extend_from_slice(&resp.body);
+    }
+    w.write_all(&out)?;
+    w.flush()
+}
+
+fn reason(status: u16) -> &'static str {
+    match status {
+        200 => "OK",
+        201 => "Created",
+        204 => "No Content",
+        400 => "Bad Request",
+        401 => "Unauthorized",
+        403 => "Forbidden",
+        404 => "Not Found",
+        405 => "Method Not Allowed",
+        408 => "Request Timeout",
+        412 => "Precondition Failed",
+        413 => "Content Too Large",
+        429 => "Too Many Requests",
+        431 => "Request Header Fields Too Large",
+        500 => "Internal Server Error",
+        501 => "Not Implemented",
+        502 => "Bad Gateway",
+        503 => "Service Unavailable",
+        504 => "Gateway Timeout",
+        _ => "",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn read(bytes: &[u8]) -> Result<Request, ReadError> {
+        read_head(&mut io::BufReader::with_capacity(7, bytes))
+    }
+
+    #[test]
+    fn reads_a_head_and_leaves_the_body() {
+        let mut r = io::BufReader::new(
+            &b"\r\nPOST /p?x=1 HTTP/1.1\r\nHost: h\r\nUpload-Length:  5 \r\nContent-Length: 2\r\n\r\nokGET"[..],
+        );
+        let req = read_head(&mut r).unwrap();
+        assert_eq!(req.method, "POST");
+        assert_eq!(req.path(), "/p");
+        assert_eq!(req.header("upload-length"), Some("5"));
+        assert_eq!(req.body_length().unwrap(), 2);
+        assert!(req.keep_alive());
+        let mut rest = String::new();
+        io::Read::read_to_string(&mut r, &mut rest).unwrap();
+        assert_eq!(rest, "okGET");
+    }
+
+    #[test]
+    fn bare_lf_http10_and_connection_tokens() {
+        let req = read(b"GET / HTTP/1.0\nConnection: Keep-Alive\n\n").unwrap();
+        assert!(!req.http11 && req.keep_alive());
+        let req = read(b"GET / HTTP/1.1\r\nConnection: x, close\r\n\r\n").unwrap();
+        assert!(!req.keep_alive());
+    }
+
+    #[test]
+    fn limits_and_malformed_heads() {
+        let big = format!(
+            "GET / HTTP/1.1\r\nX: {}\r\n\r\n",
+            "a".repeat(MAX_HEAD_BYTES)
+        );
+        assert!(matches!(read(big.as_bytes()), Err(ReadError::TooLarge)));
+        let many: String = (0..=MAX_HEADERS).map(|i| format!("X{i}: 1\r\n")).collect();
+        let many = format!("GET / HTTP/1.1\r\n{many}\r\n");
+        assert!(matches!(read(many.as_bytes()), Err(ReadError::TooLarge)));
+        assert!(matches!(read(b""), Err(ReadError::Closed)));
+        for bad in [
+            &b"GET /\r\n\r\n"[..],
+            b"GET / HTTP/2\r\n\r\n",
+            b"GET  / HTTP/1.1\r\n\r\n",
+            b"GET / HTTP/1.1\r\nX: 1\r\n folded\r\n\r\n",
+            b"GET / HTTP/1.1\r\nNo colon\r\n\r\n",
+            b"GET / HTTP/1.1\r\nBad Name: 1\r\n\r\n",
+            b"GET / HTTP/1.1\r\nHost: h",
+        ] {
+            assert!(matches!(read(bad), Err(ReadError::Bad(_))), "{bad:?}");
+        }
+        let te = read(b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n").unwrap();
+        assert!(matches!(te.body_length(), Err(ReadError::Unsupported(_))));
+        let cl = read(b"POST / HTTP/1.1\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n");
+        assert!(matches!(cl.unwrap().body_length(), Err(ReadError::Bad(_))));
+    }
+
+    #[test]
+    fn writes_length_and_connection_and_drops_broken_values() {
+        let mut r = Response::json_error(400, "no", serde_json::json!({ "k": 1 }));
+        r.set("X-Bad", "a\r\nInjected: 1");
+        let mut out = Vec::new();
+        write(&mut out, &r, false, false).unwrap();
+        let text = String::from_utf8(out).unwrap();
+        assert!(text.starts_with("HTTP/1.1 400 Bad Request\r\nContent-Type: application/json\r\n"));
+        assert!(text.contains("Content-Length: 20\r\nConnection: close\r\n\r\n"));
+        assert!(text.ends_with(r#"{"error":"no","k":1}"#), "{text}");
+        assert!(!text.contains("Injected"));
+    }
+}

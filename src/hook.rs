@@ -1,0 +1,253 @@
+//! The after-upload hook: a command run once per completed upload, with the facts in its
+//! environment.
+//!
+//! Key idea: the hook runs **at least once** per upload. Before each run the attempt is
+//! counted in the file's record (flushed), and success is recorded after it: a kill -9 between
+//! completion and hook runs the hook at the next start; a kill -9 mid-hook runs it again, with
+//! `FERRY_HOOK_ATTEMPT` telling it so. Exactly-once is impossible for a command that can die
+//! half-way; a hook should therefore be idempotent, keyed on `FERRY_UPLOAD_URL` or
+//! `FERRY_MEDIA_ID`.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::sync::atomic::AtomicBool;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::clock::Clock;
+
+/// How the hook is run.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HookSettings {
+    /// Program and arguments (no shell).
+    pub argv: Vec<String>,
+    /// A run taking longer is killed and counted as failed.
+    pub timeout: Duration,
+}
+
+/// What the record says about the hook of one upload.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HookState {
+    /// Runs started (a run that was started but never finished counts).
+    pub runs: u32,
+    /// True once a run exited 0.
+    pub done: bool,
+    /// Why the last run failed.
+    pub last_error: Option<String>,
+}
+
+/// The facts a hook receives.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HookInput {
+    /// The spool file (still in place while the hook runs).
+    pub path: PathBuf,
+    /// Its size.
+    pub size: u64,
+    /// Its upload URL.
+    pub upload_url: String,
+    /// Kept response headers (e.g. `stream-media-id`).
+    pub captured: BTreeMap<String, String>,
+    /// Seconds from creating the upload to its completion.
+    pub elapsed_secs: u64,
+    /// This run's number (1 for the first).
+    pub attempt: u32,
+}
+
+impl HookInput {
+    /// The environment variables of a run.
+    pub fn env(&self) -> Vec<(String, String)> {
+        let mut env = vec![
+            ("FERRY_PATH".to_string(), self.path.display().to_string()),
+            ("FERRY_SIZE".to_string(), self.size.to_string()),
+            ("FERRY_UPLOAD_URL".to_string(), self.upload_url.clone()),
+            (
+                "FERRY_MEDIA_ID".to_string(),
+                self.captured
+                    .get(crate::upload::MEDIA_ID_HEADER)
+                    .cloned()
+                    .unwrap_or_default(),
+            ),
+            (
+                "FERRY_ELAPSED_SECS".to_string(),
+                self.elapsed_secs.to_string(),
+            ),
+            ("FERRY_HOOK_ATTEMPT".to_string(), self.attempt.to_string()),
+        ];
+        for (name, value) in &self.captured {
+            let var: String = name
+                .chars()
+                .map(|c| {
+                    if c.is_ascii_alphanumeric() {
+                        c.to_ascii_uppercase()
+                    } else {
+                        '_'
+                    }
+                })
+                .collect();
+            env.push((format!("FERRY_HEADER_{var}"), value.clone()));
+        }
+        env
+    }
+}
+
+/// Runs the hook once; `Err` says why it failed (exit status, signal, time-out, not found,
+/// or `stop` was set: shutdown kills a running hook, which then runs again at the next start).
+pub fn run(
+    settings: &HookSettings,
+    input: &HookInput,
+    clock: &dyn Clock,
+    stop: &AtomicBool,
+) -> Result<(), String> {
+    let Some((program, args)) = settings.argv.split_first() else {
+        return Err("hook.command is empty".into());
+    };
+    let mut child = Command::new(program)
+        .args(args)
+        .envs(input.env())
+        .stdin(Stdio::null())
+        .spawn()
+        .map_err(|e| format!("cannot start {program:?}: {e}"))?;
+    let started = clock.now();
+    loop {
+        match child.try_wait() {
+            Ok(Some(status)) if status.success() => return Ok(()),
+            Ok(Some(status)) => return Err(format!("{program:?} {status}")),
+            Ok(None) if stop.load(std::sync::atomic::Ordering::Relaxed) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err(format!(
+                    "{program:?} was stopped by the shutdown; it runs again at the next start"
+                ));
+            }
+            Ok(None) if clock.now().saturating_duration_since(started) >= settings.timeout => {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err(format!(
+                    "{program:?} did not finish within {} s and was killed",
+                    settings.timeout.as_secs()
+                ));
+            }
+            Ok(None) => clock.sleep(Duration::from_millis(50), stop),
+            Err(e) => return Err(format!("waiting for {program:?}: {e}")),
+        }
+    }
+}
+
+/// The delay before hook retry number `failures` (1-based): 5 s doubling, at most 10 min.
+pub fn retry_delay(failures: u32) -> Duration {
+    Duration::from_secs(5u64.saturating_mul(1 << failures.saturating_sub(1).min(7)))
+        .min(Duration::from_secs(600))
+}
+
+/// Runs the hook for the completed upload recorded under `key`, counting the attempt in the
+/// record before the run and its success after it. `Ok(false)` when it had already succeeded.
+pub fn run_recorded(
+    store: &crate::store::Store,
+    key: &str,
+    settings: &HookSettings,
+    clock: &dyn Clock,
+    stop: &AtomicBool,
+) -> Result<bool, String> {
+    let mut rec = match store.get(key) {
+        Ok(Some(r)) if r.state == crate::store::RecordState::Complete => r,
+        Ok(_) => return Err("no completed upload is recorded for it".into()),
+        Err(e) => return Err(e.to_string()),
+    };
+    if rec.hook.done {
+        return Ok(false);
+    }
+    rec.hook.runs += 1;
+    store.put(&rec).map_err(|e| e.to_string())?;
+    let input = HookInput {
+        path: PathBuf::from(&rec.path),
+        size: rec.identity.size,
+        upload_url: rec.upload_url.clone(),
+        captured: rec.captured.clone(),
+        elapsed_secs: rec.updated_unix.saturating_sub(rec.created_unix),
+        attempt: rec.hook.runs,
+    };
+    let result = run(settings, &input, clock, stop);
+    match &result {
+        Ok(()) => {
+            rec.hook.done = true;
+            rec.hook.last_error = None;
+        }
+        Err(e) => rec.hook.last_error = Some(e.clone()),
+    }
+    store.put(&rec).map_err(|e| e.to_string())?;
+    result.map(|()| true)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::clock::SystemClock;
+
+    fn input() -> HookInput {
+        let mut captured = BTreeMap::new();
+        captured.insert("stream-media-id".to_string(), "abc123".to_string());
+        HookInput {
+            path: "/spool/a.mp4".into(),
+            size: 42,
+            upload_url: "https://u/1".into(),
+            captured,
+            elapsed_secs: 7,
+            attempt: 2,
+        }
+    }
+
+    #[test]
+    fn the_environment_carries_the_facts() {
+        let env = input().env();
+        let get = |k: &str| env.iter().find(|(n, _)| n == k).map(|(_, v)| v.as_str());
+        assert_eq!(get("FERRY_PATH"), Some("/spool/a.mp4"));
+        assert_eq!(get("FERRY_SIZE"), Some("42"));
+        assert_eq!(get("FERRY_MEDIA_ID"), Some("abc123"));
+        assert_eq!(get("FERRY_HEADER_STREAM_MEDIA_ID"), Some("abc123"));
+        assert_eq!(get("FERRY_HOOK_ATTEMPT"), Some("2"));
+        assert_eq!(get("FERRY_ELAPSED_SECS"), Some("7"));
+    }
+
+    #[test]
+    fn runs_report_success_failure_and_timeouts() {
+        let ok = HookSettings {
+            argv: vec![
+                "sh".into(),
+                "-c".into(),
+                "test \"$FERRY_MEDIA_ID\" = abc123".into(),
+            ],
+            timeout: Duration::from_secs(10),
+        };
+        let go = AtomicBool::new(false);
+        assert_eq!(run(&ok, &input(), &SystemClock, &go), Ok(()));
+        let fails = HookSettings {
+            argv: vec!["sh".into(), "-c".into(), "exit 3".into()],
+            timeout: Duration::from_secs(10),
+        };
+        assert!(run(&fails, &input(), &SystemClock, &go)
+            .unwrap_err()
+            .contains("exit status: 3"));
+        let slow = HookSettings {
+            argv: vec!["sleep".into(), "5".into()],
+            timeout: Duration::from_millis(200),
+        };
+        assert!(run(&slow, &input(), &SystemClock, &go)
+            .unwrap_err()
+            .contains("killed"));
+        let missing = HookSettings {
+            argv: vec!["/nonexistent/hook".into()],
+            timeout: Duration::from_secs(1),
+        };
+        assert!(run(&missing, &input(), &SystemClock, &go)
+            .unwrap_err()
+            .contains("cannot start"));
+    }
+
+    #[test]
+    fn retry_delays_double_up_to_ten_minutes() {
+        let got: Vec<u64> = (1..=10).map(|n| retry_delay(n).as_secs()).collect();
+        assert_eq!(got, [5, 10, 20, 40, 80, 160, 320, 600, 600, 600]);
+    }
+}

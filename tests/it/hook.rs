@@ -1,0 +1,169 @@
+//! The after-upload hook: once per upload, before the after-upload action, at least once
+//! across kill -9, never again after it succeeded.
+
+use std::path::Path;
+use std::process::Stdio;
+use std::time::Duration;
+
+use crate::harness::{ferry, finished, random_bytes, upload, wait_until, Scratch};
+use crate::support::tus_server::{ServerConfig, TusServer};
+
+/// A hook script that logs "start N" and "end N" around an optional sleep, and fails while
+/// the file `fail` exists next to it.
+fn hook_script(dir: &Path) -> std::path::PathBuf {
+    let script = dir.join("hook.sh");
+    let log = dir.join("hook.log");
+    let text = format!(
+        "#!/bin/sh\necho \"start $FERRY_HOOK_ATTEMPT $(basename \"$FERRY_PATH\") size=$FERRY_SIZE exists=$(test -f \"$FERRY_PATH\" && echo yes || echo no)\" >> {log:?}\n\
+         sleep \"$(cat {dir:?}/sleep 2>/dev/null || echo 0)\"\n\
+         if [ -e {dir:?}/fail ]; then echo \"fail $FERRY_HOOK_ATTEMPT\" >> {log:?}; exit 7; fi\n\
+         echo \"end $FERRY_HOOK_ATTEMPT\" >> {log:?}\n"
+    );
+    std::fs::write(&script, text).unwrap();
+    assert!(std::process::Command::new("chmod")
+        .arg("+x")
+        .arg(&script)
+        .status()
+        .unwrap()
+        .success());
+    script
+}
+
+fn log_lines(dir: &Path) -> Vec<String> {
+    std::fs::read_to_string(dir.join("hook.log"))
+        .unwrap_or_default()
+        .lines()
+        .map(str::to_string)
+        .collect()
+}
+
+fn daemon_config(s: &Scratch, endpoint: &str, script: &Path, after: &str) -> std::path::PathBuf {
+    let spool = s.dir.join("spool");
+    std::fs::create_dir_all(&spool).unwrap();
+    let cfg = s.dir.join("run.toml");
+    let text = format!(
+        "state_dir = {:?}\n[server]\nendpoint = {endpoint:?}\n[retry]\ninitial_delay = \"20ms\"\nmax_delay = \"200ms\"\n[spool]\ndir = {spool:?}\nsettle_time = \"200ms\"\nafter_upload = {after:?}\n[hook]\ncommand = [{:?}]\ntimeout = \"20s\"\n",
+        s.state(),
+        script.display().to_string()
+    );
+    std::fs::write(&cfg, text).unwrap();
+    cfg
+}
+
+fn start(cfg: &Path) -> std::process::Child {
+    ferry()
+        .arg("run")
+        .arg("--config")
+        .arg(cfg)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap()
+}
+
+#[test]
+fn the_hook_runs_once_before_the_file_is_deleted_and_retries_until_it_succeeds() {
+    let server = TusServer::start(ServerConfig::default());
+    let s = Scratch::new("hook-daemon");
+    let script = hook_script(&s.dir);
+    std::fs::write(s.dir.join("fail"), b"").unwrap();
+    let cfg = daemon_config(&s, &server.endpoint(), &script, "delete");
+    let mut child = start(&cfg);
+    let f = s.dir.join("spool/clip.mp4");
+    std::fs::write(&f, random_bytes(3000, 1)).unwrap();
+    wait_until("a failed hook run", Duration::from_secs(15), || {
+        log_lines(&s.dir).iter().any(|l| l.starts_with("fail 1"))
+    });
+    assert!(f.exists(), "the action waits for the hook");
+    std::fs::remove_file(s.dir.join("fail")).unwrap();
+    wait_until(
+        "the retried hook and the delete",
+        Duration::from_secs(20),
+        || !f.exists(),
+    );
+    let lines = log_lines(&s.dir);
+    assert_eq!(
+        lines,
+        [
+            "start 1 clip.mp4 size=3000 exists=yes",
+            "fail 1",
+            "start 2 clip.mp4 size=3000 exists=yes",
+            "end 2"
+        ]
+    );
+    std::process::Command::new("kill")
+        .arg(child.id().to_string())
+        .status()
+        .unwrap();
+    child.wait().unwrap();
+    assert_eq!(server.uploads().len(), 1);
+}
+
+#[test]
+fn a_kill_9_mid_hook_runs_it_again_and_a_finished_hook_never_runs_twice() {
+    let server = TusServer::start(ServerConfig::default());
+    let s = Scratch::new("hook-kill");
+    let script = hook_script(&s.dir);
+    std::fs::write(s.dir.join("sleep"), b"30").unwrap();
+    let cfg = daemon_config(&s, &server.endpoint(), &script, "keep");
+    let mut child = start(&cfg);
+    let f = s.dir.join("spool/clip.mp4");
+    std::fs::write(&f, random_bytes(2000, 2)).unwrap();
+    wait_until("the hook to start", Duration::from_secs(15), || {
+        !log_lines(&s.dir).is_empty()
+    });
+    child.kill().unwrap(); // kill -9 mid-hook
+    child.wait().unwrap();
+    std::fs::write(s.dir.join("sleep"), b"0").unwrap();
+    let mut child = start(&cfg);
+    wait_until("the hook to run again", Duration::from_secs(15), || {
+        log_lines(&s.dir).iter().any(|l| l == "end 2")
+    });
+    std::process::Command::new("kill")
+        .arg(child.id().to_string())
+        .status()
+        .unwrap();
+    child.wait().unwrap();
+    // At least once: the interrupted run 1, then run 2 to the end. Then never again.
+    let mut child = start(&cfg);
+    std::thread::sleep(Duration::from_millis(1500));
+    std::process::Command::new("kill")
+        .arg(child.id().to_string())
+        .status()
+        .unwrap();
+    child.wait().unwrap();
+    let lines = log_lines(&s.dir);
+    assert_eq!(
+        lines,
+        [
+            "start 1 clip.mp4 size=2000 exists=yes",
+            "start 2 clip.mp4 size=2000 exists=yes",
+            "end 2"
+        ]
+    );
+    assert_eq!(server.uploads().len(), 1, "the upload itself never repeats");
+}
+
+#[test]
+fn ferry_upload_runs_the_hook_with_the_facts_in_its_environment() {
+    let server = TusServer::start(ServerConfig::default());
+    let s = Scratch::new("hook-upload");
+    let script = hook_script(&s.dir);
+    let f = s.file("a.bin", 1234, 3);
+    let cfg = s.config(
+        &server.endpoint(),
+        &format!("[hook]\ncommand = [{:?}]", script.display().to_string()),
+    );
+    let lines = finished(&upload(&cfg, &[], &[&f]));
+    assert_eq!(lines.len(), 1);
+    assert_eq!(
+        log_lines(&s.dir),
+        ["start 1 a.bin size=1234 exists=yes", "end 1"]
+    );
+    finished(&upload(&cfg, &[], &[&f]));
+    assert_eq!(
+        log_lines(&s.dir).len(),
+        2,
+        "a second run of a complete file does not rerun its hook"
+    );
+}
