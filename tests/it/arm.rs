@@ -102,8 +102,10 @@ fn arm_binary_uploads_3_mib_through_a_cut_link_under_qemu() {
 }
 
 /// Not part of the default ARM run (`scripts/arm-test --footprint` runs it): uploads 256 MiB
-/// to `@tus/server` on loopback without faults and prints wall time, throughput and the peak
-/// RSS (`VmHWM`) of the process started, which under qemu-user includes the emulator.
+/// to `@tus/server` on loopback without faults, once without checksums (ferry only moves
+/// bytes) and once with `--checksum sha256` (hashing in emulated code), and prints wall time,
+/// throughput and the peak RSS (`VmHWM`) of the process started, which under qemu-user
+/// includes the emulator.
 #[test]
 #[ignore = "needs FERRY_ARM_BIN and FERRY_ARM_QEMU: run scripts/arm-test --footprint"]
 fn arm_footprint_of_a_256_mib_upload() {
@@ -112,25 +114,31 @@ fn arm_footprint_of_a_256_mib_upload() {
     let peer = Peer::node_tus_server(NodeOpts::default());
     let s = Scratch::new("arm-footprint");
     let file = s.file("big.bin", size, 256);
-    let cfg = s.config(&peer.endpoint(), "");
-    let start = Instant::now();
-    let (out, peak_kib) = run_with_peak_rss(
-        emulated_ferry()
-            .arg("upload")
-            .arg("--config")
-            .arg(&cfg)
-            .arg(&file),
-    );
-    let secs = start.elapsed().as_secs_f64();
-    let lines = finished(&out);
-    assert_eq!(lines.len(), 1, "{}", stderr(&out));
-    eprintln!(
-        "arm footprint: 256 MiB in {secs:.2}s = {:.1} MiB/s, peak RSS {:.1} MiB",
-        size as f64 / MIB as f64 / secs,
-        peak_kib as f64 / 1024.0
-    );
-    let got = std::fs::read(peer.stored_path(&lines[0].1)).unwrap();
-    assert_same_bytes(&got, &std::fs::read(&file).unwrap(), "stored upload");
+    let want = std::fs::read(&file).unwrap();
+    for checksum in ["off", "sha256"] {
+        // A fresh state dir each time, or the second run would find the upload complete.
+        let run = Scratch::new("arm-footprint-run");
+        let cfg = run.config(&peer.endpoint(), "");
+        let start = Instant::now();
+        let (out, peak_kib) = run_with_peak_rss(
+            emulated_ferry()
+                .arg("upload")
+                .arg("--config")
+                .arg(&cfg)
+                .args(["--checksum", checksum])
+                .arg(&file),
+        );
+        let secs = start.elapsed().as_secs_f64();
+        let lines = finished(&out);
+        assert_eq!(lines.len(), 1, "{}", stderr(&out));
+        eprintln!(
+            "arm footprint: checksum {checksum:<6}: 256 MiB in {secs:.2}s = {:.1} MiB/s, peak RSS {:.1} MiB",
+            size as f64 / MIB as f64 / secs,
+            peak_kib as f64 / 1024.0
+        );
+        let got = std::fs::read(peer.stored_path(&lines[0].1)).unwrap();
+        assert_same_bytes(&got, &want, "stored upload");
+    }
 }
 
 /// Runs `cmd` to completion, polling the child's `VmHWM` (it only grows: the last reading is
