@@ -1,5 +1,5 @@
 //! Command-line parsing only: turns arguments into a [`Command`] whose settings are a
-//! [`config::Raw`] of overrides, merged over the config file by the caller.
+//! [`crate::config::Raw`] of overrides, merged over the config file by the caller.
 
 use std::path::PathBuf;
 

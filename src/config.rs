@@ -227,7 +227,7 @@ pub struct RawStream {
     pub account_id: Option<String>,
     /// File (or `credential:NAME`) holding an API token with Stream Write permission.
     pub api_token_file: Option<String>,
-    /// API base URL (default https://api.cloudflare.com/client/v4).
+    /// API base URL (default `https://api.cloudflare.com/client/v4`).
     pub api_base: Option<String>,
 }
 
