@@ -53,11 +53,12 @@ pub fn retry_after_secs(wait: Duration) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::clock::Clock as _;
 
     #[test]
     fn an_hours_worth_at_once_then_one_per_interval() {
         let l = RateLimits::new(3);
-        let t0 = Instant::now();
+        let t0 = crate::clock::SystemClock.now();
         assert!(l.take("cam", t0).is_ok());
         assert!(l.take("cam", t0).is_ok());
         assert!(l.take("cam", t0).is_ok());

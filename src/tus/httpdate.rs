@@ -83,7 +83,8 @@ fn capitalize(s: &str) -> String {
         .unwrap_or_default()
 }
 
-fn civil_from_days(z: u64) -> (u64, u64, u64) {
+/// (year, month, day) of a day count since 1970-01-01 (H. Hinnant's algorithm).
+pub fn civil_from_days(z: u64) -> (u64, u64, u64) {
     let z = z + 719_468;
     let era = z / 146_097;
     let doe = z - era * 146_097;
