@@ -382,7 +382,11 @@ impl<'p, 'a> Main<'p, 'a> {
                 .is_some_and(|t| self.parts.clock.now() >= t + STOP_DEADLINE)
             {
                 log::warn!("{} uploads did not stop in time; exiting anyway (nothing is lost: they resume on the next start)", self.active.len());
-                break;
+                self.write_status("stopped");
+                self.parts.notifier.send("STATUS=stopped");
+                // A worker may sit in a read for up to the idle timeout; waiting for it would
+                // break the promise to stop within 5 s. Every checkpoint is already on disk.
+                std::process::exit(0);
             }
             let wait = self
                 .next_due()

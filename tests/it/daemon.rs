@@ -818,3 +818,44 @@ fn a_systemd_credential_supplies_the_authorization_header() {
         "the secret is never logged"
     );
 }
+
+#[test]
+fn sigterm_while_the_server_sits_on_an_answer_still_stops_within_5_seconds() {
+    let server = TusServer::start(ServerConfig::default());
+    let sp = Spool::new("stall-term", &server.endpoint(), "");
+    server.push_fault(
+        "PATCH",
+        Fault::StallBeforeResponse {
+            dur: Duration::from_secs(20),
+        },
+    );
+    let mut child = sp.start();
+    sp.drop_file("stuck.bin", 50_000, 30);
+    wait_until("the PATCH to arrive", Duration::from_secs(15), || {
+        server.requests().iter().any(|r| r.method == "PATCH")
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    let t = Instant::now();
+    sigterm(&child);
+    let status = child.wait().unwrap();
+    assert!(
+        t.elapsed() < Duration::from_secs(5),
+        "stopped after {:?}",
+        t.elapsed()
+    );
+    assert!(status.success(), "{status:?}");
+    assert!(sp.log().contains("did not stop in time"), "{}", sp.log());
+    let mut child = sp.start();
+    wait_until(
+        "the upload after the restart",
+        Duration::from_secs(30),
+        || sp.spool_files().is_empty(),
+    );
+    sigterm(&child);
+    child.wait().unwrap();
+    assert_same_bytes(
+        &server.upload_bytes(&server.uploads()[0].id),
+        &random_bytes(50_000, 30),
+        "stuck.bin",
+    );
+}
