@@ -130,6 +130,9 @@ fn watch_loop(
                     .intersects(EventMask::CLOSE_WRITE | EventMask::MOVED_TO)
                 {
                     send(tx, Event::Written(path))?;
+                } else if ev.mask.contains(EventMask::CREATE) {
+                    // A file being written, a link or a FIFO: judged by the usual rules.
+                    send(tx, Event::Created(path))?;
                 }
             }
         }

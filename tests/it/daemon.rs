@@ -395,19 +395,30 @@ fn symlinks_and_fifos_are_refused_and_never_touched() {
     let sp = Spool::new("links", &server.endpoint(), "");
     let outside = sp.s.dir.join("secret.txt");
     std::fs::write(&outside, b"not for upload").unwrap();
+    // One link is there before the start (found by the first scan) ...
+    std::os::unix::fs::symlink(&outside, sp.spool.join("early-link.txt")).unwrap();
     let mut child = sp.start();
+    sp.drop_file("real.bin", 1000, 2);
+    wait_until("real.bin to be uploaded", Duration::from_secs(20), || {
+        !sp.spool.join("real.bin").exists()
+    });
+    // ... the others appear while it runs: only inotify can report them before the next
+    // rescan (60 s), so this checks the events.
     std::os::unix::fs::symlink(&outside, sp.spool.join("link.txt")).unwrap();
     assert!(std::process::Command::new("mkfifo")
         .arg(sp.spool.join("pipe"))
         .status()
         .unwrap()
         .success());
-    sp.drop_file("real.bin", 1000, 2);
-    wait_until("real.bin to be uploaded", Duration::from_secs(20), || {
-        !sp.spool.join("real.bin").exists()
-    });
+    let refused = |name: &str, why: &str| {
+        sp.log()
+            .lines()
+            .any(|l| l.contains(name) && l.contains(why))
+    };
     wait_until("the refusals to be logged", Duration::from_secs(10), || {
-        sp.log().contains("symbolic link") && sp.log().contains("not a regular file")
+        refused("early-link.txt", "symbolic link")
+            && refused("/link.txt:", "symbolic link")
+            && refused("/pipe:", "not a regular file")
     });
     sigterm(&child);
     child.wait().unwrap();
