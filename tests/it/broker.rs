@@ -894,7 +894,7 @@ fn ferry_agent_uploads_through_ferry_broker_to_stream() {
         credential.display().to_string()
     );
     std::fs::write(&cfg, text).unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_ferry"))
+    let out = ferry()
         .args(["upload", "--config"])
         .arg(&cfg)
         .arg(&f)

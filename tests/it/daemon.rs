@@ -700,14 +700,9 @@ fn an_unreadable_file_is_reported_and_uploaded_once_its_permissions_are_fixed() 
     std::fs::set_permissions(&f, std::fs::Permissions::from_mode(0o000)).unwrap();
     let log = std::fs::File::create(&sp.log).unwrap();
     let mut child = std::process::Command::new("setpriv")
-        .args([
-            "--reuid=65534",
-            "--regid=65534",
-            "--clear-groups",
-            env!("CARGO_BIN_EXE_ferry"),
-            "run",
-            "--config",
-        ])
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+        .args(crate::harness::ferry_argv())
+        .args(["run", "--config"])
         .arg(&sp.config)
         .env("RUST_LOG", "info")
         .stderr(log)
@@ -748,7 +743,7 @@ fn a_full_state_disk_is_a_clear_error_and_nothing_is_lost() {
          timeout -s TERM 4 {ferry} run --config {cfg}; echo \"rc=$?\"; ls {spool}; rm {state}/filler; \
          {ferry} upload --config {cfg} {file}; echo \"rc2=$?\"",
         state = sp.s.state().display(),
-        ferry = env!("CARGO_BIN_EXE_ferry"),
+        ferry = crate::harness::ferry_shell(),
         cfg = sp.config.display(),
         file = f.display(),
         spool = sp.spool.display()

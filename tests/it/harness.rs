@@ -51,8 +51,31 @@ impl Drop for Scratch {
 
 pub use crate::support::data::random_bytes;
 
+/// The `ferry` binary under test, as an argv prefix: `CARGO_BIN_EXE_ferry`, preceded by the
+/// emulator in `FERRY_TEST_RUNNER` (split on spaces) when one is set. A suite cross-built for
+/// ARM (`cargo test --target ...`, run under qemu-user by the runner in .cargo/config.toml)
+/// spawns an ARM `ferry`, which the kernel cannot start without binfmt_misc: scripts/arm-test
+/// sets `FERRY_TEST_RUNNER` to the same qemu command, so every `ferry` a test starts runs
+/// under qemu on the same CPU model as the tests themselves.
+pub fn ferry_argv() -> Vec<String> {
+    let mut argv: Vec<String> = std::env::var("FERRY_TEST_RUNNER")
+        .unwrap_or_default()
+        .split_whitespace()
+        .map(str::to_owned)
+        .collect();
+    argv.push(env!("CARGO_BIN_EXE_ferry").to_owned());
+    argv
+}
+
+/// `ferry_argv()` joined for a `sh -c` script (no argument there contains a space or quote).
+pub fn ferry_shell() -> String {
+    ferry_argv().join(" ")
+}
+
 pub fn ferry() -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_ferry"));
+    let argv = ferry_argv();
+    let mut c = Command::new(&argv[0]);
+    c.args(&argv[1..]);
     // Tests talk to loopback only; a proxy in the environment must not reroute them.
     for v in [
         "ALL_PROXY",
