@@ -21,3 +21,4 @@ mod stream_emulator_selftest;
 mod support_selftest;
 mod systemd_unit;
 mod tls;
+mod vm;
