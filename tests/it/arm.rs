@@ -141,8 +141,7 @@ fn arm_footprint_of_a_256_mib_upload() {
     }
 }
 
-/// Runs `cmd` to completion, polling the child's `VmHWM` (it only grows: the last reading is
-/// the peak) every 10 ms.
+/// Runs `cmd` to completion and returns its output and peak RSS in KiB.
 fn run_with_peak_rss(cmd: &mut Command) -> (Output, u64) {
     let child = cmd
         .stdin(Stdio::null())
@@ -150,13 +149,26 @@ fn run_with_peak_rss(cmd: &mut Command) -> (Output, u64) {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let status = format!("/proc/{}/status", child.id());
-    let done = Arc::new(AtomicBool::new(false));
-    let poller = {
-        let done = Arc::clone(&done);
-        std::thread::spawn(move || {
+    let peak = PeakRss::watch(child.id());
+    let out = child.wait_with_output().unwrap();
+    (out, peak.stop())
+}
+
+/// A thread that reads a process's `VmHWM` every 10 ms (it only grows: the last reading is the
+/// peak) until stopped or the process is gone.
+struct PeakRss {
+    done: Arc<AtomicBool>,
+    poller: std::thread::JoinHandle<u64>,
+}
+
+impl PeakRss {
+    fn watch(pid: u32) -> PeakRss {
+        let status = format!("/proc/{pid}/status");
+        let done = Arc::new(AtomicBool::new(false));
+        let stop = Arc::clone(&done);
+        let poller = std::thread::spawn(move || {
             let mut peak = 0;
-            while !done.load(Ordering::SeqCst) {
+            while !stop.load(Ordering::SeqCst) {
                 let Ok(text) = std::fs::read_to_string(&status) else {
                     break;
                 };
@@ -170,9 +182,148 @@ fn run_with_peak_rss(cmd: &mut Command) -> (Output, u64) {
                 std::thread::sleep(Duration::from_millis(10));
             }
             peak
-        })
-    };
-    let out = child.wait_with_output().unwrap();
-    done.store(true, Ordering::SeqCst);
-    (out, poller.join().unwrap())
+        });
+        PeakRss { done, poller }
+    }
+
+    /// The peak in KiB. Call it before the process is reaped, or the last 10 ms are not seen.
+    fn stop(self) -> u64 {
+        self.done.store(true, Ordering::SeqCst);
+        self.poller.join().unwrap()
+    }
+}
+
+/// Not part of the default ARM run (`scripts/arm-test --footprint` runs it): `ferry run` with
+/// its default settings (6 MiB chunks, one upload at a time) and a 1 GiB file already in the
+/// spool when it starts, uploaded to the tus test server on loopback (it runs natively, in this
+/// test process). Prints the time from the start of the process to
+/// the first PATCH reaching the server (startup, first scan, OPTIONS and POST, the URL flushed to
+/// sled), the time until the file was deleted after a complete upload, and the process's peak RSS
+/// (under qemu-user an upper bound: it includes the emulator). The stored upload is compared
+/// with the file's content, streamed, so that this test holds no gigabyte in memory.
+#[test]
+#[ignore = "needs FERRY_ARM_BIN and FERRY_ARM_QEMU: run scripts/arm-test --footprint"]
+fn arm_footprint_of_ferry_run_on_a_1_gib_spool_file() {
+    use crate::support::tus_server::{ServerConfig, TusServer};
+    use std::io::{Read, Write};
+    const PIECE: usize = 8 * MIB;
+    const PIECES: u64 = 128; // 1 GiB
+    let piece = |i: u64| crate::harness::random_bytes(PIECE, 1000 + i);
+
+    // No checksum extension: the test server would verify every chunk's sha256 in this
+    // unoptimised test binary and become the bottleneck; `--footprint`'s 256 MiB run measures
+    // ferry's hashing against @tus/server.
+    let server = TusServer::start(ServerConfig {
+        extensions: ["creation", "termination", "expiration"]
+            .map(String::from)
+            .to_vec(),
+        ..ServerConfig::default()
+    });
+    let s = Scratch::new("arm-run-footprint");
+    let spool = s.dir.join("spool");
+    std::fs::create_dir_all(&spool).unwrap();
+    let file = spool.join("video.bin");
+    {
+        let mut f = std::fs::File::create(&file).unwrap();
+        for i in 0..PIECES {
+            f.write_all(&piece(i)).unwrap();
+        }
+        // Already settled when ferry starts: the first scan takes it.
+        f.set_modified(std::time::SystemTime::now() - Duration::from_secs(60))
+            .unwrap();
+    }
+    let cfg = s.dir.join("ferry.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "state_dir = {:?}\n[server]\nendpoint = {:?}\n[spool]\ndir = {:?}\n",
+            s.state(),
+            server.endpoint(),
+            spool
+        ),
+    )
+    .unwrap();
+
+    let log = s.dir.join("ferry.log");
+    let start = Instant::now();
+    let child = emulated_ferry()
+        .arg("run")
+        .arg("--config")
+        .arg(&cfg)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let pid = child.id();
+    let peak = PeakRss::watch(pid);
+    let log_text = || std::fs::read_to_string(&log).unwrap_or_default();
+    let first_patch = poll_for(start, Duration::from_secs(60), || {
+        server.requests().iter().any(|r| r.method == "PATCH")
+    })
+    .unwrap_or_else(|| panic!("no PATCH within 60 s; ferry's log:\n{}", log_text()));
+    let done = poll_for(start, Duration::from_secs(900), || !file.exists())
+        .unwrap_or_else(|| panic!("the file was not uploaded within 900 s:\n{}", log_text()));
+    let status = std::process::Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let peak_kib = peak.stop();
+    let exit = wait_with_timeout(child, Duration::from_secs(10));
+    assert_eq!(
+        exit.code(),
+        Some(0),
+        "ferry run after SIGTERM; log:\n{}",
+        log_text()
+    );
+
+    let uploads = server.uploads();
+    assert_eq!(uploads.len(), 1, "one upload for one file");
+    assert_eq!(uploads[0].offset, PIECE as u64 * PIECES);
+    let mut stored = std::fs::File::open(server.upload_path(&uploads[0].id)).unwrap();
+    let mut got = vec![0u8; PIECE];
+    for i in 0..PIECES {
+        stored.read_exact(&mut got).unwrap();
+        assert_same_bytes(&got, &piece(i), &format!("stored upload, piece {i}"));
+    }
+    assert_eq!(stored.read(&mut got).unwrap(), 0, "stored upload is longer");
+    let upload_secs = (done - first_patch).as_secs_f64();
+    eprintln!(
+        "arm run footprint: start to first PATCH {:.0} ms; 1 GiB uploaded and deleted after {:.2} s \
+         ({:.1} MiB/s from the first PATCH); peak RSS {:.1} MiB",
+        first_patch.as_secs_f64() * 1000.0,
+        done.as_secs_f64(),
+        1024.0 / upload_secs,
+        peak_kib as f64 / 1024.0
+    );
+}
+
+/// Polls `cond` every millisecond; returns the time from `since` until it held, or `None`
+/// once `timeout` has passed since `since`.
+fn poll_for(since: Instant, timeout: Duration, mut cond: impl FnMut() -> bool) -> Option<Duration> {
+    while since.elapsed() < timeout {
+        if cond() {
+            return Some(since.elapsed());
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    None
+}
+
+fn wait_with_timeout(
+    mut child: std::process::Child,
+    timeout: Duration,
+) -> std::process::ExitStatus {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("ferry did not exit within {timeout:?} of SIGTERM");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }
