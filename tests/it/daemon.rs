@@ -44,7 +44,7 @@ impl Spool {
         }
     }
 
-    fn start(&self) -> Child {
+    fn start(&self) -> Daemon {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -52,10 +52,12 @@ impl Spool {
             .unwrap();
         let mut c = ferry();
         c.arg("run").arg("--config").arg(&self.config);
-        c.stdout(Stdio::null())
-            .stderr(Stdio::from(log))
-            .spawn()
-            .unwrap()
+        Daemon(
+            c.stdout(Stdio::null())
+                .stderr(Stdio::from(log))
+                .spawn()
+                .unwrap(),
+        )
     }
 
     fn cmd(&self, args: &[&str]) -> std::process::Output {
@@ -89,6 +91,32 @@ impl Spool {
             .collect();
         v.sort();
         v
+    }
+}
+
+/// A running `ferry run`, killed and reaped when dropped if it is still running: a test that
+/// fails half-way must not leave a daemon uploading in the background.
+struct Daemon(Child);
+
+impl std::ops::Deref for Daemon {
+    type Target = Child;
+    fn deref(&self) -> &Child {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Daemon {
+    fn deref_mut(&mut self) -> &mut Child {
+        &mut self.0
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if let Ok(None) = self.0.try_wait() {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
     }
 }
 
@@ -699,15 +727,17 @@ fn an_unreadable_file_is_reported_and_uploaded_once_its_permissions_are_fixed() 
     let f = sp.drop_file("locked.bin", 4000, 24);
     std::fs::set_permissions(&f, std::fs::Permissions::from_mode(0o000)).unwrap();
     let log = std::fs::File::create(&sp.log).unwrap();
-    let mut child = std::process::Command::new("setpriv")
-        .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
-        .args(crate::harness::ferry_argv())
-        .args(["run", "--config"])
-        .arg(&sp.config)
-        .env("RUST_LOG", "info")
-        .stderr(log)
-        .spawn()
-        .unwrap();
+    let mut child = Daemon(
+        std::process::Command::new("setpriv")
+            .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+            .args(crate::harness::ferry_argv())
+            .args(["run", "--config"])
+            .arg(&sp.config)
+            .env("RUST_LOG", "info")
+            .stderr(log)
+            .spawn()
+            .unwrap(),
+    );
     wait_until(
         "the permission problem to be logged",
         Duration::from_secs(15),
@@ -801,13 +831,15 @@ fn a_systemd_credential_supplies_the_authorization_header() {
     );
     std::fs::write(&sp.config, text).unwrap();
     let log = std::fs::File::create(&sp.log).unwrap();
-    let mut child = ferry()
-        .args(["run", "--config"])
-        .arg(&sp.config)
-        .env("CREDENTIALS_DIRECTORY", &creds.dir)
-        .stderr(log)
-        .spawn()
-        .unwrap();
+    let mut child = Daemon(
+        ferry()
+            .args(["run", "--config"])
+            .arg(&sp.config)
+            .env("CREDENTIALS_DIRECTORY", &creds.dir)
+            .stderr(log)
+            .spawn()
+            .unwrap(),
+    );
     sp.drop_file("a.bin", 100, 28);
     wait_until("the upload", Duration::from_secs(15), || {
         sp.spool_files().is_empty()
