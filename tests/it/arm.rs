@@ -16,7 +16,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::harness::{assert_same_bytes, finished, server_behind_proxy, stderr, Scratch};
+use crate::harness::{
+    assert_same_bytes, finished, server_behind_proxy, sigterm, stderr, Daemon, Scratch,
+};
 use crate::support::flaky_proxy::ProxyPlan;
 
 const MIB: usize = 1024 * 1024;
@@ -31,22 +33,7 @@ fn emulated_ferry() -> Command {
         Path::new(&bin).is_file(),
         "FERRY_ARM_BIN={bin}: no such file"
     );
-    let mut argv: Vec<&str> = qemu.split_whitespace().collect();
-    argv.push(&bin);
-    let mut c = Command::new(argv[0]);
-    c.args(&argv[1..]);
-    for v in [
-        "ALL_PROXY",
-        "HTTP_PROXY",
-        "HTTPS_PROXY",
-        "all_proxy",
-        "http_proxy",
-        "https_proxy",
-    ] {
-        c.env_remove(v);
-    }
-    c.env("RUST_LOG", "info");
-    c
+    crate::harness::loopback_command(&crate::harness::runner_argv(&qemu, &bin))
 }
 
 fn upload_url_id(url: &str) -> &str {
@@ -248,17 +235,18 @@ fn arm_footprint_of_ferry_run_on_a_1_gib_spool_file() {
 
     let log = s.dir.join("ferry.log");
     let start = Instant::now();
-    let child = emulated_ferry()
-        .arg("run")
-        .arg("--config")
-        .arg(&cfg)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(&log).unwrap())
-        .spawn()
-        .unwrap();
-    let pid = child.id();
-    let peak = PeakRss::watch(pid);
+    let mut child = Daemon(
+        emulated_ferry()
+            .arg("run")
+            .arg("--config")
+            .arg(&cfg)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap(),
+    );
+    let peak = PeakRss::watch(child.id());
     let log_text = || std::fs::read_to_string(&log).unwrap_or_default();
     let first_patch = poll_for(start, Duration::from_secs(60), || {
         server.requests().iter().any(|r| r.method == "PATCH")
@@ -266,13 +254,9 @@ fn arm_footprint_of_ferry_run_on_a_1_gib_spool_file() {
     .unwrap_or_else(|| panic!("no PATCH within 60 s; ferry's log:\n{}", log_text()));
     let done = poll_for(start, Duration::from_secs(900), || !file.exists())
         .unwrap_or_else(|| panic!("the file was not uploaded within 900 s:\n{}", log_text()));
-    let status = std::process::Command::new("kill")
-        .args(["-TERM", &pid.to_string()])
-        .status()
-        .unwrap();
-    assert!(status.success());
+    sigterm(&child);
     let peak_kib = peak.stop();
-    let exit = wait_with_timeout(child, Duration::from_secs(10));
+    let exit = wait_with_timeout(&mut child, Duration::from_secs(10));
     assert_eq!(
         exit.code(),
         Some(0),
@@ -327,8 +311,9 @@ fn poll_for(since: Instant, timeout: Duration, mut cond: impl FnMut() -> bool) -
     None
 }
 
+/// Waits for `child` to exit; fails the test after `timeout` (the guard kills it then).
 fn wait_with_timeout(
-    mut child: std::process::Child,
+    child: &mut std::process::Child,
     timeout: Duration,
 ) -> std::process::ExitStatus {
     let deadline = Instant::now() + timeout;
@@ -337,7 +322,6 @@ fn wait_with_timeout(
             return status;
         }
         if Instant::now() > deadline {
-            let _ = child.kill();
             panic!("ferry did not exit within {timeout:?} of SIGTERM");
         }
         std::thread::sleep(Duration::from_millis(20));

@@ -3,11 +3,12 @@
 
 use std::collections::HashMap;
 use std::path::PathBuf;
-use std::process::{Child, Stdio};
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use crate::harness::{
-    assert_same_bytes, ferry, random_bytes, server_behind_proxy, wait_until, Scratch,
+    assert_same_bytes, ferry, random_bytes, server_behind_proxy, sigterm, wait_until, Daemon,
+    Scratch,
 };
 use crate::support::flaky_proxy::{FlakyProxy, ProxyPlan};
 use crate::support::peers::{NodeOpts, Peer};
@@ -92,41 +93,6 @@ impl Spool {
         v.sort();
         v
     }
-}
-
-/// A running `ferry run`, killed and reaped when dropped if it is still running: a test that
-/// fails half-way must not leave a daemon uploading in the background.
-struct Daemon(Child);
-
-impl std::ops::Deref for Daemon {
-    type Target = Child;
-    fn deref(&self) -> &Child {
-        &self.0
-    }
-}
-
-impl std::ops::DerefMut for Daemon {
-    fn deref_mut(&mut self) -> &mut Child {
-        &mut self.0
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        if let Ok(None) = self.0.try_wait() {
-            let _ = self.0.kill();
-            let _ = self.0.wait();
-        }
-    }
-}
-
-fn sigterm(child: &Child) {
-    let status = std::process::Command::new("kill")
-        .arg("-TERM")
-        .arg(child.id().to_string())
-        .status()
-        .unwrap();
-    assert!(status.success());
 }
 
 /// The mixed sizes of a camera's day: mostly small files, some large ones.

@@ -58,12 +58,16 @@ pub use crate::support::data::random_bytes;
 /// sets `FERRY_TEST_RUNNER` to the same qemu command, so every `ferry` a test starts runs
 /// under qemu on the same CPU model as the tests themselves.
 pub fn ferry_argv() -> Vec<String> {
-    let mut argv: Vec<String> = std::env::var("FERRY_TEST_RUNNER")
-        .unwrap_or_default()
-        .split_whitespace()
-        .map(str::to_owned)
-        .collect();
-    argv.push(env!("CARGO_BIN_EXE_ferry").to_owned());
+    runner_argv(
+        &std::env::var("FERRY_TEST_RUNNER").unwrap_or_default(),
+        env!("CARGO_BIN_EXE_ferry"),
+    )
+}
+
+/// `runner` (a command split on spaces, possibly empty) followed by `bin`.
+pub fn runner_argv(runner: &str, bin: &str) -> Vec<String> {
+    let mut argv: Vec<String> = runner.split_whitespace().map(str::to_owned).collect();
+    argv.push(bin.to_owned());
     argv
 }
 
@@ -73,10 +77,14 @@ pub fn ferry_shell() -> String {
 }
 
 pub fn ferry() -> Command {
-    let argv = ferry_argv();
+    loopback_command(&ferry_argv())
+}
+
+/// `argv` as a command for a ferry that talks to loopback only, logging at `info`: a proxy in
+/// the environment must not reroute it.
+pub fn loopback_command(argv: &[String]) -> Command {
     let mut c = Command::new(&argv[0]);
     c.args(&argv[1..]);
-    // Tests talk to loopback only; a proxy in the environment must not reroute them.
     for v in [
         "ALL_PROXY",
         "HTTP_PROXY",
@@ -89,6 +97,42 @@ pub fn ferry() -> Command {
     }
     c.env("RUST_LOG", "info");
     c
+}
+
+/// A running `ferry run`, killed and reaped when dropped if it is still running: a test that
+/// fails half-way must not leave a daemon uploading in the background.
+pub struct Daemon(pub Child);
+
+impl std::ops::Deref for Daemon {
+    type Target = Child;
+    fn deref(&self) -> &Child {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Daemon {
+    fn deref_mut(&mut self) -> &mut Child {
+        &mut self.0
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if let Ok(None) = self.0.try_wait() {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+}
+
+/// Sends SIGTERM to `child`.
+pub fn sigterm(child: &Child) {
+    let status = Command::new("kill")
+        .arg("-TERM")
+        .arg(child.id().to_string())
+        .status()
+        .unwrap();
+    assert!(status.success());
 }
 
 /// `ferry upload --config CFG <args> FILES...`, waited for.
