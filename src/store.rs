@@ -325,8 +325,29 @@ mod tests {
         {
             let s = Store::open(&dir).unwrap();
             s.put(&record("/x")).unwrap();
+            // sled's lock is per open file description, so a second open in this process
+            // meets it exactly as a second ferry process would.
+            let e = Store::open(&dir)
+                .err()
+                .expect("a second open must be refused");
+            assert!(
+                e.to_string().contains("in use by another ferry process"),
+                "{e}"
+            );
         }
-        let s = Store::open(&dir).unwrap();
+        // sled's I/O threads hold the file (and its lock) for a moment after the last handle
+        // is dropped; slow machines (qemu) see it. Only an in-process reopen meets this.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        let s = loop {
+            match Store::open(&dir) {
+                Ok(s) => break s,
+                Err(e) if std::time::Instant::now() < deadline => {
+                    assert!(e.to_string().contains("in use"), "{e}");
+                    std::thread::sleep(std::time::Duration::from_millis(20));
+                }
+                Err(e) => panic!("the lock was not released: {e}"),
+            }
+        };
         assert_eq!(s.get("/x").unwrap(), Some(record("/x")));
         drop(s);
         std::fs::remove_dir_all(&dir).unwrap();
