@@ -4,7 +4,7 @@
 //! One boot. `tests/vm/guest.sh` runs in the guest once it is up (hostrun.service, see
 //! `tests/vm/configure-rootfs.sh`), drives ferry.service step by step and writes what it saw to a
 //! 9p share; this test then asserts on those files and on what its tus server received:
-//! - install: the package enables ferry.service and does not start it;
+//! - install: the package enables ferry.service and does not start it; `dpkg --verify` is clean;
 //! - `Type=notify`: a start held before ferry runs (a drop-in wraps ExecStart= in a shell that
 //!   stops itself, then execs ferry) stays `activating`, and `active` comes only after ferry
 //!   ran and notified; the STATUS= line shows in `systemctl status`;
@@ -536,6 +536,16 @@ fn check_install(g: &Guest) {
         "install_active",
         "inactive",
         "installation does not start ferry (its config needs an endpoint first)",
+    );
+    assert!(
+        g.num("install_md5sums_lines") >= 5,
+        "the package lists its files' md5sums\n{}",
+        g.context()
+    );
+    g.expect(
+        "install_verify_lines",
+        "0",
+        "dpkg --verify ferry finds the installed files as packaged (dpkg-verify.txt)",
     );
     assert_ne!(
         g.fact("auth_read_as_ferry_rc"),

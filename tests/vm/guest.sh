@@ -66,6 +66,10 @@ fact install_rc $?
 fact install_version "$(dpkg-query -W -f='${Version}' ferry)"
 fact install_enabled "$(systemctl is-enabled ferry.service)"
 fact install_active "$(systemctl is-active ferry.service)"
+# The files on disk are the packaged ones (md5sums; a corrupt SD card shows here).
+dpkg --verify ferry >"$O/dpkg-verify.txt" 2>&1
+fact install_verify_lines "$(wc -l <"$O/dpkg-verify.txt")"
+fact install_md5sums_lines "$(wc -l </var/lib/dpkg/info/ferry.md5sums)"
 
 # The admin's part: a configuration and the secret (root-only, as the unit's comment says).
 install -m 0644 "$H/ferry.toml" /etc/ferry/ferry.toml
