@@ -27,8 +27,15 @@ impl Notifier {
     }
 }
 
+/// How long a notification may wait for room in the receiver's queue. A datagram send blocks
+/// while the queue is full (`net.unix.max_dgram_qlen`, 10 without systemd's sysctl.d): a PID 1
+/// that stops reading must not stop ferry's uploads with it. A lost STATUS= is harmless, and
+/// WATCHDOG=1 is sent twice per watchdog interval.
+const SEND_TIMEOUT: std::time::Duration = std::time::Duration::from_millis(250);
+
 fn send_to(path: &OsString, msg: &str) -> std::io::Result<()> {
     let sock = UnixDatagram::unbound()?;
+    sock.set_write_timeout(Some(SEND_TIMEOUT))?;
     let p = path.to_string_lossy();
     if let Some(name) = p.strip_prefix('@') {
         use std::os::linux::net::SocketAddrExt;
@@ -57,6 +64,39 @@ mod tests {
         assert_eq!(&buf[..n], b"READY=1\nSTATUS=ok");
         Notifier::new(None).send("READY=1");
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_receiver_that_stops_reading_does_not_block_the_sender() {
+        use std::os::linux::net::SocketAddrExt;
+        let name = format!("ferry-test-full-{}", std::process::id());
+        let addr = std::os::unix::net::SocketAddr::from_abstract_name(name.as_bytes()).unwrap();
+        let listener = UnixDatagram::bind_addr(&addr).unwrap();
+        let notifier = Notifier::new(Some(format!("@{name}").into()));
+        // More than the receive queue holds: without the timeout, the first send after the
+        // queue fills never returns.
+        let qlen: u64 = std::fs::read_to_string("/proc/sys/net/unix/max_dgram_qlen")
+            .ok()
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(10);
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for i in 0..qlen + 4 {
+                notifier.send(&format!("STATUS={i}"));
+            }
+            tx.send(()).unwrap();
+        });
+        let waited = std::time::Instant::now();
+        while rx.try_recv().is_err() {
+            assert!(
+                waited.elapsed() < std::time::Duration::from_secs(30),
+                "notifications to a full queue blocked"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        let mut buf = [0u8; 16];
+        let n = listener.recv(&mut buf).unwrap();
+        assert_eq!(&buf[..n], b"STATUS=0", "the first ones were queued");
     }
 
     #[test]
