@@ -327,3 +327,265 @@ fn wait_with_timeout(
         std::thread::sleep(Duration::from_millis(20));
     }
 }
+
+/// ferry as its unit runs it, traced by qemu-user (`-d strace`): `ferry run` with `Type=notify`
+/// and a watchdog (a `$NOTIFY_SOCKET` this test reads), a credential
+/// (`$CREDENTIALS_DIRECTORY`), TLS to a private CA, an after-upload hook, files found by the
+/// first scan and by inotify, SIGHUP (the unit's `ExecReload=`) and SIGTERM. Every system call
+/// it made must be one the unit's `SystemCallFilter=` allows (as this host's systemd expands
+/// it); a refused one returns EPERM on the device (`SystemCallErrorNumber=`), which ferry would
+/// report as a failure nobody could reproduce off the device. The syscalls come from the
+/// binary and, for glibc targets, from the glibc qemu loads (`-L`, Debian bookworm's); a
+/// device with an older glibc may use older variants of the same calls. With an empty
+/// `FERRY_ARM_QEMU` the native binary is traced under qemu-user for the host (e.g.
+/// `qemu-x86_64-static`).
+#[test]
+#[ignore = "needs FERRY_ARM_BIN and FERRY_ARM_QEMU: run scripts/arm-test"]
+fn arm_binary_makes_only_system_calls_the_unit_allows() {
+    use std::os::unix::net::UnixDatagram;
+    let allowed = crate::systemd_unit::unit_syscall_allow_list();
+    let (server, proxy) = crate::tls::tls_server(false);
+    let s = Scratch::new("arm-syscalls");
+    let spool = s.dir.join("spool");
+    let creds = s.dir.join("credentials");
+    for d in [&spool, &creds] {
+        std::fs::create_dir_all(d).unwrap();
+    }
+    std::fs::write(creds.join("auth"), "Bearer syscall-test").unwrap();
+    let settled = |p: &Path| {
+        let f = std::fs::File::options().write(true).open(p).unwrap();
+        f.set_modified(std::time::SystemTime::now() - Duration::from_secs(60))
+            .unwrap();
+    };
+    for (name, len) in [("a.bin", MIB + 3), ("empty.bin", 0)] {
+        let p = spool.join(name);
+        std::fs::write(&p, crate::harness::random_bytes(len, len as u64)).unwrap();
+        settled(&p);
+    }
+    let hook_log = s.dir.join("hook.log");
+    let cfg = s.dir.join("ferry.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "state_dir = {state:?}\n\
+             [server]\nendpoint = {endpoint:?}\nca_file = {ca:?}\n\
+             header_files = {{ Authorization = \"credential:auth\" }}\n\
+             [hook]\ncommand = [\"/bin/sh\", \"-c\", \"echo $FERRY_PATH >> {hook_log}\"]\n\
+             [upload]\nchunk_size = \"256KiB\"\n\
+             [spool]\ndir = {spool:?}\nsettle_time = \"1s\"\nafter_upload = \"delete\"\n",
+            state = s.state(),
+            endpoint = proxy.url("/files/"),
+            ca = crate::tls::fixture("ca.pem"),
+            hook_log = hook_log.display(),
+        ),
+    )
+    .unwrap();
+    // Read as systemd does, all the time: a datagram socket whose queue is full makes the
+    // sender wait (ferry gives up after a moment, see notify.rs).
+    let notify_path = s.dir.join("notify.sock");
+    let notify = UnixDatagram::bind(&notify_path).unwrap();
+    notify
+        .set_read_timeout(Some(Duration::from_millis(100)))
+        .unwrap();
+    let stop_reading = Arc::new(AtomicBool::new(false));
+    let reader = {
+        let stop = stop_reading.clone();
+        std::thread::spawn(move || {
+            let (mut messages, mut buf) = (String::new(), [0u8; 4096]);
+            while !stop.load(Ordering::Relaxed) {
+                if let Ok(n) = notify.recv(&mut buf) {
+                    messages.push_str(&String::from_utf8_lossy(&buf[..n]));
+                    messages.push('\n');
+                }
+            }
+            messages
+        })
+    };
+
+    let bin = std::env::var("FERRY_ARM_BIN").unwrap_or_else(|_| panic!("{HOW}"));
+    let qemu = std::env::var("FERRY_ARM_QEMU").unwrap_or_else(|_| panic!("{HOW}"));
+    let qemu = if qemu.trim().is_empty() {
+        format!("qemu-{}-static", std::env::consts::ARCH)
+    } else {
+        qemu
+    };
+    let trace = s.dir.join("strace.log");
+    let runner = format!("{qemu} -d strace -D {}", trace.display());
+    let log = s.dir.join("ferry.log");
+    let mut child = Daemon(
+        crate::harness::loopback_command(&crate::harness::runner_argv(&runner, &bin))
+            .arg("run")
+            .arg("--config")
+            .arg(&cfg)
+            .env("NOTIFY_SOCKET", &notify_path)
+            .env("WATCHDOG_USEC", "2000000")
+            .env("CREDENTIALS_DIRECTORY", &creds)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap(),
+    );
+    let log_text = || std::fs::read_to_string(&log).unwrap_or_default();
+    let gone = |name: &str| !spool.join(name).exists();
+    let start = Instant::now();
+    poll_for(start, Duration::from_secs(120), || {
+        gone("a.bin") && gone("empty.bin")
+    })
+    .unwrap_or_else(|| panic!("the first scan's files were not uploaded:\n{}", log_text()));
+    // A file that appears while ferry runs (inotify), then a reload.
+    std::fs::write(
+        spool.join("b.bin"),
+        crate::harness::random_bytes(300_000, 7),
+    )
+    .unwrap();
+    poll_for(start, Duration::from_secs(120), || gone("b.bin"))
+        .unwrap_or_else(|| panic!("b.bin was not uploaded:\n{}", log_text()));
+    let hup = Command::new("kill")
+        .arg("-HUP")
+        .arg(child.id().to_string())
+        .status()
+        .unwrap();
+    assert!(hup.success());
+    poll_for(start, Duration::from_secs(60), || {
+        log_text().contains("reloaded")
+    })
+    .unwrap_or_else(|| panic!("no reload after SIGHUP:\n{}", log_text()));
+    // At least one watchdog interval, so that a WATCHDOG=1 ping is traced too.
+    std::thread::sleep(Duration::from_millis(2500));
+    sigterm(&child);
+    let exit = wait_with_timeout(&mut child, Duration::from_secs(30));
+    std::thread::sleep(Duration::from_millis(200));
+    stop_reading.store(true, Ordering::Relaxed);
+    let messages = reader.join().unwrap();
+    assert_eq!(
+        exit.code(),
+        Some(0),
+        "ferry run after SIGTERM:\n{}",
+        log_text()
+    );
+
+    // The run did what the unit's ferry does.
+    assert_eq!(server.uploads().len(), 3, "three files, three uploads");
+    assert!(
+        server
+            .requests()
+            .iter()
+            .all(|r| r.header("authorization") == Some("Bearer syscall-test")),
+        "the credential was not sent on every request"
+    );
+    let hooked = std::fs::read_to_string(&hook_log).unwrap_or_default();
+    assert_eq!(
+        hooked.lines().count(),
+        3,
+        "the hook ran once per file: {hooked:?}"
+    );
+    for m in ["READY=1", "WATCHDOG=1", "STOPPING=1"] {
+        assert!(
+            messages.contains(m),
+            "no {m} on $NOTIFY_SOCKET: {messages:?}"
+        );
+    }
+
+    let traced = std::fs::read_to_string(&trace).unwrap();
+    let arch = ["aarch64", "x86_64", "arm"]
+        .into_iter()
+        .find(|a| {
+            qemu.split_whitespace()
+                .next()
+                .unwrap()
+                .contains(&format!("qemu-{a}"))
+        })
+        .unwrap_or_else(|| panic!("which architecture does `{qemu}` emulate?"));
+    let calls = syscall_names(&traced, arch);
+    // Files opened (musl on 32-bit ARM opens with `open`), watched, a hook started.
+    for expected in ["open|openat", "inotify_add_watch", "execve"] {
+        assert!(
+            expected.split('|').any(|name| calls.contains_key(name)),
+            "the trace has no {expected}: is it complete? {:?}",
+            calls.keys()
+        );
+    }
+    let refused: Vec<String> = calls
+        .iter()
+        .filter(|(name, _)| !allowed.contains(*name))
+        .map(|(name, n)| format!("{name} ({n}x)"))
+        .collect();
+    eprintln!(
+        "arm syscalls: {} distinct system calls, {} in all, traced from `ferry run`",
+        calls.len(),
+        calls.values().sum::<usize>()
+    );
+    assert!(
+        refused.is_empty(),
+        "ferry made system calls that the unit's SystemCallFilter= refuses (EPERM on the \
+         device): {refused:?}\nall of them: {calls:?}\n(the trace: {})",
+        trace.display()
+    );
+    // Keep the trace for a failure only.
+}
+
+/// The system calls in a qemu-user `-d strace` log, with how often each was made. A line
+/// starts `PID name(`; threads may interleave, so every `PID name(` is taken, not only at the
+/// start of a line. A call qemu does not know prints `Unknown syscall N`: it is named from
+/// [`newer_syscall`] for `arch` (`x86_64`, `aarch64` or `arm`), or kept as unknown (and so
+/// refused).
+fn syscall_names(trace: &str, arch: &str) -> std::collections::BTreeMap<String, usize> {
+    let mut calls = std::collections::BTreeMap::new();
+    for piece in trace.split(['\n', ')', '=']) {
+        let words: Vec<&str> = piece.split_whitespace().collect();
+        for pair in words.windows(2) {
+            let (pid, call) = (pair[0], pair[1]);
+            let Some((name, _)) = call.split_once('(') else {
+                continue;
+            };
+            if pid.bytes().all(|b| b.is_ascii_digit())
+                && !name.is_empty()
+                && name
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+            {
+                *calls.entry(name.to_string()).or_insert(0) += 1;
+            }
+        }
+    }
+    for line in trace.lines() {
+        let Some((_, rest)) = line.split_once("Unknown syscall ") else {
+            continue;
+        };
+        let number = rest.split_whitespace().next().unwrap_or_default();
+        let name = number
+            .parse()
+            .ok()
+            .and_then(|n| newer_syscall(arch, n))
+            .map_or_else(
+                || format!("unknown to qemu: syscall {number} on {arch}"),
+                str::to_owned,
+            );
+        *calls.entry(name).or_insert(0) += 1;
+    }
+    calls
+}
+
+/// Names of system calls that Debian bookworm's qemu (7.2) cannot name, which it traces as
+/// `Unknown syscall N` (and answers with ENOSYS, so the libc falls back; a device's kernel
+/// runs them). From 424 on, the numbers are the same on every architecture.
+fn newer_syscall(arch: &str, n: u32) -> Option<&'static str> {
+    Some(match (arch, n) {
+        ("x86_64", 334) | ("aarch64", 293) | ("arm", 398) => "rseq",
+        // ARM's sync_file_range, with its arguments reordered (the kernel's arm_sync_file_range).
+        ("arm", 341) => "sync_file_range2",
+        (_, 424) => "pidfd_send_signal",
+        (_, 434) => "pidfd_open",
+        (_, 435) => "clone3",
+        (_, 436) => "close_range",
+        (_, 437) => "openat2",
+        (_, 438) => "pidfd_getfd",
+        (_, 439) => "faccessat2",
+        (_, 441) => "epoll_pwait2",
+        (_, 449) => "futex_waitv",
+        (_, 452) => "fchmodat2",
+        (_, 462) => "mseal",
+        _ => return None,
+    })
+}

@@ -384,3 +384,101 @@ fn sysusers_and_tmpfiles_create_the_spool() {
         assert_eq!((m.uid(), m.gid()), (uid, spool_gid), "{dir}: owner");
     }
 }
+
+/// The system calls the unit lets ferry make: its `SystemCallFilter=` lines expanded with this
+/// host's `systemd-analyze syscall-filter` (the allow-list of the first line, minus every
+/// `~` line), by name. A device's systemd may know fewer names (buster has 241, this is what
+/// CI has).
+pub(crate) fn unit_syscall_allow_list() -> BTreeSet<String> {
+    let out = run_tool(Command::new("systemd-analyze").arg("syscall-filter"), None);
+    assert!(out.status.success(), "{}", text(&out));
+    let groups = syscall_groups(&String::from_utf8_lossy(&out.stdout));
+    let unit = read("systemd/ferry.service");
+    let lines: Vec<&str> = unit
+        .lines()
+        .filter_map(|l| l.strip_prefix("SystemCallFilter="))
+        .collect();
+    assert!(
+        lines.first().is_some_and(|l| !l.starts_with('~')),
+        "the unit's first SystemCallFilter= must be an allow-list: {lines:?}"
+    );
+    let mut allowed = BTreeSet::new();
+    for (i, line) in lines.iter().enumerate() {
+        let (deny, items) = match line.strip_prefix('~') {
+            Some(rest) => (true, rest),
+            None => (false, *line),
+        };
+        assert!(deny || i == 0, "a second allow-list line: {line}");
+        for item in items.split_whitespace() {
+            let mut names = BTreeSet::new();
+            expand(item, &groups, &mut names);
+            if deny {
+                allowed.retain(|n| !names.contains(n));
+            } else {
+                allowed.extend(names);
+            }
+        }
+    }
+    allowed
+}
+
+/// `systemd-analyze syscall-filter`'s groups: `@name` at the start of a line, then its members
+/// (system calls or other groups) indented, `#` comments anywhere.
+fn syscall_groups(listing: &str) -> std::collections::BTreeMap<String, Vec<String>> {
+    let mut groups = std::collections::BTreeMap::new();
+    let mut current: Option<String> = None;
+    for line in listing.lines() {
+        if let Some(name) = line.strip_prefix('@') {
+            current = Some(format!("@{}", name.trim()));
+            groups.insert(format!("@{}", name.trim()), Vec::new());
+        } else if line.starts_with(char::is_whitespace) {
+            let member = line.trim();
+            if let (Some(g), false) = (&current, member.is_empty() || member.starts_with('#')) {
+                groups.get_mut(g).unwrap().push(member.to_string());
+            }
+        } else {
+            current = None;
+        }
+    }
+    groups
+}
+
+fn expand(
+    item: &str,
+    groups: &std::collections::BTreeMap<String, Vec<String>>,
+    out: &mut BTreeSet<String>,
+) {
+    if item.starts_with('@') {
+        let members = groups
+            .get(item)
+            .unwrap_or_else(|| panic!("systemd-analyze knows no group {item}"));
+        for m in members {
+            expand(m, groups, out);
+        }
+    } else {
+        out.insert(item.to_string());
+    }
+}
+
+#[test]
+fn unit_syscall_filter_expands_to_what_a_daemon_needs_and_no_privileged_call() {
+    let allowed = unit_syscall_allow_list();
+    for needed in [
+        "openat",
+        "read",
+        "write",
+        "fsync",
+        "inotify_add_watch",
+        "sendmsg",
+        "clone",
+    ] {
+        assert!(
+            allowed.contains(needed),
+            "{needed} is not allowed: {allowed:?}"
+        );
+    }
+    // @privileged and @resources are removed from @system-service.
+    for denied in ["setuid", "setrlimit", "chroot", "mount", "reboot"] {
+        assert!(!allowed.contains(denied), "{denied} is allowed");
+    }
+}

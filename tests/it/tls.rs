@@ -14,7 +14,7 @@ use crate::support::tus_server::{ServerConfig, TusServer};
 /// should not, and is killed so the test fails instead of hanging.
 const WATCHDOG: Duration = Duration::from_secs(10);
 
-fn fixture(name: &str) -> PathBuf {
+pub(crate) fn fixture(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("tests/fixtures/tls")
         .join(name)
@@ -26,7 +26,7 @@ fn arg(p: &Path) -> &str {
 
 /// The plain tus server behind a TLS proxy (requiring client certificates signed by our CA
 /// when `mutual`), with the server's Locations pointing at the proxy.
-fn tls_server(mutual: bool) -> (TusServer, TlsProxy) {
+pub(crate) fn tls_server(mutual: bool) -> (TusServer, TlsProxy) {
     let server = TusServer::start(ServerConfig::default());
     let client_ca = fixture("ca.pem");
     let proxy = TlsProxy::start(
