@@ -19,7 +19,11 @@
 //! - upgrades, with packages repacked from the same binary (`dpkg-deb -R`, new Version, rebuilt):
 //!   a running ferry is restarted on the new unit, an enabled but stopped one stays stopped, the
 //!   admin's /etc/ferry/ferry.toml survives both;
-//! - `systemd-analyze security` online stays under the limit the offline check uses.
+//! - `systemd-analyze security` online stays under the limit the offline check uses;
+//! - then (`vm/package.rs`) a disabled ferry upgraded to a package whose own ferry.toml
+//!   changed, without a terminal: plain `dpkg -i` stops at the conffile question,
+//!   `--force-confdef --force-confold` keeps the admin's file, and ferry stays disabled;
+//!   `dpkg -r` stops a running ferry, `dpkg -P` deletes config and state but not the spool.
 //!
 //! The guest's network is qemu's user-mode NIC with `restrict=on`: its only way out is one
 //! `guestfwd` (10.0.2.100:80) that runs `socat` to the server on 127.0.0.1.
@@ -39,6 +43,9 @@ use std::time::{Duration, Instant};
 
 use crate::harness::{assert_same_bytes, random_bytes};
 use crate::support::tus_server::{ServerConfig, TusServer};
+
+mod package;
+use package::{check_conffile_upgrade, check_remove_and_purge, check_upgrades, repack, Change};
 
 const HOW: &str = "set FERRY_VM_QEMU (qemu-system-x86_64), FERRY_VM_QEMU_DATA (its -L \
                    directories, colon-separated), FERRY_VM_IMAGE, FERRY_VM_KERNEL and \
@@ -132,6 +139,8 @@ fn ferry_service_live_in_a_debian_guest() {
     check_watchdog(&g);
     check_upgrades(&g, &share);
     check_security(&g);
+    check_conffile_upgrade(&g, &share);
+    check_remove_and_purge(&g);
     // Kept on failure (the messages name it) or with FERRY_VM_KEEP=1.
     if std::env::var_os("FERRY_VM_KEEP").is_none() {
         std::fs::remove_dir_all(&work).unwrap();
@@ -146,7 +155,7 @@ struct Share {
     token: String,
     cam1: Vec<u8>,
     cam2: Vec<u8>,
-    versions: [String; 3],
+    versions: [String; 4],
 }
 
 impl Share {
@@ -162,21 +171,33 @@ impl Share {
         let arch = deb_field(&vm.deb, "Architecture");
         assert_eq!(arch, "amd64", "{}: not the amd64 package", vm.deb.display());
         let v1 = deb_field(&vm.deb, "Version");
-        let versions = [v1.clone(), format!("{v1}+vm2"), format!("{v1}+vm3")];
+        let versions = [
+            v1.clone(),
+            format!("{v1}+vm2"),
+            format!("{v1}+vm3"),
+            format!("{v1}+vm4"),
+        ];
         std::fs::copy(&vm.deb, dir.join("ferry_1.deb")).unwrap();
         repack(
             &vm.deb,
             &work.join("repack2"),
             &dir.join("ferry_2.deb"),
             &versions[1],
-            Some(UPGRADED_DESCRIPTION),
+            Change::Description(UPGRADED_DESCRIPTION),
         );
         repack(
             &vm.deb,
             &work.join("repack3"),
             &dir.join("ferry_3.deb"),
             &versions[2],
-            None,
+            Change::Nothing,
+        );
+        repack(
+            &vm.deb,
+            &work.join("repack4"),
+            &dir.join("ferry_4.deb"),
+            &versions[3],
+            Change::ConffileLine(package::CONFFILE_LINE),
         );
 
         let seed = std::time::SystemTime::now()
@@ -248,70 +269,6 @@ fn deb_field(deb: &Path, field: &str) -> String {
         deb.display()
     );
     String::from_utf8(out.stdout).unwrap().trim().to_string()
-}
-
-fn run(cmd: &mut Command) {
-    let out = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
-    assert!(
-        out.status.success(),
-        "{cmd:?}: {}\n{}",
-        out.status,
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-/// `deb` again as `out` with Version `version` and, if given, the unit's Description= replaced:
-/// the same binary, as the next release would ship it. `work` is an empty scratch directory.
-fn repack(deb: &Path, work: &Path, out: &Path, version: &str, description: Option<&str>) {
-    run(Command::new("dpkg-deb").arg("-R").arg(deb).arg(work));
-    edit_lines(&work.join("DEBIAN/control"), |l| {
-        l.starts_with("Version:")
-            .then(|| format!("Version: {version}"))
-    });
-    if let Some(description) = description {
-        let unit = "usr/lib/systemd/system/ferry.service";
-        edit_lines(&work.join(unit), |l| {
-            l.starts_with("Description=")
-                .then(|| format!("Description={description}"))
-        });
-        // Keep the package consistent for debsums: the unit's checksum changed.
-        let md5sums = work.join("DEBIAN/md5sums");
-        if md5sums.exists() {
-            let sum = Command::new("md5sum")
-                .arg(unit)
-                .current_dir(work)
-                .output()
-                .unwrap();
-            assert!(sum.status.success(), "md5sum: {sum:?}");
-            let line = String::from_utf8(sum.stdout).unwrap().trim().to_string();
-            edit_lines(&md5sums, |l| l.ends_with(unit).then(|| line.clone()));
-        }
-    }
-    // gzip: quick to unpack under emulation.
-    run(Command::new("dpkg-deb")
-        .args(["--root-owner-group", "-Zgzip", "--build"])
-        .arg(work)
-        .arg(out));
-}
-
-/// Rewrites the lines of `path` for which `f` returns a replacement; at least one must change.
-fn edit_lines(path: &Path, f: impl Fn(&str) -> Option<String>) {
-    let text = std::fs::read_to_string(path).unwrap();
-    let mut changed = 0;
-    let mut new: String = text
-        .lines()
-        .map(|l| match f(l) {
-            Some(r) => {
-                changed += 1;
-                r
-            }
-            None => l.to_string(),
-        })
-        .collect::<Vec<_>>()
-        .join("\n");
-    new.push('\n');
-    assert!(changed > 0, "{}: no line to change", path.display());
-    std::fs::write(path, new).unwrap();
 }
 
 /// Kills qemu if the test ends early, so a failed test never leaves a guest running.
@@ -855,86 +812,6 @@ fn check_watchdog(g: &Guest) {
             "the journal lacks {want:?}:\n{journal}"
         );
     }
-}
-
-fn check_upgrades(g: &Guest, share: &Share) {
-    let edited = g.fact("conf_sha_edited");
-    // A running ferry: restarted by the postinst's try-restart, on the new unit.
-    g.expect("up_running_rc", "0", "dpkg -i of the upgrade");
-    g.expect(
-        "up_running_version",
-        &share.versions[1],
-        "the upgrade is installed",
-    );
-    g.expect(
-        "up_running_active",
-        "0",
-        "ferry runs again after the upgrade",
-    );
-    assert_ne!(
-        g.fact("up_running_pid_after"),
-        g.fact("up_running_pid_before"),
-        "the upgrade did not restart the running ferry (same PID)\n{}",
-        g.context()
-    );
-    assert_ne!(
-        g.fact("up_running_invocation_after"),
-        g.fact("up_running_invocation_before"),
-        "the upgrade did not restart the running ferry (same invocation)\n{}",
-        g.context()
-    );
-    g.expect(
-        "up_running_description",
-        UPGRADED_DESCRIPTION,
-        "systemd was reloaded and runs the upgraded unit",
-    );
-    g.expect("up_running_need_reload", "no", "no stale unit file");
-    g.expect(
-        "up_running_watchdog_usec",
-        "1min",
-        "the watchdog drop-in removed before the upgrade is gone: reloaded",
-    );
-    g.expect(
-        "up_running_conf_sha",
-        edited,
-        "the admin's /etc/ferry/ferry.toml survives the upgrade",
-    );
-    g.expect(
-        "up_running_etc_ferry",
-        "auth-header ferry.toml ",
-        "no .dpkg-new/.dpkg-dist beside the conffile",
-    );
-    // An enabled but stopped ferry: stays stopped.
-    g.expect("up_stopped_rc", "0", "dpkg -i of the second upgrade");
-    g.expect(
-        "up_stopped_version",
-        &share.versions[2],
-        "the second upgrade is installed",
-    );
-    g.expect("up_stopped_enabled_before", "enabled", "enabled, stopped");
-    g.expect("up_stopped_active_before", "inactive", "enabled, stopped");
-    for key in ["up_stopped_active_after", "up_stopped_active_later"] {
-        g.expect(
-            key,
-            "inactive",
-            "the upgrade must not start a stopped ferry",
-        );
-    }
-    g.expect(
-        "up_stopped_start_us_after",
-        g.fact("up_stopped_start_us_before"),
-        "no start since the stop",
-    );
-    g.expect(
-        "up_stopped_enabled_after",
-        "enabled",
-        "still enabled after the upgrade",
-    );
-    g.expect(
-        "up_stopped_conf_sha",
-        edited,
-        "the admin's /etc/ferry/ferry.toml survives the second upgrade",
-    );
 }
 
 fn check_security(g: &Guest) {

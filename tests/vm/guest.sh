@@ -1,17 +1,18 @@
 #!/bin/sh
 # The guest half of tests/it/vm.rs, run once as root by hostrun.service
 # (tests/vm/configure-rootfs.sh) in a booted Debian guest, from the 9p share mounted on
-# /mnt/host. It drives ferry.service through install, start, upload, watchdog and upgrade and
-# writes what it saw to /mnt/host/out: `facts` (key=value lines) and raw outputs (systemctl
-# status, journal, write probes).
+# /mnt/host. It drives ferry.service through install, start, upload, watchdog, upgrades,
+# remove and purge, and writes what it saw to /mnt/host/out: `facts` (key=value lines) and
+# raw outputs (systemctl status, journal, write probes).
 # It judges nothing: the test on the host asserts on these files and on what its tus server
 # received. Every wait is bounded, so a broken step leaves its facts and the run goes on.
 #
-# The share holds (written by the test): ferry_1.deb (the package under test), ferry_2.deb and
-# ferry_3.deb (the same package with a higher version, for the upgrades; ferry_2's unit has a
-# changed Description=), ferry.toml (the admin's configuration), auth-header (the secret),
-# cam1.bin and cam2.bin (spool files), server-port (the tus server's port on the host) and
-# probe-dirs (the directories to try writing to).
+# The share holds (written by the test): ferry_1.deb (the package under test), ferry_2.deb to
+# ferry_4.deb (the same package with a higher version, for the upgrades; ferry_2's unit has a
+# changed Description=, ferry_4's packaged ferry.toml a new last line), ferry.toml (the
+# admin's configuration), auth-header (the secret), cam1.bin and cam2.bin (spool files),
+# server-port (the tus server's port on the host) and probe-dirs (the directories to try
+# writing to).
 set -u
 H=/mnt/host
 O=$H/out
@@ -250,6 +251,44 @@ fact up_stopped_conf_sha "$(sha256sum </etc/ferry/ferry.toml | cut -d' ' -f1)"
 step "systemd-analyze security"
 systemd-analyze security --no-pager ferry.service >"$O/security.txt" 2>&1
 fact security_rc $?
+
+step "upgrade a disabled ferry to ferry_4.deb, whose packaged ferry.toml changed"
+systemctl disable ferry.service
+fact up_conf_enabled_before "$(systemctl is-enabled ferry.service)"
+# As an unattended upgrade runs it: no terminal to answer dpkg's conffile question.
+dpkg -i "$H/ferry_4.deb" </dev/null >"$O/dpkg-upgrade-conffile-plain.log" 2>&1
+fact up_conf_plain_rc $?
+fact up_conf_plain_status "$(dpkg-query -W -f='${Status}' ferry)"
+# What the README tells operators to use: keep their file, put the new one beside it.
+dpkg -i --force-confdef --force-confold "$H/ferry_4.deb" </dev/null \
+    >"$O/dpkg-upgrade-conffile.log" 2>&1
+fact up_conf_rc $?
+fact up_conf_version "$(dpkg-query -W -f='${Version}' ferry)"
+fact up_conf_status "$(dpkg-query -W -f='${Status}' ferry)"
+fact up_conf_sha "$(sha256sum </etc/ferry/ferry.toml | cut -d' ' -f1)"
+fact up_conf_dist_note "$(tail -n1 /etc/ferry/ferry.toml.dpkg-dist 2>/dev/null)"
+fact up_conf_enabled_after "$(systemctl is-enabled ferry.service)"
+fact up_conf_active_after "$(systemctl is-active ferry.service)"
+
+step "remove a running ferry, then purge"
+systemctl start ferry.service
+wait_for 30 is_active
+fact rm_active_before $?
+dpkg -r ferry >"$O/dpkg-remove.log" 2>&1
+fact rm_rc $?
+fact rm_active_after "$(systemctl is-active ferry.service)"
+fact rm_processes "$(pgrep -c -u ferry)"
+fact rm_binary "$([ -e /usr/bin/ferry ] && echo present || echo gone)"
+fact rm_conf_sha "$(sha256sum </etc/ferry/ferry.toml | cut -d' ' -f1)"
+fact rm_state "$([ -d /var/lib/ferry ] && echo present || echo gone)"
+dpkg -P ferry >"$O/dpkg-purge.log" 2>&1
+fact purge_rc $?
+fact purge_etc_ferry "$(ls -A /etc/ferry 2>/dev/null | tr '\n' ' ')"
+fact purge_state "$([ -e /var/lib/ferry ] && echo present || echo gone)"
+fact purge_spool_done "$(ls /var/spool/ferry/done | tr '\n' ' ')"
+fact purge_user "$(getent passwd ferry >/dev/null && echo present || echo gone)"
+fact purge_unit "$(systemctl show -p LoadState --value ferry.service)"
+fact purge_wants "$(ls /etc/systemd/system/multi-user.target.wants | grep -c ferry)"
 
 # Boot is long finished by now (hostrun.service is part of it, so not at the start of run.sh).
 systemd-analyze >"$O/boot-time.txt" 2>&1
