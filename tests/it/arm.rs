@@ -332,9 +332,13 @@ fn wait_with_timeout(
 /// and a watchdog (a `$NOTIFY_SOCKET` this test reads), a credential
 /// (`$CREDENTIALS_DIRECTORY`), TLS to a private CA, an after-upload hook, files found by the
 /// first scan and by inotify, SIGHUP (the unit's `ExecReload=`) and SIGTERM. Every system call
-/// it made must be one the unit's `SystemCallFilter=` allows (as this host's systemd expands
-/// it); a refused one returns EPERM on the device (`SystemCallErrorNumber=`), which ferry would
-/// report as a failure nobody could reproduce off the device. The syscalls come from the
+/// it made must be one the unit's `SystemCallFilter=` allows, compared by number as systemd
+/// builds the filter: this host's `systemd-analyze` expands the groups to names, libseccomp
+/// (`scmp_sys_resolver`) resolves them for the target's architecture. A refused call returns
+/// EPERM on the device (`SystemCallErrorNumber=`): on 32-bit ARM, @sync's `sync_file_range2`
+/// resolves to nothing, and sled's flushes (syscall 341) failed until the unit allowed
+/// `arm_sync_file_range`, which this test and the armhf guest of scripts/vm-test found. The
+/// syscalls come from the
 /// binary and, for glibc targets, from the glibc qemu loads (`-L`, Debian bookworm's); a
 /// device with an older glibc may use older variants of the same calls. With an empty
 /// `FERRY_ARM_QEMU` the native binary is traced under qemu-user for the host (e.g.
@@ -497,40 +501,63 @@ fn arm_binary_makes_only_system_calls_the_unit_allows() {
                 .contains(&format!("qemu-{a}"))
         })
         .unwrap_or_else(|| panic!("which architecture does `{qemu}` emulate?"));
-    let calls = syscall_names(&traced, arch);
+    let calls = syscall_names(&traced);
     // Files opened (musl on 32-bit ARM opens with `open`), watched, a hook started.
     for expected in ["open|openat", "inotify_add_watch", "execve"] {
         assert!(
-            expected.split('|').any(|name| calls.contains_key(name)),
+            expected
+                .split('|')
+                .any(|name| calls.contains_key(&Call::Name(name.into()))),
             "the trace has no {expected}: is it complete? {:?}",
             calls.keys()
         );
     }
+    // By number, as systemd builds the filter: each name resolved by libseccomp for `arch`;
+    // a name it cannot resolve there is skipped, so it allows nothing.
+    let allowed: std::collections::BTreeSet<u32> = allowed
+        .iter()
+        .filter_map(|name| syscall_number(arch, name))
+        .collect();
     let refused: Vec<String> = calls
         .iter()
-        .filter(|(name, _)| !allowed.contains(*name))
-        .map(|(name, n)| format!("{name} ({n}x)"))
+        .filter(|(call, _)| {
+            let number = match call {
+                Call::Name(name) => syscall_number(arch, name),
+                Call::Number(n) => Some(*n),
+            };
+            !number.is_some_and(|n| allowed.contains(&n))
+        })
+        .map(|(call, n)| format!("{call:?} ({n}x)"))
         .collect();
     eprintln!(
-        "arm syscalls: {} distinct system calls, {} in all, traced from `ferry run`",
+        "arm syscalls: {} distinct system calls, {} in all, traced from `ferry run`; \
+         {} allowed on {arch}",
         calls.len(),
-        calls.values().sum::<usize>()
+        calls.values().sum::<usize>(),
+        allowed.len()
     );
     assert!(
         refused.is_empty(),
-        "ferry made system calls that the unit's SystemCallFilter= refuses (EPERM on the \
-         device): {refused:?}\nall of them: {calls:?}\n(the trace: {})",
+        "ferry made system calls that the unit's SystemCallFilter= refuses on {arch} (EPERM \
+         on the device; a name that libseccomp cannot resolve there counts as refused): \
+         {refused:?}\nall of them: {calls:?}\n(the trace: {})",
         trace.display()
     );
     // Keep the trace for a failure only.
 }
 
+/// A traced system call: by name, or by number where qemu could not name it.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+enum Call {
+    Name(String),
+    Number(u32),
+}
+
 /// The system calls in a qemu-user `-d strace` log, with how often each was made. A line
 /// starts `PID name(`; threads may interleave, so every `PID name(` is taken, not only at the
-/// start of a line. A call qemu does not know prints `Unknown syscall N`: it is named from
-/// [`newer_syscall`] for `arch` (`x86_64`, `aarch64` or `arm`), or kept as unknown (and so
-/// refused).
-fn syscall_names(trace: &str, arch: &str) -> std::collections::BTreeMap<String, usize> {
+/// start of a line. A call qemu cannot name (newer than its tables: rseq, clone3, ...; or
+/// ARM's sync_file_range, number 341) is traced as `Unknown syscall N`, and kept by number.
+fn syscall_names(trace: &str) -> std::collections::BTreeMap<Call, usize> {
     let mut calls = std::collections::BTreeMap::new();
     for piece in trace.split(['\n', ')', '=']) {
         let words: Vec<&str> = piece.split_whitespace().collect();
@@ -545,7 +572,7 @@ fn syscall_names(trace: &str, arch: &str) -> std::collections::BTreeMap<String, 
                     .bytes()
                     .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
             {
-                *calls.entry(name.to_string()).or_insert(0) += 1;
+                *calls.entry(Call::Name(name.to_string())).or_insert(0) += 1;
             }
         }
     }
@@ -554,38 +581,27 @@ fn syscall_names(trace: &str, arch: &str) -> std::collections::BTreeMap<String, 
             continue;
         };
         let number = rest.split_whitespace().next().unwrap_or_default();
-        let name = number
+        let n = number
             .parse()
-            .ok()
-            .and_then(|n| newer_syscall(arch, n))
-            .map_or_else(
-                || format!("unknown to qemu: syscall {number} on {arch}"),
-                str::to_owned,
-            );
-        *calls.entry(name).or_insert(0) += 1;
+            .unwrap_or_else(|_| panic!("qemu traced {line:?}: no syscall number"));
+        *calls.entry(Call::Number(n)).or_insert(0) += 1;
     }
     calls
 }
 
-/// Names of system calls that Debian bookworm's qemu (7.2) cannot name, which it traces as
-/// `Unknown syscall N` (and answers with ENOSYS, so the libc falls back; a device's kernel
-/// runs them). From 424 on, the numbers are the same on every architecture.
-fn newer_syscall(arch: &str, n: u32) -> Option<&'static str> {
-    Some(match (arch, n) {
-        ("x86_64", 334) | ("aarch64", 293) | ("arm", 398) => "rseq",
-        // ARM's sync_file_range, with its arguments reordered (the kernel's arm_sync_file_range).
-        ("arm", 341) => "sync_file_range2",
-        (_, 424) => "pidfd_send_signal",
-        (_, 434) => "pidfd_open",
-        (_, 435) => "clone3",
-        (_, 436) => "close_range",
-        (_, 437) => "openat2",
-        (_, 438) => "pidfd_getfd",
-        (_, 439) => "faccessat2",
-        (_, 441) => "epoll_pwait2",
-        (_, 449) => "futex_waitv",
-        (_, 452) => "fchmodat2",
-        (_, 462) => "mseal",
-        _ => return None,
-    })
+/// The number of system call `name` on `arch` (`x86_64`, `aarch64`, `arm`) as libseccomp,
+/// which systemd uses to build the filter, resolves it; `None` where it does not exist there.
+fn syscall_number(arch: &str, name: &str) -> Option<u32> {
+    let out = Command::new("scmp_sys_resolver")
+        .args(["-a", arch, name])
+        .output()
+        .unwrap_or_else(|e| {
+            panic!("scmp_sys_resolver: {e} (apt-get install seccomp: libseccomp's resolver)")
+        });
+    assert!(
+        out.status.success(),
+        "scmp_sys_resolver -a {arch} {name}: {out:?}"
+    );
+    // Negative: a pseudo-number for a call this architecture does not have.
+    String::from_utf8_lossy(&out.stdout).trim().parse().ok()
 }
