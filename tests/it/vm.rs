@@ -1,5 +1,7 @@
 //! ferry.service proven live: the amd64 `.deb` installed in a booted Debian bookworm guest
 //! (systemd 252 as PID 1, under qemu), uploading to this test's tus server on the host's loopback.
+//! With `FERRY_VM_ARCH=arm64` or `armhf` (`scripts/vm-test --arch arm64|armhf|armhf-armv6`) the
+//! same in an ARM guest (qemu's virt board, Cortex-A53 or Cortex-A7) with that `.deb`.
 //!
 //! One boot. `tests/vm/guest.sh` runs in the guest once it is up (hostrun.service, see
 //! `tests/vm/configure-rootfs.sh`), drives ferry.service step by step and writes what it saw to a
@@ -65,6 +67,8 @@ const UPGRADED_DESCRIPTION: &str = "ferry spool uploader (upgrade check)";
 
 /// What the test needs from the host, from `FERRY_VM_*` (set by scripts/vm-test).
 struct Vm {
+    /// The guest's Debian architecture (`FERRY_VM_ARCH`: amd64, the default, arm64 or armhf).
+    arch: String,
     qemu: PathBuf,
     data_dirs: Vec<PathBuf>,
     image: PathBuf,
@@ -100,7 +104,13 @@ impl Vm {
             t.parse()
                 .unwrap_or_else(|_| panic!("FERRY_VM_TIMEOUT={t}: not a number of seconds"))
         });
+        let arch = std::env::var("FERRY_VM_ARCH").unwrap_or_else(|_| "amd64".into());
+        assert!(
+            ["amd64", "arm64", "armhf"].contains(&arch.as_str()),
+            "FERRY_VM_ARCH={arch}: amd64, arm64 or armhf"
+        );
         Vm {
+            arch,
             qemu: env_file("FERRY_VM_QEMU"),
             data_dirs: env_var("FERRY_VM_QEMU_DATA")
                 .split(':')
@@ -128,9 +138,20 @@ fn ferry_service_live_in_a_debian_guest() {
 
     let wall = boot(&vm, &work, &share.dir, server.addr().port());
     let g = Guest::load(&share.dir.join("out"), &work);
+    eprintln!(
+        "vm: {} guest ({}), {}",
+        vm.arch,
+        g.facts.get("guest_machine").map_or("?", String::as_str),
+        vm.deb.display()
+    );
     print_figures(&g, wall);
 
     g.finished();
+    g.expect(
+        "guest_arch",
+        &vm.arch,
+        "the guest is of the architecture asked for",
+    );
     check_install(&g);
     check_ready_gate(&g);
     check_status_lines(&g);
@@ -169,7 +190,13 @@ impl Share {
         std::fs::write(dir.join("probe-dirs"), probe_dirs.join("\n") + "\n").unwrap();
 
         let arch = deb_field(&vm.deb, "Architecture");
-        assert_eq!(arch, "amd64", "{}: not the amd64 package", vm.deb.display());
+        assert_eq!(
+            arch,
+            vm.arch,
+            "{}: not the {} package",
+            vm.deb.display(),
+            vm.arch
+        );
         let v1 = deb_field(&vm.deb, "Version");
         let versions = [
             v1.clone(),
@@ -292,8 +319,16 @@ fn boot(vm: &Vm, work: &Path, share: &Path, server_port: u16) -> Duration {
     }
     // TCG: KVM on these hosts cannot run a stock kernel. The image stays pristine (snapshot=on:
     // writes go to a temporary overlay).
+    // ARM: qemu's virt board with a Pi 3's CPU (Pi 2's for a 32-bit OS), its PL011 UART as
+    // the console.
+    let (machine, console): (&[&str], &str) = match vm.arch.as_str() {
+        "arm64" => (&["-M", "virt", "-cpu", "cortex-a53"], "ttyAMA0"),
+        "armhf" => (&["-M", "virt", "-cpu", "cortex-a7"], "ttyAMA0"),
+        _ => (&["-cpu", "max"], "ttyS0"),
+    };
     cmd.args(["-nodefaults", "-no-user-config", "-display", "none", "-no-reboot"])
-        .args(["-accel", "tcg,thread=multi", "-cpu", "max", "-smp", "2", "-m", "512M"])
+        .args(machine)
+        .args(["-accel", "tcg,thread=multi", "-smp", "2", "-m", "512M"])
         .arg("-serial")
         .arg(format!("file:{}", serial.display()))
         .arg("-kernel")
@@ -301,7 +336,9 @@ fn boot(vm: &Vm, work: &Path, share: &Path, server_port: u16) -> Duration {
         .arg("-initrd")
         .arg(&vm.initrd)
         .arg("-append")
-        .arg("root=/dev/vda rw console=ttyS0 panic=-1 net.ifnames=0 quiet hostrun=1 hostrun_poweroff=1")
+        .arg(format!(
+            "root=/dev/vda rw console={console} panic=-1 net.ifnames=0 quiet hostrun=1 hostrun_poweroff=1"
+        ))
         .arg("-drive")
         .arg(format!(
             "file={},if=virtio,format=raw,snapshot=on",

@@ -25,7 +25,7 @@ cat >"$R/usr/local/sbin/hostrun" <<'SH'
 grep -qw hostrun=1 /proc/cmdline || exit 0
 mkdir -p /mnt/host
 mount -t 9p -o trans=virtio,version=9p2000.L,msize=262144 host /mnt/host || {
-    echo "hostrun: cannot mount the 9p share" >/dev/ttyS0
+    echo "hostrun: cannot mount the 9p share" >/dev/console
     systemctl --no-block poweroff
     exit 1
 }

@@ -52,6 +52,8 @@ main_pid_changed() { p=$(prop MainPID) && [ "$p" != 0 ] && [ "$p" != "$1" ] && i
 step "boot"
 fact boot_uptime_ms "$(uptime_ms)"
 fact systemd_version "$(systemctl --version | sed -n '1s/^systemd \([0-9]*\).*/\1/p')"
+fact guest_arch "$(dpkg --print-architecture)"
+fact guest_machine "$(uname -m)"
 
 # qemu's user-mode NIC, restricted: its only way out is the guestfwd 10.0.2.100:80 -> the
 # test's tus server. No DHCP client in the image: a static address.
