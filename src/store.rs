@@ -337,13 +337,16 @@ mod tests {
         }
         // sled's I/O threads hold the file (and its lock) for a moment after the last handle
         // is dropped; slow machines (qemu) see it. Only an in-process reopen meets this.
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        use crate::clock::{Clock, SystemClock};
+        let clock = SystemClock;
+        let deadline = clock.now() + std::time::Duration::from_secs(20);
         let s = loop {
             match Store::open(&dir) {
                 Ok(s) => break s,
-                Err(e) if std::time::Instant::now() < deadline => {
+                Err(e) if clock.now() < deadline => {
                     assert!(e.to_string().contains("in use"), "{e}");
-                    std::thread::sleep(std::time::Duration::from_millis(20));
+                    let never = std::sync::atomic::AtomicBool::new(false);
+                    clock.sleep(std::time::Duration::from_millis(20), &never);
                 }
                 Err(e) => panic!("the lock was not released: {e}"),
             }
