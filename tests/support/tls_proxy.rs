@@ -302,16 +302,11 @@ impl Tunnel {
     fn pump_up(&self, shared: &Shared) {
         let mut raw = vec![0u8; BUF_BYTES];
         let mut plain = Vec::with_capacity(BUF_BYTES);
+        // The first round reads nothing new: the handshake may already have read and decrypted
+        // the client's first request (TLS 1.3 lets a client send it right after its Finished),
+        // and it must go upstream before we wait for more, or each side waits for the other.
+        let mut n = 0;
         loop {
-            let n = match self.read(shared, &self.client_in, &mut raw) {
-                Got::Data(n) => n,
-                // TCP EOF without close_notify: pass the half-close on all the same.
-                Got::Eof => {
-                    let _ = self.upstream.shutdown(Shutdown::Write);
-                    return;
-                }
-                Got::Gone => return self.abort(),
-            };
             let mut tls = lock(&self.tls);
             let mut input = &raw[..n];
             let mut clean_close = false;
@@ -352,6 +347,15 @@ impl Tunnel {
                 let _ = self.upstream.shutdown(Shutdown::Write);
                 return;
             }
+            n = match self.read(shared, &self.client_in, &mut raw) {
+                Got::Data(n) => n,
+                // TCP EOF without close_notify: pass the half-close on all the same.
+                Got::Eof => {
+                    let _ = self.upstream.shutdown(Shutdown::Write);
+                    return;
+                }
+                Got::Gone => return self.abort(),
+            };
         }
     }
 
