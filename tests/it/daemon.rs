@@ -638,12 +638,7 @@ fn sighup_reloads_the_spool_settings_and_metrics_are_written() {
         .unwrap()
         .replace("after_upload = \"keep\"", "after_upload = \"delete\"");
     std::fs::write(&sp.config, text).unwrap();
-    let hup = std::process::Command::new("kill")
-        .arg("-HUP")
-        .arg(child.id().to_string())
-        .status()
-        .unwrap();
-    assert!(hup.success());
+    crate::harness::signal(&child, "HUP");
     wait_until("the reload", Duration::from_secs(10), || {
         sp.log().contains("configuration reloaded")
     });

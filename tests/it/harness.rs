@@ -127,12 +127,17 @@ impl Drop for Daemon {
 
 /// Sends SIGTERM to `child`.
 pub fn sigterm(child: &Child) {
+    signal(child, "TERM");
+}
+
+/// Sends signal `name` (e.g. `HUP`) to `child`.
+pub fn signal(child: &Child, name: &str) {
     let status = Command::new("kill")
-        .arg("-TERM")
+        .arg(format!("-{name}"))
         .arg(child.id().to_string())
         .status()
         .unwrap();
-    assert!(status.success());
+    assert!(status.success(), "kill -{name}: {status}");
 }
 
 /// `ferry upload --config CFG <args> FILES...`, waited for.

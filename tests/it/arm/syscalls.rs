@@ -27,7 +27,9 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use super::{poll_for, wait_with_timeout, HOW, MIB};
-use crate::harness::{loopback_command, random_bytes, runner_argv, sigterm, Daemon, Scratch};
+use crate::harness::{
+    loopback_command, random_bytes, runner_argv, signal, sigterm, Daemon, Scratch,
+};
 use crate::support::tls_proxy::TlsProxy;
 
 const TOKEN: &str = "Bearer syscall-test";
@@ -141,12 +143,7 @@ impl Run {
         });
         std::fs::write(self.spool.join("b.bin"), random_bytes(300_000, 7)).unwrap();
         self.wait_for(start, "b.bin (inotify) uploaded", || self.gone("b.bin"));
-        let hup = Command::new("kill")
-            .arg("-HUP")
-            .arg(child.id().to_string())
-            .status()
-            .unwrap();
-        assert!(hup.success());
+        signal(&child, "HUP");
         self.wait_for(start, "a reload after SIGHUP", || {
             self.log_text().contains("reloaded")
         });
