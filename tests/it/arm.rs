@@ -31,13 +31,19 @@ const HOW: &str = "set FERRY_ARM_BIN to a cross-built ferry and FERRY_ARM_QEMU t
 
 /// `qemu... FERRY_ARM_BIN` as a command with a clean, loopback-only environment.
 fn emulated_ferry() -> Command {
-    let bin = std::env::var("FERRY_ARM_BIN").unwrap_or_else(|_| panic!("{HOW}"));
     let qemu = std::env::var("FERRY_ARM_QEMU").unwrap_or_else(|_| panic!("{HOW}"));
+    ferry_under(&qemu)
+}
+
+/// `runner FERRY_ARM_BIN` (the runner split on spaces, possibly empty) as a command with a
+/// clean, loopback-only environment.
+fn ferry_under(runner: &str) -> Command {
+    let bin = std::env::var("FERRY_ARM_BIN").unwrap_or_else(|_| panic!("{HOW}"));
     assert!(
         Path::new(&bin).is_file(),
         "FERRY_ARM_BIN={bin}: no such file"
     );
-    crate::harness::loopback_command(&crate::harness::runner_argv(&qemu, &bin))
+    crate::harness::loopback_command(&crate::harness::runner_argv(runner, &bin))
 }
 
 fn upload_url_id(url: &str) -> &str {

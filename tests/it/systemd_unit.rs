@@ -389,7 +389,7 @@ fn sysusers_and_tmpfiles_create_the_spool() {
 /// with this host's `systemd-analyze syscall-filter`, in order (the first line makes it an
 /// allow-list, a later line adds to it, a `~` line removes). systemd resolves the names with
 /// libseccomp for the running architecture and skips those it cannot resolve there, so compare
-/// by number (see arm.rs). A device's systemd may know fewer names (buster has 241).
+/// by number (see arm/syscalls.rs). A device's systemd may know fewer names (buster has 241).
 pub(crate) fn unit_syscall_allow_list() -> BTreeSet<String> {
     let out = run_tool(Command::new("systemd-analyze").arg("syscall-filter"), None);
     assert!(out.status.success(), "{}", text(&out));
@@ -428,9 +428,10 @@ fn syscall_groups(listing: &str) -> std::collections::BTreeMap<String, Vec<Strin
     let mut groups = std::collections::BTreeMap::new();
     let mut current: Option<String> = None;
     for line in listing.lines() {
-        if let Some(name) = line.strip_prefix('@') {
-            current = Some(format!("@{}", name.trim()));
-            groups.insert(format!("@{}", name.trim()), Vec::new());
+        if line.starts_with('@') {
+            let name = line.trim().to_string();
+            groups.insert(name.clone(), Vec::new());
+            current = Some(name);
         } else if line.starts_with(char::is_whitespace) {
             let member = line.trim();
             if let (Some(g), false) = (&current, member.is_empty() || member.starts_with('#')) {

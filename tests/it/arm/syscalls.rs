@@ -26,10 +26,8 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use super::{poll_for, wait_with_timeout, HOW, MIB};
-use crate::harness::{
-    loopback_command, random_bytes, runner_argv, signal, sigterm, Daemon, Scratch,
-};
+use super::{ferry_under, poll_for, wait_with_timeout, HOW, MIB};
+use crate::harness::{random_bytes, signal, sigterm, Daemon, Scratch};
 use crate::support::tls_proxy::TlsProxy;
 
 const TOKEN: &str = "Bearer syscall-test";
@@ -121,10 +119,9 @@ impl Run {
     /// Runs `ferry run` under `qemu -d strace -D trace` through the scan, an inotify file,
     /// SIGHUP, a watchdog interval and SIGTERM; checks it exits 0.
     fn drive(&self, qemu: &str, trace: &Path, notify: &Path) {
-        let bin = std::env::var("FERRY_ARM_BIN").unwrap_or_else(|_| panic!("{HOW}"));
         let runner = format!("{qemu} -d strace -D {}", trace.display());
         let mut child = Daemon(
-            loopback_command(&runner_argv(&runner, &bin))
+            ferry_under(&runner)
                 .arg("run")
                 .arg("--config")
                 .arg(&self.cfg)
