@@ -23,6 +23,7 @@ pub mod cli;
 pub mod clock;
 pub mod config;
 pub mod daemon;
+pub mod durable;
 pub mod error;
 pub mod hook;
 pub mod notify;
