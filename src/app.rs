@@ -123,18 +123,17 @@ fn set_paused(args: &CommonArgs, paused: bool) -> Result<i32> {
         source: e,
     };
     if paused {
-        std::fs::create_dir_all(&dir).map_err(io)?;
-        std::fs::write(
+        // Durable: a paused device stays paused after a power cut.
+        crate::durable::create_dir_all(&dir).map_err(io)?;
+        crate::durable::write_atomic(
             &marker,
             b"paused by `ferry pause`; `ferry resume` removes this file\n",
         )
         .map_err(io)?;
         print_line("paused: uploads stop within a second and stay paused across restarts (`ferry resume` resumes)");
     } else {
-        match std::fs::remove_file(&marker) {
-            Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(io(e)),
-            _ => print_line("resumed"),
-        }
+        crate::durable::remove_file(&marker).map_err(io)?;
+        print_line("resumed");
     }
     Ok(0)
 }
@@ -223,6 +222,13 @@ fn upload(args: UploadArgs) -> Result<i32> {
                         );
                     }
                 }
+            }
+            Err(e @ Error::State { .. }) => {
+                // The store can no longer make a URL durable: uploading on would risk sending
+                // data on a URL a rerun does not know (a second upload of the same file).
+                progress.finish();
+                drop(reporter);
+                return Err(e);
             }
             Err(e) => {
                 progress.finish();

@@ -18,6 +18,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use crate::clock::{random_seed, Clock};
+use crate::durable;
 use crate::error::{Error, Result};
 use crate::hook::{self, HookSettings};
 use crate::notify::Notifier;
@@ -39,7 +40,6 @@ const STATUS_IDLE: Duration = Duration::from_secs(30);
 /// Full rescans when inotify is not available.
 const RESCAN_WITHOUT_WATCH: Duration = Duration::from_secs(2);
 /// After a state-store failure (disk full), stop handing out files for this long.
-const STORE_TROUBLE_PAUSE: Duration = Duration::from_secs(30);
 /// After a TLS failure (a setting to fix, or the server's certificate), wait this long.
 const LINK_TROUBLE_PAUSE: Duration = Duration::from_secs(60);
 /// How many refused paths are remembered so each is logged once.
@@ -291,7 +291,7 @@ struct Main<'p, 'a> {
     paused: bool,
     stopping: Option<Instant>,
     spool_missing: bool,
-    store_trouble_until: Option<Instant>,
+    held_until: Option<Instant>,
     rescan_every: Duration,
     next_rescan: Instant,
     next_status: Instant,
@@ -313,6 +313,8 @@ struct Main<'p, 'a> {
     retries: Arc<AtomicU64>,
     totals: Totals,
     recent_failed: VecDeque<FailedFile>,
+    /// Files that were in the spool before a state reset and were uploaded again.
+    totals_reuploaded: u64,
 }
 
 impl<'p, 'a> Main<'p, 'a> {
@@ -337,7 +339,7 @@ impl<'p, 'a> Main<'p, 'a> {
             paused: false,
             stopping: None,
             spool_missing: false,
-            store_trouble_until: None,
+            held_until: None,
             rescan_every,
             next_rescan: now,
             next_status: now,
@@ -356,6 +358,7 @@ impl<'p, 'a> Main<'p, 'a> {
             retries,
             totals: Totals::default(),
             recent_failed: VecDeque::new(),
+            totals_reuploaded: 0,
         }
     }
 
@@ -406,21 +409,20 @@ impl<'p, 'a> Main<'p, 'a> {
         Ok(())
     }
 
-    /// Runs `f`; a state-store failure (a full disk) holds uploads back instead of ending
-    /// the daemon, any other error ends it.
+    /// Runs `f`; an error ends the daemon. A state-store failure (a full disk, a failed
+    /// sync) first stops the uploads in flight: a store that cannot make a record durable
+    /// must not let data go out on a URL a restart would not know (a second upload).
     fn survive(&mut self, f: impl FnOnce(&mut Self) -> Result<()>) -> Result<()> {
-        match f(self) {
-            Err(Error::State { dir, problem }) => {
-                log::error!(
-                    "state directory {}: {problem}; uploads wait {} s",
-                    dir.display(),
-                    STORE_TROUBLE_PAUSE.as_secs()
-                );
-                self.hold_uploads(STORE_TROUBLE_PAUSE);
-                Ok(())
-            }
-            other => other,
+        let result = f(self);
+        if let Err(Error::State { .. }) = &result {
+            log::error!("uploads stop: no data is sent while the state cannot be written; ferry exits (status 1) and its service manager starts it again");
+            self.interrupt.store(true, Ordering::Relaxed);
+            self.write_status("stopped: the state store failed");
+            self.parts
+                .notifier
+                .send("STATUS=stopped: the state store failed");
         }
+        result
     }
 
     /// Everything that is due now: rescans, settled files, dispatch, status, watchdog.
@@ -475,7 +477,7 @@ impl<'p, 'a> Main<'p, 'a> {
         if let Some(t) = self.stopping {
             due = due.min(t + STOP_DEADLINE);
         }
-        if let Some(t) = self.store_trouble_until {
+        if let Some(t) = self.held_until {
             due = due.min(t);
         }
         if let Some(h) = self.hook_waiting.values().filter_map(|(d, _)| *d).min() {
@@ -750,13 +752,10 @@ impl<'p, 'a> Main<'p, 'a> {
     /// Hands the oldest queued files to idle workers.
     fn dispatch(&mut self) -> Result<()> {
         let now = self.parts.clock.now();
-        if self.paused
-            || self.stopping.is_some()
-            || self.store_trouble_until.is_some_and(|t| now < t)
-        {
+        if self.paused || self.stopping.is_some() || self.held_until.is_some_and(|t| now < t) {
             return Ok(());
         }
-        self.store_trouble_until = None;
+        self.held_until = None;
         while self.active.len() < self.settings.concurrency {
             let Some(key) = self.queue.pop_oldest() else {
                 if self.queue.needs_refill() && self.next_rescan > now {
@@ -798,6 +797,12 @@ impl<'p, 'a> Main<'p, 'a> {
         match result {
             JobResult::Done(c) => {
                 self.totals.files_done += 1;
+                if !c.already
+                    && self.parts.store.damage().reset.is_some()
+                    && self.predates_start(&path)
+                {
+                    self.totals_reuploaded += 1;
+                }
                 self.totals.last_success_unix = Some(unix(self.parts.clock.wall()));
                 let media = c
                     .media_id()
@@ -812,14 +817,7 @@ impl<'p, 'a> Main<'p, 'a> {
             }
             JobResult::Interrupted => {}
             JobResult::Failed(Error::Interrupted) => {}
-            JobResult::Failed(Error::State { dir, problem }) => {
-                log::error!(
-                    "state directory {}: {problem}; uploads wait {} s",
-                    dir.display(),
-                    STORE_TROUBLE_PAUSE.as_secs()
-                );
-                self.hold_uploads(STORE_TROUBLE_PAUSE);
-            }
+            JobResult::Failed(e @ Error::State { .. }) => return Err(e),
             JobResult::Failed(e @ Error::Source { .. }) => self.source_failed(&path, key, e)?,
             JobResult::Failed(e @ Error::Network { .. }) => {
                 // TLS settings (or the server's certificate) are wrong: not this file's fault.
@@ -836,6 +834,14 @@ impl<'p, 'a> Main<'p, 'a> {
             }
         }
         Ok(())
+    }
+
+    /// Whether the file at `path` was last written before this daemon started.
+    fn predates_start(&self, path: &Path) -> bool {
+        spool::stat(path)
+            .ok()
+            .flatten()
+            .is_some_and(|e| spool::mtime_of(&e.identity) < self.started)
     }
 
     /// The file vanished, changed or cannot be read.
@@ -882,7 +888,7 @@ impl<'p, 'a> Main<'p, 'a> {
         if let Some(dir) = &self.settings.failed_dir {
             let sidecar = serde_json::json!({ "path": key, "status": status, "message": message, "failed_unix": now });
             let write_sidecar = |dest: &Path| {
-                status::write_atomic(&sidecar_path(dest), sidecar.to_string().as_bytes(), true)
+                durable::write_atomic(&sidecar_path(dest), sidecar.to_string().as_bytes())
             };
             match move_into(path, dir, &write_sidecar) {
                 Ok(dest) => {
@@ -978,10 +984,9 @@ impl<'p, 'a> Main<'p, 'a> {
         let store = self.parts.store;
         let done = match &self.settings.after_upload {
             AfterUpload::Keep => Ok(()),
-            AfterUpload::Delete => match std::fs::remove_file(path) {
-                Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
-                _ => Ok(()),
-            },
+            // Synced before the record goes: a cut that undoes the deletion finds the
+            // Complete record and deletes the file again, never uploads it again.
+            AfterUpload::Delete => durable::remove_file(path),
             AfterUpload::Move(dir) => move_into(path, dir, &|_| Ok(())).map(|_| ()),
         };
         let result = done.map_err(Error::from_io(path)).and_then(|()| {
@@ -1002,7 +1007,7 @@ impl<'p, 'a> Main<'p, 'a> {
     /// Hands out no files for `pause`; then a scan finds the held-back ones again.
     fn hold_uploads(&mut self, pause: Duration) {
         let until = self.parts.clock.now() + pause;
-        self.store_trouble_until = Some(until);
+        self.held_until = Some(until);
         self.force_scan = true;
         self.next_rescan = self.next_rescan.min(until);
     }
@@ -1048,14 +1053,25 @@ impl<'p, 'a> Main<'p, 'a> {
         let snap = self.snapshot(state, now);
         let state_file = self.parts.state_dir.join(status::SNAPSHOT_FILE);
         let json = serde_json::to_vec_pretty(&snap).unwrap_or_default();
-        if let Err(e) = status::write_atomic(&state_file, &json, false) {
+        if let Err(e) = durable::replace(&state_file, &json) {
             log::debug!("{}: cannot write: {e}", state_file.display());
         }
         if let Some(m) = &self.settings.metrics_file {
-            if let Err(e) = status::write_atomic(m, status::render_metrics(&snap).as_bytes(), false)
-            {
+            if let Err(e) = durable::replace(m, status::render_metrics(&snap).as_bytes()) {
                 log::warn!("{}: cannot write metrics: {e}", m.display());
             }
+        }
+    }
+
+    fn state_damage(&self) -> status::StateDamage {
+        let d = self.parts.store.damage();
+        status::StateDamage {
+            reset: d.reset.map(|r| match r.moved_to {
+                Some(p) => format!("{}; kept in {}", r.problem, p.display()),
+                None => r.problem,
+            }),
+            records: d.records,
+            reuploaded: self.totals_reuploaded,
         }
     }
 
@@ -1120,6 +1136,7 @@ impl<'p, 'a> Main<'p, 'a> {
             queued: self.queue.waiting(),
             active,
             failed,
+            state_damage: self.state_damage(),
             totals,
         }
     }
@@ -1132,7 +1149,7 @@ fn move_into(
     dir: &Path,
     before: &dyn Fn(&Path) -> std::io::Result<()>,
 ) -> std::io::Result<PathBuf> {
-    std::fs::create_dir_all(dir)?;
+    durable::create_dir_all(dir)?;
     let name = path
         .file_name()
         .ok_or_else(|| std::io::Error::other("no file name"))?;
@@ -1143,7 +1160,9 @@ fn move_into(
         n += 1;
     }
     before(&dest)?;
-    std::fs::rename(path, &dest).map_err(|e| {
+    // Target directory synced, then the source: after a cut the file is in the target, or
+    // still in the spool with its Complete record (moved again), never in neither.
+    durable::rename(path, &dest).map_err(|e| {
         if e.raw_os_error() == Some(18) {
             std::io::Error::other(format!(
                 "{} is on another filesystem than the spool; choose a directory on the same one",

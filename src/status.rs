@@ -2,7 +2,7 @@
 //! `ferry status`, since the state store admits one process) and Prometheus metrics for node_exporter's
 //! textfile collector. Both are written atomically (temporary file, then rename).
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
@@ -40,6 +40,21 @@ pub struct Snapshot {
     pub failed: Vec<FailedFile>,
     /// Counters since start.
     pub totals: Totals,
+    /// Damaged state found at start or since (absent from snapshots of older versions).
+    #[serde(default)]
+    pub state_damage: StateDamage,
+}
+
+/// Damaged state that ferry set aside (see `store`): what an operator should look at.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StateDamage {
+    /// The state database was damaged at start: what was wrong and where it was moved.
+    pub reset: Option<String>,
+    /// Unreadable records set aside since start.
+    pub records: u64,
+    /// Files that were in the spool before a reset and were uploaded again from the start
+    /// (their earlier upload, if any, is lost with the damaged record).
+    pub reuploaded: u64,
 }
 
 /// A file being uploaded.
@@ -89,19 +104,6 @@ pub struct Totals {
     pub retries: u64,
     /// Last completed upload, seconds since the epoch.
     pub last_success_unix: Option<u64>,
-}
-
-/// Writes `contents` to `path` atomically (same-directory temp file, rename); with
-/// `durable`, fsynced first (SD cards wear: status snapshots are not worth it).
-pub fn write_atomic(path: &Path, contents: &[u8], durable: bool) -> std::io::Result<()> {
-    use std::io::Write;
-    let tmp: PathBuf = path.with_extension("tmp");
-    let mut f = std::fs::File::create(&tmp)?;
-    f.write_all(contents)?;
-    if durable {
-        f.sync_all()?;
-    }
-    std::fs::rename(&tmp, path)
 }
 
 /// Reads the snapshot in `state_dir`.
@@ -161,6 +163,16 @@ pub fn render_text(s: &Snapshot, alive: bool, now_unix: u64) -> String {
         }
         out += "\n";
     }
+    let d = &s.state_damage;
+    if let Some(reset) = &d.reset {
+        out += &format!(
+            "state   DAMAGED at start: {reset}; {} files uploaded again since\n",
+            d.reuploaded
+        );
+    }
+    if d.records > 0 {
+        out += &format!("state   {} damaged records set aside\n", d.records);
+    }
     for f in &s.failed {
         let status = f.status.map_or(String::new(), |c| format!(" ({c})"));
         let moved = f
@@ -175,7 +187,8 @@ pub fn render_text(s: &Snapshot, alive: bool, now_unix: u64) -> String {
 /// The snapshot as Prometheus text exposition format.
 pub fn render_metrics(s: &Snapshot) -> String {
     let t = &s.totals;
-    let metrics: [(&str, &str, &str, u64); 7] = [
+    let d = &s.state_damage;
+    let metrics: [(&str, &str, &str, u64); 10] = [
         (
             "ferry_files_done_total",
             "counter",
@@ -217,6 +230,24 @@ pub fn render_metrics(s: &Snapshot) -> String {
             "gauge",
             "When the last upload completed.",
             t.last_success_unix.unwrap_or(0),
+        ),
+        (
+            "ferry_state_reset",
+            "gauge",
+            "1 when the state database was damaged at start and replaced (see ferry status).",
+            u64::from(d.reset.is_some()),
+        ),
+        (
+            "ferry_state_damaged_records_total",
+            "counter",
+            "Unreadable state records set aside since start.",
+            d.records,
+        ),
+        (
+            "ferry_state_reuploaded_files_total",
+            "counter",
+            "Files uploaded again from the start because the state was damaged.",
+            d.reuploaded,
         ),
     ];
     let mut out = String::new();
@@ -305,10 +336,9 @@ mod tests {
     fn snapshots_round_trip_through_the_file() {
         let dir = std::env::temp_dir().join(format!("ferry-status-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
-        write_atomic(
+        crate::durable::replace(
             &dir.join(SNAPSHOT_FILE),
             &serde_json::to_vec(&snap()).unwrap(),
-            false,
         )
         .unwrap();
         assert_eq!(read(&dir).unwrap(), snap());

@@ -1,15 +1,34 @@
 //! The state store: one typed, versioned record per file, in sled (the only file naming sled).
 //!
 //! A record is the single truth about a file between runs: its identity, the upload URL and
-//! whether it completed. Every write is flushed (fsync) before it returns, because only
-//! `flush()` is durable in sled: the URL must be on disk before the first data byte is sent
-//! (invariant 2). The server's offset, not ours, decides where to resume (invariant 3), so
-//! the stored offset is for status display only.
+//! whether it completed. The server's offset, not ours, decides where to resume (invariant 3),
+//! so the stored offset is for status display only.
+//!
+//! **Durable** means it survives a power cut. sled's `flush()` writes its log with
+//! `sync_file_range`, which syncs neither the file's size and new blocks nor any directory
+//! entry, so after it the store syncs sled's log file (`fsync`) and its directory itself.
+//! Writes a checkpoint depends on ([`Store::put`], [`Store::put_failed`]) are durable before
+//! they return (invariant 2: the URL is on disk before the first data byte);
+//! [`Store::put_unsynced`] and removals ride along with the next durable write.
+//!
+//! A write or sync that fails **poisons** the store: after a failed `fsync` the kernel may
+//! have dropped the dirty pages, so nothing this process wrote since the last good sync can be
+//! trusted, and every later call fails until ferry restarts and reads the disk again.
+//!
+//! Damaged state never stops a device: a database sled cannot open, or one that opens without
+//! the identity it was created with (truncated, replaced, emptied), is moved aside into
+//! `damaged/` and a new one started; an unreadable record is moved aside inside the database.
+//! Both are logged at error level and counted ([`Store::damage`]); the files they described
+//! are uploaded again, which is the only safe thing left to do.
 
+use std::fs::File;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
 
 use serde::{Deserialize, Serialize};
 
+use crate::durable;
 use crate::error::{Error, Result};
 use crate::source::Identity;
 
@@ -82,40 +101,111 @@ pub struct FileRecord {
 pub struct Store {
     db: sled::Db,
     dir: PathBuf,
+    /// sled's log file and directory, synced after every flush; `None` for a temporary store.
+    sync: Option<SyncHandles>,
+    /// Why the store is unusable, after a failed write or sync.
+    poisoned: Mutex<Option<String>>,
+    /// The database moved aside at open, if it was damaged.
+    reset: Option<StateReset>,
+    /// Records moved aside because they could not be read.
+    damaged_records: AtomicU64,
 }
+
+struct SyncHandles {
+    log: File,
+    db_dir: File,
+}
+
+/// A damaged database that [`Store::open`] moved aside before starting a new one.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StateReset {
+    /// What was wrong with it.
+    pub problem: String,
+    /// Where it was moved (kept for inspection); `None` when it was missing.
+    pub moved_to: Option<PathBuf>,
+}
+
+/// How damaged the state was: for `ferry status` and the metrics.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Damage {
+    /// The database moved aside at open, if any.
+    pub reset: Option<StateReset>,
+    /// Unreadable records moved aside since the start.
+    pub records: u64,
+}
+
+/// The key under which a database keeps the identity it was created with, and the file in the
+/// state directory that keeps a copy: a database that opens without it lost its contents.
+const STORE_ID_KEY: &[u8] = b"meta/store-id";
+const STORE_ID_FILE: &str = "store-id";
+/// Where damaged databases are kept, and how many of them (an SD card is small).
+const DAMAGED_DIR: &str = "damaged";
+const KEEP_DAMAGED: usize = 3;
+const DAMAGED_RECORD_PREFIX: &str = "damaged-record/";
 
 impl Store {
     /// Opens (or creates) the store in `dir`.
     ///
-    /// A store another process holds gives a clear error; a corrupt one is moved aside and a
-    /// new one started (records are a cache of what the spool and the server can tell again).
+    /// A store another process holds, a directory ferry may not write and a full disk give a
+    /// clear error; a damaged database is moved aside and a new one started (see the module
+    /// doc). Every directory entry on the way is synced before this returns.
     pub fn open(dir: &Path) -> Result<Self> {
-        std::fs::create_dir_all(dir)
+        durable::create_dir_all(dir)
             .map_err(|e| state_err(dir, format!("cannot create it: {e}")))?;
         let db_dir = dir.join("db");
-        match Self::config(&db_dir).open() {
-            Ok(db) => Ok(Self {
-                db,
-                dir: dir.to_path_buf(),
-            }),
-            Err(sled::Error::Corruption { .. }) => {
-                let aside = dir.join(format!("db.corrupt-{}", std::process::id()));
-                log::error!(
-                    "state database {} is corrupt; moved to {} and starting afresh (uploads in progress will start over)",
-                    db_dir.display(),
-                    aside.display()
-                );
-                std::fs::rename(&db_dir, &aside).map_err(|e| {
-                    state_err(dir, format!("cannot move the corrupt database aside: {e}"))
-                })?;
-                let db = Self::config(&db_dir).open().map_err(|e| sled_err(dir, e))?;
-                Ok(Self {
-                    db,
-                    dir: dir.to_path_buf(),
-                })
-            }
-            Err(e) => Err(sled_err(dir, e)),
+        let existed = db_dir.exists();
+        if !existed {
+            log::info!(
+                "state directory {}: new state database (first start, or the state was deleted: files in the spool are uploaded from the start)",
+                dir.display()
+            );
         }
+        let (db, reset) = match open_sled(&db_dir) {
+            Ok(db) => match check_identity(dir, &db, existed) {
+                Ok(()) => (db, None),
+                Err(problem) if !existed => {
+                    // Deleted: sled just made an empty one, nothing to keep.
+                    log::error!(
+                        "state directory {}: the state database {problem}; starting a new one: files whose uploads it recorded are uploaded again",
+                        dir.display()
+                    );
+                    let reset = StateReset {
+                        problem,
+                        moved_to: None,
+                    };
+                    (db, Some(reset))
+                }
+                Err(problem) => {
+                    drop(db);
+                    let reset = move_aside(dir, &db_dir, problem)?;
+                    (
+                        open_sled(&db_dir).map_err(|e| sled_err(dir, e))?,
+                        Some(reset),
+                    )
+                }
+            },
+            Err(e) if is_damage(&e) => {
+                let reset = move_aside(dir, &db_dir, format!("sled cannot open it: {e}"))?;
+                (
+                    open_sled(&db_dir).map_err(|e| sled_err(dir, e))?,
+                    Some(reset),
+                )
+            }
+            Err(e) => return Err(sled_err(dir, e)),
+        };
+        let store = Self {
+            sync: Some(SyncHandles::open(&db_dir).map_err(|e| state_err(dir, e))?),
+            db,
+            dir: dir.to_path_buf(),
+            poisoned: Mutex::new(None),
+            reset,
+            damaged_records: AtomicU64::new(0),
+        };
+        store.adopt_identity()?;
+        // sled created or replaced files (conf, db, snapshots, blobs/) that only a sync of each
+        // and of every directory above makes durable; systemd's StateDirectory= too.
+        sync_tree(&db_dir, dir).map_err(|e| state_err(dir, format!("cannot sync it: {e}")))?;
+        Ok(store)
     }
 
     /// A store in a temporary directory that is removed when dropped (tests).
@@ -126,127 +216,337 @@ impl Store {
             .cache_capacity(CACHE_CAPACITY_BYTES)
             .open()
             .map_err(|e| sled_err(&dir, e))?;
-        Ok(Self { db, dir })
+        Ok(Self {
+            db,
+            dir,
+            sync: None,
+            poisoned: Mutex::new(None),
+            reset: None,
+            damaged_records: AtomicU64::new(0),
+        })
     }
 
-    fn config(path: &Path) -> sled::Config {
-        sled::Config::new()
-            .path(path)
-            .cache_capacity(CACHE_CAPACITY_BYTES)
-            .mode(sled::Mode::LowSpace)
-            .flush_every_ms(None) // every write that matters is flushed explicitly
+    /// What damage was found and set aside since the store was opened.
+    pub fn damage(&self) -> Damage {
+        Damage {
+            reset: self.reset.clone(),
+            records: self.damaged_records.load(Ordering::Relaxed),
+        }
     }
 
-    /// The record for `path`, if any.
-    pub fn get(&self, path: &str) -> Result<Option<FileRecord>> {
-        let raw = self.db.get(key(path)).map_err(|e| sled_err(&self.dir, e))?;
-        raw.map(|v| self.decode(&v)).transpose()
-    }
-
-    /// Writes `record` and flushes it to disk before returning.
-    pub fn put(&self, record: &FileRecord) -> Result<()> {
-        let value = serde_json::to_vec(record).map_err(|e| state_err(&self.dir, e.to_string()))?;
-        self.db
-            .insert(key(&record.path), value)
-            .map_err(|e| sled_err(&self.dir, e))?;
-        self.flush()
-    }
-
-    /// Removes the record for `path`. Not flushed (the next put flushes it): a removal lost in
-    /// a crash only brings back a record that is looked at and dropped again.
-    pub fn remove(&self, path: &str) -> Result<()> {
-        self.db
-            .remove(key(path))
-            .map_err(|e| sled_err(&self.dir, e))?;
+    /// Gives a new database its identity, in sled and in the state directory (both durable).
+    fn adopt_identity(&self) -> Result<()> {
+        let id = match self
+            .db
+            .get(STORE_ID_KEY)
+            .map_err(|e| sled_err(&self.dir, e))?
+        {
+            Some(id) => String::from_utf8_lossy(&id).into_owned(),
+            None => {
+                let id = format!("{:016x}", crate::clock::random_seed());
+                self.write(|db| db.insert(STORE_ID_KEY, id.as_bytes()).map(|_| ()))?;
+                self.flush()?;
+                id
+            }
+        };
+        let file = self.dir.join(STORE_ID_FILE);
+        if std::fs::read_to_string(&file).ok().as_deref() != Some(id.as_str()) {
+            durable::write_atomic(&file, id.as_bytes())
+                .map_err(|e| io_err(&self.dir, &format!("cannot write {STORE_ID_FILE}"), e))?;
+        }
         Ok(())
     }
 
-    /// All records, in key order.
+    /// The record for `path`, if any. An unreadable record is moved aside and reads as none.
+    pub fn get(&self, path: &str) -> Result<Option<FileRecord>> {
+        self.healthy()?;
+        let k = key(path);
+        let Some(raw) = self.db.get(&k).map_err(|e| sled_err(&self.dir, e))? else {
+            return Ok(None);
+        };
+        match decode(&raw) {
+            Ok(rec) => Ok(Some(rec)),
+            Err(problem) => {
+                self.set_aside(&k, &problem)?;
+                Ok(None)
+            }
+        }
+    }
+
+    /// Writes `record` and makes it durable before returning.
+    pub fn put(&self, record: &FileRecord) -> Result<()> {
+        self.put_unsynced(record)?;
+        self.flush()
+    }
+
+    /// Writes `record` without syncing it: for what the server can tell again (the offset, the
+    /// expiry). The next durable write takes it along.
+    pub fn put_unsynced(&self, record: &FileRecord) -> Result<()> {
+        let value = serde_json::to_vec(record).map_err(|e| state_err(&self.dir, e.to_string()))?;
+        self.write(|db| db.insert(key(&record.path), value).map(|_| ()))
+    }
+
+    /// Removes the record for `path`. Not synced (the next durable write takes it along): a
+    /// removal lost in a cut only brings back a record that is looked at and dropped again.
+    pub fn remove(&self, path: &str) -> Result<()> {
+        self.write(|db| db.remove(key(path)).map(|_| ()))
+    }
+
+    /// All records, in key order; unreadable ones are moved aside and left out.
     pub fn records(&self) -> Result<Vec<FileRecord>> {
-        self.db
-            .scan_prefix(FILE_PREFIX)
-            .map(|kv| {
-                let (_, v) = kv.map_err(|e| sled_err(&self.dir, e))?;
-                self.decode(&v)
-            })
-            .collect()
+        self.healthy()?;
+        let mut out = Vec::new();
+        for kv in self.db.scan_prefix(FILE_PREFIX) {
+            let (k, v) = kv.map_err(|e| sled_err(&self.dir, e))?;
+            match decode(&v) {
+                Ok(rec) => out.push(rec),
+                Err(problem) => self.set_aside(&k, &problem)?,
+            }
+        }
+        Ok(out)
     }
 
     /// Records a permanent failure of a file kept in place (durably).
     pub fn put_failed(&self, rec: &FailedRecord) -> Result<()> {
         let value = serde_json::to_vec(rec).map_err(|e| state_err(&self.dir, e.to_string()))?;
-        self.db
-            .insert(
-                [FAILED_PREFIX.as_bytes(), rec.path.as_bytes()].concat(),
-                value,
-            )
-            .map_err(|e| sled_err(&self.dir, e))?;
+        self.write(|db| db.insert(failed_key(&rec.path), value).map(|_| ()))?;
         self.flush()
     }
 
-    /// The failure record of `path`, if any.
+    /// The failure record of `path`, if any (an unreadable one is moved aside).
     pub fn get_failed(&self, path: &str) -> Result<Option<FailedRecord>> {
-        let raw = self
-            .db
-            .get([FAILED_PREFIX.as_bytes(), path.as_bytes()].concat())
-            .map_err(|e| sled_err(&self.dir, e))?;
-        raw.map(|v| {
-            serde_json::from_slice(&v)
-                .map_err(|e| state_err(&self.dir, format!("unreadable failure record: {e}")))
-        })
-        .transpose()
+        self.healthy()?;
+        let k = failed_key(path);
+        let Some(raw) = self.db.get(&k).map_err(|e| sled_err(&self.dir, e))? else {
+            return Ok(None);
+        };
+        match serde_json::from_slice(&raw) {
+            Ok(rec) => Ok(Some(rec)),
+            Err(e) => {
+                self.set_aside(&k, &format!("unreadable failure record: {e}"))?;
+                Ok(None)
+            }
+        }
     }
 
     /// Forgets the failure of `path`.
     pub fn remove_failed(&self, path: &str) -> Result<()> {
+        self.write(|db| db.remove(failed_key(path)).map(|_| ()))
+    }
+
+    /// All failure records (unreadable ones are moved aside and left out).
+    pub fn failed(&self) -> Result<Vec<FailedRecord>> {
+        self.healthy()?;
+        let mut out = Vec::new();
+        for kv in self.db.scan_prefix(FAILED_PREFIX) {
+            let (k, v) = kv.map_err(|e| sled_err(&self.dir, e))?;
+            match serde_json::from_slice(&v) {
+                Ok(rec) => out.push(rec),
+                Err(e) => self.set_aside(&k, &format!("unreadable failure record: {e}"))?,
+            }
+        }
+        Ok(out)
+    }
+
+    /// Moves an unreadable value out of the way (kept under its own prefix for inspection).
+    fn set_aside(&self, k: &[u8], problem: &str) -> Result<()> {
+        let name = String::from_utf8_lossy(k).into_owned();
+        log::error!(
+            "state directory {}: record {name} is damaged ({problem}); set aside, its file is uploaded again",
+            self.dir.display()
+        );
+        let aside = [DAMAGED_RECORD_PREFIX.as_bytes(), k].concat();
+        self.write(|db| {
+            if let Some(v) = db.remove(k)? {
+                db.insert(aside, v)?;
+            }
+            Ok(())
+        })?;
+        self.damaged_records.fetch_add(1, Ordering::Relaxed);
+        self.flush()
+    }
+
+    /// Fails if an earlier write or sync failed (see the module doc).
+    fn healthy(&self) -> Result<()> {
+        match &*self.poisoned.lock().unwrap_or_else(|p| p.into_inner()) {
+            None => Ok(()),
+            Some(why) => Err(state_err(
+                &self.dir,
+                format!("an earlier write failed ({why}); nothing written since the last good sync can be trusted: restart ferry"),
+            )),
+        }
+    }
+
+    /// Runs a sled write; a failure poisons the store.
+    fn write(&self, f: impl FnOnce(&sled::Db) -> sled::Result<()>) -> Result<()> {
+        self.healthy()?;
+        f(&self.db).map_err(|e| self.poison(sled_err(&self.dir, e)))
+    }
+
+    /// Makes every write so far durable: sled's flush, then an fsync of its log file and
+    /// directory (see the module doc). A failure poisons the store.
+    fn flush(&self) -> Result<()> {
+        self.healthy()?;
         self.db
-            .remove([FAILED_PREFIX.as_bytes(), path.as_bytes()].concat())
-            .map_err(|e| sled_err(&self.dir, e))?;
+            .flush()
+            .map_err(|e| self.poison(sled_err(&self.dir, e)))?;
+        if let Some(h) = &self.sync {
+            h.log
+                .sync_all()
+                .and_then(|()| h.db_dir.sync_all())
+                .map_err(|e| self.poison(io_err(&self.dir, "cannot sync the database", e)))?;
+        }
         Ok(())
     }
 
-    /// All failure records.
-    pub fn failed(&self) -> Result<Vec<FailedRecord>> {
-        self.db
-            .scan_prefix(FAILED_PREFIX)
-            .map(|kv| {
-                let (_, v) = kv.map_err(|e| sled_err(&self.dir, e))?;
-                serde_json::from_slice(&v)
-                    .map_err(|e| state_err(&self.dir, format!("unreadable failure record: {e}")))
-            })
-            .collect()
-    }
-
-    fn flush(&self) -> Result<()> {
-        self.db
-            .flush()
-            .map(|_| ())
-            .map_err(|e| sled_err(&self.dir, e))
-    }
-
-    fn decode(&self, raw: &[u8]) -> Result<FileRecord> {
-        #[derive(Deserialize)]
-        struct Versioned {
-            version: u32,
+    fn poison(&self, e: Error) -> Error {
+        let mut p = self.poisoned.lock().unwrap_or_else(|p| p.into_inner());
+        if p.is_none() {
+            *p = Some(match &e {
+                Error::State { problem, .. } => problem.clone(),
+                other => other.to_string(),
+            });
         }
-        let v: Versioned = serde_json::from_slice(raw)
-            .map_err(|e| state_err(&self.dir, format!("unreadable record: {e}")))?;
-        if v.version != RECORD_VERSION {
-            return Err(state_err(
-                &self.dir,
-                format!(
-                    "record version {} is not {RECORD_VERSION}: written by another ferry version",
-                    v.version
-                ),
-            ));
-        }
-        serde_json::from_slice(raw)
-            .map_err(|e| state_err(&self.dir, format!("unreadable record: {e}")))
+        e
     }
+}
+
+impl SyncHandles {
+    fn open(db_dir: &Path) -> std::result::Result<Self, String> {
+        let open =
+            |p: PathBuf| File::open(&p).map_err(|e| format!("cannot open {}: {e}", p.display()));
+        Ok(Self {
+            log: open(db_dir.join("db"))?,
+            db_dir: open(db_dir.to_path_buf())?,
+        })
+    }
+}
+
+fn open_sled(path: &Path) -> sled::Result<sled::Db> {
+    sled::Config::new()
+        .path(path)
+        .cache_capacity(CACHE_CAPACITY_BYTES)
+        .mode(sled::Mode::LowSpace)
+        .flush_every_ms(None) // every write that matters is flushed explicitly
+        .open()
+}
+
+/// Whether an error opening sled means the database is damaged (as opposed to held by another
+/// process, not permitted, or a disk that is full or read-only: moving aside cannot help those).
+fn is_damage(e: &sled::Error) -> bool {
+    match e {
+        sled::Error::Io(io) => {
+            !(is_lock_error(io)
+                || matches!(
+                    io.kind(),
+                    std::io::ErrorKind::PermissionDenied
+                        | std::io::ErrorKind::StorageFull
+                        | std::io::ErrorKind::ReadOnlyFilesystem
+                )
+                || io.raw_os_error() == Some(28))
+        }
+        _ => true,
+    }
+}
+
+fn is_lock_error(io: &std::io::Error) -> bool {
+    io.kind() == std::io::ErrorKind::WouldBlock || io.to_string().contains("lock")
+}
+
+/// Checks that a database that `existed` carries the identity the state directory remembers.
+fn check_identity(dir: &Path, db: &sled::Db, existed: bool) -> std::result::Result<(), String> {
+    let Ok(want) = std::fs::read_to_string(dir.join(STORE_ID_FILE)) else {
+        return Ok(()); // a new state directory, or one from before identities
+    };
+    let have = db.get(STORE_ID_KEY).map_err(|e| e.to_string())?;
+    match have {
+        Some(id) if *id == *want.as_bytes() => Ok(()),
+        Some(_) => Err("it is not the database this state directory was using".into()),
+        None if existed => Err("it opened without its records (truncated or emptied)".into()),
+        None => Err("it is missing".into()),
+    }
+}
+
+/// Moves a damaged database into `damaged/` (keeping the newest few) and says so.
+fn move_aside(dir: &Path, db_dir: &Path, problem: String) -> Result<StateReset> {
+    let aside_dir = dir.join(DAMAGED_DIR);
+    durable::create_dir_all(&aside_dir).map_err(|e| io_err(dir, "cannot create damaged/", e))?;
+    let next = damaged_dbs(&aside_dir).last().map_or(1, |(n, _)| n + 1);
+    let moved_to = aside_dir.join(format!("db.{next}"));
+    durable::rename(db_dir, &moved_to)
+        .map_err(|e| io_err(dir, "cannot move the damaged database aside", e))?;
+    log::error!(
+        "state directory {}: the state database is damaged ({problem}); kept in {}; starting a new one: files whose uploads it recorded are uploaded again",
+        dir.display(),
+        moved_to.display()
+    );
+    let excess = damaged_dbs(&aside_dir).len().saturating_sub(KEEP_DAMAGED);
+    for (_, p) in damaged_dbs(&aside_dir).into_iter().take(excess) {
+        if let Err(e) = std::fs::remove_dir_all(&p) {
+            log::warn!(
+                "{}: cannot remove an old damaged database: {e}",
+                p.display()
+            );
+        }
+    }
+    Ok(StateReset {
+        problem,
+        moved_to: Some(moved_to),
+    })
+}
+
+/// The databases kept in `damaged/`, oldest (lowest number) first.
+fn damaged_dbs(aside_dir: &Path) -> Vec<(u64, PathBuf)> {
+    let Ok(entries) = std::fs::read_dir(aside_dir) else {
+        return Vec::new();
+    };
+    let mut numbered: Vec<(u64, PathBuf)> = entries
+        .flatten()
+        .filter_map(|e| {
+            let name = e.file_name().into_string().ok()?;
+            Some((name.strip_prefix("db.")?.parse().ok()?, e.path()))
+        })
+        .collect();
+    numbered.sort();
+    numbered
+}
+
+/// Syncs sled's files and every directory from `db_dir` up to the state directory's parent.
+fn sync_tree(db_dir: &Path, dir: &Path) -> std::io::Result<()> {
+    for entry in std::fs::read_dir(db_dir)? {
+        let entry = entry?;
+        File::open(entry.path())?.sync_all()?;
+    }
+    durable::sync_dir(db_dir)?;
+    durable::sync_dir(dir)?;
+    match dir.parent() {
+        Some(p) if !p.as_os_str().is_empty() => durable::sync_dir(p),
+        _ => Ok(()),
+    }
+}
+
+fn decode(raw: &[u8]) -> std::result::Result<FileRecord, String> {
+    #[derive(Deserialize)]
+    struct Versioned {
+        version: u32,
+    }
+    let v: Versioned =
+        serde_json::from_slice(raw).map_err(|e| format!("unreadable record: {e}"))?;
+    if v.version != RECORD_VERSION {
+        return Err(format!(
+            "record version {} is not {RECORD_VERSION}: written by another ferry version",
+            v.version
+        ));
+    }
+    serde_json::from_slice(raw).map_err(|e| format!("unreadable record: {e}"))
 }
 
 fn key(path: &str) -> Vec<u8> {
     [FILE_PREFIX.as_bytes(), path.as_bytes()].concat()
+}
+
+fn failed_key(path: &str) -> Vec<u8> {
+    [FAILED_PREFIX.as_bytes(), path.as_bytes()].concat()
 }
 
 fn state_err(dir: &Path, problem: String) -> Error {
@@ -256,11 +556,18 @@ fn state_err(dir: &Path, problem: String) -> Error {
     }
 }
 
+fn io_err(dir: &Path, what: &str, e: std::io::Error) -> Error {
+    let problem = if e.kind() == std::io::ErrorKind::StorageFull || e.raw_os_error() == Some(28) {
+        format!("{what}: the disk is full: free space, then run ferry again (nothing was lost)")
+    } else {
+        format!("{what}: {e}")
+    };
+    state_err(dir, problem)
+}
+
 fn sled_err(dir: &Path, e: sled::Error) -> Error {
     let problem = match e {
-        sled::Error::Io(io)
-            if io.kind() == std::io::ErrorKind::WouldBlock || io.to_string().contains("lock") =>
-        {
+        sled::Error::Io(io) if is_lock_error(&io) => {
             "is in use by another ferry process (one process per state directory)".to_string()
         }
         // sled sometimes wraps the OS error in a custom one: match the kind, not the errno.
@@ -335,13 +642,22 @@ mod tests {
                 "{e}"
             );
         }
-        // sled's I/O threads hold the file (and its lock) for a moment after the last handle
-        // is dropped; slow machines (qemu) see it. Only an in-process reopen meets this.
+        let s = reopen(&dir);
+        assert_eq!(s.get("/x").unwrap(), Some(record("/x")));
+        assert_eq!(s.damage(), Damage::default());
+        drop(s);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// Opens the store in `dir` again. sled's I/O threads hold the file (and its lock) for a
+    /// moment after the last handle is dropped; slow machines (qemu) see it. Only an
+    /// in-process reopen meets this.
+    fn reopen(dir: &Path) -> Store {
         use crate::clock::{Clock, SystemClock};
         let clock = SystemClock;
         let deadline = clock.now() + std::time::Duration::from_secs(20);
-        let s = loop {
-            match Store::open(&dir) {
+        loop {
+            match Store::open(dir) {
                 Ok(s) => break s,
                 Err(e) if clock.now() < deadline => {
                     assert!(e.to_string().contains("in use"), "{e}");
@@ -350,10 +666,139 @@ mod tests {
                 }
                 Err(e) => panic!("the lock was not released: {e}"),
             }
-        };
-        assert_eq!(s.get("/x").unwrap(), Some(record("/x")));
+        }
+    }
+
+    /// A state directory holding two records, closed.
+    fn populated(name: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("ferry-store-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let s = Store::open(&dir).unwrap();
+        s.put(&record("/a")).unwrap();
+        s.put(&record("/b")).unwrap();
         drop(s);
+        dir
+    }
+
+    /// Opens a damaged state directory: it must open, say what happened, keep the damaged
+    /// database, and work.
+    fn assert_reset(dir: &Path, problem: &str) {
+        let s = reopen(dir);
+        let reset = s.damage().reset.expect("the damage must be reported");
+        assert!(reset.problem.contains(problem), "{reset:?}");
+        if problem == "missing" {
+            assert_eq!(reset.moved_to, None);
+        } else {
+            assert_eq!(reset.moved_to, Some(dir.join("damaged/db.1")));
+            assert!(dir.join("damaged/db.1/db").is_file(), "kept for inspection");
+        }
+        assert_eq!(s.records().unwrap(), []);
+        s.put(&record("/c")).unwrap();
+        drop(s);
+        // The new database is whole: no second reset.
+        let s = reopen(dir);
+        assert_eq!(s.damage(), Damage::default());
+        assert_eq!(s.get("/c").unwrap(), Some(record("/c")));
+        drop(s);
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn a_deleted_database_is_reported_not_silently_recreated() {
+        let dir = populated("deleted");
+        std::fs::remove_dir_all(dir.join("db")).unwrap();
+        assert_reset(&dir, "missing");
+    }
+
+    #[test]
+    fn a_truncated_database_is_moved_aside() {
+        let dir = populated("truncated");
+        std::fs::File::options()
+            .write(true)
+            .open(dir.join("db/db"))
+            .unwrap()
+            .set_len(0)
+            .unwrap();
+        assert_reset(&dir, "");
+    }
+
+    #[test]
+    fn a_database_with_flipped_bytes_is_moved_aside() {
+        let dir = populated("flipped");
+        let path = dir.join("db/db");
+        let mut bytes = std::fs::read(&path).unwrap();
+        for b in bytes.iter_mut().take(4096).skip(8) {
+            *b ^= 0x5a;
+        }
+        std::fs::write(&path, bytes).unwrap();
+        assert_reset(&dir, "");
+    }
+
+    #[test]
+    fn a_garbled_sled_conf_is_moved_aside_not_a_crash_loop() {
+        let dir = populated("conf");
+        std::fs::write(
+            dir.join("db/conf"),
+            b"this is not sled's configuration at all",
+        )
+        .unwrap();
+        assert_reset(&dir, "");
+    }
+
+    #[test]
+    fn a_database_from_another_state_directory_is_moved_aside() {
+        let dir = populated("swapped");
+        std::fs::write(dir.join(STORE_ID_FILE), b"0123456789abcdef").unwrap();
+        assert_reset(&dir, "not the database");
+    }
+
+    #[test]
+    fn a_damaged_record_is_set_aside_and_the_others_kept() {
+        let s = Store::open_temporary().unwrap();
+        s.put(&record("/a")).unwrap();
+        s.db.insert(key("/b"), b"{\"version\":1,\"path\":".to_vec())
+            .unwrap();
+        s.db.insert(failed_key("/f"), b"garbage".to_vec()).unwrap();
+        assert_eq!(s.records().unwrap(), [record("/a")]);
+        assert_eq!(s.failed().unwrap(), []);
+        assert_eq!(s.damage().records, 2);
+        assert_eq!(s.records().unwrap(), [record("/a")]);
+        assert_eq!(s.damage().records, 2, "set aside once, not at every look");
+    }
+
+    #[test]
+    fn damaged_databases_kept_are_bounded() {
+        let dir = populated("bounded");
+        for _ in 0..5 {
+            std::fs::write(dir.join("db/conf"), b"not sled's configuration, again").unwrap();
+            let s = reopen(&dir);
+            assert!(s.damage().reset.is_some());
+        }
+        let mut kept: Vec<_> = std::fs::read_dir(dir.join("damaged"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        kept.sort();
+        assert_eq!(kept, ["db.3", "db.4", "db.5"]);
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_poisoned_store_refuses_everything_until_reopened() {
+        let s = Store::open_temporary().unwrap();
+        s.put(&record("/a")).unwrap();
+        let _ = s.poison(state_err(Path::new("/state"), "EIO".into()));
+        for e in [
+            s.get("/a").unwrap_err(),
+            s.put(&record("/b")).unwrap_err(),
+            s.records().unwrap_err(),
+            s.remove("/a").unwrap_err(),
+        ] {
+            assert!(
+                e.to_string().contains("an earlier write failed (EIO)"),
+                "{e}"
+            );
+        }
     }
 
     #[test]
@@ -374,11 +819,17 @@ mod tests {
     }
 
     #[test]
-    fn rejects_records_of_another_version() {
+    fn sets_aside_records_of_another_version() {
         let s = Store::open_temporary().unwrap();
         s.db.insert(key("/v"), br#"{"version":99}"#.to_vec())
             .unwrap();
-        let e = s.get("/v").unwrap_err().to_string();
-        assert!(e.contains("another ferry version"), "{e}");
+        assert_eq!(s.get("/v").unwrap(), None);
+        assert_eq!(s.damage().records, 1);
+        assert!(s.db.get(key("/v")).unwrap().is_none());
+        assert!(s
+            .db
+            .get([DAMAGED_RECORD_PREFIX.as_bytes(), &key("/v")].concat())
+            .unwrap()
+            .is_some());
     }
 }

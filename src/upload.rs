@@ -830,11 +830,12 @@ impl<'a> Uploader<'a> {
         f.progress.set_position(offset);
         let complete = offset == f.source.len();
         if let Some(rec) = f.record.as_mut() {
-            // At the end, `complete` writes the record once, with its final state.
+            // At the end, `complete` writes the record once, with its final state. The
+            // offset is no checkpoint (the server's HEAD decides where to resume): not synced.
             if rec.offset != offset && !complete {
                 rec.offset = offset;
                 rec.updated_unix = unix(self.clock.wall());
-                self.store.put(rec)?;
+                self.store.put_unsynced(rec)?;
             }
         }
         f.phase = if complete {
@@ -850,7 +851,7 @@ impl<'a> Uploader<'a> {
             let e = Some(unix(expires));
             if rec.expires_unix != e {
                 rec.expires_unix = e;
-                self.store.put(rec)?;
+                self.store.put_unsynced(rec)?; // the server says it again at every HEAD
             }
         }
         Ok(())

@@ -747,10 +747,11 @@ fn a_full_state_disk_is_a_clear_error_and_nothing_is_lost() {
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr),
     );
-    // The daemon stays up (holding uploads back, saying why) until stopped; the file stays.
+    // The daemon says why and exits with status 1 (its service manager starts it again)
+    // instead of staying up with a store that cannot keep a URL; the file stays.
     assert!(
-        stdout.contains("rc=124"),
-        "ferry run kept running until stopped:\n{stdout}\n{stderr}"
+        stdout.contains("rc=1\n"),
+        "ferry run exits with status 1:\n{stdout}\n{stderr}"
     );
     assert!(
         stdout.contains("waiting.bin"),
@@ -857,4 +858,128 @@ fn sigterm_while_the_server_sits_on_an_answer_still_stops_within_5_seconds() {
         &random_bytes(50_000, 30),
         "stuck.bin",
     );
+}
+
+/// How the state is damaged while ferry is stopped.
+#[derive(Debug, Clone, Copy)]
+enum Damage {
+    /// sled's log file cut to nothing: sled itself opens it as an empty database.
+    Truncated,
+    /// The first 4 KiB of sled's log file inverted.
+    FlippedBytes,
+    /// The database directory removed (the state directory and its `store-id` stay).
+    DatabaseDeleted,
+    /// The whole state directory removed: indistinguishable from a first start.
+    StateDirDeleted,
+}
+
+fn damage_state(state: &std::path::Path, damage: Damage) {
+    let log = state.join("db/db");
+    match damage {
+        Damage::Truncated => std::fs::File::options()
+            .write(true)
+            .open(&log)
+            .unwrap()
+            .set_len(0)
+            .unwrap(),
+        Damage::FlippedBytes => {
+            let mut bytes = std::fs::read(&log).unwrap();
+            for b in bytes.iter_mut().take(4096) {
+                *b ^= 0xff;
+            }
+            std::fs::write(&log, bytes).unwrap();
+        }
+        Damage::DatabaseDeleted => std::fs::remove_dir_all(state.join("db")).unwrap(),
+        Damage::StateDirDeleted => std::fs::remove_dir_all(state).unwrap(),
+    }
+}
+
+/// Three files uploaded and kept (`after_upload = "keep"`: their Complete records are what
+/// keeps them from being uploaded again), the state damaged while ferry is stopped, ferry
+/// started again: it must start, say what happened, finish the spool and count what it
+/// uploaded again.
+fn damaged_state_is_set_aside_and_the_spool_finishes(damage: Damage) {
+    let server = TusServer::start(ServerConfig::default());
+    let name = format!("damage-{damage:?}").to_lowercase();
+    let sp = Spool::new(&name, &server.endpoint(), "after_upload = \"keep\"");
+    for i in 0..3 {
+        sp.drop_file(&format!("f{i}.bin"), 10_000 + i, 40 + i as u64);
+    }
+    let done = |n: usize| {
+        let status = String::from_utf8_lossy(&sp.cmd(&["status", "--json"]).stdout).to_string();
+        status.contains(&format!("\"files_done\":{n}"))
+    };
+    let mut child = sp.start();
+    wait_until("3 files uploaded", Duration::from_secs(60), || done(3));
+    sigterm(&child);
+    assert!(child.wait().unwrap().success());
+    assert_eq!(server.uploads().len(), 3);
+
+    damage_state(&sp.s.state(), damage);
+    let mut child = sp.start();
+    wait_until("the spool uploaded again", Duration::from_secs(60), || {
+        done(3)
+            && server
+                .uploads()
+                .iter()
+                .filter(|u| u.offset == u.length)
+                .count()
+                == 6
+    });
+    let status = String::from_utf8_lossy(&sp.cmd(&["status"]).stdout).to_string();
+    sigterm(&child);
+    assert!(child.wait().unwrap().success(), "{}", sp.log());
+    let log = sp.log();
+    match damage {
+        Damage::StateDirDeleted => {
+            assert!(log.contains("or the state was deleted"), "{log}");
+            assert!(!status.contains("DAMAGED"), "{status}");
+        }
+        _ => {
+            assert!(
+                log.contains("ERROR") && log.contains("state database"),
+                "{log}"
+            );
+            assert!(
+                status.contains("state   DAMAGED at start")
+                    && status.contains("3 files uploaded again"),
+                "{status}\n{log}"
+            );
+        }
+    }
+    if matches!(damage, Damage::Truncated | Damage::FlippedBytes) {
+        assert!(
+            sp.s.state().join("damaged/db.1/db").is_file(),
+            "kept for inspection"
+        );
+    }
+    // Started again on the new state: nothing is uploaded a third time, no damage reported.
+    let mut child = sp.start();
+    wait_until("a fresh status", Duration::from_secs(30), || done(0));
+    std::thread::sleep(Duration::from_secs(1));
+    sigterm(&child);
+    assert!(child.wait().unwrap().success());
+    assert_eq!(server.uploads().len(), 6, "{}", sp.log());
+    let status = String::from_utf8_lossy(&sp.cmd(&["status"]).stdout).to_string();
+    assert!(!status.contains("DAMAGED"), "{status}");
+}
+
+#[test]
+fn a_truncated_state_database_is_set_aside_and_the_spool_finishes() {
+    damaged_state_is_set_aside_and_the_spool_finishes(Damage::Truncated);
+}
+
+#[test]
+fn a_state_database_with_flipped_bytes_is_set_aside_and_the_spool_finishes() {
+    damaged_state_is_set_aside_and_the_spool_finishes(Damage::FlippedBytes);
+}
+
+#[test]
+fn a_deleted_state_database_is_reported_and_the_spool_finishes() {
+    damaged_state_is_set_aside_and_the_spool_finishes(Damage::DatabaseDeleted);
+}
+
+#[test]
+fn a_deleted_state_directory_is_a_new_start_and_the_spool_finishes() {
+    damaged_state_is_set_aside_and_the_spool_finishes(Damage::StateDirDeleted);
 }
