@@ -29,6 +29,8 @@
 //!    listing and lstat-ing the same spool; the idle daemon's VmHWM and stop time from step 1.
 //!
 //! Machines are shared and noisy: compare the ratios, not the seconds. Linux only (/proc).
+//! `FERRY_BENCH_BIN=/path/to/ferry` measures another build (an older commit's release binary,
+//! say) with the same benchmark, for a before/after figure from one machine and one session.
 
 use std::collections::{HashMap, HashSet};
 use std::fs::{self, File};
@@ -44,6 +46,11 @@ use std::time::{Duration, Instant, SystemTime};
 mod peers;
 
 use peers::{NodeOpts, Peer};
+
+/// The ferry binary under test: this build's, or `FERRY_BENCH_BIN`.
+fn ferry_bin() -> std::ffi::OsString {
+    std::env::var_os("FERRY_BENCH_BIN").unwrap_or_else(|| env!("CARGO_BIN_EXE_ferry").into())
+}
 
 const KIB: u64 = 1 << 10;
 const SMALL_FILE: u64 = 100 * KIB;
@@ -379,6 +386,12 @@ fn run(args: &Args) -> Res<Vec<String>> {
     let ferry_rate = args.files as f64 / ferry_wall.as_secs_f64();
     println!();
     println!("ferry run benchmark: release binary vs baselines, @tus/server 2.4.5 (FileStore) on 127.0.0.1; nproc = {nproc}");
+    if let Some(bin) = std::env::var_os("FERRY_BENCH_BIN") {
+        println!(
+            "ferry binary: {} (FERRY_BENCH_BIN)",
+            Path::new(&bin).display()
+        );
+    }
     println!("command: {cmdline}");
     println!("All figures are from this one run on a shared machine: compare ratios, not seconds.");
     println!();
@@ -535,7 +548,7 @@ impl Daemon {
         fs::write(&config, text).map_err(|e| format!("write {}: {e}", config.display()))?;
         let log = dir.join("ferry.log");
         let log_file = File::create(&log).map_err(|e| format!("create {}: {e}", log.display()))?;
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_ferry"));
+        let mut cmd = Command::new(ferry_bin());
         for v in PROXY_VARS {
             cmd.env_remove(v);
         }
@@ -562,7 +575,7 @@ impl Daemon {
 
     /// `ferry status --json`, or `None` before the first snapshot.
     fn status(&self) -> Res<Option<serde_json::Value>> {
-        let out = Command::new(env!("CARGO_BIN_EXE_ferry"))
+        let out = Command::new(ferry_bin())
             .args(["status", "--json", "--config"])
             .arg(&self.config)
             .output()

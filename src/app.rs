@@ -92,8 +92,8 @@ fn run_daemon(args: &CommonArgs) -> Result<i32> {
         reload: &reload,
         hook: config.hook.as_ref(),
     };
-    crate::daemon::run(parts, settings, rx, tx)?;
-    Ok(0)
+    let result = crate::daemon::run(parts, settings, rx, tx).map(|()| 0);
+    closed(store, result)
 }
 
 fn show_status(args: &CommonArgs, json: bool) -> Result<i32> {
@@ -178,16 +178,35 @@ fn upload(args: UploadArgs) -> Result<i32> {
     let config = file.merge(args.overrides.clone()).resolve()?;
     let transport = UreqTransport::new(&config.http)?;
     let store = Store::open(&config.state_dir)?;
+    let result = upload_with(&args, &config, &transport, &store);
+    closed(store, result)
+}
+
+/// Closes the store after a command (see [`Store::close`]): a failure to make the last writes
+/// durable fails the command, unless it failed already.
+fn closed(store: Store, result: Result<i32>) -> Result<i32> {
+    let close = store.close();
+    let code = result?;
+    close?;
+    Ok(code)
+}
+
+fn upload_with(
+    args: &UploadArgs,
+    config: &config::Config,
+    transport: &UreqTransport,
+    store: &Store,
+) -> Result<i32> {
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
     let uploader = Uploader::new(
-        &transport,
-        &store,
+        transport,
+        store,
         clock.as_ref(),
         &config.upload,
         random_seed(),
     );
     if args.cancel {
-        return cancel(&uploader, &args);
+        return cancel(&uploader, args);
     }
     let progress = Arc::new(Progress::default());
     let reporter = Reporter::start(
@@ -214,7 +233,7 @@ fn upload(args: UploadArgs) -> Result<i32> {
                     None => print_line(&format!("{}\t{}", path.display(), done.url)),
                 }
                 if let Some(hook) = &config.hook {
-                    if let Err(e) = run_hook(&store, path, hook, clock.as_ref()) {
+                    if let Err(e) = run_hook(store, path, hook, clock.as_ref()) {
                         failed += 1;
                         log::error!(
                             "{}: hook failed: {e} (it runs again when this command is run again)",

@@ -647,14 +647,35 @@ impl<'p, 'a> Main<'p, 'a> {
         }
     }
 
-    /// Drops records of files that left the spool while not being uploaded.
+    /// Drops records of files that left the spool while not being uploaded, among them the
+    /// Complete records of files ferry deleted. Their directories are synced first, once per
+    /// scan for all of them: a record goes only when the deletion it stands for is durable,
+    /// so a cut that undoes a deletion finds the record and deletes the file again.
     fn forget_vanished(&mut self) -> Result<()> {
-        for rec in self.parts.store.records()? {
-            if self.active.contains_key(&rec.path)
-                || Path::new(&rec.path).symlink_metadata().is_ok()
-            {
-                continue;
+        let vanished: Vec<_> = self
+            .parts
+            .store
+            .records()?
+            .into_iter()
+            .filter(|rec| {
+                !self.active.contains_key(&rec.path)
+                    && Path::new(&rec.path).symlink_metadata().is_err()
+            })
+            .collect();
+        let dirs: HashSet<&Path> = vanished
+            .iter()
+            .filter_map(|rec| Path::new(&rec.path).parent())
+            .collect();
+        for dir in dirs {
+            if let Err(e) = durable::sync_dir(dir) {
+                log::warn!(
+                    "{}: cannot sync: {e}; records kept until the next scan",
+                    dir.display()
+                );
+                return Ok(());
             }
+        }
+        for rec in vanished {
             if rec.state == RecordState::Uploading {
                 log::info!(
                     "{}: vanished before its upload finished; forgotten",
@@ -984,13 +1005,17 @@ impl<'p, 'a> Main<'p, 'a> {
         let store = self.parts.store;
         let done = match &self.settings.after_upload {
             AfterUpload::Keep => Ok(()),
-            // Synced before the record goes: a cut that undoes the deletion finds the
-            // Complete record and deletes the file again, never uploads it again.
-            AfterUpload::Delete => durable::remove_file(path),
+            // The Complete record stays until the next scan has synced the directory (see
+            // `forget_vanished`): one sync for all the files deleted since.
+            AfterUpload::Delete => match std::fs::remove_file(path) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
+                _ => Ok(()),
+            },
             AfterUpload::Move(dir) => move_into(path, dir, &|_| Ok(())).map(|_| ()),
         };
         let result = done.map_err(Error::from_io(path)).and_then(|()| {
-            if self.settings.after_upload != AfterUpload::Keep {
+            // A move synced both directories: its record can go now.
+            if matches!(self.settings.after_upload, AfterUpload::Move(_)) {
                 store.remove(key)?;
             }
             self.unqueue(key)

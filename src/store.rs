@@ -111,9 +111,18 @@ pub struct Store {
     damaged_records: AtomicU64,
 }
 
+/// What [`Store::flush`] syncs after sled's flush.
 struct SyncHandles {
+    /// sled's log file.
     log: File,
-    db_dir: File,
+    /// sled's directory, and the names in it and in its `blobs/` when they were last synced:
+    /// sled renames snapshots in the background and writes a value too large for its log
+    /// (over 128 KiB: an index node of very long paths) to a new file in `blobs/` without
+    /// syncing it. Only a sync makes those durable. Reading the names is far cheaper than a
+    /// sync (which costs a disk cache flush even when nothing changed), so the directories
+    /// (and new blob files) are synced only when the names changed.
+    db_dir: PathBuf,
+    synced_names: Mutex<Vec<PathBuf>>,
 }
 
 /// A damaged database that [`Store::open`] moved aside before starting a new one.
@@ -224,6 +233,16 @@ impl Store {
             reset: None,
             damaged_records: AtomicU64::new(0),
         })
+    }
+
+    /// Makes every write so far durable, then leaves sled's files to the process's exit
+    /// instead of running sled's own shutdown: that ends in an `fsync` whose failure panics
+    /// (sled 0.34 `Log::drop` unwraps it), an abort in release builds. For the end of a
+    /// command only: the process exits right after, which closes the files and the lock.
+    pub fn close(self) -> Result<()> {
+        let result = self.flush();
+        std::mem::forget(self);
+        result
     }
 
     /// What damage was found and set aside since the store was opened.
@@ -391,9 +410,7 @@ impl Store {
             .flush()
             .map_err(|e| self.poison(sled_err(&self.dir, e)))?;
         if let Some(h) = &self.sync {
-            h.log
-                .sync_all()
-                .and_then(|()| h.db_dir.sync_all())
+            h.sync()
                 .map_err(|e| self.poison(io_err(&self.dir, "cannot sync the database", e)))?;
         }
         Ok(())
@@ -412,14 +429,51 @@ impl Store {
 }
 
 impl SyncHandles {
+    /// After [`sync_tree`]: the directory's names as they are now are synced.
     fn open(db_dir: &Path) -> std::result::Result<Self, String> {
-        let open =
-            |p: PathBuf| File::open(&p).map_err(|e| format!("cannot open {}: {e}", p.display()));
+        let log = db_dir.join("db");
         Ok(Self {
-            log: open(db_dir.join("db"))?,
-            db_dir: open(db_dir.to_path_buf())?,
+            log: File::open(&log).map_err(|e| format!("cannot open {}: {e}", log.display()))?,
+            db_dir: db_dir.to_path_buf(),
+            synced_names: Mutex::new(Vec::new()),
         })
     }
+
+    /// `fdatasync` of the log: its data and what reading it needs (size, new blocks), which
+    /// sled's `sync_file_range` leaves out; the directory when its names changed.
+    fn sync(&self) -> std::io::Result<()> {
+        self.log.sync_data()?;
+        let blobs = self.db_dir.join("blobs");
+        let mut names = names_in(&self.db_dir, Path::new(""))?;
+        if blobs.is_dir() {
+            names.extend(names_in(&blobs, Path::new("blobs"))?);
+        }
+        let mut synced = self.synced_names.lock().unwrap_or_else(|p| p.into_inner());
+        if *synced == names {
+            return Ok(());
+        }
+        for new_blob in names
+            .iter()
+            .filter(|n| n.parent() == Some(Path::new("blobs")) && !synced.contains(n))
+        {
+            File::open(self.db_dir.join(new_blob))?.sync_all()?;
+        }
+        if blobs.is_dir() {
+            durable::sync_dir(&blobs)?;
+        }
+        durable::sync_dir(&self.db_dir)?;
+        *synced = names;
+        Ok(())
+    }
+}
+
+/// The names in `dir`, sorted, each under `prefix`.
+fn names_in(dir: &Path, prefix: &Path) -> std::io::Result<Vec<PathBuf>> {
+    let mut names: Vec<_> = std::fs::read_dir(dir)?
+        .map(|e| e.map(|e| prefix.join(e.file_name())))
+        .collect::<std::io::Result<_>>()?;
+    names.sort();
+    Ok(names)
 }
 
 fn open_sled(path: &Path) -> sled::Result<sled::Db> {
