@@ -10,6 +10,7 @@ mod support;
 mod arm;
 #[cfg(feature = "broker")]
 mod broker;
+mod crashpoint;
 mod daemon;
 mod fault_server;
 mod harness;

@@ -189,6 +189,8 @@ pub struct RequestLog {
     pub body_bytes: u64,
     /// The final status sent, `None` if no response was sent.
     pub status: Option<u16>,
+    /// When the request's head had arrived (wall clock: comparable with other processes').
+    pub received: SystemTime,
 }
 
 impl RequestLog {
@@ -428,6 +430,7 @@ impl Shared {
             headers: req.headers.clone(),
             body_bytes: 0,
             status: None,
+            received: SystemTime::now(),
         });
         state.log.len() - 1
     }
