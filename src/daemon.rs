@@ -42,6 +42,8 @@ const RESCAN_WITHOUT_WATCH: Duration = Duration::from_secs(2);
 /// After a state-store failure (disk full), stop handing out files for this long.
 /// After a TLS failure (a setting to fix, or the server's certificate), wait this long.
 const LINK_TROUBLE_PAUSE: Duration = Duration::from_secs(60);
+/// How soon a failed after-upload action (delete, move) is tried again.
+const AFTER_UPLOAD_RETRY: Duration = Duration::from_secs(10);
 /// How many refused paths are remembered so each is logged once.
 const MAX_REFUSED_REMEMBERED: usize = 10_000;
 /// How many ready files the queue window holds (the rest wait in the spool).
@@ -1021,11 +1023,17 @@ impl<'p, 'a> Main<'p, 'a> {
             self.unqueue(key)
         });
         if let Err(e) = result {
-            // The record stays Complete: the next scan tries the action again, never the upload.
+            // The record stays Complete: a scan soon tries the action again, never the upload.
+            // It must be forced: a failed delete or move leaves the spool unchanged, and a scan
+            // of an unchanged spool is skipped.
             log::error!(
-                "{}: uploaded, but the after-upload action failed: {e}",
-                path.display()
+                "{}: uploaded, but the after-upload action failed: {e}; tried again in {} s",
+                path.display(),
+                AFTER_UPLOAD_RETRY.as_secs()
             );
+            self.force_scan = true;
+            let soon = self.parts.clock.now() + AFTER_UPLOAD_RETRY;
+            self.next_rescan = self.next_rescan.min(soon);
         }
     }
 
