@@ -109,6 +109,30 @@ pub struct Store {
     reset: Option<StateReset>,
     /// Records moved aside because they could not be read.
     damaged_records: AtomicU64,
+    commits: Commits,
+}
+
+/// The group commit's bookkeeping (see [`Store::flush`]).
+#[derive(Default)]
+struct Commits {
+    state: Mutex<CommitState>,
+    done: std::sync::Condvar,
+    /// Syncs run so far.
+    syncs: AtomicU64,
+}
+
+#[derive(Default)]
+struct CommitState {
+    /// Writes made so far.
+    writes: u64,
+    /// Writes known durable.
+    synced: u64,
+    /// A sync is running.
+    syncing: bool,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// What [`Store::flush`] syncs after sled's flush.
@@ -209,6 +233,7 @@ impl Store {
             poisoned: Mutex::new(None),
             reset,
             damaged_records: AtomicU64::new(0),
+            commits: Commits::default(),
         };
         store.adopt_identity()?;
         // sled created or replaced files (conf, db, snapshots, blobs/) that only a sync of each
@@ -232,6 +257,7 @@ impl Store {
             poisoned: Mutex::new(None),
             reset: None,
             damaged_records: AtomicU64::new(0),
+            commits: Commits::default(),
         })
     }
 
@@ -387,7 +413,7 @@ impl Store {
 
     /// Fails if an earlier write or sync failed (see the module doc).
     fn healthy(&self) -> Result<()> {
-        match &*self.poisoned.lock().unwrap_or_else(|p| p.into_inner()) {
+        match &*lock(&self.poisoned) {
             None => Ok(()),
             Some(why) => Err(state_err(
                 &self.dir,
@@ -399,16 +425,52 @@ impl Store {
     /// Runs a sled write; a failure poisons the store.
     fn write(&self, f: impl FnOnce(&sled::Db) -> sled::Result<()>) -> Result<()> {
         self.healthy()?;
-        f(&self.db).map_err(|e| self.poison(sled_err(&self.dir, e)))
+        f(&self.db).map_err(|e| self.poison(sled_err(&self.dir, e)))?;
+        lock(&self.commits.state).writes += 1;
+        Ok(())
     }
 
-    /// Makes every write so far durable: sled's flush, then an fsync of its log file and
-    /// directory (see the module doc). A failure poisons the store.
+    /// Makes every write so far durable (see the module doc); a failure poisons the store.
+    ///
+    /// Group commit: a caller that finds a sync running waits for it to end, and then for
+    /// the next one if that one started before its write. One sync then covers the writes
+    /// of every upload thread (and the hook's) that arrived meanwhile.
     fn flush(&self) -> Result<()> {
-        self.healthy()?;
+        let mut st = lock(&self.commits.state);
+        let want = st.writes;
+        loop {
+            self.healthy()?;
+            if st.synced >= want {
+                return Ok(());
+            }
+            if !st.syncing {
+                break;
+            }
+            st = self
+                .commits
+                .done
+                .wait(st)
+                .unwrap_or_else(|p| p.into_inner());
+        }
+        st.syncing = true;
+        let covers = st.writes;
+        drop(st);
+        let result = self.sync_now();
+        let mut st = lock(&self.commits.state);
+        st.syncing = false;
+        if result.is_ok() {
+            st.synced = covers;
+        }
+        self.commits.done.notify_all();
+        result
+    }
+
+    /// sled's flush, then a sync of its log file and directory.
+    fn sync_now(&self) -> Result<()> {
         self.db
             .flush()
             .map_err(|e| self.poison(sled_err(&self.dir, e)))?;
+        self.commits.syncs.fetch_add(1, Ordering::Relaxed);
         if let Some(h) = &self.sync {
             h.sync()
                 .map_err(|e| self.poison(io_err(&self.dir, "cannot sync the database", e)))?;
@@ -417,7 +479,7 @@ impl Store {
     }
 
     fn poison(&self, e: Error) -> Error {
-        let mut p = self.poisoned.lock().unwrap_or_else(|p| p.into_inner());
+        let mut p = lock(&self.poisoned);
         if p.is_none() {
             *p = Some(match &e {
                 Error::State { problem, .. } => problem.clone(),
@@ -448,7 +510,7 @@ impl SyncHandles {
         if blobs.is_dir() {
             names.extend(names_in(&blobs, Path::new("blobs"))?);
         }
-        let mut synced = self.synced_names.lock().unwrap_or_else(|p| p.into_inner());
+        let mut synced = lock(&self.synced_names);
         if *synced == names {
             return Ok(());
         }
@@ -834,6 +896,32 @@ mod tests {
             .collect();
         kept.sort();
         assert_eq!(kept, ["db.3", "db.4", "db.5"]);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn concurrent_writers_share_syncs_and_every_record_is_durable() {
+        let dir = std::env::temp_dir().join(format!("ferry-store-group-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let s = Store::open(&dir).unwrap();
+        let before = s.commits.syncs.load(Ordering::Relaxed);
+        std::thread::scope(|scope| {
+            for t in 0..8 {
+                let s = &s;
+                scope.spawn(move || {
+                    for i in 0..40 {
+                        s.put(&record(&format!("/t{t}/{i}"))).unwrap();
+                    }
+                });
+            }
+        });
+        let syncs = s.commits.syncs.load(Ordering::Relaxed) - before;
+        assert!(syncs <= 320, "at most one sync per put: {syncs}");
+        eprintln!("320 puts from 8 threads: {syncs} syncs");
+        drop(s);
+        let s = reopen(&dir);
+        assert_eq!(s.records().unwrap().len(), 320);
+        drop(s);
         std::fs::remove_dir_all(&dir).unwrap();
     }
 
