@@ -25,9 +25,11 @@
 //! The host's tus server logs every upload ever created (one that ferry later terminated still
 //! counts), and the host polls it every 50 ms to time the cuts and each creation. Checks:
 //! - every spool file has exactly one complete upload on the server, byte-identical to it;
-//! - every other upload is empty (0 bytes received) and was created less than 5 s before a cut
-//!   (the POST was answered, the cut came before the URL was durable: tus 1.0 cannot avoid
-//!   that); these are counted and printed;
+//! - every other upload is empty and was created less than 5 s before a cut (the POST was
+//!   answered, the cut came before the URL was durable: tus 1.0 cannot avoid that); these are
+//!   counted and printed. Empty means that no PATCH ever reached it, not only that the server
+//!   holds 0 bytes: a PATCH cut mid-body with `Upload-Checksum` leaves nothing on the server,
+//!   but it was sent on a URL that must have been durable by then;
 //! - no spool file is gone at a boot unless the server held all of it at the cut before;
 //! - `/var/lib/ferry` exists at every boot; the spool (and the failed directory) is empty at the
 //!   end.
@@ -683,10 +685,17 @@ impl Report {
                 )),
             }
         }
-        // Empty, and created (first seen) less than ADMIT_WINDOW before a cut.
+        // Empty (no PATCH ever reached it; the guest's config has no creation-with-upload, so
+        // POSTs carry no data), and created (first seen) less than ADMIT_WINDOW before a cut.
+        let patched: BTreeSet<String> = server
+            .requests()
+            .iter()
+            .filter(|r| r.method == "PATCH")
+            .filter_map(|r| r.path.rsplit('/').next().map(str::to_string))
+            .collect();
         let admissible: BTreeSet<String> = uploads
             .iter()
-            .filter(|u| u.offset == 0)
+            .filter(|u| u.offset == 0 && !patched.contains(&u.id))
             .filter(|u| {
                 watch.created.get(&u.id).is_some_and(|&(c, _)| {
                     cuts.iter()
@@ -729,16 +738,21 @@ impl Report {
                     continue;
                 }
                 *self.duplicates.entry(boot).or_default() += 1;
-                if u.offset > 0 {
+                if u.offset > 0 || patched.contains(&u.id) {
                     self.duplicates_with_data += 1;
                 }
                 self.violations.push(format!(
-                    "{name} ({} bytes): extra upload {} created in boot {boot} holds {} of {} bytes{}",
+                    "{name} ({} bytes): extra upload {} created in boot {boot} holds {} of {} bytes{}{}",
                     file.size,
                     u.id,
                     u.offset,
                     u.length,
-                    if u.deleted { " (terminated)" } else { "" }
+                    if u.deleted { " (terminated)" } else { "" },
+                    if u.offset == 0 && patched.contains(&u.id) {
+                        " (data was sent on it: a PATCH reached it)"
+                    } else {
+                        ""
+                    }
                 ));
             }
         }
