@@ -21,7 +21,7 @@
 # batches.txt (lines "BATCH NAME SIZE OFFSET": spool file NAME of batch BATCH is SIZE bytes of
 # pool.bin from OFFSET), boot ("N MODE", MODE first|cut|final) and drain-seconds. It writes
 # out/boot-N/: facts (key=value), kernel-disk.txt, spool.txt, state.txt, added.txt, and in the
-# final boot end-spool.txt and journal-ferry.txt. 9p writes reach the host at once: they
+# final boot end-spool.txt, end-state.txt, journal-ferry.txt and boot-time.txt. 9p writes reach the host at once: they
 # survive the cut.
 set -u
 H=${2:-/mnt/host}
@@ -44,13 +44,14 @@ list_spool() {
     done
 }
 spool_count() { find "$SPOOL" -maxdepth 1 -type f ! -name '.*' | wc -l; }
+# record_state KEY FILE: fact KEY (present or absent) and the state directory's tree in FILE.
 record_state() {
     if [ -d /var/lib/ferry ]; then
-        fact state_dir present
-        find /var/lib/ferry -printf '%y %m %u %s %p\n' | sort -k5 >"$O/state.txt"
+        fact "$1" present
+        find /var/lib/ferry -printf '%y %m %u %s %p\n' | sort -k5 >"$O/$2"
     else
-        fact state_dir absent
-        : >"$O/state.txt"
+        fact "$1" absent
+        : >"$O/$2"
     fi
 }
 # add_batch B: spool files of batch B from pool.bin, written under ignored names, synced, then
@@ -73,7 +74,7 @@ if [ "${1:-}" = record ]; then
     fact record_uptime_ms "$(uptime_ms)"
     dmesg | grep -iE 'ext4|vda|i/o error' >"$O/kernel-disk.txt"
     list_spool >"$O/spool.txt"
-    record_state
+    record_state state_dir state.txt
     if [ "$MODE" = cut ] && [ "$(spool_count)" -lt 3 ]; then
         add_batch "$N"
     fi
@@ -115,8 +116,12 @@ SH
     cat >/etc/systemd/system/ferry-vm-record.service <<'UNIT'
 [Unit]
 Description=Record the spool and ferry's state before ferry starts (tests/vm/powercut.sh)
+# Early (it needs only the root file system and the 9p modules): it is done before ferry can
+# start, instead of holding it up by several seconds under TCG.
+DefaultDependencies=no
 After=local-fs.target systemd-modules-load.service
-Before=ferry.service
+Before=ferry.service shutdown.target
+Conflicts=shutdown.target
 [Service]
 Type=oneshot
 ExecStart=/usr/local/sbin/ferry-vm-record
@@ -157,7 +162,7 @@ if [ "$MODE" = final ]; then
     # ferry's last state writes after the last delete.
     sleep 2
     list_spool >"$O/end-spool.txt"
-    record_state
+    record_state end_state_dir end-state.txt
     journalctl -b --no-pager -o short-monotonic -u ferry.service >"$O/journal-ferry.txt" 2>&1
     {
         systemd-analyze
