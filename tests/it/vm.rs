@@ -47,6 +47,7 @@ use crate::harness::{assert_same_bytes, random_bytes};
 use crate::support::tus_server::{ServerConfig, TusServer};
 
 mod package;
+mod powercut;
 use package::{check_conffile_upgrade, check_remove_and_purge, check_upgrades, repack, Change};
 
 const HOW: &str = "set FERRY_VM_QEMU (qemu-system-x86_64), FERRY_VM_QEMU_DATA (its -L \
@@ -308,17 +309,42 @@ impl Drop for Qemu {
     }
 }
 
-/// Boots the guest with `share` as its 9p share and waits for it to power off; returns the
-/// wall time. A guest still running after `vm.timeout` fails the test with its serial log.
-fn boot(vm: &Vm, work: &Path, share: &Path, server_port: u16) -> Duration {
-    let serial = work.join("serial.log");
-    let stderr = work.join("qemu.stderr");
+/// How the guest's disk is attached.
+#[derive(Clone, Copy)]
+enum Disk<'a> {
+    /// The pristine image with `snapshot=on`: writes go to a temporary overlay, the image stays
+    /// as it is.
+    Pristine,
+    /// A raw image of the guest's own (a copy of the pristine one), `cache=writeback`: what the
+    /// guest wrote back survives a `kill -9` of qemu, what was only in its page cache does not,
+    /// as on a device whose power is cut.
+    Persistent(&'a Path),
+}
+
+/// Where a boot's serial console and qemu's stderr go.
+struct BootLogs {
+    serial: PathBuf,
+    stderr: PathBuf,
+}
+
+impl BootLogs {
+    fn in_dir(dir: &Path, name: &str) -> BootLogs {
+        BootLogs {
+            serial: dir.join(format!("{name}.serial.log")),
+            stderr: dir.join(format!("{name}.qemu-stderr.log")),
+        }
+    }
+}
+
+/// qemu's command line for one boot: TCG, the kernel and initrd given directly, `disk`, `share`
+/// as the 9p share tagged `host` (hostrun.service runs its run.sh and then powers off), and a
+/// NIC whose only way out is the guestfwd to the tus server on 127.0.0.1:`server_port`.
+fn qemu_command(vm: &Vm, logs: &BootLogs, share: &Path, server_port: u16, disk: Disk) -> Command {
     let mut cmd = Command::new(&vm.qemu);
     for d in &vm.data_dirs {
         cmd.arg("-L").arg(d);
     }
-    // TCG: KVM on these hosts cannot run a stock kernel. The image stays pristine (snapshot=on:
-    // writes go to a temporary overlay).
+    // TCG: KVM on these hosts cannot run a stock kernel.
     // ARM: qemu's virt board with a Pi 3's CPU (Pi 2's for a 32-bit OS), its PL011 UART as
     // the console.
     let (machine, console): (&[&str], &str) = match vm.arch.as_str() {
@@ -326,11 +352,21 @@ fn boot(vm: &Vm, work: &Path, share: &Path, server_port: u16) -> Duration {
         "armhf" => (&["-M", "virt", "-cpu", "cortex-a7"], "ttyAMA0"),
         _ => (&["-cpu", "max"], "ttyS0"),
     };
+    let drive = match disk {
+        Disk::Pristine => format!(
+            "file={},if=virtio,format=raw,snapshot=on",
+            vm.image.display()
+        ),
+        Disk::Persistent(image) => format!(
+            "file={},if=virtio,format=raw,cache=writeback",
+            image.display()
+        ),
+    };
     cmd.args(["-nodefaults", "-no-user-config", "-display", "none", "-no-reboot"])
         .args(machine)
         .args(["-accel", "tcg,thread=multi", "-smp", "2", "-m", "512M"])
         .arg("-serial")
-        .arg(format!("file:{}", serial.display()))
+        .arg(format!("file:{}", logs.serial.display()))
         .arg("-kernel")
         .arg(&vm.kernel)
         .arg("-initrd")
@@ -340,10 +376,7 @@ fn boot(vm: &Vm, work: &Path, share: &Path, server_port: u16) -> Duration {
             "root=/dev/vda rw console={console} panic=-1 net.ifnames=0 quiet hostrun=1 hostrun_poweroff=1"
         ))
         .arg("-drive")
-        .arg(format!(
-            "file={},if=virtio,format=raw,snapshot=on",
-            vm.image.display()
-        ))
+        .arg(drive)
         .arg("-virtfs")
         .arg(format!(
             "local,path={},mount_tag=host,security_model=none,id=host",
@@ -360,24 +393,43 @@ fn boot(vm: &Vm, work: &Path, share: &Path, server_port: u16) -> Duration {
         .args(["-device", "virtio-net-pci,netdev=net0,romfile="])
         .stdin(Stdio::null())
         .stdout(Stdio::null())
-        .stderr(std::fs::File::create(&stderr).unwrap());
-    let start = Instant::now();
-    let mut qemu = Qemu(
+        .stderr(std::fs::File::create(&logs.stderr).unwrap());
+    cmd
+}
+
+/// Starts qemu; the returned guard kills it (SIGKILL) when dropped.
+fn start_guest(cmd: &mut Command, vm: &Vm) -> Qemu {
+    Qemu(
         cmd.spawn()
             .unwrap_or_else(|e| panic!("{}: {e}", vm.qemu.display())),
-    );
+    )
+}
+
+/// Waits for the guest to power off (qemu exits 0), calling `tick` every 250 ms, and returns
+/// the time since `start`. A guest still running `vm.timeout` after `start` fails the test with
+/// its serial log and `run_log`.
+fn wait_poweroff(
+    vm: &Vm,
+    mut qemu: Qemu,
+    start: Instant,
+    logs: &BootLogs,
+    run_log: &Path,
+    work: &Path,
+    mut tick: impl FnMut(),
+) -> Duration {
     let status = loop {
         if let Some(status) = qemu.0.try_wait().unwrap() {
             break status;
         }
+        tick();
         if start.elapsed() > vm.timeout {
             drop(qemu);
             panic!(
                 "the guest did not power off within {} s (FERRY_VM_TIMEOUT); serial console:\n{}\n\
-                 guest's run.log:\n{}\n(files kept in {})",
+                 guest's log:\n{}\n(files kept in {})",
                 vm.timeout.as_secs(),
-                tail(&serial, 40),
-                tail(&share.join("out/run.log"), 40),
+                tail(&logs.serial, 40),
+                tail(run_log, 40),
                 work.display()
             );
         }
@@ -386,10 +438,31 @@ fn boot(vm: &Vm, work: &Path, share: &Path, server_port: u16) -> Duration {
     assert!(
         status.success(),
         "qemu exited with {status}:\n{}\nserial console:\n{}",
-        tail(&stderr, 20),
-        tail(&serial, 40)
+        tail(&logs.stderr, 20),
+        tail(&logs.serial, 40)
     );
     start.elapsed()
+}
+
+/// Boots the pristine image (snapshot) with `share` as its 9p share and waits for it to power
+/// off; returns the wall time.
+fn boot(vm: &Vm, work: &Path, share: &Path, server_port: u16) -> Duration {
+    let logs = BootLogs {
+        serial: work.join("serial.log"),
+        stderr: work.join("qemu.stderr"),
+    };
+    let mut cmd = qemu_command(vm, &logs, share, server_port, Disk::Pristine);
+    let start = Instant::now();
+    let qemu = start_guest(&mut cmd, vm);
+    wait_poweroff(
+        vm,
+        qemu,
+        start,
+        &logs,
+        &share.join("out/run.log"),
+        work,
+        || {},
+    )
 }
 
 /// The last `n` lines of a text file, or why there are none.
