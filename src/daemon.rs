@@ -39,7 +39,6 @@ const STATUS_BUSY: Duration = Duration::from_secs(1);
 const STATUS_IDLE: Duration = Duration::from_secs(30);
 /// Full rescans when inotify is not available.
 const RESCAN_WITHOUT_WATCH: Duration = Duration::from_secs(2);
-/// After a state-store failure (disk full), stop handing out files for this long.
 /// After a TLS failure (a setting to fix, or the server's certificate), wait this long.
 const LINK_TROUBLE_PAUSE: Duration = Duration::from_secs(60);
 /// How soon a failed after-upload action (delete, move) is tried again.
