@@ -12,8 +12,9 @@
 //! upload; memory does not grow with file size; only regular files are read, never symlinks.
 //!
 //! Modules: [`tus`] and [`backoff`] are pure (no I/O); [`transport`] is the only user of ureq,
-//! [`store`] of sled, [`clock`] of time; [`upload`] is the protocol logic over those; [`config`]
-//! and [`cli`] read settings; `main.rs` wires the real parts.
+//! [`store`] of sled, [`clock`] of time; [`durable`] decides what is synced (files and their
+//! directory entries, so a checkpoint survives a power cut); [`upload`] is the protocol logic
+//! over those; [`config`] and [`cli`] read settings; `main.rs` wires the real parts.
 
 pub mod app;
 pub mod backoff;
