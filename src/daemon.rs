@@ -41,6 +41,8 @@ const STATUS_IDLE: Duration = Duration::from_secs(30);
 const RESCAN_WITHOUT_WATCH: Duration = Duration::from_secs(2);
 /// After a TLS failure (a setting to fix, or the server's certificate), wait this long.
 const LINK_TROUBLE_PAUSE: Duration = Duration::from_secs(60);
+/// After this many deletions their directory is synced and their records dropped.
+const FORGET_BATCH: usize = 64;
 /// How soon a failed after-upload action (delete, move) is tried again.
 const AFTER_UPLOAD_RETRY: Duration = Duration::from_secs(10);
 /// How many refused paths are remembered so each is logged once.
@@ -316,6 +318,8 @@ struct Main<'p, 'a> {
     recent_failed: VecDeque<FailedFile>,
     /// Files that were in the spool before a state reset and were uploaded again.
     totals_reuploaded: u64,
+    /// Files deleted after their upload whose records wait for a sync of their directory.
+    deleted: Vec<String>,
 }
 
 impl<'p, 'a> Main<'p, 'a> {
@@ -360,6 +364,7 @@ impl<'p, 'a> Main<'p, 'a> {
             totals: Totals::default(),
             recent_failed: VecDeque::new(),
             totals_reuploaded: 0,
+            deleted: Vec::new(),
         }
     }
 
@@ -648,11 +653,36 @@ impl<'p, 'a> Main<'p, 'a> {
         }
     }
 
-    /// Drops records of files that left the spool while not being uploaded, among them the
-    /// Complete records of files ferry deleted. Their directories are synced first, once per
-    /// scan for all of them: a record goes only when the deletion it stands for is durable,
-    /// so a cut that undoes a deletion finds the record and deletes the file again.
+    /// Drops the Complete records of the files deleted since the last call, after one sync of
+    /// their directories: a record goes only when the deletion it stands for is durable, so a
+    /// cut that undoes a deletion finds the record and deletes the file again. Called at every
+    /// scan and every [`FORGET_BATCH`] deletions, which bounds the records kept meanwhile.
+    fn forget_deleted(&mut self) -> Result<()> {
+        let dirs: HashSet<&Path> = self
+            .deleted
+            .iter()
+            .filter_map(|k| Path::new(k).parent())
+            .collect();
+        for dir in dirs {
+            if let Err(e) = durable::sync_dir(dir) {
+                log::warn!(
+                    "{}: cannot sync: {e}; the records of deleted files are kept until the next scan",
+                    dir.display()
+                );
+                return Ok(());
+            }
+        }
+        for key in std::mem::take(&mut self.deleted) {
+            self.parts.store.remove(&key)?;
+        }
+        Ok(())
+    }
+
+    /// Drops records of files that left the spool while not being uploaded. Their directories
+    /// are synced first, as in [`Self::forget_deleted`]: a record goes only when the file's
+    /// absence is durable.
     fn forget_vanished(&mut self) -> Result<()> {
+        self.forget_deleted()?;
         let vanished: Vec<_> = self
             .parts
             .store
@@ -1006,11 +1036,14 @@ impl<'p, 'a> Main<'p, 'a> {
         let store = self.parts.store;
         let done = match &self.settings.after_upload {
             AfterUpload::Keep => Ok(()),
-            // The Complete record stays until the next scan has synced the directory (see
-            // `forget_vanished`): one sync for all the files deleted since.
+            // The Complete record stays until the directory is synced (`forget_deleted`): one
+            // sync for a batch of deleted files.
             AfterUpload::Delete => match std::fs::remove_file(path) {
                 Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
-                _ => Ok(()),
+                _ => {
+                    self.deleted.push(key.to_string());
+                    Ok(())
+                }
             },
             AfterUpload::Move(dir) => move_into(path, dir, &|_| Ok(())).map(|_| ()),
         };
@@ -1018,6 +1051,9 @@ impl<'p, 'a> Main<'p, 'a> {
             // A move synced both directories: its record can go now.
             if matches!(self.settings.after_upload, AfterUpload::Move(_)) {
                 store.remove(key)?;
+            }
+            if self.deleted.len() >= FORGET_BATCH {
+                self.forget_deleted()?;
             }
             self.unqueue(key)
         });
