@@ -658,19 +658,8 @@ impl<'p, 'a> Main<'p, 'a> {
     /// cut that undoes a deletion finds the record and deletes the file again. Called at every
     /// scan and every [`FORGET_BATCH`] deletions, which bounds the records kept meanwhile.
     fn forget_deleted(&mut self) -> Result<()> {
-        let dirs: HashSet<&Path> = self
-            .deleted
-            .iter()
-            .filter_map(|k| Path::new(k).parent())
-            .collect();
-        for dir in dirs {
-            if let Err(e) = durable::sync_dir(dir) {
-                log::warn!(
-                    "{}: cannot sync: {e}; the records of deleted files are kept until the next scan",
-                    dir.display()
-                );
-                return Ok(());
-            }
+        if !sync_parents(self.deleted.iter().map(String::as_str)) {
+            return Ok(());
         }
         for key in std::mem::take(&mut self.deleted) {
             self.parts.store.remove(&key)?;
@@ -693,18 +682,8 @@ impl<'p, 'a> Main<'p, 'a> {
                     && Path::new(&rec.path).symlink_metadata().is_err()
             })
             .collect();
-        let dirs: HashSet<&Path> = vanished
-            .iter()
-            .filter_map(|rec| Path::new(&rec.path).parent())
-            .collect();
-        for dir in dirs {
-            if let Err(e) = durable::sync_dir(dir) {
-                log::warn!(
-                    "{}: cannot sync: {e}; records kept until the next scan",
-                    dir.display()
-                );
-                return Ok(());
-            }
+        if !sync_parents(vanished.iter().map(|rec| rec.path.as_str())) {
+            return Ok(());
         }
         for rec in vanished {
             if rec.state == RecordState::Uploading {
@@ -1241,6 +1220,22 @@ fn move_into(
         }
     })?;
     Ok(dest)
+}
+
+/// Syncs the directories holding `paths`, each once; false (and a warning) when one fails:
+/// the records of files gone from them are then kept until the next scan.
+fn sync_parents<'k>(paths: impl Iterator<Item = &'k str>) -> bool {
+    let dirs: HashSet<&Path> = paths.filter_map(|p| Path::new(p).parent()).collect();
+    for dir in dirs {
+        if let Err(e) = durable::sync_dir(dir) {
+            log::warn!(
+                "{}: cannot sync: {e}; the records of files gone from it are kept until the next scan",
+                dir.display()
+            );
+            return false;
+        }
+    }
+    true
 }
 
 fn sidecar_path(file: &Path) -> PathBuf {
