@@ -304,18 +304,7 @@ impl Store {
 
     /// The record for `path`, if any. An unreadable record is moved aside and reads as none.
     pub fn get(&self, path: &str) -> Result<Option<FileRecord>> {
-        self.healthy()?;
-        let k = key(path);
-        let Some(raw) = self.db.get(&k).map_err(|e| sled_err(&self.dir, e))? else {
-            return Ok(None);
-        };
-        match decode(&raw) {
-            Ok(rec) => Ok(Some(rec)),
-            Err(problem) => {
-                self.set_aside(&k, &problem)?;
-                Ok(None)
-            }
-        }
+        self.read_one(&key(path), decode)
     }
 
     /// Writes `record` and makes it durable before returning.
@@ -339,16 +328,7 @@ impl Store {
 
     /// All records, in key order; unreadable ones are moved aside and left out.
     pub fn records(&self) -> Result<Vec<FileRecord>> {
-        self.healthy()?;
-        let mut out = Vec::new();
-        for kv in self.db.scan_prefix(FILE_PREFIX) {
-            let (k, v) = kv.map_err(|e| sled_err(&self.dir, e))?;
-            match decode(&v) {
-                Ok(rec) => out.push(rec),
-                Err(problem) => self.set_aside(&k, &problem)?,
-            }
-        }
-        Ok(out)
+        self.read_all(FILE_PREFIX, decode)
     }
 
     /// Records a permanent failure of a file kept in place (durably).
@@ -360,18 +340,7 @@ impl Store {
 
     /// The failure record of `path`, if any (an unreadable one is moved aside).
     pub fn get_failed(&self, path: &str) -> Result<Option<FailedRecord>> {
-        self.healthy()?;
-        let k = failed_key(path);
-        let Some(raw) = self.db.get(&k).map_err(|e| sled_err(&self.dir, e))? else {
-            return Ok(None);
-        };
-        match serde_json::from_slice(&raw) {
-            Ok(rec) => Ok(Some(rec)),
-            Err(e) => {
-                self.set_aside(&k, &format!("unreadable failure record: {e}"))?;
-                Ok(None)
-            }
-        }
+        self.read_one(&failed_key(path), decode_failed)
     }
 
     /// Forgets the failure of `path`.
@@ -381,13 +350,41 @@ impl Store {
 
     /// All failure records (unreadable ones are moved aside and left out).
     pub fn failed(&self) -> Result<Vec<FailedRecord>> {
+        self.read_all(FAILED_PREFIX, decode_failed)
+    }
+
+    /// The value under `k`, decoded; an undecodable one is set aside and reads as none.
+    fn read_one<T>(
+        &self,
+        k: &[u8],
+        decode: fn(&[u8]) -> std::result::Result<T, String>,
+    ) -> Result<Option<T>> {
+        self.healthy()?;
+        let Some(raw) = self.db.get(k).map_err(|e| sled_err(&self.dir, e))? else {
+            return Ok(None);
+        };
+        match decode(&raw) {
+            Ok(v) => Ok(Some(v)),
+            Err(problem) => {
+                self.set_aside(k, &problem)?;
+                Ok(None)
+            }
+        }
+    }
+
+    /// Every value under `prefix`, decoded; undecodable ones are set aside and left out.
+    fn read_all<T>(
+        &self,
+        prefix: &str,
+        decode: fn(&[u8]) -> std::result::Result<T, String>,
+    ) -> Result<Vec<T>> {
         self.healthy()?;
         let mut out = Vec::new();
-        for kv in self.db.scan_prefix(FAILED_PREFIX) {
+        for kv in self.db.scan_prefix(prefix) {
             let (k, v) = kv.map_err(|e| sled_err(&self.dir, e))?;
-            match serde_json::from_slice(&v) {
-                Ok(rec) => out.push(rec),
-                Err(e) => self.set_aside(&k, &format!("unreadable failure record: {e}"))?,
+            match decode(&v) {
+                Ok(v) => out.push(v),
+                Err(problem) => self.set_aside(&k, &problem)?,
             }
         }
         Ok(out)
@@ -655,6 +652,10 @@ fn decode(raw: &[u8]) -> std::result::Result<FileRecord, String> {
         ));
     }
     serde_json::from_slice(raw).map_err(|e| format!("unreadable record: {e}"))
+}
+
+fn decode_failed(raw: &[u8]) -> std::result::Result<FailedRecord, String> {
+    serde_json::from_slice(raw).map_err(|e| format!("unreadable failure record: {e}"))
 }
 
 fn key(path: &str) -> Vec<u8> {
