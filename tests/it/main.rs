@@ -3,6 +3,10 @@
     clippy::unwrap_used,
     reason = "tests: a panic is a failed test with a location"
 )]
+#![allow(
+    clippy::disallowed_methods,
+    reason = "end-to-end tests wait for real processes in real time and read FERRY_* knobs"
+)]
 
 #[path = "../support/mod.rs"]
 mod support;
@@ -23,3 +27,11 @@ mod support_selftest;
 mod systemd_unit;
 mod tls;
 mod vm;
+
+/// A plain `cargo test` builds without the broker (the feature is off by default), which would
+/// leave the broker's tests out without a word: say so instead of passing.
+#[cfg(not(feature = "broker"))]
+#[test]
+fn broker_tests_need_the_broker_feature() {
+    panic!("the broker's tests were not built: run scripts/test, or cargo test --features broker");
+}
