@@ -48,6 +48,10 @@ pub enum Error {
     },
     /// A pause or shutdown stopped the upload; it resumes on the next run.
     Interrupted,
+    /// ferry broke one of its own rules (a thread died, a state it cannot be in): a bug to
+    /// report. Not a configuration error, so systemd restarts the service
+    /// (`RestartPreventExitStatus=2` is for configuration errors only).
+    Internal(String),
     /// A plain I/O error with context.
     Io {
         /// What was being done.
@@ -86,6 +90,9 @@ impl std::fmt::Display for Error {
             ),
             Self::Network { url, problem } => write!(f, "{url}: {problem}"),
             Self::Io { context, source } => write!(f, "{context}: {source}"),
+            Self::Internal(m) => {
+                write!(f, "internal error (a bug in ferry, please report it): {m}")
+            }
             Self::Interrupted => write!(
                 f,
                 "interrupted by pause or shutdown; it resumes on the next run"
@@ -125,7 +132,24 @@ impl Error {
         }
     }
 
-    /// The process exit code for this error when it ends a command.
+    /// True when the same action may succeed later without anyone changing anything: an
+    /// interrupted upload resumes, an I/O error may clear. Configuration, a refused upload, a
+    /// file that cannot be used, a failed state store and a bug need someone to act.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            Self::Interrupted | Self::Io { .. } => true,
+            Self::Config(_)
+            | Self::Source { .. }
+            | Self::State { .. }
+            | Self::Server { .. }
+            | Self::GaveUp { .. }
+            | Self::Network { .. }
+            | Self::Internal(_) => false,
+        }
+    }
+
+    /// The process exit code for this error when it ends a command: 2 for a configuration
+    /// error (which a restart cannot fix), 1 for everything else.
     pub fn exit_code(&self) -> i32 {
         match self {
             Self::Config(_) => 2,
@@ -136,3 +160,23 @@ impl Error {
 
 /// ferry's result type.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_configuration_errors_stop_systemd_from_restarting() {
+        assert_eq!(Error::config("x").exit_code(), 2);
+        let internal = Error::Internal("upload threads ended unexpectedly".into());
+        assert_eq!(internal.exit_code(), 1);
+        assert!(internal.to_string().contains("a bug in ferry"));
+        assert!(!internal.is_transient());
+        assert!(Error::Interrupted.is_transient());
+        let state = Error::State {
+            dir: "/s".into(),
+            problem: "full".into(),
+        };
+        assert!(!state.is_transient());
+    }
+}
