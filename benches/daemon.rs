@@ -31,6 +31,10 @@
 //! Machines are shared and noisy: compare the ratios, not the seconds. Linux only (/proc).
 //! `FERRY_BENCH_BIN=/path/to/ferry` measures another build (an older commit's release binary,
 //! say) with the same benchmark, for a before/after figure from one machine and one session.
+#![allow(
+    clippy::disallowed_methods,
+    reason = "measures and waits in real time, and reads its knobs from the environment"
+)]
 
 use std::collections::{HashMap, HashSet};
 use std::fs::{self, File};

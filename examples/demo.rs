@@ -4,7 +4,10 @@
 //! puts a proxy in front of it that throttles the link and resets the TCP connection every few
 //! MiB, writes a demo spool of random files, runs `ferry upload` on them (live progress on
 //! stderr), then compares what the server stored with each file, byte for byte.
-
+#![allow(
+    clippy::disallowed_methods,
+    reason = "measures and waits in real time, and reads its knobs from the environment"
+)]
 #![allow(
     dead_code,
     reason = "the test support modules offer more than the demo uses"

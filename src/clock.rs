@@ -19,6 +19,10 @@ pub trait Clock: Send + Sync {
 #[derive(Debug, Clone, Copy, Default)]
 pub struct SystemClock;
 
+#[expect(
+    clippy::disallowed_methods,
+    reason = "the real clock: the one place that reads time and sleeps"
+)]
 impl Clock for SystemClock {
     fn now(&self) -> Instant {
         Instant::now()
@@ -53,6 +57,10 @@ pub struct ManualClock {
 impl ManualClock {
     /// A clock at `wall` wall-clock time.
     pub fn new(wall: SystemTime) -> Self {
+        #[expect(
+            clippy::disallowed_methods,
+            reason = "an Instant can only be made from now(); only differences are used"
+        )]
         Self {
             start: Instant::now(),
             wall_start: wall,
@@ -101,6 +109,10 @@ impl Clock for ManualClock {
 pub fn random_seed() -> u64 {
     use std::hash::{BuildHasher, Hasher};
     let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    #[expect(
+        clippy::disallowed_methods,
+        reason = "entropy for jitter, not a reading of time"
+    )]
     h.write_u128(
         SystemTime::now()
             .duration_since(SystemTime::UNIX_EPOCH)

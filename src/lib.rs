@@ -31,6 +31,7 @@ pub mod notify;
 pub mod progress;
 pub mod queue;
 pub mod ratelimit;
+pub mod signals;
 pub mod source;
 pub mod spool;
 pub mod status;

@@ -1,4 +1,4 @@
-//! Watching the spool (inotify) and the process's signals, turned into daemon [`Event`]s.
+//! Watching the spool with inotify, turned into daemon [`Event`]s.
 //!
 //! The watcher reports a file the moment its writer closes it or renames it into the spool,
 //! so an idle daemon sleeps instead of polling. Anything it cannot account for (a queue
@@ -19,22 +19,6 @@ use crate::status::PAUSE_MARKER;
 
 /// How often a missing spool directory is looked for again.
 const RETRY_MISSING: Duration = Duration::from_secs(2);
-
-/// Starts the signal thread: SIGTERM, SIGINT and SIGHUP become [`Event::Signal`].
-pub fn signals(tx: Sender<Event>) -> std::io::Result<()> {
-    use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
-    let mut signals = signal_hook::iterator::Signals::new([SIGTERM, SIGINT, SIGHUP])?;
-    std::thread::Builder::new()
-        .name("signals".into())
-        .spawn(move || {
-            for sig in signals.forever() {
-                if tx.send(Event::Signal(sig)).is_err() {
-                    break;
-                }
-            }
-        })?;
-    Ok(())
-}
 
 /// Starts the spool watcher thread; without inotify it reports [`Event::WatchUnavailable`].
 pub fn spool(

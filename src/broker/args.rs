@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use lexopt::prelude::*;
 
-use crate::config::{Raw, RawBroker};
+use crate::config::RawBroker;
 use crate::error::{Error, Result};
 
 /// The help text of `ferry broker`.
@@ -50,7 +50,7 @@ impl BrokerArgs {
     /// The `[broker]` keys: the config file's (if given) with the flags laid over them.
     pub fn load(&self) -> Result<RawBroker> {
         let file = match &self.config {
-            Some(path) => Raw::load(path)?.broker,
+            Some(path) => crate::config::load(path)?.broker,
             None => RawBroker::default(),
         };
         Ok(merge(file, self.overrides.clone()))

@@ -36,6 +36,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::clock::{Clock, SystemClock};
+use crate::config::Env;
 use crate::error::{Error, Result};
 use crate::notify::Notifier;
 use crate::transport::http::{HttpSettings, UreqTransport};
@@ -46,7 +47,7 @@ pub use args::BrokerArgs;
 const STOP_GRACE: Duration = Duration::from_secs(5);
 
 /// Runs `ferry broker` until SIGTERM or SIGINT; returns the exit code.
-pub fn run(args: BrokerArgs) -> Result<i32> {
+pub fn run(args: BrokerArgs, env: &Env) -> Result<i32> {
     if args.help {
         print!("{}", args::USAGE);
         return Ok(0);
@@ -57,7 +58,7 @@ pub fn run(args: BrokerArgs) -> Result<i32> {
         log::warn!("log level capped at debug: trace output would show the Stream API token");
     }
     let raw = args.load()?;
-    let settings = settings::Settings::resolve(&raw)?;
+    let settings = settings::Settings::resolve(&raw, env)?;
     let tls = server::tls_config(&settings)?;
     let transport = UreqTransport::new(&HttpSettings {
         connect_timeout: settings.api_timeout,
@@ -75,7 +76,7 @@ pub fn run(args: BrokerArgs) -> Result<i32> {
         source: e,
     })?;
     let stop = Arc::new(AtomicBool::new(false));
-    let notifier = Notifier::new(crate::config::notify_socket());
+    let notifier = Notifier::new(env.notify_socket.clone());
     let server = server::Server::new(listener, broker.clone(), tls, clock.clone(), &settings);
     signals(
         broker.clone(),

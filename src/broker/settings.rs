@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use super::stream::BROKER_KEYS;
-use crate::config::{parse_duration, parse_size, read_secret, RawBroker};
+use crate::config::{parse_duration, parse_size, read_secret, Env, RawBroker};
 use crate::error::{Error, Result};
 use crate::tus::{metadata, url};
 
@@ -93,7 +93,7 @@ pub struct Settings {
 
 impl Settings {
     /// Checks every key and reads the API token.
-    pub fn resolve(raw: &RawBroker) -> Result<Self> {
+    pub fn resolve(raw: &RawBroker, env: &Env) -> Result<Self> {
         let listen = raw.listen.as_deref().unwrap_or(DEFAULT_LISTEN);
         let listen: SocketAddr = listen.parse().map_err(|_| {
             Error::config(format!(
@@ -111,7 +111,7 @@ impl Settings {
             path,
             api_base: api_base(raw.api_base.as_deref())?,
             account_id: account_id(raw.account_id.as_deref())?,
-            api_token: api_token(raw.api_token_file.as_deref())?,
+            api_token: api_token(raw.api_token_file.as_deref(), env)?,
             device_tokens_file: raw.device_tokens_file.clone().ok_or_else(|| {
                 required("broker.device_tokens_file", "--device-tokens-file FILE")
             })?,
@@ -186,10 +186,10 @@ fn account_id(v: Option<&str>) -> Result<String> {
     Ok(id.to_string())
 }
 
-fn api_token(v: Option<&str>) -> Result<ApiToken> {
+fn api_token(v: Option<&str>, env: &Env) -> Result<ApiToken> {
     let source = v.ok_or_else(|| required("broker.api_token_file", "--api-token-file FILE"))?;
-    let token =
-        read_secret(source).map_err(|e| Error::config(format!("broker.api_token_file: {e}")))?;
+    let token = read_secret(source, env)
+        .map_err(|e| Error::config(format!("broker.api_token_file: {e}")))?;
     // Never print the value: only say what is wrong with it.
     if !token.bytes().all(|b| b.is_ascii_graphic()) {
         return Err(Error::config(
@@ -317,7 +317,7 @@ mod tests {
     #[test]
     fn defaults() {
         with_token(|raw| {
-            let s = Settings::resolve(&raw).unwrap();
+            let s = Settings::resolve(&raw, &Env::default()).unwrap();
             assert_eq!(s.listen.to_string(), DEFAULT_LISTEN);
             assert_eq!(s.path, DEFAULT_PATH);
             assert_eq!(s.api_base, DEFAULT_API_BASE);
@@ -338,7 +338,9 @@ mod tests {
             let err = |f: &dyn Fn(&mut RawBroker)| {
                 let mut r = raw.clone();
                 f(&mut r);
-                Settings::resolve(&r).unwrap_err().to_string()
+                Settings::resolve(&r, &Env::default())
+                    .unwrap_err()
+                    .to_string()
             };
             assert!(err(&|r| r.account_id = None).contains("broker.account_id"));
             assert!(err(&|r| r.account_id = Some("a/b".into())).contains("broker.account_id"));
@@ -355,7 +357,7 @@ mod tests {
             let mut local = raw.clone();
             local.api_base = Some("http://127.0.0.1:9/client/v4/".into());
             assert_eq!(
-                Settings::resolve(&local).unwrap().api_base,
+                Settings::resolve(&local, &Env::default()).unwrap().api_base,
                 "http://127.0.0.1:9/client/v4"
             );
             assert!(err(&|r| r.api_token_file = Some("/nonexistent".into()))
@@ -381,7 +383,9 @@ mod tests {
             let path = PathBuf::from(raw.api_token_file.clone().unwrap());
             std::fs::write(&path, "cf-secret\nsecond line\n").unwrap();
             raw.api_token_file = Some(path.to_str().unwrap().into());
-            let e = Settings::resolve(&raw).unwrap_err().to_string();
+            let e = Settings::resolve(&raw, &Env::default())
+                .unwrap_err()
+                .to_string();
             assert!(
                 e.contains("broker.api_token_file") && !e.contains("cf-secret"),
                 "{e}"

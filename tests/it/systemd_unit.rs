@@ -245,8 +245,8 @@ fn keys(lines: impl Iterator<Item = String>) -> BTreeSet<(String, String)> {
 
 #[test]
 fn example_config_has_every_documented_key() {
-    // src/config.rs documents every key in its module doc's ```toml block.
-    let source = read("src/config.rs");
+    // src/config/mod.rs documents every key in its module doc's ```toml block.
+    let source = read("src/config/mod.rs");
     let documented = keys(
         source
             .lines()
@@ -266,7 +266,7 @@ fn example_config_has_every_documented_key() {
     let unknown: Vec<_> = example.difference(&documented).collect();
     assert!(
         missing.is_empty() && unknown.is_empty(),
-        "systemd/ferry.toml.example vs the keys documented in src/config.rs:\n\
+        "systemd/ferry.toml.example vs the keys documented in src/config/mod.rs:\n\
          missing from the example: {missing:?}\nnot documented: {unknown:?}"
     );
 }

@@ -1,0 +1,81 @@
+//! The commands that look at or steer a running daemon through its state directory:
+//! `ferry status`, `ferry pause`/`resume` and `ferry check-config`.
+
+use super::{load, print_line};
+use crate::cli::CommonArgs;
+use crate::clock::{Clock, SystemClock};
+use crate::config::Env;
+use crate::error::{Error, Result};
+use crate::transport::http::UreqTransport;
+
+pub fn show_status(args: &CommonArgs, json: bool, env: &Env) -> Result<i32> {
+    let dir = load(args)?.state_dir(env)?;
+    let snap = crate::status::read(&dir).map_err(Error::config)?;
+    let alive = std::fs::read_to_string(format!("/proc/{}/comm", snap.pid))
+        .is_ok_and(|c| c.trim() == "ferry");
+    if json {
+        let mut value = serde_json::to_value(&snap).unwrap_or_default();
+        value["running"] = serde_json::Value::Bool(alive);
+        print_line(&value.to_string());
+    } else {
+        let now = SystemClock
+            .wall()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        print!("{}", crate::status::render_text(&snap, alive, now));
+    }
+    Ok(0)
+}
+
+pub fn set_paused(args: &CommonArgs, paused: bool, env: &Env) -> Result<i32> {
+    let dir = load(args)?.state_dir(env)?;
+    let marker = dir.join(crate::status::PAUSE_MARKER);
+    let io = |e| Error::Io {
+        context: marker.display().to_string(),
+        source: e,
+    };
+    if paused {
+        // Durable: a paused device stays paused after a power cut.
+        crate::durable::create_dir_all(&dir).map_err(io)?;
+        crate::durable::write_atomic(
+            &marker,
+            b"paused by `ferry pause`; `ferry resume` removes this file\n",
+        )
+        .map_err(io)?;
+        print_line("paused: uploads stop within a second and stay paused across restarts (`ferry resume` resumes)");
+    } else {
+        crate::durable::remove_file(&marker).map_err(io)?;
+        print_line("resumed");
+    }
+    Ok(0)
+}
+
+pub fn check_config(args: &CommonArgs, env: &Env) -> Result<i32> {
+    let config = load(args)?.resolve(env)?;
+    UreqTransport::new(&config.http)?;
+    print_line(&format!(
+        "endpoint    {}",
+        crate::tus::url::redact(&config.upload.endpoint)
+    ));
+    print_line(&format!("state_dir   {}", config.state_dir.display()));
+    let Some(d) = &config.daemon else {
+        print_line("spool       not set: `ferry upload` works, `ferry run` needs spool.dir");
+        return Ok(0);
+    };
+    if !d.spool.dir.is_dir() {
+        return Err(Error::config(format!(
+            "spool.dir {} is not a directory (ferry run would wait for it)",
+            d.spool.dir.display()
+        )));
+    }
+    print_line(&format!(
+        "spool       {} (after upload: {:?}, failed: {})",
+        d.spool.dir.display(),
+        d.after_upload,
+        d.failed_dir
+            .as_ref()
+            .map_or("kept in place".into(), |f| f.display().to_string())
+    ));
+    print_line("configuration OK");
+    Ok(0)
+}

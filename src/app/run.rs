@@ -1,0 +1,49 @@
+//! `ferry run`: the only place that builds the daemon's real parts (ureq transport, sled
+//! store, system clock, signals, inotify, systemd notifier) and hands them to the daemon.
+
+use std::sync::Arc;
+
+use super::{closed, load};
+use crate::cli::CommonArgs;
+use crate::clock::{Clock, SystemClock};
+use crate::config::Env;
+use crate::daemon::{DaemonSettings, Parts};
+use crate::error::{Error, Result};
+use crate::notify::Notifier;
+use crate::store::Store;
+use crate::transport::http::UreqTransport;
+
+/// Runs the spool daemon until SIGTERM/SIGINT; the exit code.
+pub fn run_daemon(args: &CommonArgs, env: &Env) -> Result<i32> {
+    let config = load(args)?.resolve(env)?;
+    let settings = config.daemon()?.clone();
+    let transport = UreqTransport::new(&config.http)?;
+    let store = Store::open(&config.state_dir)?;
+    let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+    let (tx, rx) = std::sync::mpsc::channel();
+    crate::signals::forward(tx.clone()).map_err(|e| Error::Io {
+        context: "cannot handle signals".into(),
+        source: e,
+    })?;
+    crate::watch::spool(
+        settings.spool.clone(),
+        config.state_dir.clone(),
+        clock.clone(),
+        tx.clone(),
+    );
+    let state_dir = config.state_dir.clone();
+    let reload = move || -> Result<DaemonSettings> { load(args)?.resolve_daemon(&state_dir) };
+    let parts = Parts {
+        transport: &transport,
+        store: &store,
+        clock,
+        upload: &config.upload,
+        state_dir: &config.state_dir,
+        notifier: Notifier::new(env.notify_socket.clone()),
+        watchdog: env.watchdog,
+        reload: &reload,
+        hook: config.hook.as_ref(),
+    };
+    let result = crate::daemon::run(parts, settings, rx, tx).map(|()| 0);
+    closed(store, result)
+}

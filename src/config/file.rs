@@ -1,0 +1,241 @@
+//! The config file's keys as serde structs: every key optional, one doc line each, so that
+//! command-line flags can fill or override them ([`Raw::merge`]). Nothing here checks a value:
+//! that is [`super::resolve`]'s job.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use serde::Deserialize;
+
+/// The config file's keys; every field optional so that flags can fill or override them.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct Raw {
+    /// Directory of the state store.
+    pub state_dir: Option<PathBuf>,
+    /// `[server]`.
+    #[serde(default)]
+    pub server: RawServer,
+    /// `[upload]`.
+    #[serde(default)]
+    pub upload: RawUpload,
+    /// `[retry]`.
+    #[serde(default)]
+    pub retry: RawRetry,
+    /// `[spool]` (`ferry run`).
+    #[serde(default)]
+    pub spool: RawSpool,
+    /// `[daemon]` (`ferry run`).
+    #[serde(default)]
+    pub daemon: RawDaemon,
+    /// `[stream]` (target `cloudflare-stream`).
+    #[serde(default)]
+    pub stream: RawStream,
+    /// `[hook]`: a command run once per completed upload.
+    #[serde(default)]
+    pub hook: RawHook,
+    /// `[broker]` (`ferry broker`, the one-time upload URL service).
+    #[serde(default)]
+    pub broker: RawBroker,
+}
+
+/// `[broker]` keys (`ferry broker`); checked by the broker itself.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct RawBroker {
+    /// Address to listen on (default 127.0.0.1:8787).
+    pub listen: Option<String>,
+    /// Path of the one-time URL endpoint (default /generate-tus-upload-request).
+    pub path: Option<String>,
+    /// Cloudflare API base (default `https://api.cloudflare.com/client/v4`).
+    pub api_base: Option<String>,
+    /// Cloudflare account id.
+    pub account_id: Option<String>,
+    /// File (or credential:NAME) holding the Stream API token.
+    pub api_token_file: Option<String>,
+    /// File with one `<device name> <sha256 hex of its token>` per line.
+    pub device_tokens_file: Option<PathBuf>,
+    /// maxDurationSeconds set on every video.
+    pub max_duration_seconds: Option<u64>,
+    /// Lifetime of a one-time URL in seconds (Stream: 120 to 21600).
+    pub url_expiry_seconds: Option<u64>,
+    /// Largest Upload-Length accepted.
+    pub max_upload_length: Option<String>,
+    /// Upload-Metadata keys passed on to Stream.
+    pub allowed_metadata: Option<Vec<String>>,
+    /// Browser origins allowed by CORS (none unless configured; "*" only if listed).
+    pub allowed_origins: Option<Vec<String>>,
+    /// One-time URLs per device per hour.
+    pub urls_per_hour: Option<u32>,
+    /// TLS certificate chain (PEM) to serve HTTPS.
+    pub tls_cert: Option<PathBuf>,
+    /// TLS private key (PEM).
+    pub tls_key: Option<PathBuf>,
+    /// How long Stream may take to answer before the device gets 504 (default "30s").
+    pub api_timeout: Option<String>,
+    /// How long a client may take to send a request, and keep an idle connection (default "10s").
+    pub request_timeout: Option<String>,
+    /// Connections served at once; more are refused (default 64).
+    pub max_connections: Option<usize>,
+}
+
+/// `[spool]` keys.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct RawSpool {
+    /// The spool directory.
+    pub dir: Option<PathBuf>,
+    /// Watch subdirectories too.
+    pub recursive: Option<bool>,
+    /// File name patterns never uploaded (replaces the defaults).
+    pub ignore: Option<Vec<String>>,
+    /// A file written to within this time is not picked up by a scan.
+    pub settle_time: Option<String>,
+    /// `delete`, `keep` or `move:DIR`.
+    pub after_upload: Option<String>,
+    /// Where permanently failed files go (with a `.ferry-error.json` sidecar); unset: kept in place.
+    pub failed_dir: Option<PathBuf>,
+    /// Full rescan interval (events cover the rest).
+    pub rescan_interval: Option<String>,
+}
+
+/// `[daemon]` keys.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct RawDaemon {
+    /// Files uploaded at once.
+    pub concurrency: Option<usize>,
+    /// Upload rate limit in bytes per second ("0" = none), e.g. "250KB".
+    pub rate_limit: Option<String>,
+    /// Prometheus textfile to write metrics to.
+    pub metrics_file: Option<PathBuf>,
+}
+
+/// `[server]` keys.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct RawServer {
+    /// tus creation endpoint.
+    pub endpoint: Option<String>,
+    /// Extra headers.
+    #[serde(default)]
+    pub headers: BTreeMap<String, String>,
+    /// Headers whose values are read from files.
+    #[serde(default)]
+    pub header_files: BTreeMap<String, String>,
+    /// CA certificates to trust.
+    pub ca_file: Option<PathBuf>,
+    /// Client certificate chain.
+    pub client_cert: Option<PathBuf>,
+    /// Client private key.
+    pub client_key: Option<PathBuf>,
+    /// Connect timeout.
+    pub connect_timeout: Option<String>,
+    /// Idle timeout.
+    pub idle_timeout: Option<String>,
+    /// Send credentials to other origins.
+    pub auth_cross_origin: Option<bool>,
+    /// `tus` (default), `cloudflare-stream` or `url-broker`.
+    pub target: Option<String>,
+    /// Response headers to keep besides `stream-media-id`.
+    pub capture_headers: Option<Vec<String>>,
+}
+
+/// `[hook]` keys.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct RawHook {
+    /// Program and arguments, e.g. `["/usr/local/bin/notify-upload", "--quiet"]` (no shell).
+    pub command: Option<Vec<String>>,
+    /// A run taking longer is killed and retried later (default 60 s).
+    pub timeout: Option<String>,
+}
+
+/// `[stream]` keys (target `cloudflare-stream`).
+#[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct RawStream {
+    /// Cloudflare account id.
+    pub account_id: Option<String>,
+    /// File (or `credential:NAME`) holding an API token with Stream Write permission.
+    pub api_token_file: Option<String>,
+    /// API base URL (default `https://api.cloudflare.com/client/v4`).
+    pub api_base: Option<String>,
+}
+
+/// `[upload]` keys.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct RawUpload {
+    /// Bytes per PATCH, e.g. "6MiB".
+    pub chunk_size: Option<String>,
+    /// auto | off | sha1 | sha256.
+    pub checksum: Option<String>,
+    /// Use creation-with-upload for small files.
+    pub creation_with_upload: Option<bool>,
+    /// Send filename and filetype.
+    pub default_metadata: Option<bool>,
+    /// Extra metadata.
+    #[serde(default)]
+    pub metadata: BTreeMap<String, String>,
+}
+
+/// `[retry]` keys.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct RawRetry {
+    /// First backoff ceiling.
+    pub initial_delay: Option<String>,
+    /// Backoff cap.
+    pub max_delay: Option<String>,
+    /// 0 = unlimited.
+    pub max_attempts: Option<u32>,
+    /// "0s" = never.
+    pub give_up_after: Option<String>,
+}
+
+impl Raw {
+    /// Lays `over` (command-line flags) on top of `self` (the file).
+    pub fn merge(mut self, over: Raw) -> Raw {
+        macro_rules! take {
+            ($($f:ident).+) => { if over.$($f).+.is_some() { self.$($f).+ = over.$($f).+.clone(); } };
+        }
+        take!(state_dir);
+        take!(server.endpoint);
+        take!(server.ca_file);
+        take!(server.client_cert);
+        take!(server.client_key);
+        take!(server.connect_timeout);
+        take!(server.idle_timeout);
+        take!(server.auth_cross_origin);
+        take!(server.target);
+        take!(server.capture_headers);
+        take!(stream.account_id);
+        take!(stream.api_token_file);
+        take!(stream.api_base);
+        take!(hook.command);
+        take!(hook.timeout);
+        take!(upload.chunk_size);
+        take!(upload.checksum);
+        take!(upload.creation_with_upload);
+        take!(upload.default_metadata);
+        take!(retry.initial_delay);
+        take!(retry.max_delay);
+        take!(retry.max_attempts);
+        take!(retry.give_up_after);
+        take!(spool.dir);
+        take!(spool.recursive);
+        take!(spool.ignore);
+        take!(spool.settle_time);
+        take!(spool.after_upload);
+        take!(spool.failed_dir);
+        take!(spool.rescan_interval);
+        take!(daemon.concurrency);
+        take!(daemon.rate_limit);
+        take!(daemon.metrics_file);
+        self.server.headers.extend(over.server.headers);
+        self.server.header_files.extend(over.server.header_files);
+        self.upload.metadata.extend(over.upload.metadata);
+        self
+    }
+}

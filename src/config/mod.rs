@@ -1,0 +1,118 @@
+//! Configuration: one [`Config`], built once per command from the TOML file, the command-line
+//! flags and the environment. The only module that reads config files and the environment.
+//!
+//! The path: [`from_toml`] (or [`load`]) parses text into a [`Raw`] whose keys are all
+//! optional ([`file`]); flags are a second `Raw` laid over it with [`Raw::merge`];
+//! [`Raw::resolve`] checks every value against an [`Env`] read once at start ([`env`]) and
+//! reads secret files ([`resolve`]). Sizes and durations are parsed by [`units`]. Defaults are
+//! each settings type's `Default`, written once next to the type.
+//!
+//! ```toml
+//! state_dir = "/var/lib/ferry"        # where upload state lives (default: $STATE_DIRECTORY, else ~/.local/state/ferry)
+//!
+//! [server]
+//! endpoint = "https://tus.example.com/files/"   # tus creation endpoint (required)
+//! headers = { "X-Device" = "cam-17" }           # extra request headers
+//! header_files = { Authorization = "/etc/ferry/auth" }  # header value read from a file, or "credential:NAME"
+//! ca_file = "/etc/ferry/ca.pem"                 # trust this CA instead of the public roots
+//! client_cert = "/etc/ferry/client.pem"         # mutual TLS (with client_key)
+//! client_key = "/etc/ferry/client.key"
+//! connect_timeout = "15s"                       # resolve + TCP + TLS handshake
+//! idle_timeout = "30s"                          # no byte moved for this long = stalled link
+//! auth_cross_origin = false                     # send credentials to upload URLs on other origins
+//! target = "tus"                                # tus | cloudflare-stream | url-broker
+//! capture_headers = []                          # response headers to keep besides stream-media-id
+//!
+//! [stream]                                      # target = "cloudflare-stream"
+//! account_id = "023e105f4ecef8ad9ca31a8372d0c353"
+//! api_token_file = "credential:stream-token"    # API token with Stream Write
+//! api_base = "https://api.cloudflare.com/client/v4"
+//!
+//! [hook]                                        # optional: run once per completed upload
+//! command = ["/usr/local/bin/on-upload"]        # program + args, no shell; env FERRY_PATH, FERRY_SIZE,
+//!                                               # FERRY_UPLOAD_URL, FERRY_MEDIA_ID, FERRY_ELAPSED_SECS, ...
+//! timeout = "60s"                               # killed after this, retried with backoff
+//!
+//! [upload]
+//! chunk_size = "6MiB"                           # bytes per PATCH
+//! checksum = "auto"                             # auto | off | sha1 | sha256
+//! creation_with_upload = false                  # small files in the POST itself (see README)
+//! default_metadata = true                       # send filename and filetype
+//! metadata = { camera = "north-gate" }          # extra Upload-Metadata
+//!
+//! [retry]
+//! initial_delay = "1s"                          # first backoff ceiling
+//! max_delay = "2m"                              # backoff cap
+//! max_attempts = 0                              # 0 = retry transient failures forever
+//! give_up_after = "0s"                          # 0 = never give up for lack of progress
+//!
+//! [spool]                                       # ferry run
+//! dir = "/var/spool/ferry"                      # the directory to empty (required for run)
+//! recursive = false                             # watch subdirectories too
+//! ignore = [".*", "*.part", "*.partial", "*.tmp", "*.crdownload", "*~"]  # never uploaded
+//! settle_time = "5s"                            # unwritten for this long = complete (scans)
+//! after_upload = "delete"                       # delete | keep | move:/var/spool/ferry-done
+//! failed_dir = "/var/spool/ferry-failed"        # permanent failures go here; unset: kept in place
+//! rescan_interval = "60s"                       # full rescan (events cover the rest)
+//!
+//! [daemon]
+//! concurrency = 1                               # files uploaded at once
+//! rate_limit = "0"                              # bytes/s for all uploads together, e.g. "250KB"
+//! metrics_file = "/var/lib/node_exporter/ferry.prom"  # Prometheus textfile (optional)
+//! ```
+
+pub mod env;
+pub mod file;
+pub mod resolve;
+#[cfg(test)]
+mod tests;
+pub mod units;
+
+use std::path::{Path, PathBuf};
+
+pub use env::Env;
+pub use file::{Raw, RawBroker};
+pub use resolve::read_secret;
+pub use units::{parse_duration, parse_size};
+
+use crate::daemon::DaemonSettings;
+use crate::error::{Error, Result};
+use crate::hook::HookSettings;
+use crate::transport::http::HttpSettings;
+use crate::upload::Settings;
+
+/// Everything a command needs, checked.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Config {
+    /// State directory.
+    pub state_dir: PathBuf,
+    /// Upload behaviour.
+    pub upload: Settings,
+    /// HTTP client.
+    pub http: HttpSettings,
+    /// The after-upload hook, if any.
+    pub hook: Option<HookSettings>,
+    /// `ferry run`'s spool and daemon settings; `None` when `spool.dir` is not set.
+    pub daemon: Option<DaemonSettings>,
+}
+
+impl Config {
+    /// The daemon settings, or the error `ferry run` gives without `spool.dir`.
+    pub fn daemon(&self) -> Result<&DaemonSettings> {
+        self.daemon.as_ref().ok_or_else(|| {
+            Error::config("spool.dir is not set: give --spool DIR or set it in the config file")
+        })
+    }
+}
+
+/// Parses TOML text; errors name the key and line. `origin` names the text in errors.
+pub fn from_toml(text: &str, origin: &str) -> Result<Raw> {
+    toml::from_str(text).map_err(|e| Error::config(format!("{origin}: {e}")))
+}
+
+/// Reads and parses a config file.
+pub fn load(path: &Path) -> Result<Raw> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| Error::config(format!("cannot read config file {}: {e}", path.display())))?;
+    from_toml(&text, &path.display().to_string())
+}

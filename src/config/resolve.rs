@@ -1,0 +1,391 @@
+//! Checks every value of a [`Raw`] file against the [`Env`] and builds the one [`Config`].
+//!
+//! Defaults are each settings type's `Default` (written once, next to the type); a key that is
+//! absent takes it. Secrets (header values, API tokens) are read here, from files or systemd
+//! credentials, and never appear in an error.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use super::env::Env;
+use super::file::{Raw, RawRetry, RawServer, RawStream};
+use super::units::{parse_duration, parse_size};
+use super::Config;
+use crate::backoff::RetryPolicy;
+use crate::daemon::{AfterUpload, DaemonSettings};
+use crate::error::{Error, Result};
+use crate::hook::HookSettings;
+use crate::spool::{self, SpoolRules};
+use crate::transport::http::HttpSettings;
+use crate::tus::checksum::Algorithm;
+use crate::tus::{metadata, url};
+use crate::upload::{
+    ChecksumMode, Header, Settings, Target, MEDIA_ID_HEADER, STREAM_CHUNK_MULTIPLE,
+    STREAM_MAX_CHUNK, STREAM_MIN_CHUNK,
+};
+
+/// `hook.timeout` when unset.
+const HOOK_TIMEOUT: Duration = Duration::from_secs(60);
+/// `spool.settle_time` when unset.
+const SETTLE_TIME: Duration = Duration::from_secs(5);
+/// `spool.rescan_interval` when unset.
+const RESCAN_INTERVAL: Duration = Duration::from_secs(60);
+/// `daemon.concurrency` when unset.
+const CONCURRENCY: usize = 1;
+
+impl Raw {
+    /// Checks every value and reads secret files: the one [`Config`] every command uses.
+    /// `[spool]` and `[daemon]` are checked when `spool.dir` is set (`ferry run` needs it).
+    pub fn resolve(self, env: &Env) -> Result<Config> {
+        let s = &self.server;
+        let target = target_kind(s.target.as_deref())?;
+        let mut headers = headers(s, env)?;
+        let endpoint = match target {
+            Target::CloudflareStream => stream_endpoint(&self.stream, &mut headers, env)?,
+            _ => s.endpoint.clone().ok_or_else(|| {
+                Error::config(
+                    "server.endpoint is not set: give --endpoint URL or set it in the config file",
+                )
+            })?,
+        };
+        url::validate(&endpoint).map_err(|e| Error::config(format!("server.endpoint: {e}")))?;
+        let chunk_size_bytes = chunk_size(&self.upload.chunk_size)?;
+        if target.stream_rules() {
+            check_stream_chunk(chunk_size_bytes)?;
+        }
+        let mut capture_headers = vec![MEDIA_ID_HEADER.to_string()];
+        for h in s.capture_headers.iter().flatten() {
+            let h = h.to_ascii_lowercase();
+            if !capture_headers.contains(&h) {
+                capture_headers.push(h);
+            }
+        }
+        let http_defaults = HttpSettings::default();
+        let http = HttpSettings {
+            connect_timeout: duration_or(
+                &s.connect_timeout,
+                "server.connect_timeout",
+                http_defaults.connect_timeout,
+            )?,
+            idle_timeout: duration_or(
+                &s.idle_timeout,
+                "server.idle_timeout",
+                http_defaults.idle_timeout,
+            )?,
+            ca_file: s.ca_file.clone(),
+            client_cert: s.client_cert.clone(),
+            client_key: s.client_key.clone(),
+        };
+        if http.connect_timeout.is_zero() || http.idle_timeout.is_zero() {
+            return Err(Error::config(
+                "server.connect_timeout and server.idle_timeout must be above 0",
+            ));
+        }
+        let defaults = Settings::default();
+        let upload = Settings {
+            endpoint,
+            chunk_size_bytes,
+            headers,
+            metadata: user_metadata(&self.upload.metadata)?,
+            default_metadata: self
+                .upload
+                .default_metadata
+                .unwrap_or(defaults.default_metadata),
+            checksum: checksum_mode(self.upload.checksum.as_deref())?,
+            creation_with_upload: self
+                .upload
+                .creation_with_upload
+                .unwrap_or(defaults.creation_with_upload),
+            auth_cross_origin: s.auth_cross_origin.unwrap_or(defaults.auth_cross_origin),
+            retry: retry_policy(&self.retry)?,
+            max_checksum_mismatches: defaults.max_checksum_mismatches,
+            target,
+            capture_headers,
+        };
+        let state_dir = self.state_dir(env)?;
+        let hook = match &self.hook.command {
+            None => None,
+            Some(argv) if argv.is_empty() || argv[0].is_empty() => {
+                return Err(Error::config(
+                    "hook.command is empty: give the program and its arguments as a list",
+                ))
+            }
+            Some(argv) => Some(HookSettings {
+                argv: argv.clone(),
+                timeout: duration_or(&self.hook.timeout, "hook.timeout", HOOK_TIMEOUT)?,
+            }),
+        };
+        let daemon = match self.spool.dir {
+            Some(_) => Some(self.resolve_daemon(&state_dir)?),
+            None => None,
+        };
+        Ok(Config {
+            state_dir,
+            upload,
+            http,
+            hook,
+            daemon,
+        })
+    }
+
+    /// The state directory (given, or the default), without checking anything else.
+    pub fn state_dir(&self, env: &Env) -> Result<PathBuf> {
+        match &self.state_dir {
+            Some(d) => Ok(d.clone()),
+            None => env
+                .default_state_dir()
+                .ok_or_else(|| Error::config("no state directory: give --state-dir DIR")),
+        }
+    }
+}
+
+impl Raw {
+    /// Checks the `[spool]` and `[daemon]` keys for `ferry run` (at start and on SIGHUP).
+    pub fn resolve_daemon(&self, state_dir: &Path) -> Result<DaemonSettings> {
+        let sp = &self.spool;
+        let dir = sp.dir.clone().ok_or_else(|| {
+            Error::config("spool.dir is not set: give --spool DIR or set it in the config file")
+        })?;
+        let after_upload = after_upload(sp.after_upload.as_deref())?;
+        let mut exclude = Vec::new();
+        if let AfterUpload::Move(d) = &after_upload {
+            exclude.push(d.clone());
+        }
+        exclude.extend(sp.failed_dir.clone());
+        exclude.push(state_dir.to_path_buf());
+        let ignore = sp.ignore.clone().unwrap_or_else(spool::default_ignore);
+        let rules = SpoolRules {
+            dir,
+            recursive: sp.recursive.unwrap_or(false),
+            ignore,
+            settle: duration_or(&sp.settle_time, "spool.settle_time", SETTLE_TIME)?,
+            exclude,
+        };
+        let concurrency = self.daemon.concurrency.unwrap_or(CONCURRENCY);
+        if concurrency == 0 || concurrency > 64 {
+            return Err(Error::config("daemon.concurrency must be between 1 and 64"));
+        }
+        let rate = match &self.daemon.rate_limit {
+            None => None,
+            Some(t) => {
+                let n =
+                    parse_size(t).map_err(|e| Error::config(format!("daemon.rate_limit: {e}")))?;
+                (n > 0).then_some(n)
+            }
+        };
+        let rescan = duration_or(
+            &sp.rescan_interval,
+            "spool.rescan_interval",
+            RESCAN_INTERVAL,
+        )?;
+        if rescan.is_zero() {
+            return Err(Error::config("spool.rescan_interval must be above 0"));
+        }
+        Ok(DaemonSettings {
+            spool: rules,
+            after_upload,
+            failed_dir: sp.failed_dir.clone(),
+            concurrency,
+            rate_limit_bytes_per_sec: rate,
+            rescan_interval: rescan,
+            metrics_file: self.daemon.metrics_file.clone(),
+        })
+    }
+}
+
+fn target_kind(v: Option<&str>) -> Result<Target> {
+    match v {
+        None | Some("tus") => Ok(Target::Tus),
+        Some("cloudflare-stream") => Ok(Target::CloudflareStream),
+        Some("url-broker") => Ok(Target::UrlBroker),
+        Some(other) => Err(Error::config(format!(
+            "server.target = {other:?}: use tus, cloudflare-stream or url-broker"
+        ))),
+    }
+}
+
+/// Stream's tus endpoint for the account, with the API token as a secret Bearer header.
+fn stream_endpoint(st: &RawStream, headers: &mut Vec<Header>, env: &Env) -> Result<String> {
+    let account = st.account_id.as_deref().ok_or_else(|| {
+        Error::config("stream.account_id is not set (target cloudflare-stream needs it)")
+    })?;
+    if account.is_empty()
+        || !account
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+    {
+        return Err(Error::config(format!(
+            "stream.account_id {account:?} is not an account id"
+        )));
+    }
+    let source = st.api_token_file.as_deref().ok_or_else(|| {
+        Error::config("stream.api_token_file is not set (target cloudflare-stream needs an API token with Stream Write)")
+    })?;
+    let token = read_secret(source, env)
+        .map_err(|e| Error::config(format!("stream.api_token_file: {e}")))?;
+    check_header("Authorization", &token, "stream.api_token_file")?;
+    headers.retain(|h| !h.name.eq_ignore_ascii_case("authorization"));
+    headers.push(Header {
+        name: "Authorization".into(),
+        value: format!("Bearer {token}"),
+        secret: true,
+    });
+    let base = st
+        .api_base
+        .as_deref()
+        .unwrap_or("https://api.cloudflare.com/client/v4")
+        .trim_end_matches('/');
+    Ok(format!("{base}/accounts/{account}/stream"))
+}
+
+/// Stream's chunk rules, checked before anything is sent.
+fn check_stream_chunk(chunk: u64) -> Result<()> {
+    let ok = chunk % STREAM_CHUNK_MULTIPLE == 0
+        && (STREAM_MIN_CHUNK..=STREAM_MAX_CHUNK).contains(&chunk);
+    if ok {
+        Ok(())
+    } else {
+        Err(Error::config(format!(
+            "upload.chunk_size = {chunk} bytes breaks Cloudflare Stream's rule: every chunk but the last must be a multiple of 256 KiB between 5 MiB and 200 MiB (the default 6MiB fits; 50MiB suits good links)"
+        )))
+    }
+}
+
+fn after_upload(v: Option<&str>) -> Result<AfterUpload> {
+    match v {
+        None | Some("delete") => Ok(AfterUpload::Delete),
+        Some("keep") => Ok(AfterUpload::Keep),
+        Some(other) => match other.strip_prefix("move:") {
+            Some(dir) if !dir.is_empty() => Ok(AfterUpload::Move(PathBuf::from(dir))),
+            _ => Err(Error::config(format!(
+                "spool.after_upload = {other:?}: use delete, keep or move:/path/to/dir"
+            ))),
+        },
+    }
+}
+
+fn chunk_size(v: &Option<String>) -> Result<u64> {
+    let Some(text) = v else {
+        return Ok(Settings::default().chunk_size_bytes);
+    };
+    let n = parse_size(text).map_err(|e| Error::config(format!("upload.chunk_size: {e}")))?;
+    if n == 0 {
+        return Err(Error::config("upload.chunk_size must be above 0"));
+    }
+    Ok(n)
+}
+
+fn checksum_mode(v: Option<&str>) -> Result<ChecksumMode> {
+    match v.map(str::to_ascii_lowercase).as_deref() {
+        None | Some("auto") => Ok(ChecksumMode::Auto),
+        Some("off") => Ok(ChecksumMode::Off),
+        Some(other) => Algorithm::from_token(other)
+            .map(ChecksumMode::Always)
+            .ok_or_else(|| {
+                Error::config(format!(
+                    "upload.checksum = {other:?}: use auto, off, sha1 or sha256"
+                ))
+            }),
+    }
+}
+
+fn retry_policy(r: &RawRetry) -> Result<RetryPolicy> {
+    let defaults = RetryPolicy::default();
+    let give_up = duration_or(&r.give_up_after, "retry.give_up_after", Duration::ZERO)?;
+    let policy = RetryPolicy {
+        initial_delay: duration_or(
+            &r.initial_delay,
+            "retry.initial_delay",
+            defaults.initial_delay,
+        )?,
+        max_delay: duration_or(&r.max_delay, "retry.max_delay", defaults.max_delay)?,
+        max_attempts: r.max_attempts.filter(|n| *n > 0),
+        give_up_after: (!give_up.is_zero()).then_some(give_up),
+    };
+    if policy.max_delay < policy.initial_delay {
+        return Err(Error::config(
+            "retry.max_delay must not be below retry.initial_delay",
+        ));
+    }
+    Ok(policy)
+}
+
+fn headers(s: &RawServer, env: &Env) -> Result<Vec<Header>> {
+    let mut out = Vec::new();
+    for (name, value) in &s.headers {
+        check_header(name, value, "server.headers")?;
+        out.push(Header {
+            name: name.clone(),
+            value: value.clone(),
+            secret: false,
+        });
+    }
+    for (name, source) in &s.header_files {
+        let value = read_secret(source, env)
+            .map_err(|e| Error::config(format!("server.header_files.{name}: {e}")))?;
+        check_header(name, &value, "server.header_files")?;
+        out.push(Header {
+            name: name.clone(),
+            value,
+            secret: true,
+        });
+    }
+    Ok(out)
+}
+
+fn check_header(name: &str, value: &str, key: &str) -> Result<()> {
+    let name_ok = !name.is_empty()
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b));
+    if !name_ok {
+        return Err(Error::config(format!(
+            "{key}: {name:?} is not a valid header name"
+        )));
+    }
+    if value.bytes().any(|b| b == b'\r' || b == b'\n' || b == 0) {
+        // The value is a secret: never print it.
+        return Err(Error::config(format!(
+            "{key}.{name}: the value contains a line break or NUL"
+        )));
+    }
+    Ok(())
+}
+
+/// Reads a secret from a file path or `credential:NAME` (systemd's `$CREDENTIALS_DIRECTORY`).
+pub fn read_secret(source: &str, env: &Env) -> std::result::Result<String, String> {
+    let path = match source.strip_prefix("credential:") {
+        Some(name) => {
+            let dir = env.credentials_directory.as_ref().ok_or_else(|| {
+                format!("credential {name:?} requested but $CREDENTIALS_DIRECTORY is not set (use LoadCredential= in the unit)")
+            })?;
+            dir.join(name)
+        }
+        None => PathBuf::from(source),
+    };
+    let text = std::fs::read_to_string(&path)
+        .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    let value = text.trim_end_matches(['\r', '\n']).to_string();
+    if value.is_empty() {
+        return Err(format!("{} is empty", path.display()));
+    }
+    Ok(value)
+}
+
+fn user_metadata(m: &BTreeMap<String, String>) -> Result<Vec<metadata::Entry>> {
+    m.iter()
+        .map(|(k, v)| {
+            metadata::validate_key(k)
+                .map_err(|e| Error::config(format!("upload.metadata: {e}")))?;
+            Ok((k.clone(), Some(v.clone())))
+        })
+        .collect()
+}
+
+fn duration_or(v: &Option<String>, key: &str, default: Duration) -> Result<Duration> {
+    match v {
+        None => Ok(default),
+        Some(text) => parse_duration(text).map_err(|e| Error::config(format!("{key}: {e}"))),
+    }
+}

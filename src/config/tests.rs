@@ -1,0 +1,203 @@
+//! Config from text to [`Config`]: every key, the errors that name it, secrets never echoed.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use super::*;
+use crate::backoff::RetryPolicy;
+use crate::tus::checksum::Algorithm;
+use crate::upload::{ChecksumMode, Header, Target};
+
+const FULL: &str = r#"
+state_dir = "/var/lib/ferry"
+[server]
+endpoint = "https://tus.example.com/files/"
+headers = { "X-Device" = "cam-17" }
+connect_timeout = "5s"
+[upload]
+chunk_size = "8MiB"
+checksum = "sha1"
+metadata = { camera = "north" }
+[retry]
+max_attempts = 4
+give_up_after = "10m"
+"#;
+
+#[test]
+fn parses_and_resolves_a_full_file() {
+    let c = from_toml(FULL, "test")
+        .unwrap()
+        .resolve(&Env::default())
+        .unwrap();
+    assert_eq!(c.state_dir, PathBuf::from("/var/lib/ferry"));
+    assert_eq!(c.upload.endpoint, "https://tus.example.com/files/");
+    assert_eq!(c.upload.chunk_size_bytes, 8 << 20);
+    assert_eq!(c.upload.checksum, ChecksumMode::Always(Algorithm::Sha1));
+    assert_eq!(
+        c.upload.headers,
+        [Header {
+            name: "X-Device".into(),
+            value: "cam-17".into(),
+            secret: false
+        }]
+    );
+    assert_eq!(
+        c.upload.metadata,
+        [("camera".to_string(), Some("north".to_string()))]
+    );
+    assert_eq!(c.upload.retry.max_attempts, Some(4));
+    assert_eq!(c.upload.retry.give_up_after, Some(Duration::from_secs(600)));
+    assert_eq!(c.http.connect_timeout, Duration::from_secs(5));
+    assert_eq!(c.http.idle_timeout, Duration::from_secs(30));
+}
+
+#[test]
+fn defaults_retry_forever() {
+    let raw = from_toml(
+        "state_dir = \"/s\"\n[server]\nendpoint = \"http://h/f/\"",
+        "t",
+    )
+    .unwrap();
+    let c = raw.resolve(&Env::default()).unwrap();
+    assert_eq!(c.upload.retry, RetryPolicy::default());
+    assert_eq!(c.upload.chunk_size_bytes, 6 << 20);
+    assert!(!c.upload.creation_with_upload);
+}
+
+#[test]
+fn errors_name_the_key() {
+    let err = |text: &str| {
+        from_toml(text, "ferry.toml")
+            .and_then(|r| r.resolve(&Env::default()))
+            .unwrap_err()
+            .to_string()
+    };
+    assert!(err("[server]\nendpiont = \"x\"").contains("endpiont"));
+    assert!(err("[upload]\nchunk_size = 5").contains("chunk_size"));
+    assert!(err("state_dir=\"/s\"\n[server]\nendpoint = \"ftp://x\"").contains("server.endpoint"));
+    assert!(err(
+        "state_dir=\"/s\"\n[server]\nendpoint = \"http://h/\"\n[upload]\nchecksum = \"md5\""
+    )
+    .contains("upload.checksum"));
+    assert!(err(
+        "state_dir=\"/s\"\n[server]\nendpoint = \"http://h/\"\n[upload]\nchunk_size = \"0\""
+    )
+    .contains("chunk_size"));
+    assert!(err(
+        "state_dir=\"/s\"\n[server]\nendpoint = \"http://h/\"\n[retry]\nmax_delay = \"soon\""
+    )
+    .contains("retry.max_delay"));
+    assert!(err(
+        "state_dir=\"/s\"\n[server]\nendpoint = \"http://h/\"\nheaders = { \"Bad Name\" = \"v\" }"
+    )
+    .contains("header name"));
+    assert!(err("state_dir=\"/s\"\n[server]\nendpoint = \"http://h/\"\n[upload]\nmetadata = { \"a b\" = \"v\" }").contains("upload.metadata"));
+    assert!(err("state_dir=\"/s\"\n[server]\n").contains("server.endpoint is not set"));
+}
+
+#[test]
+fn flags_override_the_file_and_add_headers() {
+    let file = from_toml(FULL, "t").unwrap();
+    let mut over = Raw::default();
+    over.server.endpoint = Some("http://127.0.0.1:1/files/".into());
+    over.server.headers.insert("X-Other".into(), "1".into());
+    let c = file.merge(over).resolve(&Env::default()).unwrap();
+    assert_eq!(c.upload.endpoint, "http://127.0.0.1:1/files/");
+    assert_eq!(c.upload.headers.len(), 2);
+    assert_eq!(c.upload.chunk_size_bytes, 8 << 20, "kept from the file");
+}
+
+#[test]
+fn secrets_come_from_files_and_are_never_echoed() {
+    let dir = std::env::temp_dir().join(format!("ferry-cfg-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let good = dir.join("token");
+    std::fs::write(&good, "Bearer s3cret\n").unwrap();
+    assert_eq!(
+        read_secret(good.to_str().unwrap(), &Env::default()),
+        Ok("Bearer s3cret".into())
+    );
+    let bad = dir.join("bad");
+    std::fs::write(&bad, "Bearer s3cret\ninjected: 1\n").unwrap();
+    let text = format!("state_dir=\"/s\"\n[server]\nendpoint = \"http://h/\"\nheader_files = {{ Authorization = {:?} }}", bad.to_str().unwrap());
+    let e = from_toml(&text, "t")
+        .unwrap()
+        .resolve(&Env::default())
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("line break") && !e.contains("s3cret"), "{e}");
+    assert!(
+        read_secret(dir.join("missing").to_str().unwrap(), &Env::default())
+            .unwrap_err()
+            .contains("cannot read")
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn stream_targets_build_the_endpoint_and_enforce_the_chunk_rules() {
+    let dir = std::env::temp_dir().join(format!("ferry-cfg-stream-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let token = dir.join("token");
+    std::fs::write(&token, "cf-token\n").unwrap();
+    let base = format!("state_dir=\"/s\"\n[server]\ntarget = \"cloudflare-stream\"\n[stream]\naccount_id = \"acct1\"\napi_token_file = {:?}\n", token.to_str().unwrap());
+    let c = from_toml(&base, "t")
+        .unwrap()
+        .resolve(&Env::default())
+        .unwrap();
+    assert_eq!(
+        c.upload.endpoint,
+        "https://api.cloudflare.com/client/v4/accounts/acct1/stream"
+    );
+    assert_eq!(c.upload.target, Target::CloudflareStream);
+    let auth = c
+        .upload
+        .headers
+        .iter()
+        .find(|h| h.name == "Authorization")
+        .unwrap();
+    assert_eq!(
+        (auth.value.as_str(), auth.secret),
+        ("Bearer cf-token", true)
+    );
+    let bad = format!("{base}[upload]\nchunk_size = \"1MiB\"\n");
+    let e = from_toml(&bad, "t")
+        .unwrap()
+        .resolve(&Env::default())
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("upload.chunk_size") && e.contains("256 KiB") && e.contains("5 MiB"),
+        "{e}"
+    );
+    let odd = format!("{base}[upload]\nchunk_size = \"5000000\"\n");
+    assert!(
+        from_toml(&odd, "t")
+            .unwrap()
+            .resolve(&Env::default())
+            .is_err(),
+        "not a 256 KiB multiple"
+    );
+    let broker = "state_dir=\"/s\"\n[server]\ntarget = \"url-broker\"\nendpoint = \"https://b.example/x\"\n[upload]\nchunk_size = \"2MiB\"";
+    assert!(from_toml(broker, "t")
+        .unwrap()
+        .resolve(&Env::default())
+        .unwrap_err()
+        .to_string()
+        .contains("Cloudflare Stream's rule"));
+    let no_acct = "state_dir=\"/s\"\n[server]\ntarget = \"cloudflare-stream\"";
+    assert!(from_toml(no_acct, "t")
+        .unwrap()
+        .resolve(&Env::default())
+        .unwrap_err()
+        .to_string()
+        .contains("stream.account_id"));
+    let typo = "state_dir=\"/s\"\n[server]\nendpoint = \"http://h/\"\ntarget = \"vimeo\"";
+    assert!(from_toml(typo, "t")
+        .unwrap()
+        .resolve(&Env::default())
+        .unwrap_err()
+        .to_string()
+        .contains("server.target"));
+    std::fs::remove_dir_all(&dir).unwrap();
+}
