@@ -40,7 +40,7 @@ mod tests;
 use commit::{sync_tree, Commits, SyncHandles};
 pub use damage::{Damage, StateReset};
 use record::{decode, decode_failed, failed_key, key, FAILED_PREFIX, FILE_PREFIX};
-pub use record::{FailedRecord, FileRecord, RecordState, RECORD_VERSION};
+pub use record::{FailedRecord, FileRecord, HookState, RecordState, RECORD_VERSION};
 
 /// sled's page cache; its default (1 GiB) is absurd on a Pi.
 const CACHE_CAPACITY_BYTES: u64 = 1024 * 1024;

@@ -3,7 +3,8 @@
 //!
 //! Key idea: a record is JSON carrying its format version; a record of another version, or one
 //! that does not parse, is not guessed at but reported as a problem (the store sets it aside and
-//! the file is uploaded again).
+//! the file is uploaded again). Everything in a record is defined here, the hook's part too, so
+//! the store depends on no layer above it.
 
 use serde::{Deserialize, Serialize};
 
@@ -68,7 +69,18 @@ pub struct FileRecord {
     pub captured: std::collections::BTreeMap<String, String>,
     /// The after-upload hook's runs (see `hook`).
     #[serde(default)]
-    pub hook: crate::hook::HookState,
+    pub hook: HookState,
+}
+
+/// What the record says about the hook of one upload.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HookState {
+    /// Runs started (a run that was started but never finished counts).
+    pub runs: u32,
+    /// True once a run exited 0.
+    pub done: bool,
+    /// Why the last run failed.
+    pub last_error: Option<String>,
 }
 
 pub(super) fn decode(raw: &[u8]) -> std::result::Result<FileRecord, String> {
