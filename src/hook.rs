@@ -14,9 +14,9 @@ use std::process::{Command, Stdio};
 use std::sync::atomic::AtomicBool;
 use std::time::Duration;
 
-use serde::{Deserialize, Serialize};
-
 use crate::clock::Clock;
+/// What the record says about the hook of one upload: part of the store's record, defined there.
+pub use crate::store::HookState;
 
 /// How the hook is run.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -25,17 +25,6 @@ pub struct HookSettings {
     pub argv: Vec<String>,
     /// A run taking longer is killed and counted as failed.
     pub timeout: Duration,
-}
-
-/// What the record says about the hook of one upload.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct HookState {
-    /// Runs started (a run that was started but never finished counts).
-    pub runs: u32,
-    /// True once a run exited 0.
-    pub done: bool,
-    /// Why the last run failed.
-    pub last_error: Option<String>,
 }
 
 /// The facts a hook receives.
