@@ -19,6 +19,7 @@ mod daemon;
 mod fault_server;
 mod harness;
 mod hook;
+mod layers;
 mod peers_interop;
 mod peers_smoke;
 mod stream;
