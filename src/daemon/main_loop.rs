@@ -1,0 +1,176 @@
+//! The main thread's loop: wait for an event or for the next due time, then act on it.
+//!
+//! Key idea: nothing here sleeps for a fixed time. `next_due` is the earliest of every
+//! deadline the daemon keeps (rescan, settling files, status, watchdog, stop deadline, held
+//! uploads, hook retries); the loop waits on the event channel until then, and `tick` does
+//! whatever is due. A state-store error ends the loop, after the uploads are stopped.
+
+use std::path::PathBuf;
+use std::sync::atomic::Ordering;
+use std::sync::mpsc::{Receiver, RecvTimeoutError};
+use std::time::{Duration, Instant};
+
+use crate::error::{Error, Result};
+use crate::status::PAUSE_MARKER;
+use crate::tus::url;
+
+use super::scan::RESCAN_WITHOUT_WATCH;
+use super::{Event, Main};
+
+/// Shutdown must finish within this, whatever the link does (systemd's stop timeout is longer).
+const STOP_DEADLINE: Duration = Duration::from_millis(4500);
+
+impl<'p, 'a> Main<'p, 'a> {
+    pub(super) fn run(&mut self, events: &Receiver<Event>) -> Result<()> {
+        self.paused = self.parts.state_dir.join(PAUSE_MARKER).exists();
+        if self.paused {
+            log::info!("uploads are paused (`ferry resume` resumes them)");
+        }
+        self.interrupt.store(self.paused, Ordering::Relaxed);
+        log::info!(
+            "watching {} -> {} (after upload: {:?}, {} at once)",
+            self.settings.spool.dir.display(),
+            url::redact(&self.parts.upload.endpoint),
+            self.settings.after_upload,
+            self.settings.concurrency
+        );
+        loop {
+            self.survive(|m| m.tick())?;
+            if self.stopping.is_some() && self.active.is_empty() {
+                break;
+            }
+            if self
+                .stopping
+                .is_some_and(|t| self.parts.clock.now() >= t + STOP_DEADLINE)
+            {
+                log::warn!("{} uploads did not stop in time; exiting anyway (nothing is lost: they resume on the next start)", self.active.len());
+                self.write_status("stopped");
+                self.parts.notifier.send("STATUS=stopped");
+                // A worker may sit in a read for up to the idle timeout; waiting for it would
+                // break the promise to stop within 5 s. Every checkpoint is already on disk.
+                std::process::exit(0);
+            }
+            let wait = self
+                .next_due()
+                .saturating_duration_since(self.parts.clock.now());
+            match events.recv_timeout(wait) {
+                Ok(ev) => self.survive(|m| m.handle(ev))?,
+                Err(RecvTimeoutError::Timeout) => {}
+                Err(RecvTimeoutError::Disconnected) => break,
+            }
+            while let Ok(ev) = events.try_recv() {
+                self.survive(|m| m.handle(ev))?;
+            }
+        }
+        self.write_status("stopped");
+        self.parts.notifier.send("STATUS=stopped");
+        log::info!("stopped");
+        Ok(())
+    }
+
+    /// Runs `f`; an error ends the daemon. A state-store failure (a full disk, a failed
+    /// sync) first stops the uploads in flight: a store that cannot make a record durable
+    /// must not let data go out on a URL a restart would not know (a second upload).
+    fn survive(&mut self, f: impl FnOnce(&mut Self) -> Result<()>) -> Result<()> {
+        let result = f(self);
+        if let Err(Error::State { .. }) = &result {
+            log::error!("uploads stop: no data is sent while the state cannot be written; ferry exits (status 1) and its service manager starts it again");
+            self.interrupt.store(true, Ordering::Relaxed);
+            self.write_status("stopped: the state store failed");
+            self.parts
+                .notifier
+                .send("STATUS=stopped: the state store failed");
+        }
+        result
+    }
+
+    /// Everything that is due now: rescans, settled files, dispatch, status, watchdog.
+    fn tick(&mut self) -> Result<()> {
+        let now = self.parts.clock.now();
+        if now >= self.next_rescan && self.stopping.is_none() {
+            self.rescan()?;
+        }
+        let settled: Vec<PathBuf> = self
+            .settling
+            .iter()
+            .filter(|(_, due)| **due <= now)
+            .map(|(p, _)| p.clone())
+            .collect();
+        for p in settled {
+            self.settling.remove(&p);
+            self.consider(&p, false)?;
+        }
+        self.dispatch()?;
+        if self.stopping.is_none() {
+            let due: Vec<String> = self
+                .hook_waiting
+                .iter()
+                .filter(|(_, (d, _))| d.is_some_and(|d| d <= now))
+                .map(|(k, _)| k.clone())
+                .collect();
+            for key in due {
+                self.start_hook(&key);
+            }
+        }
+        if now >= self.next_status {
+            let state = self.state_name();
+            self.write_status(state);
+        }
+        if let (Some(due), Some(every)) = (self.next_watchdog, self.parts.watchdog) {
+            if now >= due {
+                self.parts.notifier.send("WATCHDOG=1");
+                self.next_watchdog = Some(now + every / 2);
+            }
+        }
+        Ok(())
+    }
+
+    fn next_due(&self) -> Instant {
+        let mut due = self.next_rescan.min(self.next_status);
+        if let Some(w) = self.next_watchdog {
+            due = due.min(w);
+        }
+        if let Some(s) = self.settling.values().min() {
+            due = due.min(*s);
+        }
+        if let Some(t) = self.stopping {
+            due = due.min(t + STOP_DEADLINE);
+        }
+        if let Some(t) = self.held_until {
+            due = due.min(t);
+        }
+        if let Some(h) = self.hook_waiting.values().filter_map(|(d, _)| *d).min() {
+            due = due.min(h);
+        }
+        due
+    }
+
+    fn handle(&mut self, ev: Event) -> Result<()> {
+        match ev {
+            Event::Written(path) => {
+                if self.stopping.is_none() {
+                    self.consider(&path, true)?;
+                }
+            }
+            Event::Created(path) => {
+                if self.stopping.is_none() {
+                    self.consider(&path, false)?;
+                }
+            }
+            Event::Rescan => {
+                self.force_scan = true;
+                self.next_rescan = self.parts.clock.now();
+            }
+            Event::WatchUnavailable => {
+                self.watch_ok = false;
+                self.rescan_every = self.rescan_every.min(RESCAN_WITHOUT_WATCH);
+                self.next_rescan = self.parts.clock.now();
+            }
+            Event::Control => self.check_pause(),
+            Event::Signal(sig) => self.signal(sig),
+            Event::Finished(key, result) => self.finished(&key, result)?,
+            Event::HookFinished(key, result) => self.hook_finished(&key, result),
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,309 @@
+//! `ferry run`: the loop that empties a spool directory into a tus server, unattended.
+//!
+//! Key idea: one main thread decides and a few worker threads upload. The main thread waits
+//! for [`Event`]s (a file written into the spool, a signal, the pause marker, a worker done)
+//! or for the next thing that is due (a rescan, a file settling, a status write, a watchdog
+//! ping); it queues ready files in the store (oldest first) and hands them to workers. Workers
+//! drive [`Uploader::step`] and obey one interrupt flag that pause and shutdown set.
+//!
+//! A file's life: seen → ready → queued → uploading → complete → after-upload action
+//! (delete, move, keep) → forgotten; or failed (moved to the failed directory with a sidecar,
+//! or kept in place and remembered) — never deleted before the server holds all of it.
+//!
+//! The main thread's work is one `Main` value whose methods are split by concern:
+//! `main_loop` (wait, tick, route events), `scan` (find ready files, queue them), `dispatch`
+//! (hand files to workers, take their results), `failure` (permanent failures),
+//! `after_upload` (hook, then delete/move/keep), `forget` (drop records once the file's
+//! absence is durable), `control` (pause, reload, signals) and `report` (status, metrics,
+//! systemd). `worker` holds the upload threads.
+
+mod after_upload;
+mod control;
+mod dispatch;
+mod failure;
+mod forget;
+mod main_loop;
+mod report;
+mod scan;
+mod worker;
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64};
+use std::sync::mpsc::{Receiver, Sender};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use crate::clock::{random_seed, Clock};
+use crate::error::{Error, Result};
+use crate::hook::{self, HookSettings};
+use crate::notify::Notifier;
+use crate::progress::Progress;
+use crate::queue::Window;
+use crate::ratelimit::RateLimiter;
+use crate::spool::SpoolRules;
+use crate::status::{FailedFile, Totals};
+use crate::store::Store;
+use crate::transport::Transport;
+use crate::upload::{Completed, Settings, Uploader};
+
+use worker::{worker, Job, JobInfo};
+
+/// How many ready files the queue window holds (the rest wait in the spool).
+const QUEUE_WINDOW: usize = 1024;
+
+/// What to do with a spool file once the server holds all of it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AfterUpload {
+    /// Delete it.
+    Delete,
+    /// Leave it, remembered as done (never uploaded twice).
+    Keep,
+    /// Move it into this directory.
+    Move(PathBuf),
+}
+
+/// Settings of `ferry run` beyond those of an upload.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DaemonSettings {
+    /// The spool and its rules.
+    pub spool: SpoolRules,
+    /// The after-upload action.
+    pub after_upload: AfterUpload,
+    /// Where permanently failed files go; `None` keeps them in place.
+    pub failed_dir: Option<PathBuf>,
+    /// Files uploaded at once.
+    pub concurrency: usize,
+    /// Upload rate limit for all uploads together.
+    pub rate_limit_bytes_per_sec: Option<u64>,
+    /// Full rescan interval.
+    pub rescan_interval: Duration,
+    /// Prometheus textfile.
+    pub metrics_file: Option<PathBuf>,
+}
+
+/// What wakes the main loop.
+#[derive(Debug)]
+pub enum Event {
+    /// A writer closed this file, or it was renamed into the spool.
+    Written(PathBuf),
+    /// A name appeared (a file being written, a link, a FIFO): judged by the usual rules.
+    Created(PathBuf),
+    /// Something a full scan must look at.
+    Rescan,
+    /// The pause marker appeared or vanished.
+    Control,
+    /// The spool cannot be watched: scan often instead.
+    WatchUnavailable,
+    /// SIGTERM, SIGINT or SIGHUP.
+    Signal(i32),
+    /// A worker is done with a file.
+    Finished(String, JobResult),
+    /// The hook thread ran the hook of a file (`Ok(false)`: it had already run).
+    HookFinished(String, std::result::Result<bool, String>),
+}
+
+/// How a worker's job ended.
+#[derive(Debug)]
+pub enum JobResult {
+    /// The server holds the whole file.
+    Done(Completed),
+    /// The file cannot be uploaded.
+    Failed(Error),
+    /// Pause or shutdown.
+    Interrupted,
+}
+
+/// The real parts the daemon works with.
+pub struct Parts<'a> {
+    /// HTTP.
+    pub transport: &'a dyn Transport,
+    /// State.
+    pub store: &'a Store,
+    /// Time.
+    pub clock: Arc<dyn Clock>,
+    /// Upload settings.
+    pub upload: &'a Settings,
+    /// The state directory (pause marker, status snapshot).
+    pub state_dir: &'a Path,
+    /// systemd notifications.
+    pub notifier: Notifier,
+    /// systemd watchdog interval.
+    pub watchdog: Option<Duration>,
+    /// Re-reads the daemon settings (SIGHUP).
+    pub reload: &'a dyn Fn() -> Result<DaemonSettings>,
+    /// The after-upload hook.
+    pub hook: Option<&'a HookSettings>,
+}
+
+/// The main thread's view of a file a worker uploads.
+struct Active {
+    progress: Arc<Progress>,
+    info: Arc<Mutex<JobInfo>>,
+    rate: (Instant, u64, f64),
+}
+
+/// Runs the daemon until SIGTERM/SIGINT.
+pub fn run(
+    parts: Parts,
+    settings: DaemonSettings,
+    events: Receiver<Event>,
+    tx: Sender<Event>,
+) -> Result<()> {
+    let interrupt = Arc::new(AtomicBool::new(false));
+    let bytes_sent = Arc::new(AtomicU64::new(0));
+    let retries = Arc::new(AtomicU64::new(0));
+    let limiter = settings
+        .rate_limit_bytes_per_sec
+        .map(|r| Arc::new(RateLimiter::new(r, parts.clock.clone())));
+    let (jobs_tx, jobs_rx) = std::sync::mpsc::channel::<Job>();
+    let jobs_rx = Arc::new(Mutex::new(jobs_rx));
+    std::thread::scope(|scope| {
+        for n in 0..settings.concurrency {
+            let (jobs, tx) = (jobs_rx.clone(), tx.clone());
+            let uploader = Uploader::new(
+                parts.transport,
+                parts.store,
+                parts.clock.as_ref(),
+                parts.upload,
+                random_seed() ^ n as u64,
+            )
+            .with_interrupt(interrupt.clone())
+            .with_rate_limit(limiter.clone())
+            .with_byte_counter(bytes_sent.clone());
+            let (clock, retries) = (parts.clock.clone(), retries.clone());
+            std::thread::Builder::new()
+                .name(format!("upload-{n}"))
+                .spawn_scoped(scope, move || {
+                    worker(&uploader, clock.as_ref(), &jobs, &tx, &retries)
+                })
+                .map_err(|e| Error::Io {
+                    context: "cannot start an upload thread".into(),
+                    source: e,
+                })?;
+        }
+        let hook_stop = Arc::new(AtomicBool::new(false));
+        let (hooks_tx, hooks_rx) = std::sync::mpsc::channel::<String>();
+        if let Some(settings) = parts.hook {
+            let (tx, clock, stop, store) = (
+                tx.clone(),
+                parts.clock.clone(),
+                hook_stop.clone(),
+                parts.store,
+            );
+            std::thread::Builder::new()
+                .name("hook".into())
+                .spawn_scoped(scope, move || {
+                    for key in hooks_rx {
+                        let result =
+                            hook::run_recorded(store, &key, settings, clock.as_ref(), &stop);
+                        if tx.send(Event::HookFinished(key, result)).is_err() {
+                            return;
+                        }
+                    }
+                })
+                .map_err(|e| Error::Io {
+                    context: "cannot start the hook thread".into(),
+                    source: e,
+                })?;
+        }
+        let mut main = Main::new(&parts, settings, interrupt, jobs_tx, bytes_sent, retries);
+        if parts.hook.is_some() {
+            main.hooks = Some((hooks_tx, hook_stop));
+        }
+        let result = main.run(&events);
+        drop(main); // closes the job and hook channels: idle workers end
+        result
+    })
+}
+
+/// The main thread's state.
+struct Main<'p, 'a> {
+    parts: &'p Parts<'a>,
+    settings: DaemonSettings,
+    interrupt: Arc<AtomicBool>,
+    jobs: Sender<Job>,
+    active: HashMap<String, Active>,
+    settling: HashMap<PathBuf, Instant>,
+    refused: HashSet<PathBuf>,
+    paused: bool,
+    stopping: Option<Instant>,
+    spool_missing: bool,
+    held_until: Option<Instant>,
+    rescan_every: Duration,
+    next_rescan: Instant,
+    next_status: Instant,
+    next_watchdog: Option<Instant>,
+    last_status_line: String,
+    ready_sent: bool,
+    queue: Window,
+    /// The hook thread's job channel and stop flag, when a hook is configured.
+    hooks: Option<(Sender<String>, Arc<AtomicBool>)>,
+    /// Files whose hook is running (`None`) or waiting to retry (due, failures so far).
+    hook_waiting: HashMap<String, (Option<Instant>, u32)>,
+    /// A full scan must run at the next tick (start, events, refill, reload, unreadable files).
+    force_scan: bool,
+    last_status_write: Instant,
+    watch_ok: bool,
+    last_scan_dir_mtime: Option<SystemTime>,
+    started: SystemTime,
+    bytes_sent: Arc<AtomicU64>,
+    retries: Arc<AtomicU64>,
+    totals: Totals,
+    recent_failed: VecDeque<FailedFile>,
+    /// Files that were in the spool before a state reset and were uploaded again.
+    totals_reuploaded: u64,
+    /// Files deleted after their upload whose records wait for a sync of their directory.
+    deleted: Vec<String>,
+}
+
+impl<'p, 'a> Main<'p, 'a> {
+    fn new(
+        parts: &'p Parts<'a>,
+        settings: DaemonSettings,
+        interrupt: Arc<AtomicBool>,
+        jobs: Sender<Job>,
+        bytes_sent: Arc<AtomicU64>,
+        retries: Arc<AtomicU64>,
+    ) -> Self {
+        let now = parts.clock.now();
+        let rescan_every = settings.rescan_interval;
+        Self {
+            parts,
+            settings,
+            interrupt,
+            jobs,
+            active: HashMap::new(),
+            settling: HashMap::new(),
+            refused: HashSet::new(),
+            paused: false,
+            stopping: None,
+            spool_missing: false,
+            held_until: None,
+            rescan_every,
+            next_rescan: now,
+            next_status: now,
+            next_watchdog: parts.watchdog.map(|_| now),
+            last_status_line: String::new(),
+            ready_sent: false,
+            queue: Window::new(QUEUE_WINDOW),
+            hooks: None,
+            hook_waiting: HashMap::new(),
+            force_scan: true,
+            last_status_write: now,
+            watch_ok: true,
+            last_scan_dir_mtime: None,
+            started: parts.clock.wall(),
+            bytes_sent,
+            retries,
+            totals: Totals::default(),
+            recent_failed: VecDeque::new(),
+            totals_reuploaded: 0,
+            deleted: Vec::new(),
+        }
+    }
+}
+
+fn unix(t: SystemTime) -> u64 {
+    t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
+}

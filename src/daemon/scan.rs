@@ -1,0 +1,166 @@
+//! Finding ready files: full scans of the spool and single paths from inotify, into the queue.
+//!
+//! Key idea: every path goes through `spool::judge`; a file not yet settled waits in
+//! `settling` with its due time, a ready one is offered to the queue window unless the store
+//! says it is done (then only its after-upload action is left) or failed with the same
+//! identity. A scan of an unchanged (non-recursive) spool is skipped while inotify works.
+
+use std::path::Path;
+use std::time::Duration;
+
+use crate::error::Result;
+use crate::spool::{self, Verdict};
+use crate::store::RecordState;
+use crate::upload::record_key;
+
+use super::Main;
+
+/// Full rescans when inotify is not available.
+pub(super) const RESCAN_WITHOUT_WATCH: Duration = Duration::from_secs(2);
+/// How many refused paths are remembered so each is logged once.
+const MAX_REFUSED_REMEMBERED: usize = 10_000;
+
+impl<'p, 'a> Main<'p, 'a> {
+    /// Lists the whole spool: queues ready files, forgets records of files that are gone.
+    pub(super) fn rescan(&mut self) -> Result<()> {
+        self.next_rescan = self.parts.clock.now() + self.rescan_every;
+        // With inotify working, a scan of an unchanged spool finds nothing new: skip it.
+        let dir_mtime = std::fs::metadata(&self.settings.spool.dir)
+            .and_then(|m| m.modified())
+            .ok();
+        let unchanged = dir_mtime.is_some() && dir_mtime == self.last_scan_dir_mtime;
+        if !self.force_scan && self.watch_ok && !self.settings.spool.recursive && unchanged {
+            return Ok(());
+        }
+        self.force_scan = false;
+        self.last_scan_dir_mtime = dir_mtime;
+        self.queue.begin_scan();
+        let rules = self.settings.spool.clone();
+        let mut first_error = None;
+        let walked = spool::walk(
+            &rules,
+            &mut |e| {
+                if first_error.is_none() {
+                    first_error = self.consider_entry(e, false, true).err();
+                }
+            },
+            &mut |p, e| log::warn!("{}: cannot read: {e}", p.display()),
+        );
+        if let Some(e) = first_error {
+            return Err(e);
+        }
+        if let Err(e) = walked {
+            if !self.spool_missing {
+                log::error!(
+                    "spool directory {}: {e}; waiting for it (create it or fix spool.dir)",
+                    self.settings.spool.dir.display()
+                );
+            }
+            self.spool_missing = true;
+            self.next_rescan = self.parts.clock.now()
+                + RESCAN_WITHOUT_WATCH
+                    .max(Duration::from_secs(5))
+                    .min(self.rescan_every);
+            self.announce_ready();
+            return Ok(());
+        }
+        if self.spool_missing {
+            log::info!(
+                "spool directory {} is there now",
+                self.settings.spool.dir.display()
+            );
+            self.spool_missing = false;
+        }
+        self.forget_vanished()?;
+        self.announce_ready();
+        Ok(())
+    }
+
+    /// Looks at one spool path; `written` when a writer just closed or renamed it.
+    pub(super) fn consider(&mut self, path: &Path, written: bool) -> Result<()> {
+        match spool::stat(path) {
+            Ok(Some(e)) => self.consider_entry(e, written, false),
+            Ok(None) => {
+                self.settling.remove(path);
+                match record_key(path) {
+                    Ok(key) if !self.active.contains_key(&key) => self.unqueue(&key),
+                    _ => Ok(()),
+                }
+            }
+            Err(e) => {
+                log::warn!("{}: cannot look at it: {e}", path.display());
+                Ok(())
+            }
+        }
+    }
+
+    fn consider_entry(&mut self, entry: spool::Entry, written: bool, by_scan: bool) -> Result<()> {
+        let path = entry.path.clone();
+        let path = path.as_path();
+        let Ok(key) = record_key(path) else {
+            return Ok(());
+        };
+        let name = path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        match spool::judge(
+            &name,
+            entry.kind,
+            entry.mtime(),
+            self.parts.clock.wall(),
+            &self.settings.spool,
+        ) {
+            Verdict::Ignored => Ok(()),
+            Verdict::Refused(why) => {
+                if self.refused.len() < MAX_REFUSED_REMEMBERED
+                    && self.refused.insert(path.to_path_buf())
+                {
+                    log::warn!("{}: {why}; not uploaded", path.display());
+                }
+                Ok(())
+            }
+            Verdict::NotYet(d) if !written => {
+                self.settling
+                    .insert(path.to_path_buf(), self.parts.clock.now() + d);
+                Ok(())
+            }
+            Verdict::NotYet(_) | Verdict::Ready => self.ready(path, &key, entry.identity, by_scan),
+        }
+    }
+
+    fn ready(
+        &mut self,
+        path: &Path,
+        key: &str,
+        identity: crate::source::Identity,
+        by_scan: bool,
+    ) -> Result<()> {
+        self.settling.remove(path);
+        if self.active.contains_key(key) {
+            return Ok(());
+        }
+        let store = self.parts.store;
+        if let Some(rec) = store.get(key)? {
+            if rec.state == RecordState::Complete && rec.identity == identity {
+                // Uploaded before a crash or restart: hook and action not yet done (or kept).
+                self.uploaded(path, key, rec.hook.done);
+                return Ok(());
+            }
+        }
+        if let Some(f) = store.get_failed(key)? {
+            if f.identity == identity {
+                return Ok(());
+            }
+            store.remove_failed(key)?;
+        }
+        self.queue.offer(key, spool::mtime_of(&identity), by_scan);
+        Ok(())
+    }
+
+    /// Takes `key` out of the queue.
+    pub(super) fn unqueue(&mut self, key: &str) -> Result<()> {
+        self.queue.remove(key);
+        Ok(())
+    }
+}
