@@ -132,22 +132,6 @@ impl Error {
         }
     }
 
-    /// True when the same action may succeed later without anyone changing anything: an
-    /// interrupted upload resumes, an I/O error may clear. Configuration, a refused upload, a
-    /// file that cannot be used, a failed state store and a bug need someone to act.
-    pub fn is_transient(&self) -> bool {
-        match self {
-            Self::Interrupted | Self::Io { .. } => true,
-            Self::Config(_)
-            | Self::Source { .. }
-            | Self::State { .. }
-            | Self::Server { .. }
-            | Self::GaveUp { .. }
-            | Self::Network { .. }
-            | Self::Internal(_) => false,
-        }
-    }
-
     /// The process exit code for this error when it ends a command: 2 for a configuration
     /// error (which a restart cannot fix), 1 for everything else.
     pub fn exit_code(&self) -> i32 {
@@ -171,12 +155,5 @@ mod tests {
         let internal = Error::Internal("upload threads ended unexpectedly".into());
         assert_eq!(internal.exit_code(), 1);
         assert!(internal.to_string().contains("a bug in ferry"));
-        assert!(!internal.is_transient());
-        assert!(Error::Interrupted.is_transient());
-        let state = Error::State {
-            dir: "/s".into(),
-            problem: "full".into(),
-        };
-        assert!(!state.is_transient());
     }
 }

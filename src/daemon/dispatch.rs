@@ -46,7 +46,7 @@ impl<'p, 'a> Main<'p, 'a> {
                 info: info.clone(),
             };
             if self.jobs.send(job).is_err() {
-                return Err(Error::config("upload threads ended unexpectedly"));
+                return Err(Error::Internal("upload threads ended unexpectedly".into()));
             }
             self.active.insert(
                 key,
