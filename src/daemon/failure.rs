@@ -14,6 +14,7 @@ use crate::status::FailedFile;
 use crate::store::FailedRecord;
 
 use super::after_upload::move_into;
+use super::forget::sync_parents;
 use super::report::MAX_RECENT_FAILED;
 use super::{unix, Main};
 
@@ -23,9 +24,15 @@ impl<'p, 'a> Main<'p, 'a> {
         let store = self.parts.store;
         match spool::stat(path) {
             Ok(None) => {
-                log::info!("{}: vanished; forgotten", path.display());
                 self.unqueue(key)?;
-                store.remove(key)?;
+                // As in forget_vanished: the record goes only once the file's absence is on
+                // disk, or a power cut that undid the deletion would bring the file back
+                // without its upload URL (a second upload). A failed sync keeps the record
+                // for the next scan to forget.
+                if sync_parents(std::iter::once(key)) {
+                    log::info!("{}: vanished; forgotten", path.display());
+                    store.remove(key)?;
+                }
                 Ok(())
             }
             Ok(Some(entry)) if entry.kind == spool::Kind::File => {

@@ -65,7 +65,7 @@ impl<'p, 'a> Main<'p, 'a> {
 
 /// Syncs the directories holding `paths`, each once; false (and a warning) when one fails:
 /// the records of files gone from them are then kept until the next scan.
-fn sync_parents<'k>(paths: impl Iterator<Item = &'k str>) -> bool {
+pub(super) fn sync_parents<'k>(paths: impl Iterator<Item = &'k str>) -> bool {
     let dirs: HashSet<&Path> = paths.filter_map(|p| Path::new(p).parent()).collect();
     for dir in dirs {
         if let Err(e) = durable::sync_dir(dir) {
