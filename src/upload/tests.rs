@@ -7,9 +7,12 @@ use std::sync::Mutex;
 use std::time::{Duration, SystemTime};
 
 use super::*;
+use crate::backoff::RetryPolicy;
 use crate::clock::ManualClock;
-use crate::transport::FailureKind;
-use crate::tus::Method;
+use crate::store::RecordState;
+use crate::stream::{Target, STREAM_CHUNK_MULTIPLE, STREAM_MIN_CHUNK};
+use crate::transport::{FailureKind, TransportError};
+use crate::tus::{Method, Request, Response};
 
 /// What the scripted server saw of one request.
 #[derive(Debug, Clone)]
