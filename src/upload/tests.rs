@@ -1,5 +1,8 @@
 //! Orchestration tests: a scripted transport and a manual clock drive the uploader through
 //! every path of its state machine; no sockets, no real sleeping.
+//!
+//! Key idea: a [`Scenario`] is one file, a store, a clock and settings; each test writes only
+//! what its server answers (a [`Script`]) and what it checks of the requests it saw.
 
 use std::collections::VecDeque;
 use std::io::Read;
@@ -25,8 +28,17 @@ struct Seen {
     stored_url: Option<String>,
 }
 
+impl Seen {
+    /// The value of the request header `name` (exact spelling, as ferry sends it).
+    fn header(&self, name: &str) -> Option<&str> {
+        let found = self.headers.iter().find(|(n, _)| n == name);
+        found.map(|(_, v)| v.as_str())
+    }
+}
+
 type Answer = std::result::Result<Response, TransportError>;
 
+/// A transport that answers from a list, in order, and records what it was sent.
 struct Script<'s> {
     answers: Mutex<VecDeque<(Method, Answer)>>,
     seen: Mutex<Vec<Seen>>,
@@ -93,105 +105,146 @@ fn resp(status: u16, headers: &[(&str, &str)]) -> Answer {
     })
 }
 
+/// An answer with a status and no headers.
+fn status(m: Method, code: u16) -> (Method, Answer) {
+    (m, resp(code, &[]))
+}
+
 fn options() -> (Method, Answer) {
-    (
-        Method::Options,
-        resp(
-            204,
-            &[
-                ("Tus-Version", "1.0.0"),
-                ("Tus-Extension", "creation,termination"),
-            ],
-        ),
-    )
+    let extensions = [
+        ("Tus-Version", "1.0.0"),
+        ("Tus-Extension", "creation,termination"),
+    ];
+    (Method::Options, resp(204, &extensions))
 }
 
 fn created(loc: &str) -> (Method, Answer) {
-    (
-        Method::Post,
-        resp(201, &[("Location", loc), ("Tus-Resumable", "1.0.0")]),
-    )
+    let headers = [("Location", loc), ("Tus-Resumable", "1.0.0")];
+    (Method::Post, resp(201, &headers))
 }
 
 fn offset(m: Method, o: u64) -> (Method, Answer) {
-    let s = o.to_string();
-    (
-        m,
-        resp(
-            if m == Method::Head { 200 } else { 204 },
-            &[("Upload-Offset", s.as_str())],
-        ),
-    )
+    let code = if m == Method::Head { 200 } else { 204 };
+    (m, resp(code, &[("Upload-Offset", o.to_string().as_str())]))
+}
+
+/// A PATCH the server accepted up to `o`.
+fn patch(o: u64) -> (Method, Answer) {
+    offset(Method::Patch, o)
+}
+
+/// A HEAD that says the server holds `o` bytes.
+fn head(o: u64) -> (Method, Answer) {
+    offset(Method::Head, o)
 }
 
 fn cut(m: Method) -> (Method, Answer) {
-    (
-        m,
-        Err(TransportError {
-            kind: FailureKind::Connection,
-            message: "connection reset".into(),
-        }),
-    )
+    let reset = TransportError {
+        kind: FailureKind::Connection,
+        message: "connection reset".into(),
+    };
+    (m, Err(reset))
+}
+
+fn header(name: &str, value: &str, secret: bool) -> Header {
+    Header {
+        name: name.into(),
+        value: value.into(),
+        secret,
+    }
 }
 
 const EP: &str = "http://127.0.0.1:1080/files/";
 const URL: &str = "http://127.0.0.1:1080/files/abc";
 
-struct Env {
+/// One file in a temporary directory, a temporary store, a manual clock, and the settings the
+/// uploader runs with (10-byte chunks unless changed).
+struct Scenario {
     dir: PathBuf,
     file: PathBuf,
     key: String,
     store: Store,
     clock: ManualClock,
+    settings: Settings,
 }
 
-fn env(name: &str, content: &[u8]) -> Env {
-    let dir = std::env::temp_dir().join(format!("ferry-up-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    let file = dir.join("clip.mp4");
-    std::fs::write(&file, content).unwrap();
-    let key = record_key(&file).unwrap();
-    Env {
-        dir,
-        file,
-        key,
-        store: Store::open_temporary().unwrap(),
-        clock: ManualClock::new(SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000)),
+impl Scenario {
+    fn new(name: &str, content: &[u8]) -> Self {
+        let dir = std::env::temp_dir().join(format!("ferry-up-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("clip.mp4");
+        std::fs::write(&file, content).unwrap();
+        let key = record_key(&file).unwrap();
+        let settings = Settings {
+            endpoint: EP.into(),
+            chunk_size_bytes: 10,
+            ..Settings::default()
+        };
+        Self {
+            dir,
+            file,
+            key,
+            store: Store::open_temporary().unwrap(),
+            clock: ManualClock::new(SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000)),
+            settings,
+        }
+    }
+
+    /// Changes the settings.
+    fn with(mut self, change: impl FnOnce(&mut Settings)) -> Self {
+        change(&mut self.settings);
+        self
+    }
+
+    fn script(&self, answers: Vec<(Method, Answer)>) -> Script<'_> {
+        Script::new(&self.store, &self.key, answers)
+    }
+
+    fn uploader<'s>(&'s self, transport: &'s Script) -> Uploader<'s> {
+        Uploader::new(transport, &self.store, &self.clock, &self.settings, 7)
+    }
+
+    /// Uploads the file once against a server that answers `answers`.
+    fn run(&self, answers: Vec<(Method, Answer)>) -> (Result<Completed>, Script<'_>) {
+        let script = self.script(answers);
+        let progress = Arc::new(Progress::default());
+        let result = self.uploader(&script).upload(&self.file, progress);
+        (result, script)
+    }
+
+    /// [`Scenario::run`] that must succeed.
+    fn run_ok(&self, answers: Vec<(Method, Answer)>) -> (Completed, Script<'_>) {
+        let (result, script) = self.run(answers);
+        (result.unwrap(), script)
+    }
+
+    /// A first run that ends at its first transient failure (`max_attempts = 1`), as a kill
+    /// would.
+    fn interrupted(&self, answers: Vec<(Method, Answer)>) {
+        let once = Settings {
+            retry: RetryPolicy {
+                max_attempts: Some(1),
+                ..RetryPolicy::default()
+            },
+            ..self.settings.clone()
+        };
+        let script = self.script(answers);
+        let up = Uploader::new(&script, &self.store, &self.clock, &once, 7);
+        let result = up.upload(&self.file, Arc::new(Progress::default()));
+        assert!(matches!(result, Err(Error::GaveUp { attempts: 1, .. })));
+    }
+
+    /// The usual first run: the upload is created at [`URL`], then its first PATCH is cut.
+    fn cut_after_create(&self) {
+        self.interrupted(vec![options(), created(URL), cut(Method::Patch)]);
     }
 }
 
-impl Drop for Env {
+impl Drop for Scenario {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.dir);
     }
-}
-
-fn settings(chunk: u64) -> Settings {
-    Settings {
-        endpoint: EP.into(),
-        chunk_size_bytes: chunk,
-        ..Settings::default()
-    }
-}
-
-fn run(e: &Env, s: &Settings, script: &Script) -> Result<Completed> {
-    Uploader::new(script, &e.store, &e.clock, s, 7).upload(&e.file, Arc::new(Progress::default()))
-}
-
-/// A first run that ends at its first transient failure (`max_attempts = 1`), as a kill would.
-fn interrupted(e: &Env, s: &Settings, script: &Script) {
-    let once = Settings {
-        retry: RetryPolicy {
-            max_attempts: Some(1),
-            ..RetryPolicy::default()
-        },
-        ..s.clone()
-    };
-    assert!(matches!(
-        run(e, &once, script),
-        Err(Error::GaveUp { attempts: 1, .. })
-    ));
 }
 
 fn data(n: usize) -> Vec<u8> {
@@ -200,65 +253,44 @@ fn data(n: usize) -> Vec<u8> {
 
 #[test]
 fn fresh_upload_persists_the_url_before_the_first_patch() {
-    let e = env("fresh", &data(25));
-    let script = Script::new(
-        &e.store,
-        &e.key,
-        vec![
-            options(),
-            created("/files/abc"),
-            offset(Method::Patch, 10),
-            offset(Method::Patch, 20),
-            offset(Method::Patch, 25),
-        ],
-    );
-    let done = run(&e, &settings(10), &script).unwrap();
-    assert_eq!(
-        done,
-        Completed {
-            path: e.file.clone(),
-            url: URL.into(),
-            length: 25,
-            already: false,
-            captured: Default::default(),
-        }
-    );
+    let sc = Scenario::new("fresh", &data(25));
+    let (done, script) = sc.run_ok(vec![
+        options(),
+        created("/files/abc"),
+        patch(10),
+        patch(20),
+        patch(25),
+    ]);
+    let expected = Completed {
+        path: sc.file.clone(),
+        url: URL.into(),
+        length: 25,
+        already: false,
+        captured: Default::default(),
+    };
+    assert_eq!(done, expected);
     let seen = script.seen();
     let post = &seen[1];
-    let meta = post
-        .headers
-        .iter()
-        .find(|(n, _)| n == "Upload-Metadata")
-        .unwrap();
-    assert_eq!(meta.1, "filename Y2xpcC5tcDQ=,filetype dmlkZW8vbXA0");
+    let meta = post.header("Upload-Metadata");
+    assert_eq!(meta, Some("filename Y2xpcC5tcDQ=,filetype dmlkZW8vbXA0"));
     assert_eq!(post.stored_url, None);
     for (i, p) in seen[2..].iter().enumerate() {
-        assert_eq!(
-            p.stored_url.as_deref(),
-            Some(URL),
-            "invariant 2: URL durable before PATCH {i}"
-        );
+        let why = format!("invariant 2: URL durable before PATCH {i}");
+        assert_eq!(p.stored_url.as_deref(), Some(URL), "{why}");
         assert_eq!(p.url, URL);
     }
     let body: Vec<u8> = seen[2..].iter().flat_map(|s| s.body.clone()).collect();
     assert_eq!(body, data(25));
-    let rec = e.store.get(&e.key).unwrap().unwrap();
+    let rec = sc.store.get(&sc.key).unwrap().unwrap();
     assert_eq!((rec.state, rec.offset), (RecordState::Complete, 25));
-    assert!(e.clock.sleeps().is_empty());
+    assert!(sc.clock.sleeps().is_empty());
 }
 
 #[test]
 fn a_second_run_of_a_complete_file_sends_nothing() {
-    let e = env("again", &data(5));
-    let s = settings(10);
-    let first = Script::new(
-        &e.store,
-        &e.key,
-        vec![options(), created(URL), offset(Method::Patch, 5)],
-    );
-    run(&e, &s, &first).unwrap();
-    let second = Script::new(&e.store, &e.key, vec![]);
-    let done = run(&e, &s, &second).unwrap();
+    let sc = Scenario::new("again", &data(5));
+    sc.run_ok(vec![options(), created(URL), patch(5)]);
+    let (done, second) = sc.run_ok(vec![]);
     assert!(done.already);
     assert_eq!(done.url, URL);
     assert!(second.seen().is_empty());
@@ -266,179 +298,91 @@ fn a_second_run_of_a_complete_file_sends_nothing() {
 
 #[test]
 fn resume_asks_the_server_and_continues_from_its_offset() {
-    let e = env("resume", &data(30));
-    let s = settings(10);
-    let first = Script::new(
-        &e.store,
-        &e.key,
-        vec![
-            options(),
-            created(URL),
-            offset(Method::Patch, 10),
-            cut(Method::Patch),
-        ],
-    );
-    interrupted(&e, &s, &first);
+    let sc = Scenario::new("resume", &data(30));
+    sc.interrupted(vec![options(), created(URL), patch(10), cut(Method::Patch)]);
     // The server kept 13 bytes of the cut PATCH; the next run resumes at 13, not at 10 or 20.
-    let second = Script::new(
-        &e.store,
-        &e.key,
-        vec![
-            options(),
-            offset(Method::Head, 13),
-            offset(Method::Patch, 23),
-            offset(Method::Patch, 30),
-        ],
-    );
-    run(&e, &s, &second).unwrap();
+    let (_, second) = sc.run_ok(vec![options(), head(13), patch(23), patch(30)]);
     assert_eq!(
         second.methods(),
         [Method::Options, Method::Head, Method::Patch, Method::Patch]
     );
     let seen = second.seen();
-    assert_eq!(
-        seen[2]
-            .headers
-            .iter()
-            .find(|(n, _)| n == "Upload-Offset")
-            .unwrap()
-            .1,
-        "13"
-    );
+    assert_eq!(seen[2].header("Upload-Offset"), Some("13"));
     assert_eq!(seen[2].body, data(30)[13..23]);
 }
 
 #[test]
 fn transient_failures_back_off_then_probe_and_reset_after_progress() {
-    let e = env("backoff", &data(30));
-    let script = Script::new(
-        &e.store,
-        &e.key,
-        vec![
-            options(),
-            created(URL),
-            cut(Method::Patch),
-            cut(Method::Head),
-            offset(Method::Head, 0),
-            offset(Method::Patch, 10),
-            (Method::Patch, resp(503, &[])),
-            offset(Method::Head, 10),
-            offset(Method::Patch, 20),
-            offset(Method::Patch, 30),
-        ],
-    );
-    let s = Settings {
-        retry: RetryPolicy {
+    let sc = Scenario::new("backoff", &data(30)).with(|s| {
+        s.retry = RetryPolicy {
             initial_delay: Duration::from_secs(2),
             max_delay: Duration::from_secs(60),
             ..RetryPolicy::default()
-        },
-        ..settings(10)
-    };
-    run(&e, &s, &script).unwrap();
-    let sleeps = e.clock.sleeps();
+        }
+    });
+    sc.run_ok(vec![
+        options(),
+        created(URL),
+        cut(Method::Patch),
+        cut(Method::Head),
+        head(0),
+        patch(10),
+        status(Method::Patch, 503),
+        head(10),
+        patch(20),
+        patch(30),
+    ]);
+    let sleeps = sc.clock.sleeps();
     assert_eq!(sleeps.len(), 3, "{sleeps:?}");
     assert!(
         sleeps[0] <= Duration::from_secs(2) && sleeps[1] <= Duration::from_secs(4),
         "{sleeps:?}"
     );
-    assert!(
-        sleeps[2] <= Duration::from_secs(2),
-        "attempt counter reset by progress: {sleeps:?}"
-    );
+    let why = format!("attempt counter reset by progress: {sleeps:?}");
+    assert!(sleeps[2] <= Duration::from_secs(2), "{why}");
 }
 
 #[test]
 fn retry_after_is_obeyed_exactly() {
-    let e = env("ra", &data(10));
-    let script = Script::new(
-        &e.store,
-        &e.key,
-        vec![
-            options(),
-            created(URL),
-            (Method::Patch, resp(423, &[("Retry-After", "17")])),
-            offset(Method::Head, 0),
-            offset(Method::Patch, 10),
-        ],
-    );
-    run(&e, &settings(10), &script).unwrap();
-    assert_eq!(e.clock.sleeps(), [Duration::from_secs(17)]);
+    let sc = Scenario::new("ra", &data(10));
+    let locked = (Method::Patch, resp(423, &[("Retry-After", "17")]));
+    sc.run_ok(vec![options(), created(URL), locked, head(0), patch(10)]);
+    assert_eq!(sc.clock.sleeps(), [Duration::from_secs(17)]);
 }
 
 #[test]
 fn conflict_probes_at_once_and_continues_from_the_server_offset() {
-    let e = env("409", &data(20));
-    let script = Script::new(
-        &e.store,
-        &e.key,
-        vec![
-            options(),
-            created(URL),
-            (Method::Patch, resp(409, &[])),
-            offset(Method::Head, 4),
-            offset(Method::Patch, 14),
-            offset(Method::Patch, 20),
-        ],
-    );
-    run(&e, &settings(10), &script).unwrap();
-    assert!(e.clock.sleeps().is_empty());
+    let sc = Scenario::new("409", &data(20));
+    let conflict = status(Method::Patch, 409);
+    let (_, script) = sc.run_ok(vec![
+        options(),
+        created(URL),
+        conflict,
+        head(4),
+        patch(14),
+        patch(20),
+    ]);
+    assert!(sc.clock.sleeps().is_empty());
     assert_eq!(script.seen()[4].body, data(20)[4..14]);
 }
 
 #[test]
 fn a_lost_upload_is_created_again() {
-    let e = env("gone", &data(10));
-    let s = settings(10);
-    let first = Script::new(
-        &e.store,
-        &e.key,
-        vec![options(), created(URL), cut(Method::Patch)],
-    );
-    interrupted(&e, &s, &first);
-    let second = Script::new(
-        &e.store,
-        &e.key,
-        vec![
-            options(),
-            (Method::Head, resp(404, &[])),
-            created("/files/new"),
-            offset(Method::Patch, 10),
-        ],
-    );
-    let done = run(&e, &s, &second).unwrap();
+    let sc = Scenario::new("gone", &data(10));
+    sc.cut_after_create();
+    let lost = status(Method::Head, 404);
+    let (done, _) = sc.run_ok(vec![options(), lost, created("/files/new"), patch(10)]);
     assert_eq!(done.url, "http://127.0.0.1:1080/files/new");
 }
 
 #[test]
 fn an_expired_upload_is_not_probed() {
-    let e = env("expired", &data(10));
-    let s = settings(10);
-    let exp = crate::tus::httpdate::format(e.clock.wall() + Duration::from_secs(60));
-    let first = Script::new(
-        &e.store,
-        &e.key,
-        vec![
-            options(),
-            (
-                Method::Post,
-                resp(201, &[("Location", URL), ("Upload-Expires", exp.as_str())]),
-            ),
-            cut(Method::Patch),
-        ],
-    );
-    interrupted(&e, &s, &first);
-    e.clock.advance(Duration::from_secs(61));
-    let second = Script::new(
-        &e.store,
-        &e.key,
-        vec![
-            options(),
-            created("/files/fresh"),
-            offset(Method::Patch, 10),
-        ],
-    );
-    run(&e, &s, &second).unwrap();
+    let sc = Scenario::new("expired", &data(10));
+    let exp = crate::tus::httpdate::format(sc.clock.wall() + Duration::from_secs(60));
+    let post = resp(201, &[("Location", URL), ("Upload-Expires", exp.as_str())]);
+    sc.interrupted(vec![options(), (Method::Post, post), cut(Method::Patch)]);
+    sc.clock.advance(Duration::from_secs(61));
+    let (_, second) = sc.run_ok(vec![options(), created("/files/fresh"), patch(10)]);
     assert_eq!(
         second.methods(),
         [Method::Options, Method::Post, Method::Patch]
@@ -447,196 +391,109 @@ fn an_expired_upload_is_not_probed() {
 
 #[test]
 fn empty_files_complete_with_the_post_alone() {
-    let e = env("empty", b"");
-    let script = Script::new(&e.store, &e.key, vec![options(), created(URL)]);
-    let done = run(&e, &settings(10), &script).unwrap();
+    let sc = Scenario::new("empty", b"");
+    let (done, script) = sc.run_ok(vec![options(), created(URL)]);
     assert_eq!(done.length, 0);
-    assert_eq!(
-        script.seen()[1]
-            .headers
-            .iter()
-            .find(|(n, _)| n == "Upload-Length")
-            .unwrap()
-            .1,
-        "0"
-    );
+    assert_eq!(script.seen()[1].header("Upload-Length"), Some("0"));
 }
 
 #[test]
 fn checksum_mismatch_resends_the_same_chunk_then_gives_up() {
-    let e = env("sum", &data(10));
-    let opts = (
-        Method::Options,
-        resp(
-            204,
-            &[
-                ("Tus-Extension", "creation,checksum"),
-                ("Tus-Checksum-Algorithm", "sha1,sha256"),
-            ],
-        ),
-    );
-    let mut answers = vec![opts, created(URL)];
-    answers.extend((0..5).map(|_| (Method::Patch, resp(460, &[]))));
-    let script = Script::new(&e.store, &e.key, answers);
-    let err = run(&e, &settings(10), &script).unwrap_err().to_string();
+    let sc = Scenario::new("sum", &data(10));
+    let extensions = [
+        ("Tus-Extension", "creation,checksum"),
+        ("Tus-Checksum-Algorithm", "sha1,sha256"),
+    ];
+    let mut answers = vec![(Method::Options, resp(204, &extensions)), created(URL)];
+    answers.extend((0..5).map(|_| status(Method::Patch, 460)));
+    let (result, script) = sc.run(answers);
+    let err = result.unwrap_err().to_string();
     assert!(err.contains("checksum mismatch 5 times"), "{err}");
     for p in &script.seen()[2..] {
-        let sum = p
-            .headers
-            .iter()
-            .find(|(n, _)| n == "Upload-Checksum")
-            .unwrap();
-        assert!(sum.1.starts_with("sha256 "), "{sum:?}");
+        let sum = p.header("Upload-Checksum").unwrap();
+        assert!(sum.starts_with("sha256 "), "{sum:?}");
         assert_eq!(p.body, data(10));
     }
 }
 
 #[test]
 fn fatal_statuses_fail_with_the_server_message() {
-    let e = env("fatal", &data(10));
-    let script = Script::new(
-        &e.store,
-        &e.key,
-        vec![
-            options(),
-            (
-                Method::Post,
-                Ok(Response {
-                    status: 403,
-                    headers: vec![],
-                    body: "quota exceeded".into(),
-                }),
-            ),
-        ],
-    );
-    let err = run(&e, &settings(10), &script).unwrap_err().to_string();
-    assert!(
-        err.contains("403") && err.contains("quota exceeded"),
-        "{err}"
-    );
+    let sc = Scenario::new("fatal", &data(10));
+    let quota = Response {
+        status: 403,
+        headers: vec![],
+        body: "quota exceeded".into(),
+    };
+    let (result, _) = sc.run(vec![options(), (Method::Post, Ok(quota))]);
+    let err = result.unwrap_err().to_string();
+    let says = err.contains("403") && err.contains("quota exceeded");
+    assert!(says, "{err}");
 }
 
 #[test]
 fn max_size_is_checked_before_creating() {
-    let e = env("max", &data(10));
-    let script = Script::new(
-        &e.store,
-        &e.key,
-        vec![(Method::Options, resp(204, &[("Tus-Max-Size", "9")]))],
-    );
-    let err = run(&e, &settings(10), &script).unwrap_err().to_string();
+    let sc = Scenario::new("max", &data(10));
+    let (result, script) = sc.run(vec![(Method::Options, resp(204, &[("Tus-Max-Size", "9")]))]);
+    let err = result.unwrap_err().to_string();
     assert!(err.contains("at most 9"), "{err}");
     assert_eq!(script.methods(), [Method::Options]);
 }
 
 #[test]
 fn credentials_stay_on_the_endpoint_origin() {
-    let e = env("auth", &data(10));
-    let script = Script::new(
-        &e.store,
-        &e.key,
-        vec![
-            options(),
-            created("https://upload.example/tus/1"),
-            offset(Method::Patch, 10),
-        ],
-    );
-    let mut s = settings(10);
-    s.headers = vec![
-        Header {
-            name: "Authorization".into(),
-            value: "Bearer x".into(),
-            secret: false,
-        },
-        Header {
-            name: "X-Device".into(),
-            value: "cam".into(),
-            secret: false,
-        },
-        Header {
-            name: "X-Token".into(),
-            value: "t".into(),
-            secret: true,
-        },
-    ];
-    run(&e, &s, &script).unwrap();
-    let names = |i: usize| -> Vec<String> {
-        script.seen()[i]
-            .headers
-            .iter()
-            .map(|(n, _)| n.clone())
-            .collect()
-    };
-    assert!(
-        names(1).contains(&"Authorization".to_string())
-            && names(1).contains(&"X-Token".to_string())
-    );
-    assert!(
-        !names(2).contains(&"Authorization".to_string())
-            && !names(2).contains(&"X-Token".to_string())
-    );
-    assert!(names(2).contains(&"X-Device".to_string()));
+    let sc = Scenario::new("auth", &data(10)).with(|s| {
+        s.headers = vec![
+            header("Authorization", "Bearer x", false),
+            header("X-Device", "cam", false),
+            header("X-Token", "t", true),
+        ]
+    });
+    let elsewhere = created("https://upload.example/tus/1");
+    let (_, script) = sc.run_ok(vec![options(), elsewhere, patch(10)]);
+    let seen = script.seen();
+    let has = |i: usize, name: &str| seen[i].header(name).is_some();
+    assert!(has(1, "Authorization") && has(1, "X-Token"));
+    assert!(!has(2, "Authorization") && !has(2, "X-Token"));
+    assert!(has(2, "X-Device"));
 }
 
 #[test]
 fn a_file_changed_since_its_upload_began_is_uploaded_anew_and_the_old_upload_terminated() {
-    let e = env("changed", &data(10));
-    let s = settings(10);
-    let first = Script::new(
-        &e.store,
-        &e.key,
-        vec![options(), created(URL), cut(Method::Patch)],
-    );
-    interrupted(&e, &s, &first);
-    std::fs::write(&e.file, data(12)).unwrap();
-    let second = Script::new(
-        &e.store,
-        &e.key,
-        vec![
-            options(),
-            (Method::Delete, resp(204, &[])),
-            created("/files/v2"),
-            offset(Method::Patch, 10),
-            offset(Method::Patch, 12),
-        ],
-    );
-    let done = run(&e, &s, &second).unwrap();
+    let sc = Scenario::new("changed", &data(10));
+    sc.cut_after_create();
+    std::fs::write(&sc.file, data(12)).unwrap();
+    let terminated = status(Method::Delete, 204);
+    let (done, second) = sc.run_ok(vec![
+        options(),
+        terminated,
+        created("/files/v2"),
+        patch(10),
+        patch(12),
+    ]);
     assert_eq!(second.seen()[1].url, URL);
     assert_eq!(done.url, "http://127.0.0.1:1080/files/v2");
 }
 
 #[test]
 fn too_large_halves_the_chunk() {
-    let e = env("413", &data(300_000));
-    let script = Script::new(
-        &e.store,
-        &e.key,
-        vec![
-            options(),
-            created(URL),
-            (Method::Patch, resp(413, &[])),
-            offset(Method::Head, 0),
-            offset(Method::Patch, 150_000),
-            offset(Method::Patch, 300_000),
-        ],
-    );
-    let s = settings(300_000);
-    let up = Uploader::new(&script, &e.store, &e.clock, &s, 7);
-    up.upload(&e.file, Arc::new(Progress::default())).unwrap();
+    let sc = Scenario::new("413", &data(300_000)).with(|s| s.chunk_size_bytes = 300_000);
+    let script = sc.script(vec![
+        options(),
+        created(URL),
+        status(Method::Patch, 413),
+        head(0),
+        patch(150_000),
+        patch(300_000),
+    ]);
+    let up = sc.uploader(&script);
+    up.upload(&sc.file, Arc::new(Progress::default())).unwrap();
     assert_eq!(script.seen()[4].body.len(), 150_000);
     // The next file starts at the size the server accepted, without another 413.
-    let other = e.dir.join("other.bin");
+    let other = sc.dir.join("other.bin");
     std::fs::write(&other, data(200_000)).unwrap();
     let key = record_key(&other).unwrap();
-    let next = Script::new(
-        &e.store,
-        &key,
-        vec![
-            created("/files/o"),
-            offset(Method::Patch, 150_000),
-            offset(Method::Patch, 200_000),
-        ],
-    );
+    let answers = vec![created("/files/o"), patch(150_000), patch(200_000)];
+    let next = Script::new(&sc.store, &key, answers);
     let up = Uploader {
         transport: &next,
         ..up
@@ -647,105 +504,56 @@ fn too_large_halves_the_chunk() {
 
 #[test]
 fn cancel_terminates_and_forgets() {
-    let e = env("cancel", &data(10));
-    let s = settings(10);
-    let first = Script::new(
-        &e.store,
-        &e.key,
-        vec![options(), created(URL), cut(Method::Patch)],
-    );
-    interrupted(&e, &s, &first);
-    let del = Script::new(&e.store, &e.key, vec![(Method::Delete, resp(204, &[]))]);
-    assert_eq!(
-        Uploader::new(&del, &e.store, &e.clock, &s, 1)
-            .cancel(&e.file)
-            .unwrap(),
-        URL
-    );
-    assert_eq!(e.store.get(&e.key).unwrap(), None);
+    let sc = Scenario::new("cancel", &data(10));
+    sc.cut_after_create();
+    let del = sc.script(vec![status(Method::Delete, 204)]);
+    assert_eq!(sc.uploader(&del).cancel(&sc.file).unwrap(), URL);
+    assert_eq!(sc.store.get(&sc.key).unwrap(), None);
 }
 
 #[test]
 fn creation_with_upload_sends_a_small_file_in_the_post_when_enabled_and_advertised() {
-    let e = env("cwu", &data(8));
-    let opts = (
-        Method::Options,
-        resp(204, &[("Tus-Extension", "creation,creation-with-upload")]),
-    );
+    let enabled = |s: &mut Settings| s.creation_with_upload = true;
+    let sc = Scenario::new("cwu", &data(8)).with(enabled);
+    let extensions = [("Tus-Extension", "creation,creation-with-upload")];
+    let opts = (Method::Options, resp(204, &extensions));
     let post = (
         Method::Post,
         resp(201, &[("Location", URL), ("Upload-Offset", "8")]),
     );
-    let script = Script::new(&e.store, &e.key, vec![opts, post]);
-    let s = Settings {
-        creation_with_upload: true,
-        ..settings(10)
-    };
-    run(&e, &s, &script).unwrap();
+    let (_, script) = sc.run_ok(vec![opts, post]);
     let seen = script.seen();
     assert_eq!(seen.len(), 2, "no PATCH: one round trip for the data");
     assert_eq!(seen[1].body, data(8));
-    assert_eq!(
-        e.store.get(&e.key).unwrap().unwrap().state,
-        RecordState::Complete
-    );
+    let rec = sc.store.get(&sc.key).unwrap().unwrap();
+    assert_eq!(rec.state, RecordState::Complete);
     // Not advertised, or the file is larger than a chunk: plain creation.
-    let e2 = env("cwu-off", &data(8));
-    let plain = Script::new(
-        &e2.store,
-        &e2.key,
-        vec![options(), created(URL), offset(Method::Patch, 8)],
-    );
-    run(&e2, &s, &plain).unwrap();
-    assert!(plain.seen()[1].body.is_empty());
+    let plain = Scenario::new("cwu-off", &data(8)).with(enabled);
+    let (_, script) = plain.run_ok(vec![options(), created(URL), patch(8)]);
+    assert!(script.seen()[1].body.is_empty());
 }
 
 #[test]
 fn one_time_urls_capture_the_media_id_and_a_refused_url_is_replaced() {
-    let e = env("broker", &data(12));
-    let mut s = settings(10);
-    s.target = Target::UrlBroker;
-    s.headers = vec![Header {
-        name: "Authorization".into(),
-        value: "Bearer device".into(),
-        secret: true,
-    }];
-    let first = Script::new(
-        &e.store,
-        &e.key,
-        vec![
-            options(),
-            (
-                Method::Post,
-                resp(
-                    200,
-                    &[
-                        ("Location", "https://upload.example/tus/v1?tusv2=true"),
-                        ("stream-media-id", "v1"),
-                    ],
-                ),
-            ),
-            (Method::Patch, resp(403, &[])),
-            (
-                Method::Post,
-                resp(
-                    201,
-                    &[
-                        ("Location", "https://upload.example/tus/v2?tusv2=true"),
-                        ("stream-media-id", "v2"),
-                    ],
-                ),
-            ),
-            offset(Method::Patch, 10),
-            offset(Method::Patch, 12),
-        ],
-    );
-    let done = run(&e, &s, &first).unwrap();
-    assert_eq!(
-        done.media_id(),
-        Some("v2"),
-        "the abandoned video v1 was replaced"
-    );
+    let sc = Scenario::new("broker", &data(12)).with(|s| {
+        s.target = Target::UrlBroker;
+        s.headers = vec![header("Authorization", "Bearer device", true)];
+    });
+    let one_time = |code: u16, video: &str| {
+        let location = format!("https://upload.example/tus/{video}?tusv2=true");
+        let headers = [("Location", location.as_str()), ("stream-media-id", video)];
+        (Method::Post, resp(code, &headers))
+    };
+    let (done, first) = sc.run_ok(vec![
+        options(),
+        one_time(200, "v1"),
+        status(Method::Patch, 403),
+        one_time(201, "v2"),
+        patch(10),
+        patch(12),
+    ]);
+    let why = "the abandoned video v1 was replaced";
+    assert_eq!(done.media_id(), Some("v2"), "{why}");
     assert_eq!(done.url, "https://upload.example/tus/v2?tusv2=true");
     let seen = first.seen();
     let auth = |i: usize| seen[i].headers.iter().any(|(n, _)| n == "Authorization");
@@ -755,37 +563,16 @@ fn one_time_urls_capture_the_media_id_and_a_refused_url_is_replaced() {
 
 #[test]
 fn stream_targets_shrink_chunks_only_within_streams_rules() {
-    let e = env("stream413", &data(10));
-    let mut s = settings(12 * 1024 * 1024);
-    s.target = Target::CloudflareStream;
-    let up = Uploader::new(
-        &Script::new(&e.store, &e.key, vec![]),
-        &e.store,
-        &e.clock,
-        &s,
-        1,
-    )
-    .smaller_chunk(12 * 1024 * 1024);
-    assert_eq!(up, 6 * 1024 * 1024);
-    let at_min = Uploader::new(
-        &Script::new(&e.store, &e.key, vec![]),
-        &e.store,
-        &e.clock,
-        &s,
-        1,
-    )
-    .smaller_chunk(STREAM_MIN_CHUNK);
-    assert_eq!(
-        at_min, STREAM_MIN_CHUNK,
-        "never below 5 MiB: a 413 then fails the file"
-    );
-    let odd = Uploader::new(
-        &Script::new(&e.store, &e.key, vec![]),
-        &e.store,
-        &e.clock,
-        &s,
-        1,
-    )
-    .smaller_chunk(11 * 1024 * 1024);
+    let sc = Scenario::new("stream413", &data(10)).with(|s| {
+        s.chunk_size_bytes = 12 * 1024 * 1024;
+        s.target = Target::CloudflareStream;
+    });
+    let silent = sc.script(vec![]);
+    let up = sc.uploader(&silent);
+    assert_eq!(up.smaller_chunk(12 * 1024 * 1024), 6 * 1024 * 1024);
+    let at_min = up.smaller_chunk(STREAM_MIN_CHUNK);
+    let why = "never below 5 MiB: a 413 then fails the file";
+    assert_eq!(at_min, STREAM_MIN_CHUNK, "{why}");
+    let odd = up.smaller_chunk(11 * 1024 * 1024);
     assert_eq!(odd % STREAM_CHUNK_MULTIPLE, 0);
 }
