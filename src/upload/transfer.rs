@@ -115,56 +115,73 @@ impl Uploader<'_> {
                 self.advanced(f, new)?;
                 Ok(Step::Continue)
             }
-            Outcome::Conflict => {
-                log::info!(
-                    "{}: offset conflict at {offset}; asking the server",
-                    f.path().display()
-                );
-                let first = f.attempt == 0;
-                f.attempt += 1;
-                f.phase = Phase::Probe;
-                Ok(if first {
-                    Step::Continue
-                } else {
-                    self.backoff(f, "offset conflict".into(), None, Phase::Probe)
-                })
-            }
+            Outcome::Conflict => Ok(self.conflict(f, offset)),
             Outcome::Gone { why } => self.forget_upload(f, &why),
             Outcome::Retry { why, retry_after } => {
                 self.retry_later(f, why, retry_after.as_deref(), Phase::Probe)
             }
-            Outcome::ChecksumMismatch => {
-                f.checksum_mismatches += 1;
-                if f.checksum_mismatches >= self.settings.max_checksum_mismatches {
-                    return Err(Error::Server {
-                        url: url::redact(upload_url).into(),
-                        status: resp.status,
-                        message: format!("checksum mismatch {} times in a row at offset {offset}: the file or the link corrupts data", f.checksum_mismatches),
-                    });
-                }
-                log::warn!(
-                    "{}: checksum mismatch at offset {offset}; sending the chunk again",
-                    f.path().display()
-                );
-                Ok(Step::Continue)
-            }
+            Outcome::ChecksumMismatch => self.checksum_mismatch(f, upload_url, resp.status, offset),
             Outcome::ChecksumRejected { why } => Ok(self.without_checksum(f, &why)),
             Outcome::Fail { status: 403, why } if self.settings.target.one_time_urls() => {
                 self.forget_upload(f, &format!("the one-time URL is refused: {why}"))
             }
             Outcome::TooLarge { why } if self.smaller_chunk(f.chunk_bytes) < f.chunk_bytes => {
-                f.chunk_bytes = self.smaller_chunk(f.chunk_bytes);
-                *self.learned_chunk_limit.borrow_mut() = Some(f.chunk_bytes);
-                log::warn!(
-                    "{}: chunk too large ({why}); using {} byte chunks",
-                    f.path().display(),
-                    f.chunk_bytes
-                );
-                f.phase = Phase::Probe;
-                Ok(Step::Continue)
+                Ok(self.shrink_chunk(f, &why))
             }
             other => Err(self.refused(upload_url, resp, other)),
         }
+    }
+
+    /// 409: our offset is not the server's. The first time, ask at once; then back off.
+    fn conflict(&self, f: &mut FileUpload, offset: u64) -> Step {
+        log::info!(
+            "{}: offset conflict at {offset}; asking the server",
+            f.path().display()
+        );
+        let first = f.attempt == 0;
+        f.attempt += 1;
+        f.phase = Phase::Probe;
+        if first {
+            Step::Continue
+        } else {
+            self.backoff(f, "offset conflict".into(), None, Phase::Probe)
+        }
+    }
+
+    /// 460: send the chunk again, until mismatches in a row say the file or link corrupts data.
+    fn checksum_mismatch(
+        &self,
+        f: &mut FileUpload,
+        upload_url: &str,
+        status: u16,
+        offset: u64,
+    ) -> Result<Step> {
+        f.checksum_mismatches += 1;
+        if f.checksum_mismatches >= self.settings.max_checksum_mismatches {
+            return Err(Error::Server {
+                url: url::redact(upload_url).into(),
+                status,
+                message: format!("checksum mismatch {} times in a row at offset {offset}: the file or the link corrupts data", f.checksum_mismatches),
+            });
+        }
+        log::warn!(
+            "{}: checksum mismatch at offset {offset}; sending the chunk again",
+            f.path().display()
+        );
+        Ok(Step::Continue)
+    }
+
+    /// 413: halve the chunk, and remember the limit for the files after this one.
+    fn shrink_chunk(&self, f: &mut FileUpload, why: &str) -> Step {
+        f.chunk_bytes = self.smaller_chunk(f.chunk_bytes);
+        *self.learned_chunk_limit.borrow_mut() = Some(f.chunk_bytes);
+        log::warn!(
+            "{}: chunk too large ({why}); using {} byte chunks",
+            f.path().display(),
+            f.chunk_bytes
+        );
+        f.phase = Phase::Probe;
+        Step::Continue
     }
 
     /// Bytes per PATCH: the configured size, or less if a 413 taught us a limit.
