@@ -54,7 +54,7 @@ impl HookInput {
             (
                 "FERRY_MEDIA_ID".to_string(),
                 self.captured
-                    .get(crate::upload::MEDIA_ID_HEADER)
+                    .get(crate::stream::MEDIA_ID_HEADER)
                     .cloned()
                     .unwrap_or_default(),
             ),

@@ -36,6 +36,7 @@ pub mod source;
 pub mod spool;
 pub mod status;
 pub mod store;
+pub mod stream;
 pub mod transport;
 pub mod tus;
 pub mod upload;

@@ -7,14 +7,15 @@ use std::time::Duration;
 use super::stream::BROKER_KEYS;
 use crate::config::{parse_duration, parse_size, read_secret, Env, RawBroker};
 use crate::error::{Error, Result};
+use crate::stream;
 use crate::tus::{metadata, url};
 
 /// Default `broker.listen`.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8787";
 /// Default `broker.path`.
 pub const DEFAULT_PATH: &str = "/generate-tus-upload-request";
-/// Default `broker.api_base`.
-pub const DEFAULT_API_BASE: &str = "https://api.cloudflare.com/client/v4";
+/// Default `broker.api_base`: the agent's default too.
+pub use crate::stream::DEFAULT_API_BASE;
 /// Default `broker.allowed_metadata`: the keys Stream acts on (protocol.md §3.1), minus the
 /// two the broker sets itself.
 pub const DEFAULT_ALLOWED_METADATA: [&str; 7] = [
@@ -173,12 +174,7 @@ fn api_base(v: Option<&str>) -> Result<String> {
 
 fn account_id(v: Option<&str>) -> Result<String> {
     let id = v.ok_or_else(|| required("broker.account_id", "--account-id ID"))?;
-    let ok = !id.is_empty()
-        && id.len() <= 64
-        && id
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
-    if !ok {
+    if id.len() > 64 || !stream::is_account_id(id) {
         return Err(Error::config(format!(
             "broker.account_id = {id:?}: expected the account's id (letters and digits)"
         )));

@@ -70,7 +70,10 @@ pub fn creation_request(api_base: &str, account_id: &str, api_token: &str, ask: 
 
 /// `{api_base}/accounts/{account_id}/stream?direct_user=true`.
 pub fn creation_url(api_base: &str, account_id: &str) -> String {
-    format!("{api_base}/accounts/{account_id}/stream?direct_user=true")
+    format!(
+        "{}?direct_user=true",
+        crate::stream::endpoint(api_base, account_id)
+    )
 }
 
 /// What Stream's answer means.
@@ -108,7 +111,7 @@ pub fn interpret(request_url: &str, resp: &Response) -> Answer {
         Some(Ok(location)) => Answer::Created {
             location,
             media_id: resp
-                .header("stream-media-id")
+                .header(crate::stream::MEDIA_ID_HEADER)
                 .filter(|v| !v.is_empty() && v.bytes().all(|b| b.is_ascii_graphic()))
                 .map(str::to_string),
         },

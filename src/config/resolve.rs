@@ -17,13 +17,11 @@ use crate::daemon::{AfterUpload, DaemonSettings};
 use crate::error::{Error, Result};
 use crate::hook::HookSettings;
 use crate::spool::{self, SpoolRules};
+use crate::stream::{self, Target, MEDIA_ID_HEADER};
 use crate::transport::http::HttpSettings;
 use crate::tus::checksum::Algorithm;
 use crate::tus::{metadata, url};
-use crate::upload::{
-    ChecksumMode, Header, Settings, Target, MEDIA_ID_HEADER, STREAM_CHUNK_MULTIPLE,
-    STREAM_MAX_CHUNK, STREAM_MIN_CHUNK,
-};
+use crate::upload::{ChecksumMode, Header, Settings};
 
 /// `hook.timeout` when unset.
 const HOOK_TIMEOUT: Duration = Duration::from_secs(60);
@@ -52,7 +50,7 @@ impl Raw {
         url::validate(&endpoint).map_err(|e| Error::config(format!("server.endpoint: {e}")))?;
         let chunk_size_bytes = chunk_size(&self.upload.chunk_size)?;
         if target.stream_rules() {
-            check_stream_chunk(chunk_size_bytes)?;
+            stream::check_chunk_size(chunk_size_bytes)?;
         }
         let mut capture_headers = vec![MEDIA_ID_HEADER.to_string()];
         for h in s.capture_headers.iter().flatten() {
@@ -210,11 +208,7 @@ fn stream_endpoint(st: &RawStream, headers: &mut Vec<Header>, env: &Env) -> Resu
     let account = st.account_id.as_deref().ok_or_else(|| {
         Error::config("stream.account_id is not set (target cloudflare-stream needs it)")
     })?;
-    if account.is_empty()
-        || !account
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
-    {
+    if !stream::is_account_id(account) {
         return Err(Error::config(format!(
             "stream.account_id {account:?} is not an account id"
         )));
@@ -231,25 +225,8 @@ fn stream_endpoint(st: &RawStream, headers: &mut Vec<Header>, env: &Env) -> Resu
         value: format!("Bearer {token}"),
         secret: true,
     });
-    let base = st
-        .api_base
-        .as_deref()
-        .unwrap_or("https://api.cloudflare.com/client/v4")
-        .trim_end_matches('/');
-    Ok(format!("{base}/accounts/{account}/stream"))
-}
-
-/// Stream's chunk rules, checked before anything is sent.
-fn check_stream_chunk(chunk: u64) -> Result<()> {
-    let ok = chunk % STREAM_CHUNK_MULTIPLE == 0
-        && (STREAM_MIN_CHUNK..=STREAM_MAX_CHUNK).contains(&chunk);
-    if ok {
-        Ok(())
-    } else {
-        Err(Error::config(format!(
-            "upload.chunk_size = {chunk} bytes breaks Cloudflare Stream's rule: every chunk but the last must be a multiple of 256 KiB between 5 MiB and 200 MiB (the default 6MiB fits; 50MiB suits good links)"
-        )))
-    }
+    let base = st.api_base.as_deref().unwrap_or(stream::DEFAULT_API_BASE);
+    Ok(stream::endpoint(base.trim_end_matches('/'), account))
 }
 
 fn after_upload(v: Option<&str>) -> Result<AfterUpload> {

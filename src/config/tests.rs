@@ -5,8 +5,9 @@ use std::time::Duration;
 
 use super::*;
 use crate::backoff::RetryPolicy;
+use crate::stream::Target;
 use crate::tus::checksum::Algorithm;
-use crate::upload::{ChecksumMode, Header, Target};
+use crate::upload::{ChecksumMode, Header};
 
 const FULL: &str = r#"
 state_dir = "/var/lib/ferry"

@@ -1,0 +1,286 @@
+//! Advancing one file's upload by exactly one HTTP exchange at a time.
+//!
+//! Key idea: [`Uploader::step`] sends one request, checkpoints what the answer proved, and says
+//! what comes next as a [`Step`]: go on, wait (backoff), done, or failed. The caller owns the
+//! waiting, so `ferry upload` can loop and the daemon can interleave files and pauses.
+//!
+//! States, named after what they wait for:
+//! `Discover` (OPTIONS, once per endpoint) → `Terminate` (DELETE an upload of a changed file)
+//! → `Create` (POST; the URL is flushed to the store before any data byte, invariant 2)
+//! → `Probe` (HEAD: the server's offset is the truth, invariant 3) ⇄ `Send` (PATCH one chunk)
+//! → complete (offset == length, recorded) — or failed, with the server's reason.
+//!
+//! Files: `settings` (what the uploader is told), `create` (Discover, Create), `transfer`
+//! (Probe, Send), `checkpoint` (what the store records), `recover` (failures and backoff),
+//! `scope` (which credentials go where), `terminate` (DELETE: stale uploads and `--cancel`).
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+use std::time::{Duration, Instant, UNIX_EPOCH};
+
+use crate::backoff::Jitter;
+use crate::clock::Clock;
+use crate::error::{Error, Result};
+use crate::progress::Progress;
+use crate::ratelimit::RateLimiter;
+use crate::source::{ReadControl, Source};
+use crate::store::{FileRecord, Store};
+use crate::stream::MEDIA_ID_HEADER;
+use crate::transport::Transport;
+use crate::tus::checksum::Algorithm;
+use crate::tus::ServerCaps;
+
+mod checkpoint;
+mod create;
+mod recover;
+mod scope;
+mod settings;
+mod terminate;
+mod transfer;
+
+pub use settings::{ChecksumMode, Header, Settings};
+
+/// What to do next with a file.
+#[derive(Debug)]
+pub enum Step {
+    /// Call `step` again now.
+    Continue,
+    /// Call `step` again after this delay.
+    Wait(Duration),
+    /// The server holds the whole file.
+    Done(Completed),
+    /// The file cannot be uploaded; the reason says why and what to do.
+    Failed(Error),
+    /// A pause or shutdown interrupted the transfer; `step` will resume from the server's offset.
+    Interrupted,
+}
+
+/// A finished upload.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Completed {
+    /// The file.
+    pub path: PathBuf,
+    /// Its upload URL.
+    pub url: String,
+    /// Its size.
+    pub length: u64,
+    /// True when it was already complete before this run.
+    pub already: bool,
+    /// Response headers kept (see `Settings::capture_headers`).
+    pub captured: std::collections::BTreeMap<String, String>,
+}
+
+impl Completed {
+    /// Cloudflare Stream's media id, when the server sent one.
+    pub fn media_id(&self) -> Option<&str> {
+        self.captured.get(MEDIA_ID_HEADER).map(String::as_str)
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    Discover,
+    Terminate,
+    Create,
+    Probe,
+    Send { offset: u64 },
+    Complete { already: bool },
+}
+
+/// One file on its way to the server.
+pub struct FileUpload {
+    source: Source,
+    key: String,
+    record: Option<FileRecord>,
+    stale_url: Option<String>,
+    phase: Phase,
+    after_discover: Phase,
+    attempt: u32,
+    best_offset: u64,
+    last_progress: Instant,
+    checksum_mismatches: u32,
+    checksum: Option<Algorithm>,
+    chunk_bytes: u64,
+    restarts: u32,
+    last_error: Option<String>,
+    progress: Arc<Progress>,
+}
+
+impl FileUpload {
+    /// The file's path.
+    pub fn path(&self) -> &Path {
+        self.source.path()
+    }
+
+    /// The file's size.
+    pub fn len(&self) -> u64 {
+        self.source.len()
+    }
+
+    /// True for an empty file.
+    pub fn is_empty(&self) -> bool {
+        self.source.is_empty()
+    }
+
+    /// Failed attempts since the last confirmed byte.
+    pub fn attempts(&self) -> u32 {
+        self.attempt
+    }
+
+    /// The last transient failure, for status displays.
+    pub fn last_error(&self) -> Option<&str> {
+        self.last_error.as_deref()
+    }
+
+    /// The progress counters of this file.
+    pub fn progress(&self) -> &Arc<Progress> {
+        &self.progress
+    }
+}
+
+/// Uploads files: the protocol logic, over a transport, a store and a clock.
+pub struct Uploader<'a> {
+    transport: &'a dyn Transport,
+    store: &'a Store,
+    clock: &'a dyn Clock,
+    settings: &'a Settings,
+    caps: RefCell<HashMap<String, ServerCaps>>,
+    jitter: RefCell<Jitter>,
+    wake: Arc<AtomicBool>,
+    limiter: Option<Arc<RateLimiter>>,
+    bytes_sent: Option<Arc<std::sync::atomic::AtomicU64>>,
+    /// The largest chunk the server (or a proxy before it) accepted after a 413, if any.
+    learned_chunk_limit: RefCell<Option<u64>>,
+}
+
+impl<'a> Uploader<'a> {
+    /// An uploader; `jitter_seed` should differ between devices.
+    pub fn new(
+        transport: &'a dyn Transport,
+        store: &'a Store,
+        clock: &'a dyn Clock,
+        settings: &'a Settings,
+        jitter_seed: u64,
+    ) -> Self {
+        Self {
+            transport,
+            store,
+            clock,
+            settings,
+            caps: RefCell::new(HashMap::new()),
+            jitter: RefCell::new(Jitter::new(jitter_seed)),
+            wake: Arc::new(AtomicBool::new(false)),
+            limiter: None,
+            bytes_sent: None,
+            learned_chunk_limit: RefCell::new(None),
+        }
+    }
+
+    /// Interrupts transfers and waits when `flag` is set (pause, shutdown).
+    pub fn with_interrupt(mut self, flag: Arc<AtomicBool>) -> Self {
+        self.wake = flag;
+        self
+    }
+
+    /// Shares `limiter` among this uploader's transfers.
+    pub fn with_rate_limit(mut self, limiter: Option<Arc<RateLimiter>>) -> Self {
+        self.limiter = limiter;
+        self
+    }
+
+    /// Counts every body byte read into `total` (metrics).
+    pub fn with_byte_counter(mut self, total: Arc<std::sync::atomic::AtomicU64>) -> Self {
+        self.bytes_sent = Some(total);
+        self
+    }
+
+    /// The flag that interrupts transfers and waits.
+    pub fn interrupt_flag(&self) -> &Arc<AtomicBool> {
+        &self.wake
+    }
+
+    fn read_control(&self, f: &FileUpload) -> ReadControl {
+        ReadControl {
+            counter: f.progress.counter(),
+            interrupt: Some(self.wake.clone()),
+            limiter: self.limiter.clone(),
+            total: self.bytes_sent.clone(),
+        }
+    }
+
+    /// Uploads one file to completion (or failure), waiting out backoffs on the clock.
+    pub fn upload(&self, path: &Path, progress: Arc<Progress>) -> Result<Completed> {
+        let mut file = self.start(path, progress)?;
+        loop {
+            match self.step(&mut file) {
+                Step::Continue => {}
+                Step::Wait(d) => self.clock.sleep(d, &self.wake),
+                Step::Done(c) => return Ok(c),
+                Step::Failed(e) => return Err(e),
+                Step::Interrupted => return Err(Error::Interrupted),
+            }
+        }
+    }
+
+    /// Opens `path` and decides, from its record, whether to resume, restart or create.
+    pub fn start(&self, path: &Path, progress: Arc<Progress>) -> Result<FileUpload> {
+        let source = Source::open(path)?;
+        let key = record_key(path)?;
+        let mut file = FileUpload {
+            source,
+            key,
+            record: None,
+            stale_url: None,
+            phase: Phase::Discover,
+            after_discover: Phase::Create,
+            attempt: 0,
+            best_offset: 0,
+            last_progress: self.clock.now(),
+            checksum_mismatches: 0,
+            checksum: None,
+            chunk_bytes: self.chunk_size(),
+            restarts: 0,
+            last_error: None,
+            progress,
+        };
+        self.adopt_record(&mut file)?;
+        file.progress.begin(
+            &file.source.path().display().to_string(),
+            file.source.len(),
+            file.best_offset,
+        );
+        Ok(file)
+    }
+
+    /// Performs at most one HTTP exchange for `f` and says what comes next.
+    pub fn step(&self, f: &mut FileUpload) -> Step {
+        let result = match f.phase {
+            Phase::Discover => self.discover(f),
+            Phase::Terminate => self.terminate_stale(f),
+            Phase::Create => self.create(f),
+            Phase::Probe => self.probe(f),
+            Phase::Send { offset } => self.send(f, offset),
+            Phase::Complete { already } => return self.complete(f, already),
+        };
+        result.unwrap_or_else(Step::Failed)
+    }
+}
+
+/// The store key of a file: its absolute path (symlinks in it are not resolved).
+pub fn record_key(path: &Path) -> Result<String> {
+    let abs = std::path::absolute(path)
+        .map_err(|e| Error::source_file(path, format!("cannot make the path absolute: {e}")))?;
+    abs.to_str()
+        .map(str::to_string)
+        .ok_or_else(|| Error::source_file(path, "path is not valid UTF-8; rename the file"))
+}
+
+fn unix(t: std::time::SystemTime) -> u64 {
+    t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
+}
+
+#[cfg(test)]
+mod tests;
