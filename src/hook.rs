@@ -134,7 +134,7 @@ pub fn retry_delay(failures: u32) -> Duration {
 /// record before the run and its success after it. `Ok(false)` when it had already succeeded.
 pub fn run_recorded(
     store: &crate::store::Store,
-    key: &str,
+    key: &crate::store::FileKey,
     settings: &HookSettings,
     clock: &dyn Clock,
     stop: &AtomicBool,
@@ -150,7 +150,7 @@ pub fn run_recorded(
     rec.hook.runs += 1;
     store.put(&rec).map_err(|e| e.to_string())?;
     let input = HookInput {
-        path: PathBuf::from(&rec.path),
+        path: rec.path.path().to_path_buf(),
         size: rec.identity.size,
         upload_url: rec.upload_url.clone(),
         captured: rec.captured.clone(),

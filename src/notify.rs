@@ -13,7 +13,7 @@ pub struct Notifier {
 }
 
 impl Notifier {
-    /// A notifier for `socket` (`crate::config::Env::notify_socket`); `None` makes it silent.
+    /// A notifier for `socket` (the `NOTIFY_SOCKET` systemd sets); `None` makes it silent.
     pub fn new(socket: Option<OsString>) -> Self {
         Self { socket }
     }

@@ -7,20 +7,22 @@
 //! scan of the spool refills it. Memory stays bounded, the order stays oldest first.
 
 use std::collections::{BTreeSet, HashMap};
+use std::hash::Hash;
 use std::time::SystemTime;
 
-/// The oldest known ready files, at most `cap` of them.
+/// The oldest known ready files, at most `cap` of them, each named by a key `K` (the daemon's
+/// is the store's `FileKey`).
 #[derive(Debug)]
-pub struct Window {
+pub struct Window<K> {
     cap: usize,
-    entries: BTreeSet<(SystemTime, String)>,
-    index: HashMap<String, SystemTime>,
+    entries: BTreeSet<(SystemTime, K)>,
+    index: HashMap<K, SystemTime>,
     complete: bool,
     found_by_scan: u64,
     taken_since_scan: u64,
 }
 
-impl Window {
+impl<K: Ord + Hash + Clone> Window<K> {
     /// An empty window holding at most `cap` files.
     pub fn new(cap: usize) -> Self {
         Self {
@@ -44,15 +46,15 @@ impl Window {
 
     /// Offers a ready file (`key`, modification time); a newer one than the window's newest
     /// is left out when the window is full (a later scan finds it again).
-    pub fn offer(&mut self, key: &str, mtime: SystemTime, by_scan: bool) {
+    pub fn offer(&mut self, key: &K, mtime: SystemTime, by_scan: bool) {
         if by_scan {
             self.found_by_scan += 1;
         }
         if let Some(old) = self.index.remove(key) {
-            self.entries.remove(&(old, key.to_string()));
+            self.entries.remove(&(old, key.clone()));
         }
-        self.entries.insert((mtime, key.to_string()));
-        self.index.insert(key.to_string(), mtime);
+        self.entries.insert((mtime, key.clone()));
+        self.index.insert(key.clone(), mtime);
         if self.entries.len() > self.cap {
             if let Some((t, k)) = self.entries.pop_last() {
                 self.index.remove(&k);
@@ -63,20 +65,20 @@ impl Window {
     }
 
     /// Removes `key` (it vanished, failed or changed); false when it was not there.
-    pub fn remove(&mut self, key: &str) -> bool {
+    pub fn remove(&mut self, key: &K) -> bool {
         match self.index.remove(key) {
-            Some(t) => self.entries.remove(&(t, key.to_string())),
+            Some(t) => self.entries.remove(&(t, key.clone())),
             None => false,
         }
     }
 
     /// True when `key` is waiting.
-    pub fn contains(&self, key: &str) -> bool {
+    pub fn contains(&self, key: &K) -> bool {
         self.index.contains_key(key)
     }
 
     /// Takes the oldest waiting file.
-    pub fn pop_oldest(&mut self) -> Option<String> {
+    pub fn pop_oldest(&mut self) -> Option<K> {
         let (_, key) = self.entries.pop_first()?;
         self.index.remove(&key);
         self.taken_since_scan += 1;
@@ -111,15 +113,15 @@ mod tests {
     #[test]
     fn hands_out_oldest_first_and_never_twice() {
         let mut w = Window::new(10);
-        w.offer("/c", t(30), true);
-        w.offer("/a", t(10), true);
-        w.offer("/b", t(20), true);
-        w.offer("/b", t(20), false);
+        w.offer(&"/c", t(30), true);
+        w.offer(&"/a", t(10), true);
+        w.offer(&"/b", t(20), true);
+        w.offer(&"/b", t(20), false);
         assert_eq!(w.waiting(), 3);
-        assert_eq!(w.pop_oldest().as_deref(), Some("/a"));
-        assert!(w.remove("/c"));
-        assert!(!w.remove("/c"));
-        assert_eq!(w.pop_oldest().as_deref(), Some("/b"));
+        assert_eq!(w.pop_oldest(), Some("/a"));
+        assert!(w.remove(&"/c"));
+        assert!(!w.remove(&"/c"));
+        assert_eq!(w.pop_oldest(), Some("/b"));
         assert_eq!(w.pop_oldest(), None);
         assert!(!w.needs_refill(), "everything the scan found fit");
     }
@@ -129,31 +131,31 @@ mod tests {
         let mut w = Window::new(2);
         w.begin_scan();
         for (k, s) in [("/d", 40), ("/b", 20), ("/a", 10), ("/c", 30)] {
-            w.offer(k, t(s), true);
+            w.offer(&k, t(s), true);
         }
         assert_eq!(w.waiting(), 4, "the scan saw 4 ready files");
-        assert!(w.contains("/a") && w.contains("/b") && !w.contains("/c"));
-        w.offer("/e", t(50), false);
+        assert!(w.contains(&"/a") && w.contains(&"/b") && !w.contains(&"/c"));
+        w.offer(&"/e", t(50), false);
         assert!(
-            !w.contains("/e"),
+            !w.contains(&"/e"),
             "newer than the window: left for the next scan"
         );
-        assert_eq!(w.pop_oldest().as_deref(), Some("/a"));
-        assert_eq!(w.pop_oldest().as_deref(), Some("/b"));
+        assert_eq!(w.pop_oldest(), Some("/a"));
+        assert_eq!(w.pop_oldest(), Some("/b"));
         assert!(w.needs_refill());
         assert_eq!(w.waiting(), 2);
         w.begin_scan();
-        w.offer("/c", t(30), true);
+        w.offer(&"/c", t(30), true);
         assert!(!w.needs_refill());
-        assert_eq!(w.pop_oldest().as_deref(), Some("/c"));
+        assert_eq!(w.pop_oldest(), Some("/c"));
     }
 
     #[test]
     fn an_older_file_displaces_the_newest() {
         let mut w = Window::new(2);
-        w.offer("/b", t(20), true);
-        w.offer("/c", t(30), true);
-        w.offer("/a", t(10), false);
-        assert!(w.contains("/a") && w.contains("/b") && !w.contains("/c"));
+        w.offer(&"/b", t(20), true);
+        w.offer(&"/c", t(30), true);
+        w.offer(&"/a", t(10), false);
+        assert!(w.contains(&"/a") && w.contains(&"/b") && !w.contains(&"/c"));
     }
 }

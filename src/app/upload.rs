@@ -108,7 +108,7 @@ fn run_hook(
     hook: &crate::hook::HookSettings,
     clock: &dyn Clock,
 ) -> std::result::Result<(), String> {
-    let key = crate::upload::record_key(path).map_err(|e| e.to_string())?;
+    let key = crate::store::FileKey::for_path(path).map_err(|e| e.to_string())?;
     let never = std::sync::atomic::AtomicBool::new(false);
     let mut last = String::new();
     for attempt in 1..=3u32 {

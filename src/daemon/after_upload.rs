@@ -10,6 +10,7 @@ use std::time::Duration;
 use crate::durable;
 use crate::error::Error;
 use crate::hook;
+use crate::store::FileKey;
 
 use super::forget::FORGET_BATCH;
 use super::{AfterUpload, Main};
@@ -20,7 +21,7 @@ const AFTER_UPLOAD_RETRY: Duration = Duration::from_secs(10);
 impl<'p, 'a> Main<'p, 'a> {
     /// The server holds the whole file: run the hook (if any, and not yet done), then the
     /// after-upload action.
-    pub(super) fn uploaded(&mut self, path: &Path, key: &str, hook_done: bool) {
+    pub(super) fn uploaded(&mut self, path: &Path, key: &FileKey, hook_done: bool) {
         match &self.hooks {
             Some(_) if !hook_done => {
                 if !self.hook_waiting.contains_key(key) {
@@ -35,17 +36,21 @@ impl<'p, 'a> Main<'p, 'a> {
         }
     }
 
-    pub(super) fn start_hook(&mut self, key: &str) {
+    pub(super) fn start_hook(&mut self, key: &FileKey) {
         if let Some((tx, _)) = &self.hooks {
-            if tx.send(key.to_string()).is_ok() {
+            if tx.send(key.clone()).is_ok() {
                 let failures = self.hook_waiting.get(key).map_or(0, |w| w.1);
-                self.hook_waiting.insert(key.to_string(), (None, failures));
+                self.hook_waiting.insert(key.clone(), (None, failures));
             }
         }
     }
 
-    pub(super) fn hook_finished(&mut self, key: &str, result: std::result::Result<bool, String>) {
-        let path = PathBuf::from(key);
+    pub(super) fn hook_finished(
+        &mut self,
+        key: &FileKey,
+        result: std::result::Result<bool, String>,
+    ) {
+        let path = key.path().to_path_buf();
         match result {
             Ok(ran) => {
                 if ran {
@@ -63,7 +68,7 @@ impl<'p, 'a> Main<'p, 'a> {
                     delay.as_secs()
                 );
                 self.hook_waiting.insert(
-                    key.to_string(),
+                    key.clone(),
                     (Some(self.parts.clock.now() + delay), failures),
                 );
             }
@@ -72,7 +77,7 @@ impl<'p, 'a> Main<'p, 'a> {
 
     /// Deletes, moves or keeps a file the server holds completely (invariant 1 holds: the
     /// record says Complete only after the server confirmed offset == length).
-    fn after_upload(&mut self, path: &Path, key: &str) {
+    fn after_upload(&mut self, path: &Path, key: &FileKey) {
         let store = self.parts.store;
         let done = match &self.settings.after_upload {
             AfterUpload::Keep => Ok(()),
@@ -81,7 +86,7 @@ impl<'p, 'a> Main<'p, 'a> {
             AfterUpload::Delete => match std::fs::remove_file(path) {
                 Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
                 _ => {
-                    self.deleted.push(key.to_string());
+                    self.deleted.push(key.clone());
                     Ok(())
                 }
             },

@@ -5,13 +5,14 @@
 //! action), the source's fault, the link's fault (all uploads wait), the state store's
 //! (the daemon ends), or a permanent failure of this file.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use crate::error::{Error, Result};
 use crate::progress::Progress;
 use crate::spool;
+use crate::store::FileKey;
 use crate::tus::url;
 
 use super::{unix, Active, Job, JobInfo, JobResult, Main};
@@ -69,10 +70,10 @@ impl<'p, 'a> Main<'p, 'a> {
         self.next_rescan = self.next_rescan.min(until);
     }
 
-    pub(super) fn finished(&mut self, key: &str, result: JobResult) -> Result<()> {
+    pub(super) fn finished(&mut self, key: &FileKey, result: JobResult) -> Result<()> {
         self.active.remove(key);
         self.status_soon();
-        let path = PathBuf::from(key);
+        let path = key.path().to_path_buf();
         match result {
             JobResult::Done(c) => {
                 self.totals.files_done += 1;

@@ -12,6 +12,7 @@ use crate::error::{Error, Result};
 use crate::spool;
 use crate::status::FailedFile;
 use crate::store::FailedRecord;
+use crate::store::FileKey;
 
 use super::after_upload::move_into;
 use super::forget::sync_parents;
@@ -20,7 +21,7 @@ use super::{unix, Main};
 
 impl<'p, 'a> Main<'p, 'a> {
     /// The file vanished, changed or cannot be read.
-    pub(super) fn source_failed(&mut self, path: &Path, key: &str, e: Error) -> Result<()> {
+    pub(super) fn source_failed(&mut self, path: &Path, key: &FileKey, e: Error) -> Result<()> {
         let store = self.parts.store;
         match spool::stat(path) {
             Ok(None) => {
@@ -63,7 +64,7 @@ impl<'p, 'a> Main<'p, 'a> {
     pub(super) fn fail(
         &mut self,
         path: &Path,
-        key: &str,
+        key: &FileKey,
         status: Option<u16>,
         message: &str,
     ) -> Result<()> {
@@ -92,7 +93,7 @@ impl<'p, 'a> Main<'p, 'a> {
         if moved_to.is_none() {
             if let Ok(Some(entry)) = spool::stat(path) {
                 let rec = FailedRecord {
-                    path: key.to_string(),
+                    path: key.clone(),
                     identity: entry.identity,
                     status,
                     message: message.to_string(),

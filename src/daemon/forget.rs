@@ -9,6 +9,7 @@ use std::path::Path;
 
 use crate::durable;
 use crate::error::Result;
+use crate::store::FileKey;
 use crate::store::RecordState;
 
 use super::Main;
@@ -22,7 +23,7 @@ impl<'p, 'a> Main<'p, 'a> {
     /// cut that undoes a deletion finds the record and deletes the file again. Called at every
     /// scan and every [`FORGET_BATCH`] deletions, which bounds the records kept meanwhile.
     pub(super) fn forget_deleted(&mut self) -> Result<()> {
-        if !sync_parents(self.deleted.iter().map(String::as_str)) {
+        if !sync_parents(self.deleted.iter()) {
             return Ok(());
         }
         for key in std::mem::take(&mut self.deleted) {
@@ -42,11 +43,10 @@ impl<'p, 'a> Main<'p, 'a> {
             .records()?
             .into_iter()
             .filter(|rec| {
-                !self.active.contains_key(&rec.path)
-                    && Path::new(&rec.path).symlink_metadata().is_err()
+                !self.active.contains_key(&rec.path) && rec.path.path().symlink_metadata().is_err()
             })
             .collect();
-        if !sync_parents(vanished.iter().map(|rec| rec.path.as_str())) {
+        if !sync_parents(vanished.iter().map(|rec| &rec.path)) {
             return Ok(());
         }
         for rec in vanished {
@@ -65,8 +65,8 @@ impl<'p, 'a> Main<'p, 'a> {
 
 /// Syncs the directories holding `paths`, each once; false (and a warning) when one fails:
 /// the records of files gone from them are then kept until the next scan.
-pub(super) fn sync_parents<'k>(paths: impl Iterator<Item = &'k str>) -> bool {
-    let dirs: HashSet<&Path> = paths.filter_map(|p| Path::new(p).parent()).collect();
+pub(super) fn sync_parents<'k>(keys: impl Iterator<Item = &'k FileKey>) -> bool {
+    let dirs: HashSet<&Path> = keys.filter_map(|k| k.path().parent()).collect();
     for dir in dirs {
         if let Err(e) = durable::sync_dir(dir) {
             log::warn!(

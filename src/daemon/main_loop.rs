@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 
 use crate::error::{Error, Result};
 use crate::status::PAUSE_MARKER;
+use crate::store::FileKey;
 use crate::tus::url;
 
 use super::scan::RESCAN_WITHOUT_WATCH;
@@ -102,7 +103,7 @@ impl<'p, 'a> Main<'p, 'a> {
         }
         self.dispatch()?;
         if self.stopping.is_none() {
-            let due: Vec<String> = self
+            let due: Vec<FileKey> = self
                 .hook_waiting
                 .iter()
                 .filter(|(_, (d, _))| d.is_some_and(|d| d <= now))

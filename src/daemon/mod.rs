@@ -43,7 +43,7 @@ use crate::queue::Window;
 use crate::ratelimit::RateLimiter;
 use crate::spool::SpoolRules;
 use crate::status::{FailedFile, Totals};
-use crate::store::Store;
+use crate::store::{FileKey, Store};
 use crate::transport::Transport;
 use crate::upload::{Completed, Settings, Uploader};
 
@@ -98,9 +98,9 @@ pub enum Event {
     /// SIGTERM, SIGINT or SIGHUP.
     Signal(i32),
     /// A worker is done with a file.
-    Finished(String, JobResult),
+    Finished(FileKey, JobResult),
     /// The hook thread ran the hook of a file (`Ok(false)`: it had already run).
-    HookFinished(String, std::result::Result<bool, String>),
+    HookFinished(FileKey, std::result::Result<bool, String>),
 }
 
 /// How a worker's job ended.
@@ -183,7 +183,7 @@ pub fn run(
                 })?;
         }
         let hook_stop = Arc::new(AtomicBool::new(false));
-        let (hooks_tx, hooks_rx) = std::sync::mpsc::channel::<String>();
+        let (hooks_tx, hooks_rx) = std::sync::mpsc::channel::<FileKey>();
         if let Some(settings) = parts.hook {
             let (tx, clock, stop, store) = (
                 tx.clone(),
@@ -223,7 +223,7 @@ struct Main<'p, 'a> {
     settings: DaemonSettings,
     interrupt: Arc<AtomicBool>,
     jobs: Sender<Job>,
-    active: HashMap<String, Active>,
+    active: HashMap<FileKey, Active>,
     settling: HashMap<PathBuf, Instant>,
     refused: HashSet<PathBuf>,
     paused: bool,
@@ -236,11 +236,11 @@ struct Main<'p, 'a> {
     next_watchdog: Option<Instant>,
     last_status_line: String,
     ready_sent: bool,
-    queue: Window,
+    queue: Window<FileKey>,
     /// The hook thread's job channel and stop flag, when a hook is configured.
-    hooks: Option<(Sender<String>, Arc<AtomicBool>)>,
+    hooks: Option<(Sender<FileKey>, Arc<AtomicBool>)>,
     /// Files whose hook is running (`None`) or waiting to retry (due, failures so far).
-    hook_waiting: HashMap<String, (Option<Instant>, u32)>,
+    hook_waiting: HashMap<FileKey, (Option<Instant>, u32)>,
     /// A full scan must run at the next tick (start, events, refill, reload, unreadable files).
     force_scan: bool,
     last_status_write: Instant,
@@ -254,7 +254,7 @@ struct Main<'p, 'a> {
     /// Files that were in the spool before a state reset and were uploaded again.
     totals_reuploaded: u64,
     /// Files deleted after their upload whose records wait for a sync of their directory.
-    deleted: Vec<String>,
+    deleted: Vec<FileKey>,
 }
 
 impl<'p, 'a> Main<'p, 'a> {

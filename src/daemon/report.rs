@@ -118,7 +118,7 @@ impl<'p, 'a> Main<'p, 'a> {
             }
             let info = a.info.lock().unwrap_or_else(|e| e.into_inner()).clone();
             active.push(ActiveFile {
-                path: path.clone(),
+                path: path.to_string(),
                 size,
                 position,
                 bytes_per_sec: a.rate.2,
@@ -132,11 +132,11 @@ impl<'p, 'a> Main<'p, 'a> {
             let shown: HashSet<String> = failed.iter().map(|f| f.path.clone()).collect();
             for f in kept
                 .into_iter()
-                .filter(|f| !shown.contains(&f.path))
+                .filter(|f| !shown.contains(f.path.as_str()))
                 .take(MAX_RECENT_FAILED)
             {
                 failed.push(FailedFile {
-                    path: f.path,
+                    path: f.path.to_string(),
                     status: f.status,
                     message: f.message,
                     failed_unix: f.failed_unix,

@@ -10,8 +10,8 @@ use std::time::Duration;
 
 use crate::error::Result;
 use crate::spool::{self, Verdict};
+use crate::store::FileKey;
 use crate::store::RecordState;
-use crate::upload::record_key;
 
 use super::Main;
 
@@ -82,7 +82,7 @@ impl<'p, 'a> Main<'p, 'a> {
             Ok(Some(e)) => self.consider_entry(e, written, false),
             Ok(None) => {
                 self.settling.remove(path);
-                match record_key(path) {
+                match FileKey::for_path(path) {
                     Ok(key) if !self.active.contains_key(&key) => self.unqueue(&key),
                     _ => Ok(()),
                 }
@@ -97,7 +97,7 @@ impl<'p, 'a> Main<'p, 'a> {
     fn consider_entry(&mut self, entry: spool::Entry, written: bool, by_scan: bool) -> Result<()> {
         let path = entry.path.clone();
         let path = path.as_path();
-        let Ok(key) = record_key(path) else {
+        let Ok(key) = FileKey::for_path(path) else {
             return Ok(());
         };
         let name = path
@@ -132,7 +132,7 @@ impl<'p, 'a> Main<'p, 'a> {
     fn ready(
         &mut self,
         path: &Path,
-        key: &str,
+        key: &FileKey,
         identity: crate::source::Identity,
         by_scan: bool,
     ) -> Result<()> {
@@ -159,7 +159,7 @@ impl<'p, 'a> Main<'p, 'a> {
     }
 
     /// Takes `key` out of the queue.
-    pub(super) fn unqueue(&mut self, key: &str) -> Result<()> {
+    pub(super) fn unqueue(&mut self, key: &FileKey) -> Result<()> {
         self.queue.remove(key);
         Ok(())
     }

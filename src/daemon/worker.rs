@@ -5,7 +5,6 @@
 //! [`Event::Finished`] the worker sends back. Pause and shutdown reach it through the
 //! uploader's interrupt flag, which also cuts its retry sleeps short.
 
-use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{Receiver, Sender};
 use std::sync::{Arc, Mutex};
@@ -13,6 +12,7 @@ use std::time::SystemTime;
 
 use crate::clock::Clock;
 use crate::progress::Progress;
+use crate::store::FileKey;
 use crate::upload::{Step, Uploader};
 
 use super::{Event, JobResult};
@@ -26,7 +26,7 @@ pub(super) struct JobInfo {
 }
 
 pub(super) struct Job {
-    pub(super) key: String,
+    pub(super) key: FileKey,
     pub(super) progress: Arc<Progress>,
     pub(super) info: Arc<Mutex<JobInfo>>,
 }
@@ -52,7 +52,7 @@ pub(super) fn worker(
 
 fn upload_one(uploader: &Uploader, clock: &dyn Clock, job: &Job, retries: &AtomicU64) -> JobResult {
     let interrupt = uploader.interrupt_flag();
-    let mut file = match uploader.start(Path::new(&job.key), job.progress.clone()) {
+    let mut file = match uploader.start(job.key.path(), job.progress.clone()) {
         Ok(f) => f,
         Err(e) => return JobResult::Failed(e),
     };

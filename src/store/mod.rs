@@ -33,12 +33,14 @@ use crate::error::{Error, Result};
 
 mod commit;
 mod damage;
+mod key;
 mod record;
 #[cfg(test)]
 mod tests;
 
 use commit::{sync_tree, Commits, SyncHandles};
 pub use damage::{Damage, StateReset};
+pub use key::FileKey;
 use record::{decode, decode_failed, failed_key, key, FAILED_PREFIX, FILE_PREFIX};
 pub use record::{FailedRecord, FileRecord, HookState, RecordState, RECORD_VERSION};
 
@@ -124,7 +126,7 @@ impl Store {
     }
 
     /// The record for `path`, if any. An unreadable record is moved aside and reads as none.
-    pub fn get(&self, path: &str) -> Result<Option<FileRecord>> {
+    pub fn get(&self, path: &FileKey) -> Result<Option<FileRecord>> {
         self.read_one(&key(path), decode)
     }
 
@@ -143,7 +145,7 @@ impl Store {
 
     /// Removes the record for `path`. Not synced (the next durable write takes it along): a
     /// removal lost in a cut only brings back a record that is looked at and dropped again.
-    pub fn remove(&self, path: &str) -> Result<()> {
+    pub fn remove(&self, path: &FileKey) -> Result<()> {
         self.write(|db| db.remove(key(path)).map(|_| ()))
     }
 
@@ -160,12 +162,12 @@ impl Store {
     }
 
     /// The failure record of `path`, if any (an unreadable one is moved aside).
-    pub fn get_failed(&self, path: &str) -> Result<Option<FailedRecord>> {
+    pub fn get_failed(&self, path: &FileKey) -> Result<Option<FailedRecord>> {
         self.read_one(&failed_key(path), decode_failed)
     }
 
     /// Forgets the failure of `path`.
-    pub fn remove_failed(&self, path: &str) -> Result<()> {
+    pub fn remove_failed(&self, path: &FileKey) -> Result<()> {
         self.write(|db| db.remove(failed_key(path)).map(|_| ()))
     }
 

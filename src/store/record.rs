@@ -8,6 +8,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use super::FileKey;
 use crate::source::Identity;
 
 /// The record format written by this version.
@@ -19,8 +20,8 @@ pub(super) const FAILED_PREFIX: &str = "failed/";
 /// A file that failed permanently and was kept in place (not retried until it changes).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FailedRecord {
-    /// Absolute path.
-    pub path: String,
+    /// The file (its absolute path).
+    pub path: FileKey,
     /// Identity of the content that failed.
     pub identity: Identity,
     /// HTTP status, when the server refused.
@@ -46,8 +47,8 @@ pub enum RecordState {
 pub struct FileRecord {
     /// Format version ([`RECORD_VERSION`]).
     pub version: u32,
-    /// Absolute path of the file (the key).
-    pub path: String,
+    /// The file (its absolute path).
+    pub path: FileKey,
     /// The file's identity when its upload was created.
     pub identity: Identity,
     /// The creation endpoint the upload belongs to.
@@ -103,10 +104,10 @@ pub(super) fn decode_failed(raw: &[u8]) -> std::result::Result<FailedRecord, Str
     serde_json::from_slice(raw).map_err(|e| format!("unreadable failure record: {e}"))
 }
 
-pub(super) fn key(path: &str) -> Vec<u8> {
-    [FILE_PREFIX.as_bytes(), path.as_bytes()].concat()
+pub(super) fn key(path: &FileKey) -> Vec<u8> {
+    [FILE_PREFIX.as_bytes(), path.as_str().as_bytes()].concat()
 }
 
-pub(super) fn failed_key(path: &str) -> Vec<u8> {
-    [FAILED_PREFIX.as_bytes(), path.as_bytes()].concat()
+pub(super) fn failed_key(path: &FileKey) -> Vec<u8> {
+    [FAILED_PREFIX.as_bytes(), path.as_str().as_bytes()].concat()
 }

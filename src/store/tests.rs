@@ -34,17 +34,17 @@ fn record(path: &str) -> FileRecord {
 #[test]
 fn put_get_remove_and_list() {
     let s = Store::open_temporary().unwrap();
-    assert_eq!(s.get("/a").unwrap(), None);
+    assert_eq!(s.get(&"/a".into()).unwrap(), None);
     s.put(&record("/a")).unwrap();
     s.put(&FileRecord {
         state: RecordState::Complete,
         ..record("/b")
     })
     .unwrap();
-    assert_eq!(s.get("/a").unwrap(), Some(record("/a")));
+    assert_eq!(s.get(&"/a".into()).unwrap(), Some(record("/a")));
     assert_eq!(s.records().unwrap().len(), 2);
-    s.remove("/a").unwrap();
-    assert_eq!(s.get("/a").unwrap(), None);
+    s.remove(&"/a".into()).unwrap();
+    assert_eq!(s.get(&"/a".into()).unwrap(), None);
     assert_eq!(s.records().unwrap()[0].state, RecordState::Complete);
 }
 
@@ -66,7 +66,7 @@ fn survives_reopen_and_refuses_a_second_process_view() {
         );
     }
     let s = reopen(&dir);
-    assert_eq!(s.get("/x").unwrap(), Some(record("/x")));
+    assert_eq!(s.get(&"/x".into()).unwrap(), Some(record("/x")));
     assert_eq!(s.damage(), Damage::default());
     drop(s);
     std::fs::remove_dir_all(&dir).unwrap();
@@ -121,7 +121,7 @@ fn assert_reset(dir: &Path, problem: &str) {
     // The new database is whole: no second reset.
     let s = reopen(dir);
     assert_eq!(s.damage(), Damage::default());
-    assert_eq!(s.get("/c").unwrap(), Some(record("/c")));
+    assert_eq!(s.get(&"/c".into()).unwrap(), Some(record("/c")));
     drop(s);
     std::fs::remove_dir_all(dir).unwrap();
 }
@@ -179,9 +179,10 @@ fn a_database_from_another_state_directory_is_moved_aside() {
 fn a_damaged_record_is_set_aside_and_the_others_kept() {
     let s = Store::open_temporary().unwrap();
     s.put(&record("/a")).unwrap();
-    s.db.insert(key("/b"), b"{\"version\":1,\"path\":".to_vec())
+    s.db.insert(key(&"/b".into()), b"{\"version\":1,\"path\":".to_vec())
         .unwrap();
-    s.db.insert(failed_key("/f"), b"garbage".to_vec()).unwrap();
+    s.db.insert(failed_key(&"/f".into()), b"garbage".to_vec())
+        .unwrap();
     assert_eq!(s.records().unwrap(), [record("/a")]);
     assert_eq!(s.failed().unwrap(), []);
     assert_eq!(s.damage().records, 2);
@@ -238,10 +239,10 @@ fn a_poisoned_store_refuses_everything_until_reopened() {
     s.put(&record("/a")).unwrap();
     let _ = s.poison(state_err(Path::new("/state"), "EIO".into()));
     for e in [
-        s.get("/a").unwrap_err(),
+        s.get(&"/a".into()).unwrap_err(),
         s.put(&record("/b")).unwrap_err(),
         s.records().unwrap_err(),
-        s.remove("/a").unwrap_err(),
+        s.remove(&"/a".into()).unwrap_err(),
     ] {
         assert!(
             e.to_string().contains("an earlier write failed (EIO)"),
@@ -261,23 +262,23 @@ fn failures_are_recorded_and_forgotten() {
         failed_unix: 9,
     };
     s.put_failed(&rec).unwrap();
-    assert_eq!(s.get_failed("/f").unwrap(), Some(rec.clone()));
+    assert_eq!(s.get_failed(&"/f".into()).unwrap(), Some(rec.clone()));
     assert_eq!(s.failed().unwrap(), [rec]);
-    s.remove_failed("/f").unwrap();
-    assert_eq!(s.get_failed("/f").unwrap(), None);
+    s.remove_failed(&"/f".into()).unwrap();
+    assert_eq!(s.get_failed(&"/f".into()).unwrap(), None);
 }
 
 #[test]
 fn sets_aside_records_of_another_version() {
     let s = Store::open_temporary().unwrap();
-    s.db.insert(key("/v"), br#"{"version":99}"#.to_vec())
+    s.db.insert(key(&"/v".into()), br#"{"version":99}"#.to_vec())
         .unwrap();
-    assert_eq!(s.get("/v").unwrap(), None);
+    assert_eq!(s.get(&"/v".into()).unwrap(), None);
     assert_eq!(s.damage().records, 1);
-    assert!(s.db.get(key("/v")).unwrap().is_none());
+    assert!(s.db.get(key(&"/v".into())).unwrap().is_none());
     assert!(s
         .db
-        .get([DAMAGED_RECORD_PREFIX.as_bytes(), &key("/v")].concat())
+        .get([DAMAGED_RECORD_PREFIX.as_bytes(), &key(&"/v".into())].concat())
         .unwrap()
         .is_some());
 }

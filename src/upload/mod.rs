@@ -27,7 +27,7 @@ use crate::error::{Error, Result};
 use crate::progress::Progress;
 use crate::ratelimit::RateLimiter;
 use crate::source::{ReadControl, Source};
-use crate::store::{FileRecord, Store};
+use crate::store::{FileKey, FileRecord, Store};
 use crate::stream::MEDIA_ID_HEADER;
 use crate::transport::Transport;
 use crate::tus::checksum::Algorithm;
@@ -93,7 +93,7 @@ enum Phase {
 /// One file on its way to the server.
 pub struct FileUpload {
     source: Source,
-    key: String,
+    key: FileKey,
     record: Option<FileRecord>,
     stale_url: Option<String>,
     phase: Phase,
@@ -228,7 +228,7 @@ impl<'a> Uploader<'a> {
     /// Opens `path` and decides, from its record, whether to resume, restart or create.
     pub fn start(&self, path: &Path, progress: Arc<Progress>) -> Result<FileUpload> {
         let source = Source::open(path)?;
-        let key = record_key(path)?;
+        let key = FileKey::for_path(path)?;
         let mut file = FileUpload {
             source,
             key,
@@ -267,15 +267,6 @@ impl<'a> Uploader<'a> {
         };
         result.unwrap_or_else(Step::Failed)
     }
-}
-
-/// The store key of a file: its absolute path (symlinks in it are not resolved).
-pub fn record_key(path: &Path) -> Result<String> {
-    let abs = std::path::absolute(path)
-        .map_err(|e| Error::source_file(path, format!("cannot make the path absolute: {e}")))?;
-    abs.to_str()
-        .map(str::to_string)
-        .ok_or_else(|| Error::source_file(path, "path is not valid UTF-8; rename the file"))
 }
 
 fn unix(t: std::time::SystemTime) -> u64 {

@@ -6,8 +6,9 @@
 
 use std::path::Path;
 
-use super::{record_key, FileUpload, Phase, Step, Uploader};
+use super::{FileUpload, Phase, Step, Uploader};
 use crate::error::{Error, Result};
+use crate::store::FileKey;
 use crate::tus::{request, response, url, Outcome};
 
 impl Uploader<'_> {
@@ -50,7 +51,7 @@ impl Uploader<'_> {
 
     /// Terminates the upload of `path` on the server and forgets it (`ferry upload --cancel`).
     pub fn cancel(&self, path: &Path) -> Result<String> {
-        let key = record_key(path)?;
+        let key = FileKey::for_path(path)?;
         let Some(rec) = self.store.get(&key)? else {
             return Err(Error::source_file(
                 path,

@@ -43,16 +43,16 @@ struct Script<'s> {
     answers: Mutex<VecDeque<(Method, Answer)>>,
     seen: Mutex<Vec<Seen>>,
     store: &'s Store,
-    key: String,
+    key: FileKey,
 }
 
 impl<'s> Script<'s> {
-    fn new(store: &'s Store, key: &str, answers: Vec<(Method, Answer)>) -> Self {
+    fn new(store: &'s Store, key: &FileKey, answers: Vec<(Method, Answer)>) -> Self {
         Self {
             answers: Mutex::new(answers.into()),
             seen: Mutex::new(Vec::new()),
             store,
-            key: key.into(),
+            key: key.clone(),
         }
     }
 
@@ -162,7 +162,7 @@ const URL: &str = "http://127.0.0.1:1080/files/abc";
 struct Scenario {
     dir: PathBuf,
     file: PathBuf,
-    key: String,
+    key: FileKey,
     store: Store,
     clock: ManualClock,
     settings: Settings,
@@ -175,7 +175,7 @@ impl Scenario {
         std::fs::create_dir_all(&dir).unwrap();
         let file = dir.join("clip.mp4");
         std::fs::write(&file, content).unwrap();
-        let key = record_key(&file).unwrap();
+        let key = FileKey::for_path(&file).unwrap();
         let settings = Settings {
             endpoint: EP.into(),
             chunk_size_bytes: 10,
@@ -491,7 +491,7 @@ fn too_large_halves_the_chunk() {
     // The next file starts at the size the server accepted, without another 413.
     let other = sc.dir.join("other.bin");
     std::fs::write(&other, data(200_000)).unwrap();
-    let key = record_key(&other).unwrap();
+    let key = FileKey::for_path(&other).unwrap();
     let answers = vec![created("/files/o"), patch(150_000), patch(200_000)];
     let next = Script::new(&sc.store, &key, answers);
     let up = Uploader {
