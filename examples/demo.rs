@@ -22,6 +22,8 @@ mod data;
 mod flaky_proxy;
 #[path = "../tests/support/http1.rs"]
 mod http1;
+#[path = "../tests/support/pump.rs"]
+mod pump;
 #[path = "../tests/support/tus_server.rs"]
 mod tus_server;
 

@@ -9,6 +9,7 @@ pub mod data;
 pub mod flaky_proxy;
 pub mod http1;
 pub mod peers;
+pub mod pump;
 pub mod stream_emulator;
 pub mod tls_proxy;
 pub mod tus_server;
