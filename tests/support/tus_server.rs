@@ -619,7 +619,6 @@ impl Settled {
 fn exchange(shared: &Shared, conn: &mut Conn, mut req: Request) -> After {
     req.method = effective_method(&req);
     let log_index = shared.log_request(&req);
-    let fault = shared.pop_fault(&req.method);
     let http = match http1::Exchange::start(conn, req) {
         Ok(http) => http,
         Err(sent) => {
@@ -627,6 +626,8 @@ fn exchange(shared: &Shared, conn: &mut Conn, mut req: Request) -> After {
             return After::Close;
         }
     };
+    // Only a request that reaches the handler uses up a fault.
+    let fault = shared.pop_fault(&http.req.method);
     let mut ex = Exchange {
         shared,
         http,
