@@ -30,11 +30,15 @@ use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
+#[path = "../tests/support/accept.rs"]
+mod accept;
 #[path = "../tests/support/flaky_proxy.rs"]
 mod flaky_proxy;
 #[path = "../tests/support/peers.rs"]
 #[allow(dead_code, reason = "the benchmark uses part of the test support")]
 mod peers;
+#[path = "../tests/support/pump.rs"]
+mod pump;
 
 use flaky_proxy::{FlakyProxy, ProxyPlan};
 use peers::{NodeOpts, Peer};

@@ -17,10 +17,16 @@
     reason = "a demo: any failure should stop it loudly"
 )]
 
+#[path = "../tests/support/accept.rs"]
+mod accept;
 #[path = "../tests/support/data.rs"]
 mod data;
 #[path = "../tests/support/flaky_proxy.rs"]
 mod flaky_proxy;
+#[path = "../tests/support/http1.rs"]
+mod http1;
+#[path = "../tests/support/pump.rs"]
+mod pump;
 #[path = "../tests/support/tus_server.rs"]
 mod tus_server;
 

@@ -6,8 +6,8 @@
 //! the middle of a body, a link that goes silent, a slow uplink, or a link that is down.
 //!
 //! Each accepted connection gets an upstream connection and two forwarding threads (one per
-//! direction) with fixed-size buffers. States of a connection: forwarding → (half-closed, one
-//! direction finished) → closed; or reset (TCP RST to both sides via `SO_LINGER 0`).
+//! direction) with fixed-size buffers: the shared byte pump, `pump.rs`, whose states are this
+//! proxy's too; a broken link is reset (TCP RST to both sides via `SO_LINGER 0`).
 //!
 //! **Location headers bypass the proxy when they name the upstream.** A TCP proxy passes bytes
 //! through unchanged, so a client follows whatever `Location` the server wrote:
@@ -19,22 +19,22 @@
 //!
 //! When in doubt, check that [`FlakyProxy::bytes_up`] grows during the upload.
 //!
-//! Self-contained (std plus `socket2`), like the other support files.
+//! Besides std it needs `socket2` and its sibling modules `pump` and `accept`: an example or
+//! bench includes all three with `#[path = "../tests/support/…"]`.
 #![allow(
     dead_code,
     reason = "each test uses a different part of the support code"
 )]
 
-use std::io::{self, Read, Write};
-use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
-use std::thread::{self, JoinHandle};
+use std::thread;
 use std::time::{Duration, Instant};
 
-const BUF_BYTES: usize = 16 * 1024;
-/// How often blocked reads, writes and sleeps look at the connection's and proxy's stop flags.
-const POLL: Duration = Duration::from_millis(50);
+use super::accept::{self, Acceptor, Stop, POLL};
+use super::pump::{self, Abort, Flow, Link, Way};
+
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// What the proxy does to the traffic; `Default` forwards everything untouched.
@@ -61,7 +61,7 @@ pub struct ProxyPlan {
 /// A running proxy; stops on drop (open connections are reset).
 pub struct FlakyProxy {
     shared: Arc<Shared>,
-    acceptor: Option<JoinHandle<()>>,
+    _acceptor: Acceptor,
 }
 
 impl FlakyProxy {
@@ -72,20 +72,19 @@ impl FlakyProxy {
         let shared = Arc::new(Shared {
             upstream,
             addr,
-            stop: AtomicBool::new(false),
+            stop: Stop::default(),
             bytes_up: AtomicU64::new(0),
             cuts: AtomicU64::new(0),
             connections: AtomicU64::new(0),
             meter: Mutex::new(Meter::new(plan)),
         });
-        let for_thread = Arc::clone(&shared);
-        let acceptor = thread::Builder::new()
-            .name("proxy-accept".to_string())
-            .spawn(move || accept_loop(&listener, &for_thread))
-            .expect("spawn the flaky proxy");
+        let for_conns = Arc::clone(&shared);
+        let acceptor = Acceptor::start(listener, "proxy", &shared.stop, move |client| {
+            open(&for_conns, client);
+        });
         FlakyProxy {
             shared,
-            acceptor: Some(acceptor),
+            _acceptor: acceptor,
         }
     }
 
@@ -127,21 +126,10 @@ impl FlakyProxy {
     }
 }
 
-impl Drop for FlakyProxy {
-    fn drop(&mut self) {
-        self.shared.stop.store(true, Ordering::SeqCst);
-        // Wake the blocking accept() so the thread sees the stop flag.
-        let _ = TcpStream::connect_timeout(&self.shared.addr, Duration::from_secs(1));
-        if let Some(acceptor) = self.acceptor.take() {
-            let _ = acceptor.join();
-        }
-    }
-}
-
 struct Shared {
     upstream: SocketAddr,
     addr: SocketAddr,
-    stop: AtomicBool,
+    stop: Stop,
     bytes_up: AtomicU64,
     cuts: AtomicU64,
     connections: AtomicU64,
@@ -240,175 +228,59 @@ impl Meter {
     }
 }
 
-fn accept_loop(listener: &TcpListener, shared: &Arc<Shared>) {
-    for client in listener.incoming() {
-        if shared.stop.load(Ordering::SeqCst) {
+/// Counts the connection, then refuses it or connects upstream and forwards both ways (this
+/// thread forwards client→server).
+fn open(shared: &Arc<Shared>, client: TcpStream) {
+    shared.connections.fetch_add(1, Ordering::SeqCst);
+    if lock(&shared.meter).plan.refuse {
+        return accept::set_reset_on_close(&client);
+    }
+    let Ok(upstream) = TcpStream::connect_timeout(&shared.upstream, CONNECT_TIMEOUT) else {
+        return accept::set_reset_on_close(&client);
+    };
+    // Writes wait in short steps too, so a write stuck on a stalled reader ends with the link.
+    let timeouts = [&client, &upstream]
+        .iter()
+        .try_for_each(|s| s.set_write_timeout(Some(POLL)));
+    let link = timeouts.and_then(|()| Link::new(client, upstream, &shared.stop, Abort::Reset));
+    let Ok(link) = link else {
+        return;
+    };
+    let link = Arc::new(link);
+    let (down_shared, down_link) = (Arc::clone(shared), Arc::clone(&link));
+    let down = move || pump_down(&down_shared, &down_link);
+    pump::both_ways(&link, "proxy-down", down, || pump_up(shared, &link));
+}
+
+/// Waits while the link is stalled or until `at`, whichever is later.
+fn wait(shared: &Shared, link: &Link, at: Option<Instant>) {
+    loop {
+        let stalled_until = lock(&shared.meter).stalled_until;
+        let until = stalled_until.max(at);
+        let left = until.map_or(Duration::ZERO, |t| {
+            t.saturating_duration_since(Instant::now())
+        });
+        if left.is_zero() || link.is_closed() {
             return;
         }
-        let Ok(client) = client else {
-            thread::sleep(Duration::from_millis(10));
-            continue;
-        };
-        shared.connections.fetch_add(1, Ordering::SeqCst);
-        if lock(&shared.meter).plan.refuse {
-            reset_now(client);
-            continue;
-        }
-        let shared = Arc::clone(shared);
-        let _ = thread::Builder::new()
-            .name("proxy-conn".to_string())
-            .spawn(move || open(&shared, client));
+        thread::sleep(left.min(POLL));
     }
-}
-
-fn reset_now(stream: TcpStream) {
-    let _ = socket2::SockRef::from(&stream).set_linger(Some(Duration::ZERO));
-    drop(stream);
-}
-
-/// Connects upstream and starts both forwarding threads (this thread forwards client→server).
-fn open(shared: &Arc<Shared>, client: TcpStream) {
-    let Ok(upstream) = TcpStream::connect_timeout(&shared.upstream, CONNECT_TIMEOUT) else {
-        return reset_now(client);
-    };
-    let setup = [&client, &upstream].iter().try_for_each(|s| {
-        s.set_nodelay(true)?;
-        s.set_read_timeout(Some(POLL))?;
-        s.set_write_timeout(Some(POLL))
-    });
-    if setup.is_err() {
-        return reset_now(client);
-    }
-    let conn = Arc::new(Conn {
-        client,
-        upstream,
-        closed: AtomicBool::new(false),
-    });
-    let (down_shared, down_conn) = (Arc::clone(shared), Arc::clone(&conn));
-    let spawned = thread::Builder::new()
-        .name("proxy-down".to_string())
-        .spawn(move || pump_down(&down_shared, &down_conn));
-    if spawned.is_err() {
-        return conn.abort();
-    }
-    pump_up(shared, &conn);
-}
-
-/// One proxied connection. Both threads hold it; the sockets close when both are done, with an
-/// RST if [`Conn::abort`] set `SO_LINGER 0`.
-struct Conn {
-    client: TcpStream,
-    upstream: TcpStream,
-    closed: AtomicBool,
-}
-
-/// What one read from a socket gave.
-enum Step {
-    Data(usize),
-    /// The peer finished sending (FIN).
-    Eof,
-    /// The connection was aborted or the proxy stopped.
-    Closed,
-    /// The peer reset the connection or the socket failed.
-    Failed,
-}
-
-impl Conn {
-    fn is_closed(&self, shared: &Shared) -> bool {
-        self.closed.load(Ordering::SeqCst) || shared.stop.load(Ordering::SeqCst)
-    }
-
-    fn read(&self, shared: &Shared, mut from: &TcpStream, buf: &mut [u8]) -> Step {
-        loop {
-            if self.is_closed(shared) {
-                return Step::Closed;
-            }
-            match from.read(buf) {
-                Ok(_) if self.is_closed(shared) => return Step::Closed,
-                Ok(0) => return Step::Eof,
-                Ok(n) => return Step::Data(n),
-                Err(e) if is_retry(&e) => {}
-                Err(_) => return Step::Failed,
-            }
-        }
-    }
-
-    /// Writes all of `data`, unless the connection is closed meanwhile or the socket fails.
-    fn write(&self, shared: &Shared, mut to: &TcpStream, mut data: &[u8]) -> Result<(), ()> {
-        while !data.is_empty() {
-            if self.is_closed(shared) {
-                return Err(());
-            }
-            match to.write(data) {
-                Ok(0) => return Err(()),
-                Ok(n) => data = &data[n..],
-                Err(e) if is_retry(&e) => {}
-                Err(_) => return Err(()),
-            }
-        }
-        Ok(())
-    }
-
-    /// Resets both sides: SO_LINGER 0 makes the final close send RST; SHUT_RD wakes the other
-    /// thread's read without sending anything.
-    fn abort(&self) {
-        for stream in [&self.client, &self.upstream] {
-            let _ = socket2::SockRef::from(stream).set_linger(Some(Duration::ZERO));
-        }
-        self.closed.store(true, Ordering::SeqCst);
-        for stream in [&self.client, &self.upstream] {
-            let _ = stream.shutdown(Shutdown::Read);
-        }
-    }
-
-    /// Waits while the link is stalled or until `at`, whichever is later.
-    fn wait(&self, shared: &Shared, at: Option<Instant>) {
-        loop {
-            let stalled_until = lock(&shared.meter).stalled_until;
-            let until = stalled_until.max(at);
-            let left = until.map_or(Duration::ZERO, |t| {
-                t.saturating_duration_since(Instant::now())
-            });
-            if left.is_zero() || self.is_closed(shared) {
-                return;
-            }
-            thread::sleep(left.min(POLL));
-        }
-    }
-}
-
-fn is_retry(e: &io::Error) -> bool {
-    matches!(
-        e.kind(),
-        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut | io::ErrorKind::Interrupted
-    )
 }
 
 /// Client→server: counts bytes and applies cuts, stalls and throttling.
-fn pump_up(shared: &Shared, conn: &Conn) {
-    let mut buf = vec![0u8; BUF_BYTES];
-    loop {
-        let size = lock(&shared.meter).read_size(buf.len());
-        match conn.read(shared, &conn.client, &mut buf[..size]) {
-            Step::Data(n) => {
-                if forward_up(shared, conn, &buf[..n]).is_err() {
-                    return conn.abort();
-                }
-            }
-            Step::Eof => {
-                let _ = conn.upstream.shutdown(Shutdown::Write);
-                return;
-            }
-            Step::Closed | Step::Failed => return conn.abort(),
-        }
-    }
+fn pump_up(shared: &Shared, link: &Link) {
+    let read_size = |buf_len| lock(&shared.meter).read_size(buf_len);
+    let end = pump::pump(link, Way::Up, read_size, |data| {
+        forward_up(shared, link, data)
+    });
+    link.finish(Way::Up, end);
 }
 
-fn forward_up(shared: &Shared, conn: &Conn, mut data: &[u8]) -> Result<(), ()> {
+fn forward_up(shared: &Shared, link: &Link, mut data: &[u8]) -> Result<Flow, ()> {
     while !data.is_empty() {
         let grant = lock(&shared.meter).grant(data.len());
-        conn.wait(shared, grant.not_before);
-        conn.write(shared, &conn.upstream, &data[..grant.len])?;
+        wait(shared, link, grant.not_before);
+        link.write(Way::Up, &data[..grant.len])?;
         shared
             .bytes_up
             .fetch_add(grant.len as u64, Ordering::SeqCst);
@@ -421,25 +293,19 @@ fn forward_up(shared: &Shared, conn: &Conn, mut data: &[u8]) -> Result<(), ()> {
             lock(&shared.meter).stalled_until = Some(Instant::now() + dur);
         }
     }
-    Ok(())
+    Ok(Flow::More)
 }
 
 /// Server→client: forwards untouched, except that stalls pause it.
-fn pump_down(shared: &Shared, conn: &Conn) {
-    let mut buf = vec![0u8; BUF_BYTES];
-    loop {
-        match conn.read(shared, &conn.upstream, &mut buf) {
-            Step::Data(n) => {
-                conn.wait(shared, None);
-                if conn.write(shared, &conn.client, &buf[..n]).is_err() {
-                    return conn.abort();
-                }
-            }
-            Step::Eof => {
-                let _ = conn.client.shutdown(Shutdown::Write);
-                return;
-            }
-            Step::Closed | Step::Failed => return conn.abort(),
-        }
-    }
+fn pump_down(shared: &Shared, link: &Link) {
+    let end = pump::pump(
+        link,
+        Way::Down,
+        |buf_len| buf_len,
+        |data| {
+            wait(shared, link, None);
+            link.write(Way::Down, data).map(|()| Flow::More)
+        },
+    );
+    link.finish(Way::Down, end);
 }

@@ -36,14 +36,15 @@
 use std::collections::VecDeque;
 use std::fs::{self, File, OpenOptions};
 use std::hash::{BuildHasher, Hasher as _, RandomState};
-use std::io::{self, BufRead, BufReader, Read, Seek, SeekFrom, Write};
-use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::io::{self, Seek, SeekFrom, Write};
+use std::net::{SocketAddr, TcpListener};
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
-use std::thread::{self, JoinHandle};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use super::accept::{Acceptor, Stop};
+use super::http1::{self, After, Conn, Request, Response, BUF_BYTES};
 use super::tus_server::parse_metadata;
 
 /// The only tus version Stream speaks.
@@ -58,14 +59,6 @@ pub const CHUNK_MULTIPLE: u64 = 262_144;
 pub const CHUNK_MIN: u64 = 5_242_880;
 /// Every chunk but the last must be at most this (200 MiB).
 pub const CHUNK_MAX: u64 = 209_715_200;
-
-const BUF_BYTES: usize = 64 * 1024;
-const MAX_HEAD_BYTES: usize = 64 * 1024;
-const MAX_LINE_BYTES: u64 = 8 * 1024;
-/// How often blocked reads and sleeps look at the stop flag.
-const POLL: Duration = Duration::from_millis(100);
-/// How long a graceful close keeps reading (and discarding) what the client still sends.
-const LINGER: Duration = Duration::from_secs(2);
 
 /// The emulated account; `Default` is account `acct-test`, token `stream-token-for-tests`,
 /// 30-minute URLs and the chunk rules on.
@@ -222,7 +215,7 @@ pub fn chunk_rule_violation(len: u64) -> Option<String> {
 /// drop.
 pub struct StreamEmulator {
     shared: Arc<Shared>,
-    acceptors: Vec<JoinHandle<()>>,
+    acceptors: Vec<Acceptor>,
     owns_data_dir: bool,
 }
 
@@ -240,17 +233,18 @@ impl StreamEmulator {
             upload_addr: upload.local_addr().expect("upload origin address"),
             config,
             data_dir,
-            stop: AtomicBool::new(false),
+            stop: Stop::default(),
             state: Mutex::new(State::default()),
         });
+        let read_timeout = shared.config.read_timeout;
         let acceptors = [(api, Origin::Api), (upload, Origin::Upload)]
             .into_iter()
             .map(|(listener, origin)| {
-                let shared = Arc::clone(&shared);
-                thread::Builder::new()
-                    .name(format!("stream-{origin:?}").to_ascii_lowercase())
-                    .spawn(move || accept_loop(&listener, &shared, origin))
-                    .expect("spawn the Stream emulator")
+                let (for_conns, stop) = (Arc::clone(&shared), &shared.stop);
+                let name = format!("stream-{origin:?}").to_ascii_lowercase();
+                http1::serve(listener, &name, stop, read_timeout, move |conn, req| {
+                    exchange(&for_conns, origin, conn, req)
+                })
             })
             .collect();
         StreamEmulator {
@@ -345,14 +339,7 @@ impl StreamEmulator {
 
 impl Drop for StreamEmulator {
     fn drop(&mut self) {
-        self.shared.stop.store(true, Ordering::SeqCst);
-        // Wake the blocking accept()s so the threads see the stop flag.
-        for addr in [self.shared.api_addr, self.shared.upload_addr] {
-            let _ = TcpStream::connect_timeout(&addr, Duration::from_secs(1));
-        }
-        for acceptor in self.acceptors.drain(..) {
-            let _ = acceptor.join();
-        }
+        self.acceptors.iter_mut().for_each(Acceptor::stop);
         if self.owns_data_dir {
             let _ = fs::remove_dir_all(&self.shared.data_dir);
         }
@@ -367,7 +354,7 @@ struct Shared {
     api_addr: SocketAddr,
     upload_addr: SocketAddr,
     data_dir: PathBuf,
-    stop: AtomicBool,
+    stop: Stop,
     state: Mutex<State>,
 }
 
@@ -521,9 +508,9 @@ impl Shared {
         let found = state.find(uid).map(|v| v.snapshot(SystemTime::now()));
         match found {
             Some(video) if !video.deleted && !video.expired => Ok(video),
-            Some(video) if video.deleted => Err(Response::tus(404).text("video deleted")),
-            Some(_) => Err(Response::tus(404).text("upload URL expired")),
-            None => Err(Response::tus(404).text("video not found")),
+            Some(video) if video.deleted => Err(tus(404).text("video deleted")),
+            Some(_) => Err(tus(404).text("upload URL expired")),
+            None => Err(tus(404).text("video not found")),
         }
     }
 
@@ -532,10 +519,10 @@ impl Shared {
         let video = self.live_video(uid)?;
         let mut state = lock(&self.state);
         let Some(held) = state.find(uid) else {
-            return Err(Response::tus(404).text("video not found"));
+            return Err(tus(404).text("video not found"));
         };
         if held.busy {
-            return Err(Response::tus(423).text("another request is changing this video"));
+            return Err(tus(423).text("another request is changing this video"));
         }
         held.busy = true;
         Ok(VideoLock {
@@ -564,17 +551,6 @@ impl Shared {
         }
         let _ = fs::remove_file(self.data_dir.join(uid));
     }
-
-    fn sleep(&self, dur: Duration) {
-        let until = Instant::now() + dur;
-        while !self.stop.load(Ordering::SeqCst) {
-            let left = until.saturating_duration_since(Instant::now());
-            if left.is_zero() {
-                return;
-            }
-            thread::sleep(left.min(POLL));
-        }
-    }
 }
 
 /// A validated creation request.
@@ -587,472 +563,48 @@ struct NewVideo {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Connections and HTTP/1.1 framing
-
-fn accept_loop(listener: &TcpListener, shared: &Arc<Shared>, origin: Origin) {
-    for conn in listener.incoming() {
-        if shared.stop.load(Ordering::SeqCst) {
-            return;
-        }
-        let Ok(stream) = conn else {
-            thread::sleep(Duration::from_millis(10));
-            continue;
-        };
-        let shared = Arc::clone(shared);
-        let _ = thread::Builder::new()
-            .name("stream-conn".to_string())
-            .spawn(move || serve_connection(&shared, origin, stream));
-    }
-}
-
-/// A socket read with short timeouts, so that the thread notices shutdown, and gives up after
-/// `read_timeout` without data.
-struct Patient {
-    stream: TcpStream,
-    shared: Arc<Shared>,
-}
-
-impl Read for Patient {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let started = Instant::now();
-        loop {
-            match self.stream.read(buf) {
-                Err(e) if is_timeout(&e) => {
-                    let waited_too_long = started.elapsed() >= self.shared.config.read_timeout;
-                    if waited_too_long || self.shared.stop.load(Ordering::SeqCst) {
-                        return Err(e);
-                    }
-                }
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                other => return other,
-            }
-        }
-    }
-}
-
-type Conn = BufReader<Patient>;
-
-fn is_timeout(e: &io::Error) -> bool {
-    matches!(
-        e.kind(),
-        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
-    )
-}
-
-fn serve_connection(shared: &Arc<Shared>, origin: Origin, stream: TcpStream) {
-    let _ = stream.set_nodelay(true);
-    let timeouts = stream
-        .set_read_timeout(Some(POLL))
-        .and_then(|()| stream.set_write_timeout(Some(shared.config.read_timeout)));
-    if timeouts.is_err() {
-        return;
-    }
-    let patient = Patient {
-        stream,
-        shared: Arc::clone(shared),
-    };
-    let mut conn = BufReader::with_capacity(BUF_BYTES, patient);
-    loop {
-        let keep_alive = match read_head(&mut conn) {
-            Ok(Some(req)) => exchange(shared, origin, &mut conn, req),
-            Ok(None) | Err(None) => return,
-            Err(Some(msg)) => {
-                let reply = Response::new(400).text(&msg).closing();
-                let _ = write_response(&conn.get_ref().stream, &reply, false);
-                Some(false)
-            }
-        };
-        match keep_alive {
-            Some(true) => {}
-            Some(false) => return graceful_close(&conn.get_ref().stream),
-            None => return,
-        }
-    }
-}
-
-/// Sends FIN and reads until the client closes (or [`LINGER`] passes), so that a client still
-/// sending a body gets our response instead of a reset.
-fn graceful_close(stream: &TcpStream) {
-    let _ = stream.shutdown(Shutdown::Write);
-    let deadline = Instant::now() + LINGER;
-    let mut buf = [0u8; 8192];
-    let mut reader = stream;
-    while Instant::now() < deadline {
-        match reader.read(&mut buf) {
-            Ok(0) => return,
-            Ok(_) => {}
-            Err(e) if is_timeout(&e) => {}
-            Err(_) => return,
-        }
-    }
-}
-
-/// A parsed request head.
-struct Request {
-    method: String,
-    /// Path and query, origin-form.
-    target: String,
-    http10: bool,
-    /// Names lowercased.
-    headers: Vec<(String, String)>,
-}
-
-impl Request {
-    fn header(&self, name: &str) -> Option<&str> {
-        let found = self.headers.iter().find(|(n, _)| n == name);
-        found.map(|(_, v)| v.as_str())
-    }
-
-    fn has_token(&self, name: &str, token: &str) -> bool {
-        let values = self.headers.iter().filter(|(n, _)| n == name);
-        values
-            .flat_map(|(_, v)| v.split(','))
-            .any(|t| t.trim().eq_ignore_ascii_case(token))
-    }
-
-    fn wants_close(&self) -> bool {
-        self.has_token("connection", "close")
-            || (self.http10 && !self.has_token("connection", "keep-alive"))
-    }
-
-    fn expects_continue(&self) -> bool {
-        let expect = self.header("expect");
-        !self.http10 && expect.is_some_and(|v| v.eq_ignore_ascii_case("100-continue"))
-    }
-
-    fn path(&self) -> &str {
-        self.target.split('?').next().unwrap_or_default()
-    }
-
-    fn query_flag(&self, key: &str) -> bool {
-        let query = self.target.split_once('?').map_or("", |(_, q)| q);
-        query.split('&').any(|pair| pair == format!("{key}=true"))
-    }
-}
-
-/// Reads one request head. `Ok(None)`: the client closed between requests; `Err(None)`: the
-/// connection failed; `Err(Some(msg))`: not HTTP/1.x (answer 400).
-fn read_head(conn: &mut Conn) -> Result<Option<Request>, Option<String>> {
-    let mut lines: Vec<String> = Vec::new();
-    let mut total = 0usize;
-    loop {
-        let mut line = Vec::new();
-        let read = conn
-            .by_ref()
-            .take(MAX_LINE_BYTES)
-            .read_until(b'\n', &mut line);
-        let n = read.map_err(|_| None)?;
-        if n == 0 {
-            return if total == 0 { Ok(None) } else { Err(None) };
-        }
-        total += n;
-        if total > MAX_HEAD_BYTES || !line.ends_with(b"\n") {
-            return Err(Some("request head too large or cut".to_string()));
-        }
-        let text = String::from_utf8(line).map_err(|_| Some("head is not UTF-8".to_string()))?;
-        let text = text.trim_end_matches('\n').trim_end_matches('\r');
-        match (text.is_empty(), lines.is_empty()) {
-            (true, true) => {} // RFC 9112 §2.2: ignore empty lines before the request line
-            (true, false) => return parse_head(&lines).map(Some).map_err(Some),
-            (false, _) => lines.push(text.to_string()),
-        }
-    }
-}
-
-fn parse_head(lines: &[String]) -> Result<Request, String> {
-    let request_line = lines.first().map(String::as_str).unwrap_or_default();
-    let parts: Vec<&str> = request_line.split(' ').collect();
-    let [method, target, version] = parts[..] else {
-        return Err(format!("bad request line {request_line:?}"));
-    };
-    let http10 = match version {
-        "HTTP/1.1" => false,
-        "HTTP/1.0" => true,
-        _ => return Err(format!("unsupported HTTP version {version:?}")),
-    };
-    if method.is_empty() || !method.bytes().all(|b| b.is_ascii_alphabetic()) {
-        return Err(format!("bad method {method:?}"));
-    }
-    let mut headers = Vec::new();
-    for line in &lines[1..] {
-        let Some((name, value)) = line.split_once(':') else {
-            return Err(format!("bad header line {line:?}"));
-        };
-        if name.is_empty() || !name.bytes().all(|b| b.is_ascii_graphic()) {
-            return Err(format!("bad header name {name:?}"));
-        }
-        let value = value.trim_matches([' ', '\t']).to_string();
-        headers.push((name.to_ascii_lowercase(), value));
-    }
-    // Absolute-form (`http://host/path`) becomes origin-form.
-    let target = match target.split_once("://") {
-        Some((_, rest)) => rest.find('/').map_or("/", |i| &rest[i..]),
-        None => target,
-    };
-    if !target.starts_with('/') {
-        return Err(format!("bad request target {target:?}"));
-    }
-    Ok(Request {
-        method: method.to_string(),
-        target: target.to_string(),
-        http10,
-        headers,
-    })
-}
-
-/// A request body being read: `left` counts the bytes still due (in the current chunk, when
-/// chunked).
-struct Body {
-    chunked: bool,
-    left: u64,
-    finished: bool,
-    received: u64,
-}
-
-impl Body {
-    fn new(req: &Request) -> Result<Body, String> {
-        let length = req.header("content-length");
-        let body = |chunked, left| Body {
-            chunked,
-            left,
-            finished: !chunked && left == 0,
-            received: 0,
-        };
-        match (req.header("transfer-encoding"), length) {
-            (Some(_), Some(_)) => Err("both Transfer-Encoding and Content-Length".to_string()),
-            (Some(te), None) if te.eq_ignore_ascii_case("chunked") => Ok(body(true, 0)),
-            (Some(te), None) => Err(format!("unsupported Transfer-Encoding {te:?}")),
-            (None, Some(n)) => parse_u64(n)
-                .map(|n| body(false, n))
-                .ok_or_else(|| format!("bad Content-Length {n:?}")),
-            (None, None) => Ok(body(false, 0)),
-        }
-    }
-
-    /// The declared length, when known up front.
-    fn declared(&self) -> Option<u64> {
-        (!self.chunked).then_some(self.left + self.received)
-    }
-
-    fn read(&mut self, conn: &mut Conn, buf: &mut [u8]) -> io::Result<usize> {
-        if self.finished {
-            return Ok(0);
-        }
-        if self.chunked && self.left == 0 {
-            self.left = read_chunk_size(conn)?;
-            if self.left == 0 {
-                skip_trailers(conn)?;
-                self.finished = true;
-                return Ok(0);
-            }
-        }
-        let want = usize::try_from(self.left).map_or(buf.len(), |left| left.min(buf.len()));
-        let n = conn.read(&mut buf[..want])?;
-        if n == 0 {
-            return Err(io::ErrorKind::UnexpectedEof.into());
-        }
-        self.left -= n as u64;
-        self.received += n as u64;
-        if self.left == 0 {
-            if self.chunked {
-                expect_empty_line(conn)?;
-            } else {
-                self.finished = true;
-            }
-        }
-        Ok(n)
-    }
-}
-
-fn read_line(conn: &mut Conn) -> io::Result<String> {
-    let mut line = Vec::new();
-    conn.by_ref()
-        .take(MAX_LINE_BYTES)
-        .read_until(b'\n', &mut line)?;
-    if !line.ends_with(b"\n") {
-        return Err(io::ErrorKind::UnexpectedEof.into());
-    }
-    let text = String::from_utf8_lossy(&line);
-    Ok(text
-        .trim_end_matches('\n')
-        .trim_end_matches('\r')
-        .to_string())
-}
-
-fn read_chunk_size(conn: &mut Conn) -> io::Result<u64> {
-    let line = read_line(conn)?;
-    let size = line.split(';').next().unwrap_or_default().trim();
-    let valid = !size.is_empty() && size.len() <= 15 && size.bytes().all(|b| b.is_ascii_hexdigit());
-    if !valid {
-        return Err(io::Error::new(io::ErrorKind::InvalidData, "bad chunk size"));
-    }
-    u64::from_str_radix(size, 16).map_err(|_| io::ErrorKind::InvalidData.into())
-}
-
-fn expect_empty_line(conn: &mut Conn) -> io::Result<()> {
-    if read_line(conn)?.is_empty() {
-        Ok(())
-    } else {
-        Err(io::Error::new(io::ErrorKind::InvalidData, "chunk too long"))
-    }
-}
-
-fn skip_trailers(conn: &mut Conn) -> io::Result<()> {
-    for _ in 0..100 {
-        if read_line(conn)?.is_empty() {
-            return Ok(());
-        }
-    }
-    Err(io::Error::new(
-        io::ErrorKind::InvalidData,
-        "too many trailers",
-    ))
-}
-
-/// A response to write.
-struct Response {
-    status: u16,
-    headers: Vec<(String, String)>,
-    body: Vec<u8>,
-    close: bool,
-}
-
-impl Response {
-    fn new(status: u16) -> Self {
-        Response {
-            status,
-            headers: Vec::new(),
-            body: Vec::new(),
-            close: false,
-        }
-    }
-
-    /// A response carrying `Tus-Resumable`.
-    fn tus(status: u16) -> Self {
-        Response::new(status).header("Tus-Resumable", TUS_VERSION)
-    }
-
-    /// A Cloudflare API error (`code` in the JSON envelope).
-    fn api_error(status: u16, code: u32, message: &str) -> Self {
-        Response::tus(status).json(cloudflare_error(code, message))
-    }
-
-    fn header(mut self, name: &str, value: impl ToString) -> Self {
-        self.headers.push((name.to_string(), value.to_string()));
-        self
-    }
-
-    fn text(self, message: &str) -> Self {
-        let mut typed = self.header("Content-Type", "text/plain; charset=utf-8");
-        typed.body = format!("{message}\n").into_bytes();
-        typed
-    }
-
-    fn json(self, body: String) -> Self {
-        let mut typed = self.header("Content-Type", "application/json");
-        typed.body = body.into_bytes();
-        typed
-    }
-
-    fn closing(mut self) -> Self {
-        self.close = true;
-        self
-    }
-}
-
-fn write_response(stream: &TcpStream, resp: &Response, head_request: bool) -> io::Result<()> {
-    let mut out = format!("HTTP/1.1 {} {}\r\n", resp.status, reason(resp.status));
-    for (name, value) in &resp.headers {
-        out.push_str(&format!("{name}: {value}\r\n"));
-    }
-    // RFC 9110 §8.6: no Content-Length on 204; on HEAD it would describe a GET body.
-    if resp.status != 204 && !head_request {
-        out.push_str(&format!("Content-Length: {}\r\n", resp.body.len()));
-    }
-    if resp.close {
-        out.push_str("Connection: close\r\n");
-    }
-    out.push_str("\r\n");
-    let mut bytes = out.into_bytes();
-    if !head_request {
-        bytes.extend_from_slice(&resp.body);
-    }
-    let mut writer = stream;
-    writer.write_all(&bytes)?;
-    writer.flush()
-}
-
-fn reason(status: u16) -> &'static str {
-    match status {
-        200 => "OK",
-        201 => "Created",
-        204 => "No Content",
-        400 => "Bad Request",
-        401 => "Unauthorized",
-        403 => "Forbidden",
-        404 => "Not Found",
-        405 => "Method Not Allowed",
-        409 => "Conflict",
-        412 => "Precondition Failed",
-        413 => "Content Too Large",
-        415 => "Unsupported Media Type",
-        423 => "Locked",
-        429 => "Too Many Requests",
-        500 => "Internal Server Error",
-        502 => "Bad Gateway",
-        503 => "Service Unavailable",
-        504 => "Gateway Timeout",
-        _ => "Status",
-    }
-}
-
-// ---------------------------------------------------------------------------------------------
 // One request/response exchange
 
 /// What a handler decided: `None` means the client went away, so there is nothing to answer.
 type Outcome = Option<Response>;
 
-/// Handles one request; `Some(keep_alive)` once answered, `None` if the connection is dead.
-fn exchange(shared: &Shared, origin: Origin, conn: &mut Conn, req: Request) -> Option<bool> {
+/// Handles one request: logs it, routes it, answers (unless the client went away).
+fn exchange(shared: &Shared, origin: Origin, conn: &mut Conn, req: Request) -> After {
     let log_index = shared.log_request(origin, &req);
-    let body = match Body::new(&req) {
-        Ok(body) => body,
-        Err(msg) => {
-            let reply = Response::new(400).text(&msg).closing();
-            let sent = write_response(&conn.get_ref().stream, &reply, false).is_ok();
-            shared.finish_log(log_index, 0, sent.then_some(400));
-            return Some(false);
+    let http = match http1::Exchange::start(conn, req) {
+        Ok(http) => http,
+        Err(sent) => {
+            shared.finish_log(log_index, 0, sent);
+            return After::Close;
         }
     };
     let mut ex = Exchange {
         shared,
         origin,
-        conn,
-        req,
-        body,
-        continue_sent: false,
+        http,
     };
     let outcome = ex.route();
     let status = outcome.as_ref().map(|r| r.status);
-    let keep_alive = outcome.and_then(|reply| ex.answer(reply));
-    let status = keep_alive.and(status);
-    shared.finish_log(log_index, ex.body.received, status);
-    keep_alive
+    let after = outcome.and_then(|reply| ex.http.answer(reply).ok());
+    let status = after.and(status);
+    shared.finish_log(log_index, ex.http.body().received(), status);
+    after.unwrap_or(After::Drop)
 }
 
 struct Exchange<'a> {
     shared: &'a Shared,
     origin: Origin,
-    conn: &'a mut Conn,
-    req: Request,
-    body: Body,
-    continue_sent: bool,
+    http: http1::Exchange<'a>,
 }
 
 impl Exchange<'_> {
+    fn req(&self) -> &Request {
+        &self.http.req
+    }
+
     fn route(&mut self) -> Outcome {
-        let path = self.req.path().to_string();
-        let method = self.req.method.clone();
+        let path = self.req().path().to_string();
+        let method = self.req().method.clone();
         match self.origin {
             Origin::Api => {
                 let creation = self.shared.creation_path();
@@ -1067,7 +619,7 @@ impl Exchange<'_> {
                     self.upload(uid)
                 } else {
                     let msg = format!("no route for {method} {path}");
-                    Some(Response::api_error(404, 404, &msg))
+                    Some(api_error(404, 404, &msg))
                 }
             }
             Origin::Upload => match path.strip_prefix("/tus/") {
@@ -1080,7 +632,7 @@ impl Exchange<'_> {
     fn create(&mut self) -> Outcome {
         match self.shared.take_creation_fault() {
             Some(CreationFault::Status { code, body }) => {
-                return Some(Response::new(code).json(body))
+                return Some(json(Response::new(code), body))
             }
             Some(CreationFault::StatusWithHeaders {
                 code,
@@ -1089,11 +641,11 @@ impl Exchange<'_> {
             }) => {
                 let reply = Response::new(code);
                 let reply = headers.iter().fold(reply, |r, (n, v)| r.header(n, v));
-                return Some(reply.json(body));
+                return Some(json(reply, body));
             }
             Some(CreationFault::Stall(dur)) => {
-                self.shared.sleep(dur);
-                if self.client_hung_up() {
+                self.shared.stop.sleep(dur);
+                if self.http.conn().peer_gone() {
                     return None;
                 }
             }
@@ -1105,66 +657,55 @@ impl Exchange<'_> {
         };
         match self.shared.create_video(new) {
             Ok(video) => Some(
-                Response::tus(201)
+                tus(201)
                     .header("Location", &video.upload_url)
                     .header("stream-media-id", &video.uid),
             ),
-            Err(e) => Some(Response::api_error(500, 500, &format!("cannot store: {e}"))),
+            Err(e) => Some(api_error(500, 500, &format!("cannot store: {e}"))),
         }
     }
 
     /// Validates a creation request before anything is created.
     fn creation_request(&self) -> Result<NewVideo, Response> {
-        if !self.shared.authorized(&self.req) {
-            return Err(Response::api_error(401, 10000, "Authentication error"));
+        if !self.shared.authorized(self.req()) {
+            return Err(api_error(401, 10000, "Authentication error"));
         }
-        if self.req.header("tus-resumable") != Some(TUS_VERSION) {
-            let reply = Response::api_error(412, 412, "Tus-Resumable: 1.0.0 is required");
+        if self.req().header("tus-resumable") != Some(TUS_VERSION) {
+            let reply = api_error(412, 412, "Tus-Resumable: 1.0.0 is required");
             return Err(reply.header("Tus-Version", TUS_VERSION));
         }
-        let length = match self.req.header("upload-length") {
-            Some(v) => parse_u64(v).ok_or_else(|| {
-                Response::api_error(400, 400, &format!("invalid Upload-Length {v:?}"))
-            })?,
-            None => return Err(Response::api_error(400, 400, "Upload-Length is required")),
+        let length = match self.req().header("upload-length") {
+            Some(v) => http1::parse_u64(v)
+                .ok_or_else(|| api_error(400, 400, &format!("invalid Upload-Length {v:?}")))?,
+            None => return Err(api_error(400, 400, "Upload-Length is required")),
         };
-        let raw_metadata = self.req.header("upload-metadata").map(str::to_string);
+        let raw_metadata = self.req().header("upload-metadata").map(str::to_string);
         let metadata = match raw_metadata.as_deref().map(parse_metadata) {
             Some(Err(msg)) => {
                 let msg = format!("invalid Upload-Metadata: {msg}");
-                return Err(Response::api_error(400, 400, &msg));
+                return Err(api_error(400, 400, &msg));
             }
             Some(Ok(pairs)) => pairs,
             None => Vec::new(),
         };
-        if !self.body.finished {
+        if !self.http.body().finished() {
             let msg = "a creation request has no body here (creation-with-upload is not emulated)";
-            return Err(Response::api_error(400, 400, msg));
+            return Err(api_error(400, 400, msg));
         }
         Ok(NewVideo {
             length,
-            direct_user: self.req.query_flag("direct_user"),
+            direct_user: query_flag(self.req(), "direct_user"),
             metadata,
             raw_metadata,
-            creator: self.req.header("upload-creator").map(str::to_string),
+            creator: self.req().header("upload-creator").map(str::to_string),
         })
-    }
-
-    /// After a stall: whether the client closed or reset its connection meanwhile.
-    fn client_hung_up(&self) -> bool {
-        let mut probe = [0u8; 1];
-        match self.conn.get_ref().stream.peek(&mut probe) {
-            Ok(0) => self.conn.buffer().is_empty(),
-            Ok(_) => false,
-            Err(e) => !is_timeout(&e),
-        }
     }
 
     /// HEAD/PATCH/DELETE (or OPTIONS) on an upload URL; every answer about a known video carries
     /// `stream-media-id`.
     fn upload(&mut self, uid: &str) -> Outcome {
         let known = self.shared.serves(uid, self.origin);
-        if known && self.origin == Origin::Upload && self.req.header("authorization").is_some() {
+        if known && self.origin == Origin::Upload && self.req().header("authorization").is_some() {
             self.shared.note_authorization(uid);
         }
         let reply = self.upload_unlabelled(uid, known)?;
@@ -1176,19 +717,19 @@ impl Exchange<'_> {
     }
 
     fn upload_unlabelled(&mut self, uid: &str, known: bool) -> Outcome {
-        let method = self.req.method.clone();
+        let method = self.req().method.clone();
         if method == "OPTIONS" {
             return Some(options());
         }
-        if self.origin == Origin::Api && !self.shared.authorized(&self.req) {
-            return Some(Response::api_error(401, 10000, "Authentication error"));
+        if self.origin == Origin::Api && !self.shared.authorized(self.req()) {
+            return Some(api_error(401, 10000, "Authentication error"));
         }
-        if self.req.header("tus-resumable") != Some(TUS_VERSION) {
-            let reply = Response::tus(412).header("Tus-Version", TUS_VERSION);
+        if self.req().header("tus-resumable") != Some(TUS_VERSION) {
+            let reply = tus(412).header("Tus-Version", TUS_VERSION);
             return Some(reply.text("Tus-Resumable: 1.0.0 is required"));
         }
         if !known {
-            return Some(Response::tus(404).text("video not found"));
+            return Some(tus(404).text("video not found"));
         }
         match method.as_str() {
             "HEAD" => Some(self.head(uid)),
@@ -1203,7 +744,7 @@ impl Exchange<'_> {
             Ok(video) => video,
             Err(gone) => return gone,
         };
-        let reply = Response::tus(200)
+        let reply = tus(200)
             .header("Upload-Offset", video.offset)
             .header("Upload-Length", video.length)
             .header("Cache-Control", "no-store");
@@ -1217,19 +758,23 @@ impl Exchange<'_> {
         match self.shared.lock_video(uid) {
             Ok(held) => {
                 self.shared.delete(&held.uid);
-                Response::tus(204)
+                tus(204)
             }
             Err(answer) => answer,
         }
     }
 
     fn patch(&mut self, uid: &str) -> Outcome {
-        if !is_offset_stream(self.req.header("content-type")) {
+        if !is_offset_stream(self.req().header("content-type")) {
             let msg = format!("PATCH needs Content-Type: {OFFSET_STREAM}");
-            return Some(Response::tus(415).text(&msg));
+            return Some(tus(415).text(&msg));
         }
-        let Some(claimed) = self.req.header("upload-offset").and_then(parse_u64) else {
-            return Some(Response::tus(400).text("missing or invalid Upload-Offset"));
+        let Some(claimed) = self
+            .req()
+            .header("upload-offset")
+            .and_then(http1::parse_u64)
+        else {
+            return Some(tus(400).text("missing or invalid Upload-Offset"));
         };
         let shared = self.shared;
         let held = match shared.lock_video(uid) {
@@ -1241,10 +786,10 @@ impl Exchange<'_> {
                 "Upload-Offset {claimed} does not match the upload's offset {}",
                 held.offset
             );
-            return Some(Response::tus(409).text(&msg));
+            return Some(tus(409).text(&msg));
         }
         let room = held.length - held.offset;
-        if let Some(declared) = self.body.declared() {
+        if let Some(declared) = self.http.body().declared() {
             if let Some(answer) = self.check_size(declared, room) {
                 return Some(answer); // nothing read, nothing stored
             }
@@ -1261,18 +806,18 @@ impl Exchange<'_> {
             return Some(self.truncate(&held).unwrap_or(answer));
         }
         let offset = shared.advance(uid, stored);
-        Some(Response::tus(204).header("Upload-Offset", offset))
+        Some(tus(204).header("Upload-Offset", offset))
     }
 
     /// The answer for a body of `len` bytes when `room` bytes are left, if it is refused.
     fn check_size(&self, len: u64, room: u64) -> Option<Response> {
         if len > room {
             let msg = format!("{len} body bytes exceed the {room} left of Upload-Length");
-            return Some(Response::tus(413).text(&msg));
+            return Some(tus(413).text(&msg));
         }
         let completes = len == room;
         if self.shared.config.chunk_rules && !completes {
-            return chunk_rule_violation(len).map(|msg| Response::tus(400).text(&msg));
+            return chunk_rule_violation(len).map(|msg| tus(400).text(&msg));
         }
         None
     }
@@ -1280,10 +825,10 @@ impl Exchange<'_> {
     /// Streams the body into the video's file at its offset (after `100 Continue` if asked).
     /// `Err(None)`: the client went away; `Err(Some(_))`: the answer.
     fn receive(&mut self, held: &VideoLock<'_>, room: u64) -> Result<u64, Option<Response>> {
-        if self.send_continue().is_err() {
+        if self.http.send_continue().is_err() {
             return Err(None);
         }
-        let storage = |e: io::Error| Some(Response::tus(500).text(&format!("storage: {e}")));
+        let storage = |e: io::Error| Some(tus(500).text(&format!("storage: {e}")));
         let mut file = OpenOptions::new()
             .write(true)
             .open(self.shared.data_dir.join(&held.uid))
@@ -1292,15 +837,15 @@ impl Exchange<'_> {
         let mut buf = vec![0u8; BUF_BYTES];
         let mut stored = 0u64;
         loop {
-            let n = match self.body.read(self.conn, &mut buf) {
+            let n = match self.http.read_body(&mut buf) {
                 Ok(0) => return Ok(stored),
                 Ok(n) => n,
                 Err(_) => return Err(None),
             };
             if stored + n as u64 > room {
-                self.drain().map_err(|_| None)?;
+                self.http.drain().map_err(|_| None)?;
                 let msg = format!("body exceeds the {room} bytes left of Upload-Length");
-                return Err(Some(Response::tus(413).text(&msg)));
+                return Err(Some(tus(413).text(&msg)));
             }
             file.write_all(&buf[..n]).map_err(storage)?;
             stored += n as u64;
@@ -1313,38 +858,8 @@ impl Exchange<'_> {
         let file = OpenOptions::new().write(true).open(path);
         match file.and_then(|f| f.set_len(held.offset)) {
             Ok(()) => None,
-            Err(e) => Some(Response::tus(500).text(&format!("storage: {e}"))),
+            Err(e) => Some(tus(500).text(&format!("storage: {e}"))),
         }
-    }
-
-    /// Sends the answer (draining an unread body first); `Some(keep_alive)` if it was sent.
-    fn answer(&mut self, mut reply: Response) -> Option<bool> {
-        if !self.body.finished {
-            if self.req.expects_continue() && !self.continue_sent {
-                reply.close = true; // the client holds the body back; it must not be read as a request
-            } else if self.drain().is_err() {
-                return None;
-            }
-        }
-        reply.close |= self.req.wants_close();
-        let head_request = self.req.method == "HEAD";
-        write_response(&self.conn.get_ref().stream, &reply, head_request).ok()?;
-        Some(!reply.close)
-    }
-
-    fn drain(&mut self) -> io::Result<()> {
-        let mut buf = vec![0u8; BUF_BYTES];
-        while self.body.read(self.conn, &mut buf)? > 0 {}
-        Ok(())
-    }
-
-    fn send_continue(&mut self) -> io::Result<()> {
-        if self.req.expects_continue() && !self.continue_sent && !self.body.finished {
-            let mut writer = &self.conn.get_ref().stream;
-            writer.write_all(b"HTTP/1.1 100 Continue\r\n\r\n")?;
-            self.continue_sent = true;
-        }
-        Ok(())
     }
 }
 
@@ -1356,7 +871,7 @@ fn options() -> Response {
 }
 
 fn not_allowed(method: &str, allow: &str) -> Response {
-    let reply = Response::tus(405).header("Allow", allow);
+    let reply = tus(405).header("Allow", allow);
     reply.text(&format!("{method} is not allowed here"))
 }
 
@@ -1367,12 +882,25 @@ fn is_offset_stream(content_type: Option<&str>) -> bool {
     media_type.trim().eq_ignore_ascii_case(OFFSET_STREAM)
 }
 
-/// A non-negative decimal integer, digits only (no sign, no spaces).
-fn parse_u64(text: &str) -> Option<u64> {
-    if text.is_empty() || !text.bytes().all(|b| b.is_ascii_digit()) {
-        return None;
-    }
-    text.parse().ok()
+/// A response carrying `Tus-Resumable`.
+fn tus(status: u16) -> Response {
+    Response::new(status).header("Tus-Resumable", TUS_VERSION)
+}
+
+/// A Cloudflare API error (`code` in the JSON envelope).
+fn api_error(status: u16, code: u32, message: &str) -> Response {
+    json(tus(status), cloudflare_error(code, message))
+}
+
+fn json(reply: Response, body: String) -> Response {
+    let typed = reply.header("Content-Type", "application/json");
+    typed.with_body(body.into_bytes())
+}
+
+/// Whether the request's query carries `<key>=true`.
+fn query_flag(req: &Request, key: &str) -> bool {
+    let query = req.target.split_once('?').map_or("", |(_, q)| q);
+    query.split('&').any(|pair| pair == format!("{key}=true"))
 }
 
 fn random_u64() -> u64 {

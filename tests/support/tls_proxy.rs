@@ -6,8 +6,10 @@
 //! certificate required when the proxy was given a client CA). A failed handshake is counted
 //! ([`TlsProxy::handshakes_failed`]) and never reaches the upstream. After a good handshake the
 //! proxy connects upstream and a second thread forwards upstream→client, both sharing the one
-//! `rustls::ServerConnection` under a mutex. The connection ends with a clean close_notify when the
-//! upstream closes, or is torn down on any error or when the proxy is dropped.
+//! `rustls::ServerConnection` under a mutex; the forwarding is the shared byte pump, `pump.rs`,
+//! with decryption and encryption as its `forward` steps. The connection ends with a clean
+//! close_notify when the upstream closes, or is torn down on any error or when the proxy is
+//! dropped.
 //!
 //! **Location headers:** like any TCP proxy, this one passes HTTP through unchanged, so a server
 //! that writes absolute `http://<upstream>` Locations must be told the proxy's URL (for our
@@ -22,9 +24,8 @@
 use std::io::{self, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
-use std::thread::{self, JoinHandle};
 use std::time::Duration;
 
 use rustls::pki_types::pem::PemObject;
@@ -32,9 +33,9 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::server::WebPkiClientVerifier;
 use rustls::{RootCertStore, ServerConfig, ServerConnection};
 
-const BUF_BYTES: usize = 16 * 1024;
-/// How often blocked reads look at the connection's and proxy's stop flags.
-const POLL: Duration = Duration::from_millis(50);
+use super::accept::{Acceptor, Stop};
+use super::pump::{self, Abort, End, Flow, Link, Way, BUF_BYTES};
+
 /// Longest a handshake may take before the connection is dropped (and counted as failed).
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -42,14 +43,14 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// A running proxy; stops on drop (open connections are torn down).
 pub struct TlsProxy {
     shared: Arc<Shared>,
-    acceptor: Option<JoinHandle<()>>,
+    _acceptor: Acceptor,
 }
 
 struct Shared {
     upstream: SocketAddr,
     addr: SocketAddr,
     config: Arc<ServerConfig>,
-    stop: AtomicBool,
+    stop: Stop,
     connections: AtomicU64,
     handshakes_ok: AtomicU64,
     handshakes_failed: AtomicU64,
@@ -72,19 +73,19 @@ impl TlsProxy {
             upstream,
             addr,
             config,
-            stop: AtomicBool::new(false),
+            stop: Stop::default(),
             connections: AtomicU64::new(0),
             handshakes_ok: AtomicU64::new(0),
             handshakes_failed: AtomicU64::new(0),
         });
-        let for_thread = Arc::clone(&shared);
-        let acceptor = thread::Builder::new()
-            .name("tls-proxy-accept".to_string())
-            .spawn(move || accept_loop(&listener, &for_thread))
-            .expect("spawn the TLS proxy");
+        let for_conns = Arc::clone(&shared);
+        let acceptor = Acceptor::start(listener, "tls-proxy", &shared.stop, move |client| {
+            for_conns.connections.fetch_add(1, Ordering::SeqCst);
+            serve(&for_conns, client);
+        });
         TlsProxy {
             shared,
-            acceptor: Some(acceptor),
+            _acceptor: acceptor,
         }
     }
 
@@ -112,17 +113,6 @@ impl TlsProxy {
     /// missing or refused, a timeout, or a connection closed mid-handshake.
     pub fn handshakes_failed(&self) -> u64 {
         self.shared.handshakes_failed.load(Ordering::SeqCst)
-    }
-}
-
-impl Drop for TlsProxy {
-    fn drop(&mut self) {
-        self.shared.stop.store(true, Ordering::SeqCst);
-        // Wake the blocking accept() so the thread sees the stop flag.
-        let _ = TcpStream::connect_timeout(&self.shared.addr, Duration::from_secs(1));
-        if let Some(acceptor) = self.acceptor.take() {
-            let _ = acceptor.join();
-        }
     }
 }
 
@@ -165,23 +155,6 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
-fn accept_loop(listener: &TcpListener, shared: &Arc<Shared>) {
-    for client in listener.incoming() {
-        if shared.stop.load(Ordering::SeqCst) {
-            return;
-        }
-        let Ok(client) = client else {
-            thread::sleep(Duration::from_millis(10));
-            continue;
-        };
-        shared.connections.fetch_add(1, Ordering::SeqCst);
-        let shared = Arc::clone(shared);
-        let _ = thread::Builder::new()
-            .name("tls-proxy-conn".to_string())
-            .spawn(move || serve(&shared, client));
-    }
-}
-
 /// Handshakes with the client, then forwards both ways until either side is done.
 fn serve(shared: &Arc<Shared>, mut client: TcpStream) {
     let Ok(mut tls) = ServerConnection::new(Arc::clone(&shared.config)) else {
@@ -197,32 +170,22 @@ fn serve(shared: &Arc<Shared>, mut client: TcpStream) {
         let _ = client.shutdown(Shutdown::Both);
         return;
     };
-    let setup = (|| {
-        for s in [&client, &upstream] {
-            s.set_nodelay(true)?;
-            s.set_read_timeout(Some(POLL))?;
-        }
-        client.try_clone()
-    })();
-    let Ok(client_out) = setup else {
+    let Ok(client_out) = client.try_clone() else {
         let _ = client.shutdown(Shutdown::Both);
+        return;
+    };
+    let Ok(link) = Link::new(client, upstream, &shared.stop, Abort::Shutdown) else {
+        let _ = client_out.shutdown(Shutdown::Both);
         return;
     };
     let tunnel = Arc::new(Tunnel {
         tls: Mutex::new(tls),
-        client_in: client,
         client_out: Mutex::new(client_out),
-        upstream,
-        closed: AtomicBool::new(false),
+        link,
     });
-    let (down_shared, down_tunnel) = (Arc::clone(shared), Arc::clone(&tunnel));
-    let spawned = thread::Builder::new()
-        .name("tls-proxy-down".to_string())
-        .spawn(move || down_tunnel.pump_down(&down_shared));
-    if spawned.is_err() {
-        return tunnel.abort();
-    }
-    tunnel.pump_up(shared);
+    let down_tunnel = Arc::clone(&tunnel);
+    let down = move || down_tunnel.pump_down();
+    pump::both_ways(&tunnel.link, "tls-proxy-down", down, || tunnel.pump_up());
 }
 
 fn handshake(tls: &mut ServerConnection, client: &mut TcpStream) -> io::Result<()> {
@@ -238,48 +201,13 @@ fn handshake(tls: &mut ServerConnection, client: &mut TcpStream) -> io::Result<(
 /// One proxied connection after its handshake; both forwarding threads hold it.
 struct Tunnel {
     tls: Mutex<ServerConnection>,
-    client_in: TcpStream,
     /// Taken while still holding `tls` so TLS records reach the socket in the order rustls made
     /// them, then written without `tls` held.
     client_out: Mutex<TcpStream>,
-    upstream: TcpStream,
-    closed: AtomicBool,
-}
-
-/// What one read from a socket gave.
-enum Got {
-    Data(usize),
-    Eof,
-    /// Aborted, the proxy stopped, or the socket failed.
-    Gone,
-}
-
-fn is_retry(e: &io::Error) -> bool {
-    matches!(
-        e.kind(),
-        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut | io::ErrorKind::Interrupted
-    )
+    link: Link,
 }
 
 impl Tunnel {
-    fn is_closed(&self, shared: &Shared) -> bool {
-        self.closed.load(Ordering::SeqCst) || shared.stop.load(Ordering::SeqCst)
-    }
-
-    fn read(&self, shared: &Shared, mut from: &TcpStream, buf: &mut [u8]) -> Got {
-        loop {
-            if self.is_closed(shared) {
-                return Got::Gone;
-            }
-            match from.read(buf) {
-                Ok(0) => return Got::Eof,
-                Ok(n) => return Got::Data(n),
-                Err(e) if is_retry(&e) => {}
-                Err(_) => return Got::Gone,
-            }
-        }
-    }
-
     /// Takes the TLS records rustls has queued and writes them to the client, in order.
     fn flush_tls(&self, mut tls: MutexGuard<'_, ServerConnection>) -> io::Result<()> {
         let mut records = Vec::new();
@@ -291,101 +219,85 @@ impl Tunnel {
         out.write_all(&records)
     }
 
-    /// Tears down both sockets.
-    fn abort(&self) {
-        self.closed.store(true, Ordering::SeqCst);
-        let _ = self.client_in.shutdown(Shutdown::Both);
-        let _ = self.upstream.shutdown(Shutdown::Both);
-    }
-
     /// Client→upstream: decrypts and forwards until the client closes.
-    fn pump_up(&self, shared: &Shared) {
-        let mut raw = vec![0u8; BUF_BYTES];
-        let mut plain = Vec::with_capacity(BUF_BYTES);
+    fn pump_up(&self) {
         // The first round reads nothing new: the handshake may already have read and decrypted
         // the client's first request (TLS 1.3 lets a client send it right after its Finished),
         // and it must go upstream before we wait for more, or each side waits for the other.
-        let mut n = 0;
-        loop {
-            let mut tls = lock(&self.tls);
-            let mut input = &raw[..n];
-            let mut clean_close = false;
-            let decrypted = (|| {
-                while !input.is_empty() {
-                    tls.read_tls(&mut input)?;
-                    tls.process_new_packets()
-                        .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
-                }
-                plain.clear();
-                loop {
-                    let start = plain.len();
-                    plain.resize(start + BUF_BYTES, 0);
-                    match tls.reader().read(&mut plain[start..]) {
-                        Ok(0) => {
-                            plain.truncate(start);
-                            clean_close = true;
-                            return Ok(());
-                        }
-                        Ok(got) => plain.truncate(start + got),
-                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                            plain.truncate(start);
-                            return Ok(());
-                        }
-                        Err(e) => return Err(e),
-                    }
-                }
-            })();
-            // Send whatever rustls queued (session tickets, key updates, a last alert).
-            let flushed = self.flush_tls(tls);
-            if decrypted.is_err() || flushed.is_err() {
-                return self.abort();
+        let end = match self.forward_up(&[]) {
+            Ok(Flow::More) => {
+                pump::pump(&self.link, Way::Up, |len| len, |raw| self.forward_up(raw))
             }
-            if (&self.upstream).write_all(&plain).is_err() {
-                return self.abort();
-            }
-            if clean_close {
-                let _ = self.upstream.shutdown(Shutdown::Write);
-                return;
-            }
-            n = match self.read(shared, &self.client_in, &mut raw) {
-                Got::Data(n) => n,
-                // TCP EOF without close_notify: pass the half-close on all the same.
-                Got::Eof => {
-                    let _ = self.upstream.shutdown(Shutdown::Write);
-                    return;
-                }
-                Got::Gone => return self.abort(),
-            };
-        }
+            Ok(Flow::Done) => End::Eof,
+            Err(()) => End::Broken,
+        };
+        // A TCP EOF without close_notify passes the half-close on all the same.
+        self.link.finish(Way::Up, end);
+    }
+
+    /// Decrypts `raw` from the client and sends the plaintext upstream; `Done` after the
+    /// client's close_notify.
+    fn forward_up(&self, raw: &[u8]) -> Result<Flow, ()> {
+        let mut tls = lock(&self.tls);
+        let decrypted = decrypt(&mut tls, raw);
+        // Send whatever rustls queued (session tickets, key updates, a last alert).
+        let flushed = self.flush_tls(tls);
+        let (plain, flow) = decrypted.map_err(|_| ())?;
+        flushed.map_err(|_| ())?;
+        (&self.link.upstream).write_all(&plain).map_err(|_| ())?;
+        Ok(flow)
     }
 
     /// Upstream→client: encrypts and forwards until the upstream closes, then sends close_notify.
-    fn pump_down(&self, shared: &Shared) {
-        let mut buf = vec![0u8; BUF_BYTES];
-        loop {
-            let n = match self.read(shared, &self.upstream, &mut buf) {
-                Got::Data(n) => n,
-                Got::Eof => {
-                    let mut tls = lock(&self.tls);
-                    tls.send_close_notify();
-                    let _ = self.flush_tls(tls);
-                    let _ = self.client_in.shutdown(Shutdown::Write);
-                    return;
-                }
-                Got::Gone => return self.abort(),
-            };
-            let mut data = &buf[..n];
-            while !data.is_empty() {
-                let mut tls = lock(&self.tls);
-                let taken = match tls.writer().write(data) {
-                    Ok(taken) => taken,
-                    Err(_) => return self.abort(),
-                };
-                data = &data[taken..];
-                if self.flush_tls(tls).is_err() {
-                    return self.abort();
-                }
+    fn pump_down(&self) {
+        let end = pump::pump(
+            &self.link,
+            Way::Down,
+            |len| len,
+            |plain| self.forward_down(plain),
+        );
+        if end == End::Eof {
+            let mut tls = lock(&self.tls);
+            tls.send_close_notify();
+            let _ = self.flush_tls(tls);
+        }
+        self.link.finish(Way::Down, end);
+    }
+
+    fn forward_down(&self, mut plain: &[u8]) -> Result<Flow, ()> {
+        while !plain.is_empty() {
+            let mut tls = lock(&self.tls);
+            let taken = tls.writer().write(plain).map_err(|_| ())?;
+            plain = &plain[taken..];
+            self.flush_tls(tls).map_err(|_| ())?;
+        }
+        Ok(Flow::More)
+    }
+}
+
+/// Feeds `input` to rustls and takes out all the plaintext it yields; `Done` once the client
+/// sent close_notify.
+fn decrypt(tls: &mut ServerConnection, mut input: &[u8]) -> io::Result<(Vec<u8>, Flow)> {
+    while !input.is_empty() {
+        tls.read_tls(&mut input)?;
+        tls.process_new_packets()
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
+    }
+    let mut plain = Vec::with_capacity(BUF_BYTES);
+    loop {
+        let start = plain.len();
+        plain.resize(start + BUF_BYTES, 0);
+        match tls.reader().read(&mut plain[start..]) {
+            Ok(0) => {
+                plain.truncate(start);
+                return Ok((plain, Flow::Done));
             }
+            Ok(got) => plain.truncate(start + got),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                plain.truncate(start);
+                return Ok((plain, Flow::More));
+            }
+            Err(e) => return Err(e),
         }
     }
 }

@@ -20,8 +20,9 @@
 //! - A request rejected before its body was read is drained (keep-alive), or, when the client
 //!   waits for `100 Continue`, answered with `Connection: close` and closed gracefully.
 //!
-//! Self-contained (std plus `sha1`, `sha2`, `base64`, `socket2`) so an example can include it with
-//! `#[path = "../tests/support/tus_server.rs"] mod tus_server;`.
+//! HTTP/1.1 itself (connections, heads, bodies, answers) is `http1`'s; this file is the tus
+//! server and its faults. Besides std it needs `sha1`, `sha2`, `base64` and its sibling modules
+//! `http1` and `accept`, so an example includes all three with `#[path = "../tests/support/…"]`.
 #![allow(
     dead_code,
     reason = "each test uses a different part of the support code"
@@ -30,29 +31,23 @@
 use std::collections::{HashMap, VecDeque};
 use std::fs::{self, File, OpenOptions};
 use std::hash::{BuildHasher, Hasher as _, RandomState};
-use std::io::{self, BufRead, BufReader, Read, Seek, SeekFrom, Write};
-use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::io::{self, Seek, SeekFrom, Write};
+use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
-use std::thread::{self, JoinHandle};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use base64::Engine as _;
 use sha1::Digest as _;
+
+use super::accept::{Acceptor, Stop};
+use super::http1::{self, After, Conn, Request, Response, BUF_BYTES};
 
 /// The only protocol version this server speaks.
 pub const TUS_VERSION: &str = "1.0.0";
 /// The media type every PATCH body (and a creation-with-upload body) must carry.
 pub const OFFSET_STREAM: &str = "application/offset+octet-stream";
-
-const BUF_BYTES: usize = 64 * 1024;
-const MAX_HEAD_BYTES: usize = 64 * 1024;
-const MAX_LINE_BYTES: u64 = 8 * 1024;
-/// How often blocked reads and sleeps look at the stop flag.
-const POLL: Duration = Duration::from_millis(100);
-/// How long a graceful close keeps reading (and discarding) what the client still sends.
-const LINGER: Duration = Duration::from_secs(2);
 
 const PORTAL_HTML: &str = "<!DOCTYPE html>\n<html><head><title>Wi-Fi login</title></head>\
 <body><h1>Welcome!</h1><p>Please accept the terms of use to continue.</p>\
@@ -207,7 +202,7 @@ impl RequestLog {
 /// A running server; stops (and removes its temp data dir) on [`TusServer::shutdown`] or drop.
 pub struct TusServer {
     shared: Arc<Shared>,
-    acceptor: Option<JoinHandle<()>>,
+    acceptor: Acceptor,
     owns_data_dir: bool,
 }
 
@@ -224,17 +219,16 @@ impl TusServer {
             config,
             addr,
             data_dir,
-            stop: AtomicBool::new(false),
+            stop: Stop::default(),
             state: Mutex::new(State::default()),
         });
-        let for_thread = Arc::clone(&shared);
-        let acceptor = thread::Builder::new()
-            .name("tus-accept".to_string())
-            .spawn(move || accept_loop(&listener, &for_thread))
-            .expect("spawn the tus test server");
+        let (for_conns, read_timeout) = (Arc::clone(&shared), shared.config.read_timeout);
+        let acceptor = http1::serve(listener, "tus", &shared.stop, read_timeout, move |c, r| {
+            exchange(&for_conns, c, r)
+        });
         TusServer {
             shared,
-            acceptor: Some(acceptor),
+            acceptor,
             owns_data_dir,
         }
     }
@@ -327,12 +321,7 @@ impl TusServer {
 
 impl Drop for TusServer {
     fn drop(&mut self) {
-        self.shared.stop.store(true, Ordering::SeqCst);
-        // Wake the blocking accept() so the thread sees the stop flag.
-        let _ = TcpStream::connect_timeout(&self.shared.addr, Duration::from_secs(1));
-        if let Some(acceptor) = self.acceptor.take() {
-            let _ = acceptor.join();
-        }
+        self.acceptor.stop();
         if self.owns_data_dir {
             let _ = fs::remove_dir_all(&self.shared.data_dir);
         }
@@ -346,7 +335,7 @@ struct Shared {
     config: ServerConfig,
     addr: SocketAddr,
     data_dir: PathBuf,
-    stop: AtomicBool,
+    stop: Stop,
     state: Mutex<State>,
 }
 
@@ -377,9 +366,9 @@ impl Upload {
     fn gone(&mut self, now: SystemTime) -> Option<Response> {
         let info = self.snapshot(now);
         if info.deleted {
-            Some(Response::tus(404).text("upload not found"))
+            Some(tus(404).text("upload not found"))
         } else if info.expired {
-            Some(Response::tus(410).text("upload expired"))
+            Some(tus(410).text("upload expired"))
         } else {
             None
         }
@@ -426,7 +415,7 @@ impl Shared {
         let mut state = lock(&self.state);
         state.log.push(RequestLog {
             method: req.method.clone(),
-            path: req.path.clone(),
+            path: req.path().to_string(),
             headers: req.headers.clone(),
             body_bytes: 0,
             status: None,
@@ -487,7 +476,7 @@ impl Shared {
     fn live_upload(&self, id: &str) -> Result<(UploadInfo, Option<SystemTime>), Response> {
         let mut state = lock(&self.state);
         let Some(upload) = state.uploads.iter_mut().find(|u| u.info.id == id) else {
-            return Err(Response::tus(404).text("upload not found"));
+            return Err(tus(404).text("upload not found"));
         };
         match upload.gone(SystemTime::now()) {
             Some(answer) => Err(answer),
@@ -499,13 +488,13 @@ impl Shared {
     fn lock_upload(&self, id: &str) -> Result<UploadLock<'_>, Response> {
         let mut state = lock(&self.state);
         let Some(upload) = state.uploads.iter_mut().find(|u| u.info.id == id) else {
-            return Err(Response::tus(404).text("upload not found"));
+            return Err(tus(404).text("upload not found"));
         };
         if let Some(answer) = upload.gone(SystemTime::now()) {
             return Err(answer);
         }
         if upload.busy {
-            return Err(Response::tus(423).text("upload is locked by another request"));
+            return Err(tus(423).text("upload is locked by another request"));
         }
         upload.busy = true;
         let (offset, length) = (upload.info.offset, upload.info.length);
@@ -570,518 +559,6 @@ impl Shared {
             LocationStyle::ProtocolRelative => format!("//{}{path}", self.addr),
         }
     }
-
-    fn sleep(&self, dur: Duration) {
-        let until = Instant::now() + dur;
-        while !self.stop.load(Ordering::SeqCst) {
-            let left = until.saturating_duration_since(Instant::now());
-            if left.is_zero() {
-                return;
-            }
-            thread::sleep(left.min(POLL));
-        }
-    }
-}
-
-// ---------------------------------------------------------------------------------------------
-// Connections and HTTP/1.1 framing
-
-fn accept_loop(listener: &TcpListener, shared: &Arc<Shared>) {
-    for conn in listener.incoming() {
-        if shared.stop.load(Ordering::SeqCst) {
-            return;
-        }
-        let Ok(stream) = conn else {
-            thread::sleep(Duration::from_millis(10));
-            continue;
-        };
-        let shared = Arc::clone(shared);
-        let _ = thread::Builder::new()
-            .name("tus-conn".to_string())
-            .spawn(move || serve_connection(&shared, stream));
-    }
-}
-
-/// A socket read with short timeouts, so that the thread notices shutdown, and gives up after
-/// `read_timeout` without data.
-struct Patient {
-    stream: TcpStream,
-    shared: Arc<Shared>,
-}
-
-impl Read for Patient {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let started = Instant::now();
-        loop {
-            match self.stream.read(buf) {
-                Err(e) if is_timeout(&e) => {
-                    let waited_too_long = started.elapsed() >= self.shared.config.read_timeout;
-                    if waited_too_long || self.shared.stop.load(Ordering::SeqCst) {
-                        return Err(e);
-                    }
-                }
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                other => return other,
-            }
-        }
-    }
-}
-
-type Conn = BufReader<Patient>;
-
-fn is_timeout(e: &io::Error) -> bool {
-    matches!(
-        e.kind(),
-        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
-    )
-}
-
-/// How a connection goes on after one exchange.
-enum After {
-    KeepAlive,
-    /// Graceful close: FIN, then discard what the client still sends for a moment.
-    Close,
-    /// Abortive close: TCP RST.
-    Reset,
-    /// Just drop the socket.
-    Drop,
-}
-
-fn serve_connection(shared: &Arc<Shared>, stream: TcpStream) {
-    let _ = stream.set_nodelay(true);
-    let timeouts = stream
-        .set_read_timeout(Some(POLL))
-        .and_then(|()| stream.set_write_timeout(Some(shared.config.read_timeout)));
-    if timeouts.is_err() {
-        return;
-    }
-    let mut conn = BufReader::with_capacity(
-        BUF_BYTES,
-        Patient {
-            stream,
-            shared: Arc::clone(shared),
-        },
-    );
-    loop {
-        let after = match read_head(&mut conn) {
-            Ok(Some(req)) => exchange(shared, &mut conn, req),
-            Ok(None) | Err(HeadError::Io) => After::Drop,
-            Err(HeadError::Malformed(msg)) => {
-                let reply = Response::new(400).text(&msg).closing();
-                let _ = write_response(&conn.get_ref().stream, &reply, false);
-                After::Close
-            }
-        };
-        match after {
-            After::KeepAlive => {}
-            After::Close => return graceful_close(&conn.get_ref().stream),
-            After::Reset => return reset(conn),
-            After::Drop => return,
-        }
-    }
-}
-
-/// Closes with a TCP RST: SO_LINGER 0, then drop the only handle of the socket.
-fn reset(conn: Conn) {
-    let _ = socket2::SockRef::from(&conn.get_ref().stream).set_linger(Some(Duration::ZERO));
-    drop(conn);
-}
-
-/// Sends FIN and reads until the client closes (or [`LINGER`] passes), so that a client still
-/// sending a body gets our response instead of a reset.
-fn graceful_close(stream: &TcpStream) {
-    let _ = stream.shutdown(Shutdown::Write);
-    let deadline = Instant::now() + LINGER;
-    let mut buf = [0u8; 8192];
-    let mut reader = stream;
-    while Instant::now() < deadline {
-        match reader.read(&mut buf) {
-            Ok(0) => return,
-            Ok(_) => {}
-            Err(e) if is_timeout(&e) => {}
-            Err(_) => return,
-        }
-    }
-}
-
-/// A parsed request head.
-struct Request {
-    /// Effective method, uppercase.
-    method: String,
-    path: String,
-    http10: bool,
-    /// Names lowercased.
-    headers: Vec<(String, String)>,
-}
-
-impl Request {
-    fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(n, _)| n == name)
-            .map(|(_, v)| v.as_str())
-    }
-
-    fn has_token(&self, name: &str, token: &str) -> bool {
-        let values = self.headers.iter().filter(|(n, _)| n == name);
-        values
-            .flat_map(|(_, v)| v.split(','))
-            .any(|t| t.trim().eq_ignore_ascii_case(token))
-    }
-
-    fn wants_close(&self) -> bool {
-        self.has_token("connection", "close")
-            || (self.http10 && !self.has_token("connection", "keep-alive"))
-    }
-
-    fn expects_continue(&self) -> bool {
-        !self.http10
-            && self
-                .header("expect")
-                .is_some_and(|v| v.eq_ignore_ascii_case("100-continue"))
-    }
-}
-
-enum HeadError {
-    /// The connection ended or failed: close quietly.
-    Io,
-    /// Not HTTP/1.x: answer 400 and close.
-    Malformed(String),
-}
-
-/// Reads one request head; `Ok(None)` when the client closed the connection between requests.
-fn read_head(conn: &mut Conn) -> Result<Option<Request>, HeadError> {
-    let mut lines: Vec<String> = Vec::new();
-    let mut total = 0usize;
-    loop {
-        let mut line = Vec::new();
-        let read = conn
-            .by_ref()
-            .take(MAX_LINE_BYTES)
-            .read_until(b'\n', &mut line);
-        let n = read.map_err(|_| HeadError::Io)?;
-        if n == 0 {
-            return if lines.is_empty() && total == 0 {
-                Ok(None)
-            } else {
-                Err(HeadError::Io)
-            };
-        }
-        total += n;
-        if !line.ends_with(b"\n") && (line.len() as u64) < MAX_LINE_BYTES {
-            return Err(HeadError::Io); // the connection ended mid-line
-        }
-        if total > MAX_HEAD_BYTES || !line.ends_with(b"\n") {
-            return Err(HeadError::Malformed("request head too large".to_string()));
-        }
-        let text = String::from_utf8(line)
-            .map_err(|_| HeadError::Malformed("request head is not UTF-8".to_string()))?;
-        let text = text.trim_end_matches('\n').trim_end_matches('\r');
-        match (text.is_empty(), lines.is_empty()) {
-            (true, true) => {} // RFC 9112 §2.2: ignore empty lines before the request line
-            (true, false) => return parse_head(&lines).map(Some).map_err(HeadError::Malformed),
-            (false, _) => lines.push(text.to_string()),
-        }
-    }
-}
-
-fn parse_head(lines: &[String]) -> Result<Request, String> {
-    let request_line = lines.first().map(String::as_str).unwrap_or_default();
-    let parts: Vec<&str> = request_line.split(' ').collect();
-    let [method, target, version] = parts[..] else {
-        return Err(format!("bad request line {request_line:?}"));
-    };
-    let http10 = match version {
-        "HTTP/1.1" => false,
-        "HTTP/1.0" => true,
-        _ => return Err(format!("unsupported HTTP version {version:?}")),
-    };
-    if method.is_empty() || !method.bytes().all(|b| b.is_ascii_alphabetic()) {
-        return Err(format!("bad method {method:?}"));
-    }
-    let headers = lines[1..]
-        .iter()
-        .map(|l| parse_header_line(l))
-        .collect::<Result<Vec<_>, _>>()?;
-    let override_method = headers.iter().find(|(n, _)| n == "x-http-method-override");
-    let method = override_method
-        .map_or(method, |(_, v)| v.as_str())
-        .to_ascii_uppercase();
-    Ok(Request {
-        method,
-        path: request_path(target)?,
-        http10,
-        headers,
-    })
-}
-
-fn parse_header_line(line: &str) -> Result<(String, String), String> {
-    let Some((name, value)) = line.split_once(':') else {
-        return Err(format!("bad header line {line:?}"));
-    };
-    let name_ok = !name.is_empty() && name.bytes().all(|b| b.is_ascii_graphic());
-    if !name_ok {
-        return Err(format!("bad header name {name:?}"));
-    }
-    Ok((
-        name.to_ascii_lowercase(),
-        value.trim_matches([' ', '\t']).to_string(),
-    ))
-}
-
-/// The path of an origin-form or absolute-form request target, without query.
-fn request_path(target: &str) -> Result<String, String> {
-    let without_origin = match target.split_once("://") {
-        Some((_, rest)) => rest.find('/').map_or("/", |i| &rest[i..]),
-        None => target,
-    };
-    let path = without_origin.split(['?', '#']).next().unwrap_or_default();
-    if path.starts_with('/') || path == "*" {
-        Ok(path.to_string())
-    } else {
-        Err(format!("bad request target {target:?}"))
-    }
-}
-
-/// How the request body is delimited.
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Framing {
-    None,
-    Length(u64),
-    Chunked,
-}
-
-fn framing(req: &Request) -> Result<Framing, String> {
-    let lengths: Vec<&str> = req
-        .headers
-        .iter()
-        .filter(|(n, _)| n == "content-length")
-        .flat_map(|(_, v)| v.split(','))
-        .map(str::trim)
-        .collect();
-    if let Some((_, te)) = req.headers.iter().find(|(n, _)| n == "transfer-encoding") {
-        if !lengths.is_empty() {
-            return Err("both Content-Length and Transfer-Encoding".to_string());
-        }
-        if !te.eq_ignore_ascii_case("chunked") {
-            return Err(format!("unsupported Transfer-Encoding {te:?}"));
-        }
-        return Ok(Framing::Chunked);
-    }
-    let Some(first) = lengths.first() else {
-        return Ok(Framing::None);
-    };
-    let length = parse_u64(first).ok_or_else(|| format!("bad Content-Length {first:?}"))?;
-    if lengths.iter().any(|l| l != first) {
-        return Err("conflicting Content-Length values".to_string());
-    }
-    Ok(if length == 0 {
-        Framing::None
-    } else {
-        Framing::Length(length)
-    })
-}
-
-/// Where the reading of one request body stands.
-struct BodyState {
-    framing: Framing,
-    /// Bytes left in the body (Length) or in the current chunk (Chunked).
-    left: u64,
-    finished: bool,
-    /// Body bytes read so far.
-    received: u64,
-}
-
-impl BodyState {
-    fn new(framing: Framing) -> Self {
-        let left = if let Framing::Length(n) = framing {
-            n
-        } else {
-            0
-        };
-        BodyState {
-            framing,
-            left,
-            finished: framing == Framing::None,
-            received: 0,
-        }
-    }
-
-    /// Reads body bytes; `Ok(0)` at the end of the body; `UnexpectedEof` if the connection ends
-    /// first; `InvalidData` on bad chunk framing.
-    fn read(&mut self, conn: &mut Conn, buf: &mut [u8]) -> io::Result<usize> {
-        if self.finished || buf.is_empty() {
-            return Ok(0);
-        }
-        if self.framing == Framing::Chunked && self.left == 0 {
-            self.left = read_chunk_size(conn)?;
-            if self.left == 0 {
-                skip_trailers(conn)?;
-                self.finished = true;
-                return Ok(0);
-            }
-        }
-        let want = buf
-            .len()
-            .min(usize::try_from(self.left).unwrap_or(usize::MAX));
-        let n = conn.read(&mut buf[..want])?;
-        if n == 0 {
-            return Err(io::ErrorKind::UnexpectedEof.into());
-        }
-        self.left -= n as u64;
-        self.received += n as u64;
-        if self.left == 0 {
-            match self.framing {
-                Framing::Chunked => expect_crlf(conn)?,
-                _ => self.finished = true,
-            }
-        }
-        Ok(n)
-    }
-}
-
-fn read_line(conn: &mut Conn) -> io::Result<String> {
-    let mut line = Vec::new();
-    conn.by_ref()
-        .take(MAX_LINE_BYTES)
-        .read_until(b'\n', &mut line)?;
-    if !line.ends_with(b"\n") {
-        return Err(io::ErrorKind::UnexpectedEof.into());
-    }
-    let text = String::from_utf8(line).map_err(|_| io::Error::from(io::ErrorKind::InvalidData))?;
-    Ok(text
-        .trim_end_matches('\n')
-        .trim_end_matches('\r')
-        .to_string())
-}
-
-fn read_chunk_size(conn: &mut Conn) -> io::Result<u64> {
-    let line = read_line(conn)?;
-    let size = line.split(';').next().unwrap_or_default().trim();
-    let valid = !size.is_empty() && size.len() <= 15 && size.bytes().all(|b| b.is_ascii_hexdigit());
-    if !valid {
-        return Err(io::Error::new(io::ErrorKind::InvalidData, "bad chunk size"));
-    }
-    u64::from_str_radix(size, 16).map_err(|_| io::ErrorKind::InvalidData.into())
-}
-
-fn expect_crlf(conn: &mut Conn) -> io::Result<()> {
-    if read_line(conn)?.is_empty() {
-        Ok(())
-    } else {
-        Err(io::Error::new(
-            io::ErrorKind::InvalidData,
-            "chunk data longer than its size",
-        ))
-    }
-}
-
-fn skip_trailers(conn: &mut Conn) -> io::Result<()> {
-    for _ in 0..100 {
-        if read_line(conn)?.is_empty() {
-            return Ok(());
-        }
-    }
-    Err(io::Error::new(
-        io::ErrorKind::InvalidData,
-        "too many trailers",
-    ))
-}
-
-/// A response to write; tus headers are added by the constructors that need them.
-struct Response {
-    status: u16,
-    headers: Vec<(String, String)>,
-    body: Vec<u8>,
-    close: bool,
-}
-
-impl Response {
-    fn new(status: u16) -> Self {
-        Response {
-            status,
-            headers: Vec::new(),
-            body: Vec::new(),
-            close: false,
-        }
-    }
-
-    /// A response carrying `Tus-Resumable`, as every non-OPTIONS answer must.
-    fn tus(status: u16) -> Self {
-        Response::new(status).header("Tus-Resumable", TUS_VERSION)
-    }
-
-    fn header(mut self, name: &str, value: impl ToString) -> Self {
-        self.headers.push((name.to_string(), value.to_string()));
-        self
-    }
-
-    fn text(self, message: &str) -> Self {
-        let mut with_type = self.header("Content-Type", "text/plain; charset=utf-8");
-        with_type.body = format!("{message}\n").into_bytes();
-        with_type
-    }
-
-    fn expires(self, at: Option<SystemTime>) -> Self {
-        match at {
-            Some(at) => self.header("Upload-Expires", http_date(at)),
-            None => self,
-        }
-    }
-
-    fn closing(mut self) -> Self {
-        self.close = true;
-        self
-    }
-}
-
-fn write_response(stream: &TcpStream, resp: &Response, head_request: bool) -> io::Result<()> {
-    let mut out = format!("HTTP/1.1 {} {}\r\n", resp.status, reason(resp.status));
-    for (name, value) in &resp.headers {
-        out.push_str(&format!("{name}: {value}\r\n"));
-    }
-    // RFC 9110 §8.6: no Content-Length on 1xx/204; on HEAD it would describe a GET body.
-    if resp.status >= 200 && resp.status != 204 && !head_request {
-        out.push_str(&format!("Content-Length: {}\r\n", resp.body.len()));
-    }
-    if resp.close {
-        out.push_str("Connection: close\r\n");
-    }
-    out.push_str("\r\n");
-    let mut bytes = out.into_bytes();
-    if !head_request {
-        bytes.extend_from_slice(&resp.body);
-    }
-    let mut writer = stream;
-    writer.write_all(&bytes)?;
-    writer.flush()
-}
-
-fn reason(status: u16) -> &'static str {
-    match status {
-        100 => "Continue",
-        200 => "OK",
-        201 => "Created",
-        204 => "No Content",
-        400 => "Bad Request",
-        403 => "Forbidden",
-        404 => "Not Found",
-        405 => "Method Not Allowed",
-        409 => "Conflict",
-        410 => "Gone",
-        412 => "Precondition Failed",
-        413 => "Content Too Large",
-        415 => "Unsupported Media Type",
-        417 => "Expectation Failed",
-        423 => "Locked",
-        429 => "Too Many Requests",
-        460 => "Checksum Mismatch",
-        500 => "Internal Server Error",
-        502 => "Bad Gateway",
-        503 => "Service Unavailable",
-        504 => "Gateway Timeout",
-        _ => "Status",
-    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1139,26 +616,22 @@ impl Settled {
     }
 }
 
-fn exchange(shared: &Shared, conn: &mut Conn, req: Request) -> After {
+fn exchange(shared: &Shared, conn: &mut Conn, mut req: Request) -> After {
+    req.method = effective_method(&req);
     let log_index = shared.log_request(&req);
-    let framing = match framing(&req) {
-        Ok(framing) => framing,
-        Err(msg) => {
-            let reply = Response::new(400).text(&msg).closing();
-            let sent = write_response(&conn.get_ref().stream, &reply, false).is_ok();
-            shared.finish_log(log_index, 0, sent.then_some(400));
+    let http = match http1::Exchange::start(conn, req) {
+        Ok(http) => http,
+        Err(sent) => {
+            shared.finish_log(log_index, 0, sent);
             return After::Close;
         }
     };
-    let fault = shared.pop_fault(&req.method);
-    let body = BodyState::new(framing);
+    // Only a request that reaches the handler uses up a fault.
+    let fault = shared.pop_fault(&http.req.method);
     let mut ex = Exchange {
         shared,
-        conn,
-        req,
-        body,
+        http,
         log_index,
-        continue_sent: false,
         stalled_mid_body: false,
     };
     let (hooks, outcome) = match fault.map(|f| ex.apply_fault(f)) {
@@ -1169,41 +642,43 @@ fn exchange(shared: &Shared, conn: &mut Conn, req: Request) -> After {
     ex.finish(outcome, hooks)
 }
 
+/// The method that routes, faults and logs: `X-HTTP-Method-Override` wins, in uppercase.
+fn effective_method(req: &Request) -> String {
+    let method = req.header("x-http-method-override").unwrap_or(&req.method);
+    method.to_ascii_uppercase()
+}
+
 struct Exchange<'a> {
     shared: &'a Shared,
-    conn: &'a mut Conn,
-    req: Request,
-    body: BodyState,
+    http: http1::Exchange<'a>,
     log_index: usize,
-    continue_sent: bool,
     /// A `StallMidBody` fault already paused this body.
     stalled_mid_body: bool,
 }
 
 impl Exchange<'_> {
+    fn req(&self) -> &Request {
+        &self.http.req
+    }
+
     /// Turns a fault into hooks, or into the response that replaces processing.
     fn apply_fault(&self, fault: Fault) -> Result<Hooks, Response> {
         let mut hooks = Hooks::default();
         match fault {
-            Fault::Status { code, body } => return Err(Response::tus(code).text(&body)),
+            Fault::Status { code, body } => return Err(tus(code).text(&body)),
             Fault::StatusWithHeaders {
                 code,
                 headers,
                 body,
             } => {
-                let with_headers = headers
-                    .iter()
-                    .fold(Response::tus(code), |r, (n, v)| r.header(n, v));
+                let with_headers = headers.iter().fold(tus(code), |r, (n, v)| r.header(n, v));
                 return Err(with_headers.text(&body));
             }
             Fault::Forget => return Err(self.lose_upload(true)),
             Fault::Expire => return Err(self.lose_upload(false)),
             Fault::Garbage => {
                 let page = Response::new(200).header("Content-Type", "text/html; charset=utf-8");
-                return Err(Response {
-                    body: PORTAL_HTML.as_bytes().to_vec(),
-                    ..page
-                });
+                return Err(page.with_body(PORTAL_HTML.as_bytes().to_vec()));
             }
             Fault::CutAfter { bytes } => hooks.cut_after = Some(bytes),
             Fault::StallBeforeResponse { dur } => hooks.stall_before = Some(dur),
@@ -1222,46 +697,48 @@ impl Exchange<'_> {
             }
         }
         if forget {
-            Response::tus(404).text("upload not found")
+            tus(404).text("upload not found")
         } else {
-            Response::tus(410).text("upload expired")
+            tus(410).text("upload expired")
         }
     }
 
     /// The upload id named by the request path, if it names one.
     fn upload_id(&self) -> Option<&str> {
-        let id = self.req.path.strip_prefix(&self.shared.config.base_path)?;
+        let id = self
+            .req()
+            .path()
+            .strip_prefix(&self.shared.config.base_path)?;
         (!id.is_empty() && !id.contains('/')).then_some(id)
     }
 
     fn is_creation_path(&self) -> bool {
         let base = &self.shared.config.base_path;
-        self.req.path == *base || self.req.path == base.trim_end_matches('/')
+        self.req().path() == *base || self.req().path() == base.trim_end_matches('/')
     }
 
     fn dispatch(&mut self, hooks: Hooks) -> Outcome {
-        if hooks.cut_after.is_some() && self.body.finished {
+        if hooks.cut_after.is_some() && self.http.body().finished() {
             return Outcome::Reset;
         }
-        if self.req.method == "OPTIONS" {
+        if self.req().method == "OPTIONS" {
             return Outcome::Reply(self.options());
         }
-        if self.req.header("tus-resumable") != Some(TUS_VERSION) {
-            let reply = Response::tus(412).header("Tus-Version", TUS_VERSION);
+        if self.req().header("tus-resumable") != Some(TUS_VERSION) {
+            let reply = tus(412).header("Tus-Version", TUS_VERSION);
             return Outcome::Reply(reply.text("Tus-Resumable: 1.0.0 is required"));
         }
         let id = self.upload_id().map(str::to_string);
-        match (self.req.method.as_str(), id) {
+        match (self.req().method.as_str(), id) {
             ("POST", None) if self.is_creation_path() => self.post(hooks),
             ("HEAD", Some(id)) => Outcome::Reply(self.head(&id)),
             ("PATCH", Some(id)) => self.patch(&id, hooks),
             ("DELETE", Some(id)) => Outcome::Reply(self.delete(&id)),
             (_, None) if !self.is_creation_path() => {
-                Outcome::Reply(Response::tus(404).text("no such resource"))
+                Outcome::Reply(tus(404).text("no such resource"))
             }
             (method, _) => {
-                let reply =
-                    Response::tus(405).header("Allow", "OPTIONS, POST, HEAD, PATCH, DELETE");
+                let reply = tus(405).header("Allow", "OPTIONS, POST, HEAD, PATCH, DELETE");
                 Outcome::Reply(reply.text(&format!("{method} is not allowed here")))
             }
         }
@@ -1274,52 +751,29 @@ impl Exchange<'_> {
             Outcome::Reply(_) | Outcome::Reset => return self.end_without_reply(After::Reset),
             Outcome::Broken => return self.end_without_reply(After::Drop),
         };
-        if !self.body.finished {
-            if self.req.expects_continue() && !self.continue_sent {
-                reply.close = true; // the client holds the body back; it must not be read as a request
-            } else if self.drain().is_err() {
-                return self.end_without_reply(After::Drop);
-            }
+        if self.http.prepare(&mut reply).is_err() {
+            return self.end_without_reply(After::Drop);
         }
         if let Some(dur) = hooks.stall_before {
-            self.shared.sleep(dur);
+            self.shared.stop.sleep(dur);
         }
         if hooks.drop_response {
             return self.end_without_reply(After::Drop);
         }
-        reply.close |= self.req.wants_close();
-        let head_request = self.req.method == "HEAD";
-        if write_response(&self.conn.get_ref().stream, &reply, head_request).is_err() {
+        let status = reply.status;
+        let Ok(after) = self.http.send(reply) else {
             return self.end_without_reply(After::Drop);
-        }
+        };
+        let received = self.http.body().received();
         self.shared
-            .finish_log(self.log_index, self.body.received, Some(reply.status));
-        if reply.close {
-            After::Close
-        } else {
-            After::KeepAlive
-        }
-    }
-
-    fn end_without_reply(&self, after: After) -> After {
-        self.shared
-            .finish_log(self.log_index, self.body.received, None);
+            .finish_log(self.log_index, received, Some(status));
         after
     }
 
-    fn drain(&mut self) -> io::Result<()> {
-        let mut buf = vec![0u8; BUF_BYTES];
-        while self.body.read(self.conn, &mut buf)? > 0 {}
-        Ok(())
-    }
-
-    fn send_continue(&mut self) -> io::Result<()> {
-        if self.req.expects_continue() && !self.continue_sent && !self.body.finished {
-            let mut writer = &self.conn.get_ref().stream;
-            writer.write_all(b"HTTP/1.1 100 Continue\r\n\r\n")?;
-            self.continue_sent = true;
-        }
-        Ok(())
+    fn end_without_reply(&self, after: After) -> After {
+        let received = self.http.body().received();
+        self.shared.finish_log(self.log_index, received, None);
+        after
     }
 
     fn options(&self) -> Response {
@@ -1349,37 +803,40 @@ impl Exchange<'_> {
             Ok(found) => found,
             Err(gone) => return gone,
         };
-        let mut reply = Response::tus(200)
+        let mut reply = tus(200)
             .header("Upload-Offset", info.offset)
             .header("Upload-Length", info.length)
             .header("Cache-Control", "no-store");
         if let Some(raw) = &info.raw_metadata {
             reply = reply.header("Upload-Metadata", raw);
         }
-        reply.expires(expires_at)
+        expires(reply, expires_at)
     }
 
     fn delete(&self, id: &str) -> Response {
         if !self.shared.has_ext("termination") {
-            return Response::tus(405).text("termination is not supported");
+            return tus(405).text("termination is not supported");
         }
         let held = match self.shared.lock_upload(id) {
             Ok(held) => held,
             Err(answer) => return answer,
         };
         self.shared.forget(&held.id);
-        Response::tus(204)
+        tus(204)
     }
 
     fn patch(&mut self, id: &str, hooks: Hooks) -> Outcome {
-        if !is_offset_stream(self.req.header("content-type")) {
+        if !is_offset_stream(self.req().header("content-type")) {
             return Outcome::Reply(
-                Response::tus(415)
-                    .text("PATCH needs Content-Type: application/offset+octet-stream"),
+                tus(415).text("PATCH needs Content-Type: application/offset+octet-stream"),
             );
         }
-        let Some(claimed) = self.req.header("upload-offset").and_then(parse_u64) else {
-            return Outcome::Reply(Response::tus(400).text("missing or invalid Upload-Offset"));
+        let Some(claimed) = self
+            .req()
+            .header("upload-offset")
+            .and_then(http1::parse_u64)
+        else {
+            return Outcome::Reply(tus(400).text("missing or invalid Upload-Offset"));
         };
         let checksum = match self.checksum() {
             Ok(checksum) => checksum,
@@ -1395,26 +852,26 @@ impl Exchange<'_> {
                 "Upload-Offset {claimed} does not match the upload's offset {}",
                 held.offset
             );
-            return Outcome::Reply(Response::tus(409).text(&msg));
+            return Outcome::Reply(tus(409).text(&msg));
         }
         let room = held.length - held.offset;
-        if let Some(n) = self.body.framing.length_over(room) {
+        if let Some(n) = length_over(self.http.body(), room) {
             return Outcome::Reply(
-                Response::tus(413).text(&format!("{n} body bytes exceed the {room} left")),
+                tus(413).text(&format!("{n} body bytes exceed the {room} left")),
             );
         }
         let has_checksum = checksum.is_some();
         let received = self.receive(&held, checksum, hooks);
         let settled = shared.settle(&held, received, has_checksum);
         settled.into_outcome(|offset, expires_at| {
-            let reply = Response::tus(204).header("Upload-Offset", offset);
-            reply.expires(expires_at)
+            let reply = tus(204).header("Upload-Offset", offset);
+            expires(reply, expires_at)
         })
     }
 
     fn post(&mut self, hooks: Hooks) -> Outcome {
         if !self.shared.has_ext("creation") {
-            return Outcome::Reply(Response::tus(405).text("creation is not supported"));
+            return Outcome::Reply(tus(405).text("creation is not supported"));
         }
         let creation = match self.creation_request() {
             Ok(creation) => creation,
@@ -1424,18 +881,16 @@ impl Exchange<'_> {
         let held = match shared.create_upload(creation.length, creation.raw_metadata) {
             Ok(held) => held,
             Err(e) => {
-                return Outcome::Reply(
-                    Response::tus(500).text(&format!("cannot create the upload: {e}")),
-                )
+                return Outcome::Reply(tus(500).text(&format!("cannot create the upload: {e}")))
             }
         };
         let created = |offset: Option<u64>, expires_at| {
-            let reply = Response::tus(201).header("Location", shared.location_for(&held.id));
+            let reply = tus(201).header("Location", shared.location_for(&held.id));
             let reply = match offset {
                 Some(offset) => reply.header("Upload-Offset", offset),
                 None => reply,
             };
-            reply.expires(expires_at)
+            expires(reply, expires_at)
         };
         if !creation.with_upload {
             return Outcome::Reply(created(None, held.expires_at));
@@ -1452,36 +907,33 @@ impl Exchange<'_> {
     /// Validates a creation request (POST) before anything is created.
     fn creation_request(&self) -> Result<Creation, Response> {
         let length = match (
-            self.req.header("upload-length"),
-            self.req.header("upload-defer-length"),
+            self.req().header("upload-length"),
+            self.req().header("upload-defer-length"),
         ) {
             (Some(v), _) => {
-                parse_u64(v).ok_or_else(|| Response::tus(400).text("invalid Upload-Length"))?
+                http1::parse_u64(v).ok_or_else(|| tus(400).text("invalid Upload-Length"))?
             }
-            (None, Some(_)) => {
-                return Err(Response::tus(400).text("creation-defer-length is not supported"))
-            }
-            (None, None) => return Err(Response::tus(400).text("Upload-Length is required")),
+            (None, Some(_)) => return Err(tus(400).text("creation-defer-length is not supported")),
+            (None, None) => return Err(tus(400).text("Upload-Length is required")),
         };
         if self.shared.config.max_size.is_some_and(|max| length > max) {
-            return Err(Response::tus(413).text("Upload-Length exceeds Tus-Max-Size"));
+            return Err(tus(413).text("Upload-Length exceeds Tus-Max-Size"));
         }
-        let raw_metadata = self.req.header("upload-metadata").map(str::to_string);
+        let raw_metadata = self.req().header("upload-metadata").map(str::to_string);
         if let Some(Err(msg)) = raw_metadata.as_deref().map(parse_metadata) {
-            return Err(Response::tus(400).text(&format!("invalid Upload-Metadata: {msg}")));
+            return Err(tus(400).text(&format!("invalid Upload-Metadata: {msg}")));
         }
-        let with_upload = is_offset_stream(self.req.header("content-type"));
+        let with_upload = is_offset_stream(self.req().header("content-type"));
         if with_upload && !self.shared.has_ext("creation-with-upload") {
-            return Err(Response::tus(400).text("creation-with-upload is not supported"));
+            return Err(tus(400).text("creation-with-upload is not supported"));
         }
-        if !with_upload && !self.body.finished {
-            return Err(Response::tus(400)
-                .text("a POST body needs Content-Type: application/offset+octet-stream"));
-        }
-        if let Some(n) = self.body.framing.length_over(length) {
+        if !with_upload && !self.http.body().finished() {
             return Err(
-                Response::tus(413).text(&format!("{n} body bytes exceed Upload-Length {length}"))
+                tus(400).text("a POST body needs Content-Type: application/offset+octet-stream")
             );
+        }
+        if let Some(n) = length_over(self.http.body(), length) {
+            return Err(tus(413).text(&format!("{n} body bytes exceed Upload-Length {length}")));
         }
         let checksum = if with_upload { self.checksum()? } else { None };
         Ok(Creation {
@@ -1495,14 +947,14 @@ impl Exchange<'_> {
     /// The request's `Upload-Checksum`, checked: `Err` is the 400 answer. Ignored (`None`) when
     /// the checksum extension is off, as a server without it would.
     fn checksum(&self) -> Result<Option<Checksum>, Response> {
-        let Some(value) = self.req.header("upload-checksum") else {
+        let Some(value) = self.req().header("upload-checksum") else {
             return Ok(None);
         };
         if !self.shared.has_ext("checksum") {
             return Ok(None);
         }
         let Some((algorithm, encoded)) = value.split_once(' ') else {
-            return Err(Response::tus(400).text("Upload-Checksum must be `<algorithm> <base64>`"));
+            return Err(tus(400).text("Upload-Checksum must be `<algorithm> <base64>`"));
         };
         let offered = self
             .shared
@@ -1511,13 +963,11 @@ impl Exchange<'_> {
             .iter()
             .any(|a| a == algorithm);
         if !offered || !matches!(algorithm, "sha1" | "sha256") {
-            return Err(
-                Response::tus(400).text(&format!("unsupported checksum algorithm {algorithm:?}"))
-            );
+            return Err(tus(400).text(&format!("unsupported checksum algorithm {algorithm:?}")));
         }
         let expected = base64::engine::general_purpose::STANDARD.decode(encoded);
         let expected =
-            expected.map_err(|_| Response::tus(400).text("Upload-Checksum is not valid base64"))?;
+            expected.map_err(|_| tus(400).text("Upload-Checksum is not valid base64"))?;
         let digest = Digest::new(algorithm == "sha256");
         Ok(Some(Checksum { digest, expected }))
     }
@@ -1529,7 +979,7 @@ impl Exchange<'_> {
         checksum: Option<Checksum>,
         hooks: Hooks,
     ) -> Received {
-        if self.send_continue().is_err() {
+        if self.http.send_continue().is_err() {
             return Received::CutByClient(0);
         }
         let mut file = match open_at(&held.path, held.offset) {
@@ -1539,12 +989,12 @@ impl Exchange<'_> {
         let mut checksum = checksum;
         let (room, mut stored, mut overflow) = (held.length - held.offset, 0u64, false);
         let mut buf = vec![0u8; BUF_BYTES];
-        while !self.body.finished {
+        while !self.http.body().finished() {
             let want = self.next_read_len(hooks, buf.len());
             if want == 0 {
                 return Received::CutByFault(stored);
             }
-            let n = match self.body.read(self.conn, &mut buf[..want]) {
+            let n = match self.http.read_body(&mut buf[..want]) {
                 Ok(0) => break,
                 Ok(n) => n,
                 Err(_) => return Received::CutByClient(stored),
@@ -1571,7 +1021,7 @@ impl Exchange<'_> {
 
     /// How many body bytes to read next: 0 means "cut now". Sleeps at a mid-body stall point.
     fn next_read_len(&mut self, hooks: Hooks, buf_len: usize) -> usize {
-        let received = self.body.received;
+        let received = self.http.body().received();
         let mut want = buf_len as u64;
         if let Some(cut) = hooks.cut_after {
             want = want.min(cut.saturating_sub(received));
@@ -1581,7 +1031,7 @@ impl Exchange<'_> {
                 want = want.min(after - received);
             } else if !self.stalled_mid_body {
                 self.stalled_mid_body = true;
-                self.shared.sleep(dur);
+                self.shared.stop.sleep(dur);
             }
         }
         usize::try_from(want).unwrap_or(buf_len)
@@ -1637,14 +1087,9 @@ impl Digest {
     }
 }
 
-impl Framing {
-    /// The declared body length, when it exceeds `room`.
-    fn length_over(self, room: u64) -> Option<u64> {
-        match self {
-            Framing::Length(n) if n > room => Some(n),
-            _ => None,
-        }
-    }
+/// The body's declared length, when it exceeds `room`.
+fn length_over(body: &http1::Body, room: u64) -> Option<u64> {
+    body.declared().filter(|n| *n > room)
 }
 
 impl Shared {
@@ -1653,8 +1098,7 @@ impl Shared {
         // Bytes that arrived before a cut cannot be checked against a checksum of the whole body.
         let keep_partial = self.config.store_partial_on_cut && !has_checksum;
         let partial = |n: u64| if keep_partial { n } else { 0 };
-        let reject =
-            |status: u16, msg: &str| Some(Settled::Rejected(Response::tus(status).text(msg)));
+        let reject = |status: u16, msg: &str| Some(Settled::Rejected(tus(status).text(msg)));
         let (keep, outcome) = match received {
             Received::Complete(n) => (n, None),
             Received::CutByFault(n) => (partial(n), Some(Settled::Reset)),
@@ -1672,13 +1116,26 @@ impl Shared {
             .open(&held.path)
             .and_then(|f| f.set_len(held.offset + keep));
         if let Err(e) = truncated {
-            return Settled::Rejected(Response::tus(500).text(&e.to_string()));
+            return Settled::Rejected(tus(500).text(&e.to_string()));
         }
         if keep == 0 && outcome.is_some() {
             return outcome.unwrap_or(Settled::Broken);
         }
         let (offset, expires_at) = self.advance(&held.id, keep);
         outcome.unwrap_or(Settled::Stored(offset, expires_at))
+    }
+}
+
+/// A response carrying `Tus-Resumable`, as every non-OPTIONS answer must.
+fn tus(status: u16) -> Response {
+    Response::new(status).header("Tus-Resumable", TUS_VERSION)
+}
+
+/// `reply` with `Upload-Expires` when the upload expires.
+fn expires(reply: Response, at: Option<SystemTime>) -> Response {
+    match at {
+        Some(at) => reply.header("Upload-Expires", http_date(at)),
+        None => reply,
     }
 }
 
@@ -1693,14 +1150,6 @@ fn is_offset_stream(content_type: Option<&str>) -> bool {
         .and_then(|v| v.split(';').next())
         .unwrap_or_default();
     media_type.trim().eq_ignore_ascii_case(OFFSET_STREAM)
-}
-
-/// A non-negative decimal integer, digits only (no sign, no spaces).
-fn parse_u64(text: &str) -> Option<u64> {
-    if text.is_empty() || !text.bytes().all(|b| b.is_ascii_digit()) {
-        return None;
-    }
-    text.parse().ok()
 }
 
 /// Parses an `Upload-Metadata` value strictly (tus 1.0 §Upload-Metadata): comma-separated
