@@ -158,14 +158,21 @@ pub fn run_recorded(
         attempt: rec.hook.runs,
     };
     let result = run(settings, &input, clock, stop);
+    // Read again: while the hook ran, the file may have been rewritten and a new upload
+    // started, whose record must not be overwritten by this (older) one.
+    let mut now = match store.get(key) {
+        Ok(Some(r)) if r.upload_url == rec.upload_url => r,
+        Ok(_) => return result.map(|()| true),
+        Err(e) => return Err(e.to_string()),
+    };
     match &result {
         Ok(()) => {
-            rec.hook.done = true;
-            rec.hook.last_error = None;
+            now.hook.done = true;
+            now.hook.last_error = None;
         }
-        Err(e) => rec.hook.last_error = Some(e.clone()),
+        Err(e) => now.hook.last_error = Some(e.clone()),
     }
-    store.put(&rec).map_err(|e| e.to_string())?;
+    store.put(&now).map_err(|e| e.to_string())?;
     result.map(|()| true)
 }
 

@@ -10,7 +10,8 @@ use std::time::Duration;
 use crate::durable;
 use crate::error::Error;
 use crate::hook;
-use crate::store::FileKey;
+use crate::spool;
+use crate::store::{FileKey, RecordState};
 
 use super::forget::FORGET_BATCH;
 use super::{AfterUpload, Main};
@@ -79,6 +80,19 @@ impl<'p, 'a> Main<'p, 'a> {
     /// record says Complete only after the server confirmed offset == length).
     fn after_upload(&mut self, path: &Path, key: &FileKey) {
         let store = self.parts.store;
+        if !matches!(self.settings.after_upload, AfterUpload::Keep)
+            && !self.held_by_server(path, key)
+        {
+            // Rewritten after its upload completed: not what the server holds. Leave it; its
+            // new upload (running, or queued by the scan: the identity no longer matches its
+            // record) ends with its own after-upload action.
+            log::warn!(
+                "{}: changed after its upload completed; not touched: the new content is uploaded as a new upload",
+                path.display()
+            );
+            self.force_scan = true;
+            return;
+        }
         let done = match &self.settings.after_upload {
             AfterUpload::Keep => Ok(()),
             // The Complete record stays until the directory is synced (`forget_deleted`): one
@@ -149,4 +163,21 @@ pub(super) fn move_into(
         }
     })?;
     Ok(dest)
+}
+
+impl Main<'_, '_> {
+    /// True when the file at `path` is the content of a completed upload (invariant 1): its
+    /// record is Complete and names the file's identity now. A file rewritten after its upload
+    /// completed fails this; so does one whose new upload has already started.
+    fn held_by_server(&self, path: &Path, key: &FileKey) -> bool {
+        let Ok(Some(rec)) = self.parts.store.get(key) else {
+            return false;
+        };
+        match spool::stat(path) {
+            Ok(Some(entry)) => rec.state == RecordState::Complete && entry.identity == rec.identity,
+            // Gone already: nothing to delete or move (the action treats it so).
+            Ok(None) => true,
+            Err(_) => false,
+        }
+    }
 }

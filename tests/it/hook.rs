@@ -167,3 +167,50 @@ fn ferry_upload_runs_the_hook_with_the_facts_in_its_environment() {
         "a second run of a complete file does not rerun its hook"
     );
 }
+
+/// A file rewritten after its upload completed (here by the hook, just before it exits) is
+/// uploaded again, and only then deleted. The watcher usually reports the rewrite before the
+/// hook's end; the after-upload action also checks the file's identity before it deletes
+/// (which this test cannot force to matter: the race it closes is too narrow to hit at will).
+#[test]
+fn a_file_rewritten_after_its_upload_is_uploaded_again_not_deleted() {
+    let server = TusServer::start(ServerConfig::default());
+    let s = Scratch::new("hook-rewrite");
+    let new = random_bytes(5000, 4);
+    std::fs::write(s.dir.join("new"), &new).unwrap();
+    let script = s.dir.join("rewrite.sh");
+    let text = format!(
+        "#!/bin/sh\nif [ ! -e {d:?}/rewritten ]; then touch {d:?}/rewritten; cat {d:?}/new > \"$FERRY_PATH\"; fi\n",
+        d = s.dir
+    );
+    std::fs::write(&script, text).unwrap();
+    assert!(std::process::Command::new("chmod")
+        .arg("+x")
+        .arg(&script)
+        .status()
+        .unwrap()
+        .success());
+    let cfg = daemon_config(&s, &server.endpoint(), &script, "delete");
+    let mut child = start(&cfg);
+    let f = s.dir.join("spool/clip.mp4");
+    std::fs::write(&f, random_bytes(2000, 3)).unwrap();
+    wait_until("the file to be gone", Duration::from_secs(30), || {
+        !f.exists()
+    });
+    wait_until("the uploads to settle", Duration::from_secs(5), || {
+        server.uploads().iter().all(|u| u.offset == u.length)
+    });
+    std::process::Command::new("kill")
+        .arg(child.id().to_string())
+        .status()
+        .unwrap();
+    child.wait().unwrap();
+    assert!(s.dir.join("rewritten").exists(), "the hook ran");
+    let uploads = server.uploads();
+    assert_eq!(
+        uploads.len(),
+        2,
+        "the rewritten content is a second upload: {uploads:?}"
+    );
+    assert_eq!(server.upload_bytes(&uploads[1].id), new, "the new content");
+}
