@@ -32,6 +32,10 @@
 //! `FERRY_BENCH_BIN=/path/to/ferry` measures another build (an older commit's release binary,
 //! say) with the same benchmark, for a before/after figure from one machine and one session.
 #![allow(
+    unreachable_pub,
+    reason = "a binary: its support modules' pub items are for each other"
+)]
+#![allow(
     clippy::disallowed_methods,
     reason = "measures and waits in real time, and reads its knobs from the environment"
 )]

@@ -17,6 +17,10 @@
 //! Exits non-zero if a stored upload differs from the file, if an upload fails, or if ferry's
 //! peak RSS is over the 16 MiB budget.
 #![allow(
+    unreachable_pub,
+    reason = "a binary: its support modules' pub items are for each other"
+)]
+#![allow(
     clippy::disallowed_methods,
     reason = "measures and waits in real time, and reads its knobs from the environment"
 )]

@@ -5,6 +5,10 @@
 //! MiB, writes a demo spool of random files, runs `ferry upload` on them (live progress on
 //! stderr), then compares what the server stored with each file, byte for byte.
 #![allow(
+    unreachable_pub,
+    reason = "a binary: its support modules' pub items are for each other"
+)]
+#![allow(
     clippy::disallowed_methods,
     reason = "measures and waits in real time, and reads its knobs from the environment"
 )]

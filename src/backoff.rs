@@ -10,11 +10,11 @@ use std::time::{Duration, SystemTime};
 use crate::tus::httpdate;
 
 /// The longest `Retry-After` we obey; a server asking for more gets this.
-pub const MAX_RETRY_AFTER: Duration = Duration::from_secs(3600);
+pub(crate) const MAX_RETRY_AFTER: Duration = Duration::from_secs(3600);
 
 /// When and how often to retry a transient failure.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RetryPolicy {
+pub(crate) struct RetryPolicy {
     /// Ceiling of the first delay.
     pub initial_delay: Duration,
     /// Cap of the delay ceiling.
@@ -38,7 +38,7 @@ impl Default for RetryPolicy {
 
 /// What to do after a failed attempt.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Decision {
+pub(crate) enum Decision {
     /// Wait this long, then try again.
     RetryAfter(Duration),
     /// Stop: the budget is spent.
@@ -47,7 +47,7 @@ pub enum Decision {
 
 impl RetryPolicy {
     /// The ceiling of the delay before retry number `attempt` (1-based).
-    pub fn ceiling(&self, attempt: u32) -> Duration {
+    pub(crate) fn ceiling(&self, attempt: u32) -> Duration {
         let shift = attempt.saturating_sub(1).min(32);
         self.initial_delay
             .checked_mul(1u32 << shift.min(31))
@@ -55,7 +55,7 @@ impl RetryPolicy {
     }
 
     /// Full-jitter delay before retry `attempt`; `jitter` is uniform in [0, 1).
-    pub fn delay(&self, attempt: u32, jitter: f64) -> Duration {
+    pub(crate) fn delay(&self, attempt: u32, jitter: f64) -> Duration {
         self.ceiling(attempt).mul_f64(jitter.clamp(0.0, 1.0))
     }
 
@@ -63,7 +63,7 @@ impl RetryPolicy {
     ///
     /// `stalled_for` is the time since the last confirmed byte (or since the start);
     /// `retry_after` is the server's wish, already parsed.
-    pub fn decide(
+    pub(crate) fn decide(
         &self,
         attempt: u32,
         stalled_for: Duration,
@@ -88,7 +88,7 @@ impl RetryPolicy {
 }
 
 /// Parses `Retry-After`: delay-seconds or an HTTP-date relative to `now`. Past dates give zero.
-pub fn parse_retry_after(value: &str, now: SystemTime) -> Option<Duration> {
+pub(crate) fn parse_retry_after(value: &str, now: SystemTime) -> Option<Duration> {
     let v = value.trim();
     if !v.is_empty() && v.bytes().all(|b| b.is_ascii_digit()) {
         return Some(Duration::from_secs(v.parse().unwrap_or(u64::MAX)).min(MAX_RETRY_AFTER));
@@ -103,11 +103,11 @@ pub fn parse_retry_after(value: &str, now: SystemTime) -> Option<Duration> {
 
 /// A small xorshift generator for jitter; seeded by the caller (no I/O here).
 #[derive(Debug, Clone)]
-pub struct Jitter(u64);
+pub(crate) struct Jitter(u64);
 
 impl Jitter {
     /// A generator from a seed (zero is replaced: xorshift must not start at zero).
-    pub fn new(seed: u64) -> Self {
+    pub(crate) fn new(seed: u64) -> Self {
         Self(if seed == 0 {
             0x9E37_79B9_7F4A_7C15
         } else {
@@ -116,7 +116,7 @@ impl Jitter {
     }
 
     /// The next value, uniform in [0, 1).
-    pub fn next_unit(&mut self) -> f64 {
+    pub(crate) fn next_unit(&mut self) -> f64 {
         let mut x = self.0;
         x ^= x << 13;
         x ^= x >> 7;

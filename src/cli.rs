@@ -10,7 +10,7 @@ use crate::error::{Error, Result};
 
 /// What the user asked for.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Command {
+pub(crate) enum Command {
     /// `ferry upload [OPTIONS] FILE...`
     Upload(Box<UploadArgs>),
     /// `ferry run [OPTIONS]`: the spool daemon.
@@ -34,7 +34,7 @@ pub enum Command {
 
 /// The config file and flag overrides every command takes.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct CommonArgs {
+pub(crate) struct CommonArgs {
     /// `--config FILE`.
     pub config: Option<PathBuf>,
     /// Flags that override the config file.
@@ -42,11 +42,11 @@ pub struct CommonArgs {
 }
 
 /// The config file `ferry run` and friends read when none is given.
-pub const DEFAULT_CONFIG: &str = "/etc/ferry/ferry.toml";
+pub(crate) const DEFAULT_CONFIG: &str = "/etc/ferry/ferry.toml";
 
 /// Arguments of `ferry upload`.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct UploadArgs {
+pub(crate) struct UploadArgs {
     /// `--config FILE`.
     pub config: Option<PathBuf>,
     /// Flags that override the config file.
@@ -58,7 +58,7 @@ pub struct UploadArgs {
 }
 
 /// The help text.
-pub const USAGE: &str = "\
+pub(crate) const USAGE: &str = "\
 ferry: resumable tus uploads that survive cut links, crashes and restarts
 
 USAGE:
@@ -110,7 +110,7 @@ error, 2 usage or configuration error (systemd does not restart ferry for it).
 ";
 
 /// Parses `args` (without the program name).
-pub fn parse(args: impl IntoIterator<Item = std::ffi::OsString>) -> Result<Command> {
+pub(crate) fn parse(args: impl IntoIterator<Item = std::ffi::OsString>) -> Result<Command> {
     let mut p = lexopt::Parser::from_args(args);
     match p.next().map_err(usage)? {
         Some(Value(cmd)) if cmd == "upload" => {

@@ -1,12 +1,13 @@
 //! Time: the only place that reads the clock or sleeps, so that everything else can be tested
-//! with a [`ManualClock`] and no real waiting.
+//! with a `ManualClock` (tests) and no real waiting.
 
 use std::sync::atomic::{AtomicBool, Ordering};
+#[cfg(test)]
 use std::sync::Mutex;
 use std::time::{Duration, Instant, SystemTime};
 
 /// A source of time.
-pub trait Clock: Send + Sync {
+pub(crate) trait Clock: Send + Sync {
     /// Monotonic now, for durations.
     fn now(&self) -> Instant;
     /// Wall-clock now, for HTTP dates and records.
@@ -17,7 +18,7 @@ pub trait Clock: Send + Sync {
 
 /// The real clock.
 #[derive(Debug, Clone, Copy, Default)]
-pub struct SystemClock;
+pub(crate) struct SystemClock;
 
 #[expect(
     clippy::disallowed_methods,
@@ -44,9 +45,10 @@ impl Clock for SystemClock {
     }
 }
 
+#[cfg(test)]
 /// A clock that moves only when slept on: sleeping advances it instantly.
 #[derive(Debug)]
-pub struct ManualClock {
+pub(crate) struct ManualClock {
     start: Instant,
     wall_start: SystemTime,
     elapsed: Mutex<Duration>,
@@ -54,9 +56,10 @@ pub struct ManualClock {
     pub sleeps: Mutex<Vec<Duration>>,
 }
 
+#[cfg(test)]
 impl ManualClock {
     /// A clock at `wall` wall-clock time.
-    pub fn new(wall: SystemTime) -> Self {
+    pub(crate) fn new(wall: SystemTime) -> Self {
         #[expect(
             clippy::disallowed_methods,
             reason = "an Instant can only be made from now(); only differences are used"
@@ -70,7 +73,7 @@ impl ManualClock {
     }
 
     /// Moves time forward without a sleep.
-    pub fn advance(&self, d: Duration) {
+    pub(crate) fn advance(&self, d: Duration) {
         *self.elapsed.lock().unwrap_or_else(|e| e.into_inner()) += d;
     }
 
@@ -79,7 +82,7 @@ impl ManualClock {
     }
 
     /// The sleeps asked for so far.
-    pub fn sleeps(&self) -> Vec<Duration> {
+    pub(crate) fn sleeps(&self) -> Vec<Duration> {
         self.sleeps
             .lock()
             .unwrap_or_else(|e| e.into_inner())
@@ -87,6 +90,7 @@ impl ManualClock {
     }
 }
 
+#[cfg(test)]
 impl Clock for ManualClock {
     fn now(&self) -> Instant {
         self.start + self.elapsed()
@@ -106,7 +110,7 @@ impl Clock for ManualClock {
 }
 
 /// A seed for jitter that differs between processes and devices.
-pub fn random_seed() -> u64 {
+pub(crate) fn random_seed() -> u64 {
     use std::hash::{BuildHasher, Hasher};
     let mut h = std::collections::hash_map::RandomState::new().build_hasher();
     #[expect(

@@ -15,7 +15,7 @@ use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 
 /// Syncs a directory, so the entries created, renamed or removed in it are on disk.
-pub fn sync_dir(dir: &Path) -> io::Result<()> {
+pub(crate) fn sync_dir(dir: &Path) -> io::Result<()> {
     File::open(dir)?.sync_all()
 }
 
@@ -29,7 +29,7 @@ fn parent_of(path: &Path) -> &Path {
 
 /// Creates `dir` and any missing parents, syncing the parent of each one created; returns
 /// whether anything was created. An existing `dir` costs one `stat`.
-pub fn create_dir_all(dir: &Path) -> io::Result<bool> {
+pub(crate) fn create_dir_all(dir: &Path) -> io::Result<bool> {
     if dir.is_dir() {
         return Ok(false);
     }
@@ -52,7 +52,7 @@ pub fn create_dir_all(dir: &Path) -> io::Result<bool> {
 }
 
 /// Renames `from` to `to` and syncs the target directory, then the source directory.
-pub fn rename(from: &Path, to: &Path) -> io::Result<()> {
+pub(crate) fn rename(from: &Path, to: &Path) -> io::Result<()> {
     std::fs::rename(from, to)?;
     let (target, source) = (parent_of(to), parent_of(from));
     sync_dir(target)?;
@@ -63,7 +63,7 @@ pub fn rename(from: &Path, to: &Path) -> io::Result<()> {
 }
 
 /// Removes `path` (a missing file is no error) and syncs its directory.
-pub fn remove_file(path: &Path) -> io::Result<()> {
+pub(crate) fn remove_file(path: &Path) -> io::Result<()> {
     match std::fs::remove_file(path) {
         Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
         _ => {}
@@ -73,7 +73,7 @@ pub fn remove_file(path: &Path) -> io::Result<()> {
 
 /// Replaces `path` with `contents` atomically: a temporary file, synced, renamed over it, and
 /// the directory synced. Readers see the old or the new contents, never a mix, also after a cut.
-pub fn write_atomic(path: &Path, contents: &[u8]) -> io::Result<()> {
+pub(crate) fn write_atomic(path: &Path, contents: &[u8]) -> io::Result<()> {
     let tmp = tmp_path(path);
     let mut f = File::create(&tmp)?;
     f.write_all(contents)?;
@@ -84,7 +84,7 @@ pub fn write_atomic(path: &Path, contents: &[u8]) -> io::Result<()> {
 
 /// Replaces `path` atomically but without syncing: for files that are rewritten every few
 /// seconds and lose nothing if a cut takes their last version (status snapshots, metrics).
-pub fn replace(path: &Path, contents: &[u8]) -> io::Result<()> {
+pub(crate) fn replace(path: &Path, contents: &[u8]) -> io::Result<()> {
     let tmp = tmp_path(path);
     std::fs::write(&tmp, contents)?;
     std::fs::rename(&tmp, path)

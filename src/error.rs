@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 /// Everything that can stop ferry or fail a file.
 #[derive(Debug)]
-pub enum Error {
+pub(crate) enum Error {
     /// The command line or config file is wrong: the user must fix it.
     Config(String),
     /// A file to upload cannot be used (missing, not a regular file, changed, unreadable).
@@ -112,12 +112,12 @@ impl std::error::Error for Error {
 
 impl Error {
     /// Shorthand for a config error.
-    pub fn config(msg: impl Into<String>) -> Self {
+    pub(crate) fn config(msg: impl Into<String>) -> Self {
         Self::Config(msg.into())
     }
 
     /// Shorthand for a source-file error.
-    pub fn source_file(path: impl Into<PathBuf>, problem: impl Into<String>) -> Self {
+    pub(crate) fn source_file(path: impl Into<PathBuf>, problem: impl Into<String>) -> Self {
         Self::Source {
             path: path.into(),
             problem: problem.into(),
@@ -125,7 +125,7 @@ impl Error {
     }
 
     /// A converter of I/O errors on `path` (for `map_err`).
-    pub fn from_io(path: &std::path::Path) -> impl Fn(std::io::Error) -> Error + '_ {
+    pub(crate) fn from_io(path: &std::path::Path) -> impl Fn(std::io::Error) -> Error + '_ {
         move |e| Error::Io {
             context: path.display().to_string(),
             source: e,
@@ -134,7 +134,7 @@ impl Error {
 
     /// The process exit code for this error when it ends a command: 2 for a configuration
     /// error (which a restart cannot fix), 1 for everything else.
-    pub fn exit_code(&self) -> i32 {
+    pub(crate) fn exit_code(&self) -> i32 {
         match self {
             Self::Config(_) => 2,
             _ => 1,
@@ -143,7 +143,7 @@ impl Error {
 }
 
 /// ferry's result type.
-pub type Result<T, E = Error> = std::result::Result<T, E>;
+pub(crate) type Result<T, E = Error> = std::result::Result<T, E>;
 
 #[cfg(test)]
 mod tests {

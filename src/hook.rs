@@ -15,12 +15,10 @@ use std::sync::atomic::AtomicBool;
 use std::time::Duration;
 
 use crate::clock::Clock;
-/// What the record says about the hook of one upload: part of the store's record, defined there.
-pub use crate::store::HookState;
 
 /// How the hook is run.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct HookSettings {
+pub(crate) struct HookSettings {
     /// Program and arguments (no shell).
     pub argv: Vec<String>,
     /// A run taking longer is killed and counted as failed.
@@ -29,7 +27,7 @@ pub struct HookSettings {
 
 /// The facts a hook receives.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct HookInput {
+pub(crate) struct HookInput {
     /// The spool file (still in place while the hook runs).
     pub path: PathBuf,
     /// Its size.
@@ -46,7 +44,7 @@ pub struct HookInput {
 
 impl HookInput {
     /// The environment variables of a run.
-    pub fn env(&self) -> Vec<(String, String)> {
+    pub(crate) fn env(&self) -> Vec<(String, String)> {
         let mut env = vec![
             ("FERRY_PATH".to_string(), self.path.display().to_string()),
             ("FERRY_SIZE".to_string(), self.size.to_string()),
@@ -83,7 +81,7 @@ impl HookInput {
 
 /// Runs the hook once; `Err` says why it failed (exit status, signal, time-out, not found,
 /// or `stop` was set: shutdown kills a running hook, which then runs again at the next start).
-pub fn run(
+pub(crate) fn run(
     settings: &HookSettings,
     input: &HookInput,
     clock: &dyn Clock,
@@ -125,14 +123,14 @@ pub fn run(
 }
 
 /// The delay before hook retry number `failures` (1-based): 5 s doubling, at most 10 min.
-pub fn retry_delay(failures: u32) -> Duration {
+pub(crate) fn retry_delay(failures: u32) -> Duration {
     Duration::from_secs(5u64.saturating_mul(1 << failures.saturating_sub(1).min(7)))
         .min(Duration::from_secs(600))
 }
 
 /// Runs the hook for the completed upload recorded under `key`, counting the attempt in the
 /// record before the run and its success after it. `Ok(false)` when it had already succeeded.
-pub fn run_recorded(
+pub(crate) fn run_recorded(
     store: &crate::store::Store,
     key: &crate::store::FileKey,
     settings: &HookSettings,

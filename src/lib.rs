@@ -1,43 +1,76 @@
 //! ferry: resumable tus uploads from field devices over flaky links.
 //!
 //! ```text
-//!  files ──► source (safe reads) ──► upload (one exchange per step) ──► transport ──► tus server
-//!                                     │        ▲                       (ureq+rustls)
-//!                                     ▼        │
-//!                                   store (sled: URL + state, flushed at checkpoints)
+//!  camera / app                     ferry (one process, a few threads)                      server
+//!  writes file ──► spool dir ──► spool + watch ──► store (sled) ──► upload step ──► transport ──► tus endpoint
+//!  (rename into     (read-only    is it ready?      one record       create / probe   ureq +        (tusd, @tus/server,
+//!   the spool)       to us)       identity          per file         / patch / done   rustls         rustus, Cloudflare)
+//!                                                       ▲                 │
+//!                                                       └── checkpoint ◄──┘  (URL durable before the first byte)
+//!                        daemon: the loop that asks "what is due next?", runs one step, sleeps until then
 //! ```
 //!
-//! Invariants: a file's upload URL is on disk before its first byte is sent; after any failure
-//! the offset comes from the server (HEAD); a file that changed is never mixed into its old
-//! upload; memory does not grow with file size; only regular files are read, never symlinks.
+//! Invariants: a spool file is deleted or moved only after the server confirmed all of it; a
+//! file's upload URL is durable (synced, with its directory entries) before its first byte is
+//! sent; after any failure the offset comes from the server (HEAD); a file that changed is
+//! never mixed into its old upload; memory does not grow with file or spool size; only regular
+//! files in the spool are read, never symlinks.
 //!
-//! Modules: [`tus`] and [`backoff`] are pure (no I/O); [`transport`] is the only user of ureq,
-//! [`store`] of sled, [`clock`] of time; [`durable`] decides what is synced (files and their
-//! directory entries, so a checkpoint survives a power cut); [`upload`] is the protocol logic
-//! over those; [`config`] and [`cli`] read settings; `main.rs` wires the real parts.
+//! # Layout
+//!
+//! The library's face is `app` (the commands) and `tus` (the protocol); everything else is
+//! crate-private (`cargo doc --document-private-items` shows it). Arrows point down only:
+//! tests/it/layers.rs fails on an import circle, and on ureq or sled named outside their one
+//! module; clippy.toml keeps time, sleep and the environment in `clock` and `config::env`.
+//!
+//! - `app`: the commands (`mod` dispatches and maps errors to exit codes; `run` is the only
+//!   builder of the daemon's real parts; `upload`, `inspect`, `logging`).
+//! - `cli`: command-line parsing only, into a `config::Raw` of overrides.
+//! - `config`: one `Config` per command: `file` (the keys), `resolve` (checked, defaults
+//!   from each type's `Default`, secrets read), `env` (the only reader of the environment),
+//!   `units` (sizes and durations).
+//! - `daemon`: `ferry run`: scan and queue, dispatch to workers, after-upload actions,
+//!   forgetting, failures, status reports, pause and reload.
+//! - `upload`: one file advanced by one HTTP exchange per step (`create`, `transfer`,
+//!   `recover`, `checkpoint`, `scope`, `terminate`, `settings`).
+//! - `stream`: the Cloudflare Stream dialect (target kinds, chunk rules, media-id header).
+//! - `hook`: the after-upload command, at least once per upload.
+//! - `store`: the only user of sled: typed, versioned records under a `FileKey`, group commit,
+//!   damage handling.
+//! - `durable`: file-system changes that survive a power cut (fsync of files and directories).
+//! - `source`: reading a byte range of a spool file safely (no symlinks, identity check).
+//! - `spool`: which directory entries are ready files; `queue`: the bounded window of them.
+//! - `watch`: inotify on the spool; `signals`: SIGTERM/SIGINT/SIGHUP as events.
+//! - `status`: the snapshot and metrics for operators; `notify`: systemd's sd_notify;
+//!   `progress`: the live progress line.
+//! - `transport`: the `Transport` trait and its ureq/rustls implementation (the only user of
+//!   ureq); `ratelimit`: the shared upload rate limit.
+//! - `tus`: the tus 1.0 protocol without I/O; `backoff`: the retry schedule, pure.
+//! - `clock`: the only reader of time and the only sleeper; `error`: one error type.
+//! - `broker` (feature `broker`): `ferry broker`, the one-time upload URL service.
 
 pub mod app;
-pub mod backoff;
+pub(crate) mod backoff;
 #[cfg(feature = "broker")]
-pub mod broker;
-pub mod cli;
-pub mod clock;
-pub mod config;
-pub mod daemon;
-pub mod durable;
-pub mod error;
-pub mod hook;
-pub mod notify;
-pub mod progress;
-pub mod queue;
-pub mod ratelimit;
-pub mod signals;
-pub mod source;
-pub mod spool;
-pub mod status;
-pub mod store;
-pub mod stream;
-pub mod transport;
+pub(crate) mod broker;
+pub(crate) mod cli;
+pub(crate) mod clock;
+pub(crate) mod config;
+pub(crate) mod daemon;
+pub(crate) mod durable;
+pub(crate) mod error;
+pub(crate) mod hook;
+pub(crate) mod notify;
+pub(crate) mod progress;
+pub(crate) mod queue;
+pub(crate) mod ratelimit;
+pub(crate) mod signals;
+pub(crate) mod source;
+pub(crate) mod spool;
+pub(crate) mod status;
+pub(crate) mod store;
+pub(crate) mod stream;
+pub(crate) mod transport;
 pub mod tus;
-pub mod upload;
-pub mod watch;
+pub(crate) mod upload;
+pub(crate) mod watch;

@@ -8,18 +8,18 @@ use std::os::unix::net::UnixDatagram;
 
 /// Where notifications go, if anywhere.
 #[derive(Debug, Clone, Default)]
-pub struct Notifier {
+pub(crate) struct Notifier {
     socket: Option<OsString>,
 }
 
 impl Notifier {
     /// A notifier for `socket` (the `NOTIFY_SOCKET` systemd sets); `None` makes it silent.
-    pub fn new(socket: Option<OsString>) -> Self {
+    pub(crate) fn new(socket: Option<OsString>) -> Self {
         Self { socket }
     }
 
     /// Sends `msg` (e.g. `"READY=1\nSTATUS=idle"`); failures are logged once at debug level.
-    pub fn send(&self, msg: &str) {
+    pub(crate) fn send(&self, msg: &str) {
         let Some(path) = &self.socket else { return };
         if let Err(e) = send_to(path, msg) {
             log::debug!("systemd notification failed: {e}");

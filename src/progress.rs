@@ -13,7 +13,7 @@ use crate::clock::Clock;
 
 /// Counters for the file being uploaded.
 #[derive(Debug, Default)]
-pub struct Progress {
+pub(crate) struct Progress {
     name: Mutex<String>,
     total: AtomicU64,
     position: Arc<AtomicU64>,
@@ -22,7 +22,7 @@ pub struct Progress {
 
 impl Progress {
     /// Starts showing `name`, `total` bytes long, at `position`.
-    pub fn begin(&self, name: &str, total: u64, position: u64) {
+    pub(crate) fn begin(&self, name: &str, total: u64, position: u64) {
         *self.name.lock().unwrap_or_else(|e| e.into_inner()) = name.to_string();
         self.total.store(total, Ordering::Relaxed);
         self.position.store(position, Ordering::Relaxed);
@@ -30,17 +30,17 @@ impl Progress {
     }
 
     /// Sets the position (a confirmed offset, or the start of a chunk).
-    pub fn set_position(&self, offset: u64) {
+    pub(crate) fn set_position(&self, offset: u64) {
         self.position.store(offset, Ordering::Relaxed);
     }
 
     /// The counter that body readers add sent bytes to.
-    pub fn counter(&self) -> Arc<AtomicU64> {
+    pub(crate) fn counter(&self) -> Arc<AtomicU64> {
         self.position.clone()
     }
 
     /// (total size, position) of the current file.
-    pub fn position_and_total(&self) -> (u64, u64) {
+    pub(crate) fn position_and_total(&self) -> (u64, u64) {
         (
             self.total.load(Ordering::Relaxed),
             self.position.load(Ordering::Relaxed),
@@ -48,7 +48,7 @@ impl Progress {
     }
 
     /// The file is done.
-    pub fn finish(&self) {
+    pub(crate) fn finish(&self) {
         self.active.store(false, Ordering::Relaxed);
     }
 
@@ -65,14 +65,14 @@ impl Progress {
 }
 
 /// Draws progress on stderr from a thread of its own until dropped.
-pub struct Reporter {
+pub(crate) struct Reporter {
     stop: Arc<AtomicBool>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
 impl Reporter {
     /// Starts drawing `progress`: live on a terminal, a log line every `log_every` otherwise.
-    pub fn start(
+    pub(crate) fn start(
         progress: Arc<Progress>,
         clock: Arc<dyn Clock>,
         live: bool,
@@ -153,7 +153,7 @@ impl Rate {
 }
 
 /// One progress line: name, bytes, percent, rate and ETA.
-pub fn render(name: &str, pos: u64, total: u64, bytes_per_sec: f64) -> String {
+pub(crate) fn render(name: &str, pos: u64, total: u64, bytes_per_sec: f64) -> String {
     let pct = if total == 0 {
         100.0
     } else {
@@ -174,7 +174,7 @@ pub fn render(name: &str, pos: u64, total: u64, bytes_per_sec: f64) -> String {
 }
 
 /// Bytes in binary units with one decimal.
-pub fn human_bytes(n: u64) -> String {
+pub(crate) fn human_bytes(n: u64) -> String {
     const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
     let mut v = n as f64;
     let mut unit = 0;

@@ -13,7 +13,7 @@ use std::time::SystemTime;
 /// The oldest known ready files, at most `cap` of them, each named by a key `K` (the daemon's
 /// is the store's `FileKey`).
 #[derive(Debug)]
-pub struct Window<K> {
+pub(crate) struct Window<K> {
     cap: usize,
     entries: BTreeSet<(SystemTime, K)>,
     index: HashMap<K, SystemTime>,
@@ -24,7 +24,7 @@ pub struct Window<K> {
 
 impl<K: Ord + Hash + Clone> Window<K> {
     /// An empty window holding at most `cap` files.
-    pub fn new(cap: usize) -> Self {
+    pub(crate) fn new(cap: usize) -> Self {
         Self {
             cap: cap.max(1),
             entries: BTreeSet::new(),
@@ -36,7 +36,7 @@ impl<K: Ord + Hash + Clone> Window<K> {
     }
 
     /// A full scan starts: forget everything, the scan offers every ready file again.
-    pub fn begin_scan(&mut self) {
+    pub(crate) fn begin_scan(&mut self) {
         self.entries.clear();
         self.index.clear();
         self.complete = true;
@@ -46,7 +46,7 @@ impl<K: Ord + Hash + Clone> Window<K> {
 
     /// Offers a ready file (`key`, modification time); a newer one than the window's newest
     /// is left out when the window is full (a later scan finds it again).
-    pub fn offer(&mut self, key: &K, mtime: SystemTime, by_scan: bool) {
+    pub(crate) fn offer(&mut self, key: &K, mtime: SystemTime, by_scan: bool) {
         if by_scan {
             self.found_by_scan += 1;
         }
@@ -65,7 +65,7 @@ impl<K: Ord + Hash + Clone> Window<K> {
     }
 
     /// Removes `key` (it vanished, failed or changed); false when it was not there.
-    pub fn remove(&mut self, key: &K) -> bool {
+    pub(crate) fn remove(&mut self, key: &K) -> bool {
         match self.index.remove(key) {
             Some(t) => self.entries.remove(&(t, key.clone())),
             None => false,
@@ -73,12 +73,13 @@ impl<K: Ord + Hash + Clone> Window<K> {
     }
 
     /// True when `key` is waiting.
-    pub fn contains(&self, key: &K) -> bool {
+    #[cfg(test)]
+    pub(crate) fn contains(&self, key: &K) -> bool {
         self.index.contains_key(key)
     }
 
     /// Takes the oldest waiting file.
-    pub fn pop_oldest(&mut self) -> Option<K> {
+    pub(crate) fn pop_oldest(&mut self) -> Option<K> {
         let (_, key) = self.entries.pop_first()?;
         self.index.remove(&key);
         self.taken_since_scan += 1;
@@ -86,12 +87,12 @@ impl<K: Ord + Hash + Clone> Window<K> {
     }
 
     /// True when the window ran dry but the spool holds more ready files: scan again.
-    pub fn needs_refill(&self) -> bool {
+    pub(crate) fn needs_refill(&self) -> bool {
         self.entries.is_empty() && !self.complete
     }
 
     /// How many files are waiting, as far as the last scan and the events since can tell.
-    pub fn waiting(&self) -> u64 {
+    pub(crate) fn waiting(&self) -> u64 {
         let held = self.entries.len() as u64;
         if self.complete {
             held

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use crate::clock::Clock;
 
 /// Bytes per second for everything that asks, with a burst of a quarter second.
-pub struct RateLimiter {
+pub(crate) struct RateLimiter {
     bytes_per_sec: u64,
     clock: Arc<dyn Clock>,
     state: Mutex<(Instant, f64)>,
@@ -16,7 +16,7 @@ pub struct RateLimiter {
 
 impl RateLimiter {
     /// A limiter for `bytes_per_sec` (at least 1).
-    pub fn new(bytes_per_sec: u64, clock: Arc<dyn Clock>) -> Self {
+    pub(crate) fn new(bytes_per_sec: u64, clock: Arc<dyn Clock>) -> Self {
         let now = clock.now();
         Self {
             bytes_per_sec: bytes_per_sec.max(1),
@@ -27,14 +27,14 @@ impl RateLimiter {
     }
 
     /// The most bytes one read should ask for, so that waits stay short.
-    pub fn max_read(&self) -> usize {
+    pub(crate) fn max_read(&self) -> usize {
         usize::try_from(self.bytes_per_sec / 8)
             .unwrap_or(usize::MAX)
             .clamp(512, 64 * 1024)
     }
 
     /// Takes `n` bytes of allowance, sleeping until they are available.
-    pub fn take(&self, n: usize) {
+    pub(crate) fn take(&self, n: usize) {
         let wait = {
             let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
             let now = self.clock.now();

@@ -6,7 +6,7 @@ use std::sync::mpsc::Sender;
 use crate::daemon::Event;
 
 /// Starts the signal thread: SIGTERM, SIGINT and SIGHUP become [`Event::Signal`].
-pub fn forward(tx: Sender<Event>) -> std::io::Result<()> {
+pub(crate) fn forward(tx: Sender<Event>) -> std::io::Result<()> {
     use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
     let mut signals = signal_hook::iterator::Signals::new([SIGTERM, SIGINT, SIGHUP])?;
     std::thread::Builder::new()

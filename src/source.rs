@@ -17,11 +17,11 @@ use crate::ratelimit::RateLimiter;
 use crate::tus::checksum::{Algorithm, Hasher};
 
 /// The message of the I/O error a body read returns when the upload is being interrupted.
-pub const INTERRUPTED: &str = "upload interrupted by pause or shutdown";
+pub(crate) const INTERRUPTED: &str = "upload interrupted by pause or shutdown";
 
 /// What a body reader reports to and obeys: progress counter, interruption, rate limit.
 #[derive(Clone, Default)]
-pub struct ReadControl {
+pub(crate) struct ReadControl {
     /// Bytes read are added here.
     pub counter: Arc<AtomicU64>,
     /// When set, the next read fails with [`INTERRUPTED`].
@@ -45,7 +45,7 @@ const DIGEST_BUF_BYTES: usize = 64 * 1024;
 
 /// What makes a file the same file: where it lives, its size and when it was last written.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct Identity {
+pub(crate) struct Identity {
     /// Device number.
     pub dev: u64,
     /// Inode number.
@@ -72,7 +72,7 @@ impl Identity {
 
 /// An open file to upload.
 #[derive(Debug)]
-pub struct Source {
+pub(crate) struct Source {
     path: PathBuf,
     file: File,
     identity: Identity,
@@ -80,7 +80,7 @@ pub struct Source {
 
 impl Source {
     /// Opens `path` if it is a regular file (symlinks are refused, not followed).
-    pub fn open(path: &Path) -> Result<Self> {
+    pub(crate) fn open(path: &Path) -> Result<Self> {
         let err = |problem: String| Error::source_file(path, problem);
         let meta = std::fs::symlink_metadata(path).map_err(|e| err(describe(&e)))?;
         let kind = meta.file_type();
@@ -109,27 +109,22 @@ impl Source {
     }
 
     /// The path as given.
-    pub fn path(&self) -> &Path {
+    pub(crate) fn path(&self) -> &Path {
         &self.path
     }
 
     /// The identity seen when the file was opened.
-    pub fn identity(&self) -> Identity {
+    pub(crate) fn identity(&self) -> Identity {
         self.identity
     }
 
     /// Size in bytes when opened.
-    pub fn len(&self) -> u64 {
+    pub(crate) fn len(&self) -> u64 {
         self.identity.size
     }
 
-    /// True for an empty file.
-    pub fn is_empty(&self) -> bool {
-        self.identity.size == 0
-    }
-
     /// Checks that the file is unchanged: same size and mtime, and the path still names it.
-    pub fn check_unchanged(&self) -> Result<()> {
+    pub(crate) fn check_unchanged(&self) -> Result<()> {
         let now = self.file.metadata().map(|m| Identity::of(&m));
         let at_path = std::fs::symlink_metadata(&self.path).map(|m| Identity::of(&m));
         match (now, at_path) {
@@ -150,7 +145,12 @@ impl Source {
     }
 
     /// A reader of `len` bytes from `offset`, under `control`.
-    pub fn reader(&self, offset: u64, len: u64, control: ReadControl) -> Result<RangeReader> {
+    pub(crate) fn reader(
+        &self,
+        offset: u64,
+        len: u64,
+        control: ReadControl,
+    ) -> Result<RangeReader> {
         let file = self
             .file
             .try_clone()
@@ -164,7 +164,7 @@ impl Source {
     }
 
     /// The `Upload-Checksum` value for `len` bytes from `offset`.
-    pub fn digest(&self, offset: u64, len: u64, algorithm: Algorithm) -> Result<String> {
+    pub(crate) fn digest(&self, offset: u64, len: u64, algorithm: Algorithm) -> Result<String> {
         let mut hasher = Hasher::new(algorithm);
         let mut reader = self.reader(offset, len, ReadControl::default())?;
         let mut buf = vec![0u8; DIGEST_BUF_BYTES];
@@ -185,7 +185,7 @@ impl Source {
 /// A body shorter than its `Content-Length` would leave the HTTP client waiting for bytes
 /// that never come, so the shrinking file must surface here.
 #[derive(Debug)]
-pub struct RangeReader {
+pub(crate) struct RangeReader {
     file: File,
     pos: u64,
     remaining: u64,

@@ -14,7 +14,7 @@ use crate::source::Identity;
 
 /// What the spool rules are.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct SpoolRules {
+pub(crate) struct SpoolRules {
     /// The spool directory.
     pub dir: PathBuf,
     /// Descend into subdirectories (never through symlinks).
@@ -28,7 +28,7 @@ pub struct SpoolRules {
 }
 
 /// The default ignore patterns: hidden files and the usual partial-write names.
-pub fn default_ignore() -> Vec<String> {
+pub(crate) fn default_ignore() -> Vec<String> {
     [".*", "*.part", "*.partial", "*.tmp", "*.crdownload", "*~"]
         .iter()
         .map(|s| s.to_string())
@@ -37,7 +37,7 @@ pub fn default_ignore() -> Vec<String> {
 
 /// The kind of a directory entry, from `lstat` (a symlink is a symlink, not its target).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-pub enum Kind {
+pub(crate) enum Kind {
     /// A regular file.
     File,
     /// A directory.
@@ -50,7 +50,7 @@ pub enum Kind {
 
 /// What to do with an entry.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Verdict {
+pub(crate) enum Verdict {
     /// Upload it.
     Ready,
     /// Look again after this long (still being written).
@@ -62,7 +62,7 @@ pub enum Verdict {
 }
 
 /// Judges one entry (pure).
-pub fn judge(
+pub(crate) fn judge(
     name: &str,
     kind: Kind,
     mtime: SystemTime,
@@ -91,7 +91,7 @@ pub fn judge(
 }
 
 /// Shell-style match of `name` against `pattern` with `*` (any run) and `?` (one character).
-pub fn glob(pattern: &str, name: &str) -> bool {
+pub(crate) fn glob(pattern: &str, name: &str) -> bool {
     let p: Vec<char> = pattern.chars().collect();
     let n: Vec<char> = name.chars().collect();
     let (mut pi, mut ni) = (0, 0);
@@ -116,7 +116,7 @@ pub fn glob(pattern: &str, name: &str) -> bool {
 
 /// One entry found by [`walk`].
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Entry {
+pub(crate) struct Entry {
     /// Full path.
     pub path: PathBuf,
     /// Kind from `lstat`.
@@ -127,20 +127,20 @@ pub struct Entry {
 
 impl Entry {
     /// The entry's modification time.
-    pub fn mtime(&self) -> SystemTime {
+    pub(crate) fn mtime(&self) -> SystemTime {
         mtime_of(&self.identity)
     }
 }
 
 /// The modification time recorded in an identity.
-pub fn mtime_of(id: &Identity) -> SystemTime {
+pub(crate) fn mtime_of(id: &Identity) -> SystemTime {
     let secs = u64::try_from(id.mtime_sec).unwrap_or(0);
     let nanos = u32::try_from(id.mtime_nsec).unwrap_or(0);
     UNIX_EPOCH + Duration::new(secs, nanos)
 }
 
 /// Looks at one path with `lstat`; `None` when it does not exist.
-pub fn stat(path: &Path) -> std::io::Result<Option<Entry>> {
+pub(crate) fn stat(path: &Path) -> std::io::Result<Option<Entry>> {
     use std::os::unix::fs::MetadataExt;
     let m = match std::fs::symlink_metadata(path) {
         Ok(m) => m,
@@ -174,7 +174,7 @@ pub fn stat(path: &Path) -> std::io::Result<Option<Entry>> {
 /// Lists the spool (and, when recursive, its subdirectories, never through links), calling
 /// `visit` for every entry that is not a directory. Unreadable subdirectories are reported
 /// through `on_error` and skipped; an unreadable spool directory is an error.
-pub fn walk(
+pub(crate) fn walk(
     rules: &SpoolRules,
     visit: &mut dyn FnMut(Entry),
     on_error: &mut dyn FnMut(&Path, std::io::Error),

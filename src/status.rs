@@ -9,15 +9,15 @@ use serde::{Deserialize, Serialize};
 use crate::progress::human_bytes;
 
 /// The snapshot file's name in the state directory.
-pub const SNAPSHOT_FILE: &str = "status.json";
+pub(crate) const SNAPSHOT_FILE: &str = "status.json";
 
 /// The file in the state directory whose presence pauses uploads (`ferry pause`); it
 /// survives restarts, so a paused agent stays paused.
-pub const PAUSE_MARKER: &str = "paused";
+pub(crate) const PAUSE_MARKER: &str = "paused";
 
 /// The daemon's state as last published.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct Snapshot {
+pub(crate) struct Snapshot {
     /// Daemon process id.
     pub pid: u32,
     /// ferry version.
@@ -47,7 +47,7 @@ pub struct Snapshot {
 
 /// Damaged state that ferry set aside (see `store`): what an operator should look at.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct StateDamage {
+pub(crate) struct StateDamage {
     /// The state database was damaged at start: what was wrong and where it was moved.
     pub reset: Option<String>,
     /// Unreadable records set aside since start.
@@ -59,7 +59,7 @@ pub struct StateDamage {
 
 /// A file being uploaded.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct ActiveFile {
+pub(crate) struct ActiveFile {
     /// Path.
     pub path: String,
     /// Size in bytes.
@@ -78,7 +78,7 @@ pub struct ActiveFile {
 
 /// A file that failed permanently.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct FailedFile {
+pub(crate) struct FailedFile {
     /// Where it was.
     pub path: String,
     /// HTTP status, when the server refused.
@@ -93,7 +93,7 @@ pub struct FailedFile {
 
 /// Counters since the daemon started.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Totals {
+pub(crate) struct Totals {
     /// Files uploaded completely.
     pub files_done: u64,
     /// Files failed permanently.
@@ -107,7 +107,7 @@ pub struct Totals {
 }
 
 /// Reads the snapshot in `state_dir`.
-pub fn read(state_dir: &Path) -> Result<Snapshot, String> {
+pub(crate) fn read(state_dir: &Path) -> Result<Snapshot, String> {
     let path = state_dir.join(SNAPSHOT_FILE);
     let text = std::fs::read_to_string(&path).map_err(|e| {
         format!(
@@ -119,7 +119,7 @@ pub fn read(state_dir: &Path) -> Result<Snapshot, String> {
 }
 
 /// The snapshot for people.
-pub fn render_text(s: &Snapshot, alive: bool, now_unix: u64) -> String {
+pub(crate) fn render_text(s: &Snapshot, alive: bool, now_unix: u64) -> String {
     let mut out = String::new();
     let state = if alive {
         s.state.clone()
@@ -185,7 +185,7 @@ pub fn render_text(s: &Snapshot, alive: bool, now_unix: u64) -> String {
 }
 
 /// The snapshot as Prometheus text exposition format.
-pub fn render_metrics(s: &Snapshot) -> String {
+pub(crate) fn render_metrics(s: &Snapshot) -> String {
     let t = &s.totals;
     let d = &s.state_damage;
     let metrics: [(&str, &str, &str, u64); 10] = [

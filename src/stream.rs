@@ -9,21 +9,21 @@
 use crate::error::{Error, Result};
 
 /// The header Cloudflare Stream names a new video with.
-pub const MEDIA_ID_HEADER: &str = "stream-media-id";
+pub(crate) const MEDIA_ID_HEADER: &str = "stream-media-id";
 
 /// Stream's rules: every chunk but the last a multiple of 256 KiB within [5 MiB, 200 MiB].
-pub const STREAM_CHUNK_MULTIPLE: u64 = 256 * 1024;
+pub(crate) const STREAM_CHUNK_MULTIPLE: u64 = 256 * 1024;
 /// Stream's smallest chunk (but the last).
-pub const STREAM_MIN_CHUNK: u64 = 5 * 1024 * 1024;
+pub(crate) const STREAM_MIN_CHUNK: u64 = 5 * 1024 * 1024;
 /// Stream's largest chunk.
-pub const STREAM_MAX_CHUNK: u64 = 200 * 1024 * 1024;
+pub(crate) const STREAM_MAX_CHUNK: u64 = 200 * 1024 * 1024;
 
 /// Cloudflare's API base, when none is configured (`stream.api_base`, `broker.api_base`).
-pub const DEFAULT_API_BASE: &str = "https://api.cloudflare.com/client/v4";
+pub(crate) const DEFAULT_API_BASE: &str = "https://api.cloudflare.com/client/v4";
 
 /// What kind of server the endpoint is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Target {
+pub(crate) enum Target {
     /// A tus 1.0 creation endpoint.
     Tus,
     /// Cloudflare Stream's tus endpoint, with the account's API token.
@@ -35,18 +35,18 @@ pub enum Target {
 
 impl Target {
     /// True when upload URLs are one-time URLs that a 403 or 404 ends (ask for a new one).
-    pub fn one_time_urls(self) -> bool {
+    pub(crate) fn one_time_urls(self) -> bool {
         !matches!(self, Target::Tus)
     }
 
     /// True when Cloudflare Stream's chunk rules apply.
-    pub fn stream_rules(self) -> bool {
+    pub(crate) fn stream_rules(self) -> bool {
         !matches!(self, Target::Tus)
     }
 }
 
 /// Stream's chunk rules, checked before anything is sent.
-pub fn check_chunk_size(chunk: u64) -> Result<()> {
+pub(crate) fn check_chunk_size(chunk: u64) -> Result<()> {
     let ok = chunk % STREAM_CHUNK_MULTIPLE == 0
         && (STREAM_MIN_CHUNK..=STREAM_MAX_CHUNK).contains(&chunk);
     if ok {
@@ -60,14 +60,14 @@ pub fn check_chunk_size(chunk: u64) -> Result<()> {
 
 /// Half of `chunk` after a 413, within Stream's rules: a multiple of 256 KiB, never below 5 MiB
 /// (at the floor a 413 then fails the file), never above `chunk`.
-pub fn halve_chunk(chunk: u64) -> u64 {
+pub(crate) fn halve_chunk(chunk: u64) -> u64 {
     let half = chunk / 2 / STREAM_CHUNK_MULTIPLE * STREAM_CHUNK_MULTIPLE;
     half.max(STREAM_MIN_CHUNK).min(chunk)
 }
 
 /// True when `id` can be an account id: letters, digits, `-` and `_`, at least one. It goes
 /// into a URL path, so nothing else may pass.
-pub fn is_account_id(id: &str) -> bool {
+pub(crate) fn is_account_id(id: &str) -> bool {
     !id.is_empty()
         && id
             .bytes()
@@ -75,7 +75,7 @@ pub fn is_account_id(id: &str) -> bool {
 }
 
 /// Stream's tus endpoint for `account_id`: `{api_base}/accounts/{account_id}/stream`.
-pub fn endpoint(api_base: &str, account_id: &str) -> String {
+pub(crate) fn endpoint(api_base: &str, account_id: &str) -> String {
     format!("{api_base}/accounts/{account_id}/stream")
 }
 

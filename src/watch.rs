@@ -21,7 +21,7 @@ use crate::status::PAUSE_MARKER;
 const RETRY_MISSING: Duration = Duration::from_secs(2);
 
 /// Starts the spool watcher thread; without inotify it reports [`Event::WatchUnavailable`].
-pub fn spool(
+pub(crate) fn spool(
     rules: SpoolRules,
     state_dir: PathBuf,
     clock: std::sync::Arc<dyn Clock>,

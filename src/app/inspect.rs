@@ -8,7 +8,7 @@ use crate::config::Env;
 use crate::error::{Error, Result};
 use crate::transport::http::UreqTransport;
 
-pub fn show_status(args: &CommonArgs, json: bool, env: &Env) -> Result<i32> {
+pub(super) fn show_status(args: &CommonArgs, json: bool, env: &Env) -> Result<i32> {
     let dir = load(args)?.state_dir(env)?;
     let snap = crate::status::read(&dir).map_err(Error::config)?;
     let alive = std::fs::read_to_string(format!("/proc/{}/comm", snap.pid))
@@ -27,7 +27,7 @@ pub fn show_status(args: &CommonArgs, json: bool, env: &Env) -> Result<i32> {
     Ok(0)
 }
 
-pub fn set_paused(args: &CommonArgs, paused: bool, env: &Env) -> Result<i32> {
+pub(super) fn set_paused(args: &CommonArgs, paused: bool, env: &Env) -> Result<i32> {
     let dir = load(args)?.state_dir(env)?;
     let marker = dir.join(crate::status::PAUSE_MARKER);
     let io = |e| Error::Io {
@@ -50,7 +50,7 @@ pub fn set_paused(args: &CommonArgs, paused: bool, env: &Env) -> Result<i32> {
     Ok(0)
 }
 
-pub fn check_config(args: &CommonArgs, env: &Env) -> Result<i32> {
+pub(super) fn check_config(args: &CommonArgs, env: &Env) -> Result<i32> {
     let config = load(args)?.resolve(env)?;
     UreqTransport::new(&config.http)?;
     print_line(&format!(

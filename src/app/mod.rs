@@ -1,5 +1,5 @@
 //! The commands, composed from the real parts: what `main` runs and what the demo calls.
-//! [`run`] parses the command line, reads the environment once and maps every result to an
+//! [`run()`] parses the command line, reads the environment once and maps every result to an
 //! exit code; each command lives in its own file.
 
 mod inspect;

@@ -14,7 +14,7 @@ use crate::store::Store;
 use crate::transport::http::UreqTransport;
 
 /// Runs the spool daemon until SIGTERM/SIGINT; the exit code.
-pub fn run_daemon(args: &CommonArgs, env: &Env) -> Result<i32> {
+pub(super) fn run_daemon(args: &CommonArgs, env: &Env) -> Result<i32> {
     let config = load(args)?.resolve(env)?;
     let settings = config.daemon()?.clone();
     let transport = UreqTransport::new(&config.http)?;

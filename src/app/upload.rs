@@ -16,7 +16,7 @@ use crate::store::Store;
 use crate::transport::http::UreqTransport;
 use crate::upload::Uploader;
 
-pub fn upload(args: UploadArgs, env: &Env) -> Result<i32> {
+pub(super) fn upload(args: UploadArgs, env: &Env) -> Result<i32> {
     let file = match &args.config {
         Some(path) => config::load(path)?,
         None => Raw::default(),

@@ -8,7 +8,7 @@ use crate::config::RawBroker;
 use crate::error::{Error, Result};
 
 /// The help text of `ferry broker`.
-pub const USAGE: &str = "\
+pub(crate) const USAGE: &str = "\
 ferry broker: hands devices one-time Cloudflare Stream upload URLs (the API token stays here)
 
 USAGE:
@@ -37,7 +37,7 @@ EXIT: 0 stopped by SIGTERM/SIGINT, 1 runtime error, 2 usage or configuration err
 
 /// Arguments of `ferry broker`.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct BrokerArgs {
+pub(crate) struct BrokerArgs {
     /// `--config FILE`.
     pub config: Option<PathBuf>,
     /// Flags that override the file's `[broker]` keys.
@@ -48,7 +48,7 @@ pub struct BrokerArgs {
 
 impl BrokerArgs {
     /// The `[broker]` keys: the config file's (if given) with the flags laid over them.
-    pub fn load(&self) -> Result<RawBroker> {
+    pub(crate) fn load(&self) -> Result<RawBroker> {
         let file = match &self.config {
             Some(path) => crate::config::load(path)?.broker,
             None => RawBroker::default(),
@@ -58,7 +58,7 @@ impl BrokerArgs {
 }
 
 /// Parses the arguments after `ferry broker`.
-pub fn parse(p: &mut lexopt::Parser) -> Result<BrokerArgs> {
+pub(crate) fn parse(p: &mut lexopt::Parser) -> Result<BrokerArgs> {
     let mut a = BrokerArgs::default();
     let o = &mut a.overrides;
     while let Some(arg) = p.next().map_err(usage)? {
@@ -90,7 +90,7 @@ pub fn parse(p: &mut lexopt::Parser) -> Result<BrokerArgs> {
 }
 
 /// Lays `over` (flags) on top of `base` (the file).
-pub fn merge(base: RawBroker, over: RawBroker) -> RawBroker {
+pub(crate) fn merge(base: RawBroker, over: RawBroker) -> RawBroker {
     RawBroker {
         listen: over.listen.or(base.listen),
         path: over.path.or(base.path),

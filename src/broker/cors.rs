@@ -7,27 +7,27 @@
 use super::http::Response;
 
 /// Request headers a browser may send.
-pub const ALLOW_HEADERS: &str =
+pub(crate) const ALLOW_HEADERS: &str =
     "Authorization, Upload-Length, Upload-Metadata, Tus-Resumable, Content-Type";
 /// Response headers a page may read.
-pub const EXPOSE_HEADERS: &str = "Location, Stream-Media-ID, Upload-Offset";
+pub(crate) const EXPOSE_HEADERS: &str = "Location, Stream-Media-ID, Upload-Offset";
 /// Methods allowed on the endpoint.
-pub const ALLOW_METHODS: &str = "POST, OPTIONS";
+pub(crate) const ALLOW_METHODS: &str = "POST, OPTIONS";
 
 /// The configured origins.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Cors {
+pub(crate) struct Cors {
     allowed: Vec<String>,
 }
 
 impl Cors {
     /// `allowed`: lowercased origins (`https://app.example.com`) or `*`.
-    pub fn new(allowed: Vec<String>) -> Self {
+    pub(crate) fn new(allowed: Vec<String>) -> Self {
         Self { allowed }
     }
 
     /// The `Access-Control-Allow-Origin` value for `origin`, when it is allowed.
-    pub fn allow(&self, origin: &str) -> Option<String> {
+    pub(crate) fn allow(&self, origin: &str) -> Option<String> {
         let origin = origin.trim().to_ascii_lowercase();
         if self.allowed.contains(&origin) {
             Some(origin)
@@ -39,7 +39,7 @@ impl Cors {
     }
 
     /// Adds the headers for an actual (not preflight) response to a request from `origin`.
-    pub fn decorate(&self, origin: Option<&str>, resp: &mut Response) {
+    pub(crate) fn decorate(&self, origin: Option<&str>, resp: &mut Response) {
         resp.set("Vary", "Origin");
         if let Some(value) = origin.and_then(|o| self.allow(o)) {
             resp.set("Access-Control-Allow-Origin", value);
@@ -48,7 +48,7 @@ impl Cors {
     }
 
     /// The answer to a preflight (`OPTIONS` with `Origin`): 204 with the allowances, or 403.
-    pub fn preflight(&self, origin: &str) -> Response {
+    pub(crate) fn preflight(&self, origin: &str) -> Response {
         let Some(value) = self.allow(origin) else {
             let mut r = Response::json_error(
                 403,

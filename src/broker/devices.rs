@@ -14,7 +14,7 @@ use sha2::{Digest, Sha256};
 
 /// A device: its name and the SHA-256 of its token.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Device {
+pub(crate) struct Device {
     /// The name used in log lines and rate limits.
     pub name: String,
     /// SHA-256 of the token.
@@ -25,14 +25,14 @@ pub struct Device {
 type Stamp = (i64, i64, u64, u64);
 
 /// The device tokens, re-read when their file changes.
-pub struct Devices {
+pub(crate) struct Devices {
     path: PathBuf,
     loaded: RwLock<(Option<Stamp>, Vec<Device>)>,
 }
 
 impl Devices {
     /// Reads the file; its errors name the line.
-    pub fn load(path: &Path) -> Result<Self, String> {
+    pub(crate) fn load(path: &Path) -> Result<Self, String> {
         let stamp = stamp(path);
         let devices = read(path)?;
         Ok(Self {
@@ -42,7 +42,7 @@ impl Devices {
     }
 
     /// Number of tokens known.
-    pub fn count(&self) -> usize {
+    pub(crate) fn count(&self) -> usize {
         self.loaded
             .read()
             .unwrap_or_else(|e| e.into_inner())
@@ -51,7 +51,7 @@ impl Devices {
     }
 
     /// The device whose token is in `authorization` (`Bearer <token>`), if any.
-    pub fn authenticate(&self, authorization: Option<&str>) -> Option<String> {
+    pub(crate) fn authenticate(&self, authorization: Option<&str>) -> Option<String> {
         let token = authorization?.trim().strip_prefix("Bearer ")?.trim();
         if token.is_empty() {
             return None;
@@ -70,7 +70,7 @@ impl Devices {
     }
 
     /// Re-reads the file now (SIGHUP).
-    pub fn reload(&self) {
+    pub(crate) fn reload(&self) {
         self.reload_from(stamp(&self.path));
     }
 
@@ -115,7 +115,7 @@ fn read(path: &Path) -> Result<Vec<Device>, String> {
 }
 
 /// Parses the file's text; errors name the line (and never echo a hash).
-pub fn parse(text: &str) -> Result<Vec<Device>, String> {
+pub(crate) fn parse(text: &str) -> Result<Vec<Device>, String> {
     let mut out: Vec<Device> = Vec::new();
     for (i, line) in text.lines().enumerate() {
         let line = line.trim();
@@ -157,7 +157,7 @@ fn decode_hex(hex: &str) -> Option<[u8; 32]> {
 }
 
 /// Equality whose time does not depend on where the inputs differ.
-pub fn constant_time_eq(a: &[u8; 32], b: &[u8; 32]) -> bool {
+pub(crate) fn constant_time_eq(a: &[u8; 32], b: &[u8; 32]) -> bool {
     let diff = a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y));
     std::hint::black_box(diff) == 0
 }

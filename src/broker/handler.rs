@@ -24,7 +24,7 @@ use crate::tus::TUS_RESUMABLE;
 
 /// An answer and what the log line says about it.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Handled {
+pub(crate) struct Handled {
     /// The answer.
     pub response: Response,
     /// The authenticated device.
@@ -47,7 +47,7 @@ impl Handled {
 }
 
 /// The endpoint's state: settings, device tokens, rate limits, and the way to Stream.
-pub struct Broker {
+pub(crate) struct Broker {
     path: String,
     api_base: String,
     account_id: String,
@@ -66,7 +66,7 @@ pub struct Broker {
 
 impl Broker {
     /// A broker for `settings`; reads the device tokens file.
-    pub fn new(
+    pub(crate) fn new(
         settings: &Settings,
         transport: Box<dyn Transport>,
         clock: Arc<dyn Clock>,
@@ -98,17 +98,17 @@ impl Broker {
     }
 
     /// Number of device tokens known.
-    pub fn device_count(&self) -> usize {
+    pub(crate) fn device_count(&self) -> usize {
         self.devices.count()
     }
 
     /// Re-reads the device tokens file (SIGHUP).
-    pub fn reload_devices(&self) {
+    pub(crate) fn reload_devices(&self) {
         self.devices.reload();
     }
 
     /// Answers one request.
-    pub fn handle(&self, req: &Request) -> Handled {
+    pub(crate) fn handle(&self, req: &Request) -> Handled {
         if req.path() != self.path {
             return Handled::error(404, "not found", None);
         }

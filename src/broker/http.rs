@@ -7,13 +7,13 @@
 use std::io::{self, BufRead, Write};
 
 /// Largest request line plus headers (bigger → 431).
-pub const MAX_HEAD_BYTES: usize = 16 * 1024;
+pub(crate) const MAX_HEAD_BYTES: usize = 16 * 1024;
 /// Most header fields in one request (more → 431).
-pub const MAX_HEADERS: usize = 100;
+pub(crate) const MAX_HEADERS: usize = 100;
 
 /// A request head.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Request {
+pub(crate) struct Request {
     /// Method, as sent (case-sensitive).
     pub method: String,
     /// Request target (path and query).
@@ -26,7 +26,7 @@ pub struct Request {
 
 impl Request {
     /// A header's value (case-insensitive name, first occurrence).
-    pub fn header(&self, name: &str) -> Option<&str> {
+    pub(crate) fn header(&self, name: &str) -> Option<&str> {
         self.headers
             .iter()
             .find(|(n, _)| n.eq_ignore_ascii_case(name))
@@ -34,12 +34,12 @@ impl Request {
     }
 
     /// The target without its query string (what log lines show).
-    pub fn path(&self) -> &str {
+    pub(crate) fn path(&self) -> &str {
         self.target.split(['?', '#']).next().unwrap_or_default()
     }
 
     /// True when the client wants the connection kept open.
-    pub fn keep_alive(&self) -> bool {
+    pub(crate) fn keep_alive(&self) -> bool {
         let tokens = |v: &str, t: &str| v.split(',').any(|x| x.trim().eq_ignore_ascii_case(t));
         match self.header("Connection") {
             Some(v) if tokens(v, "close") => false,
@@ -49,7 +49,7 @@ impl Request {
     }
 
     /// The body length: `Ok(0)` without one; `Err` for what the broker does not read.
-    pub fn body_length(&self) -> Result<u64, ReadError> {
+    pub(crate) fn body_length(&self) -> Result<u64, ReadError> {
         if self.header("Transfer-Encoding").is_some() {
             return Err(ReadError::Unsupported("Transfer-Encoding is not supported"));
         }
@@ -72,7 +72,7 @@ impl Request {
 
 /// Why no request was read.
 #[derive(Debug)]
-pub enum ReadError {
+pub(crate) enum ReadError {
     /// The connection closed cleanly before a request began.
     Closed,
     /// The head is larger than [`MAX_HEAD_BYTES`] or has too many fields (431).
@@ -83,21 +83,21 @@ pub enum ReadError {
     Unsupported(&'static str),
     /// The client was too slow (its read timed out).
     TimedOut,
-    /// The connection failed.
-    Io(io::Error),
+    /// The connection failed (the connection is closed; the reason is not reported).
+    Io,
 }
 
 impl From<io::Error> for ReadError {
     fn from(e: io::Error) -> Self {
         match e.kind() {
             io::ErrorKind::TimedOut | io::ErrorKind::WouldBlock => Self::TimedOut,
-            _ => Self::Io(e),
+            _ => Self::Io,
         }
     }
 }
 
 /// Reads one request head (up to and including the empty line); the body stays in `r`.
-pub fn read_head(r: &mut impl BufRead) -> Result<Request, ReadError> {
+pub(crate) fn read_head(r: &mut impl BufRead) -> Result<Request, ReadError> {
     let mut head: Vec<u8> = Vec::with_capacity(1024);
     loop {
         let buf = r.fill_buf()?;
@@ -188,7 +188,7 @@ fn is_token_byte(b: u8) -> bool {
 
 /// A response to write.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
-pub struct Response {
+pub(crate) struct Response {
     /// Status code.
     pub status: u16,
     /// Header fields (without `Content-Length` and `Connection`, which [`write()`] adds).
@@ -199,7 +199,7 @@ pub struct Response {
 
 impl Response {
     /// An empty response.
-    pub fn new(status: u16) -> Self {
+    pub(crate) fn new(status: u16) -> Self {
         Self {
             status,
             ..Self::default()
@@ -207,7 +207,7 @@ impl Response {
     }
 
     /// A JSON error body `{"error": message}` plus `extra` fields.
-    pub fn json_error(status: u16, message: &str, extra: serde_json::Value) -> Self {
+    pub(crate) fn json_error(status: u16, message: &str, extra: serde_json::Value) -> Self {
         let mut body = serde_json::json!({ "error": message });
         if let (Some(b), serde_json::Value::Object(more)) = (body.as_object_mut(), extra) {
             b.extend(more);
@@ -219,12 +219,13 @@ impl Response {
     }
 
     /// Adds a header field.
-    pub fn set(&mut self, name: &str, value: impl Into<String>) {
+    pub(crate) fn set(&mut self, name: &str, value: impl Into<String>) {
         self.headers.push((name.to_string(), value.into()));
     }
 
     /// A header's value (case-insensitive name).
-    pub fn header(&self, name: &str) -> Option<&str> {
+    #[cfg(test)]
+    pub(crate) fn header(&self, name: &str) -> Option<&str> {
         self.headers
             .iter()
             .find(|(n, _)| n.eq_ignore_ascii_case(name))
@@ -233,7 +234,7 @@ impl Response {
 }
 
 /// Writes `resp`; `head_only` leaves the body out (HEAD requests).
-pub fn write(
+pub(crate) fn write(
     w: &mut impl Write,
     resp: &Response,
     keep_alive: bool,

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 const WINDOW: Duration = Duration::from_secs(3600);
 
 /// The limiter; time is passed in, so it is tested without waiting.
-pub struct RateLimits {
+pub(crate) struct RateLimits {
     interval: Duration,
     /// Per device: the "theoretical arrival time" of its next URL.
     next: Mutex<HashMap<String, Instant>>,
@@ -19,7 +19,7 @@ pub struct RateLimits {
 
 impl RateLimits {
     /// A limit of `per_hour` URLs per device (at least 1).
-    pub fn new(per_hour: u32) -> Self {
+    pub(crate) fn new(per_hour: u32) -> Self {
         Self {
             interval: WINDOW / per_hour.max(1),
             next: Mutex::new(HashMap::new()),
@@ -27,7 +27,7 @@ impl RateLimits {
     }
 
     /// Takes one URL for `device` at `now`; `Err(wait)` when it must wait that long first.
-    pub fn take(&self, device: &str, now: Instant) -> Result<(), Duration> {
+    pub(crate) fn take(&self, device: &str, now: Instant) -> Result<(), Duration> {
         let mut next = self.next.lock().unwrap_or_else(|e| e.into_inner());
         let tat = next.get(device).copied().unwrap_or(now).max(now);
         let new_tat = tat + self.interval;
@@ -45,7 +45,7 @@ impl RateLimits {
 }
 
 /// `Retry-After` seconds for a wait, rounded up (never 0: "now" would be a lie).
-pub fn retry_after_secs(wait: Duration) -> u64 {
+pub(crate) fn retry_after_secs(wait: Duration) -> u64 {
     let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
     secs.max(1)
 }

@@ -21,15 +21,16 @@
 //! Stream request and reads its answer (pure). Stream is called through
 //! [`crate::transport::Transport`]; nothing here touches the agent loop.
 
-pub mod args;
-pub mod cors;
-pub mod devices;
-pub mod handler;
-pub mod http;
-pub mod limit;
-pub mod server;
-pub mod settings;
-pub mod stream;
+pub(crate) mod args;
+pub(crate) mod cors;
+pub(crate) mod devices;
+pub(crate) mod handler;
+pub(crate) mod http;
+pub(crate) mod limit;
+pub(crate) mod server;
+pub(crate) mod settings;
+pub(crate) mod stream;
+mod tls;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -41,13 +42,13 @@ use crate::error::{Error, Result};
 use crate::notify::Notifier;
 use crate::transport::http::{HttpSettings, UreqTransport};
 
-pub use args::BrokerArgs;
+pub(crate) use args::BrokerArgs;
 
 /// How long a stopping broker waits for requests in flight.
 const STOP_GRACE: Duration = Duration::from_secs(5);
 
 /// Runs `ferry broker` until SIGTERM or SIGINT; returns the exit code.
-pub fn run(args: BrokerArgs, env: &Env) -> Result<i32> {
+pub(crate) fn run(args: BrokerArgs, env: &Env) -> Result<i32> {
     if args.help {
         print!("{}", args::USAGE);
         return Ok(0);
@@ -59,7 +60,7 @@ pub fn run(args: BrokerArgs, env: &Env) -> Result<i32> {
     }
     let raw = args.load()?;
     let settings = settings::Settings::resolve(&raw, env)?;
-    let tls = server::tls_config(&settings)?;
+    let tls = tls::tls_config(&settings)?;
     let transport = UreqTransport::new(&HttpSettings {
         connect_timeout: settings.api_timeout,
         idle_timeout: settings.api_timeout,

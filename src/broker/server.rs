@@ -15,14 +15,10 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer};
-
 use super::handler::{Broker, Handled};
 use super::http::{self, ReadError, Request, Response};
 use super::settings::Settings;
 use crate::clock::Clock;
-use crate::error::{Error, Result};
 
 /// Largest request body read (and dropped): the endpoint needs none.
 const MAX_BODY_BYTES: u64 = 64 * 1024;
@@ -32,7 +28,7 @@ const MAX_REQUESTS_PER_CONNECTION: usize = 100;
 const WRITE_TIMEOUT: Duration = Duration::from_secs(15);
 
 /// A listening broker.
-pub struct Server {
+pub(crate) struct Server {
     listener: TcpListener,
     shared: Arc<Shared>,
 }
@@ -49,7 +45,7 @@ struct Shared {
 
 impl Server {
     /// A server for `listener`; `tls` from [`tls_config`].
-    pub fn new(
+    pub(crate) fn new(
         listener: TcpListener,
         broker: Arc<Broker>,
         tls: Option<Arc<rustls::ServerConfig>>,
@@ -70,14 +66,14 @@ impl Server {
     }
 
     /// The address actually bound.
-    pub fn local_addr(&self) -> SocketAddr {
+    pub(crate) fn local_addr(&self) -> SocketAddr {
         self.listener
             .local_addr()
             .unwrap_or_else(|_| SocketAddr::from(([127, 0, 0, 1], 0)))
     }
 
     /// Where to connect to wake [`Server::serve`] (loopback for a wildcard address).
-    pub fn wake_address(&self) -> SocketAddr {
+    pub(crate) fn wake_address(&self) -> SocketAddr {
         let mut a = self.local_addr();
         if a.ip().is_unspecified() {
             a.set_ip(if a.is_ipv4() {
@@ -90,7 +86,7 @@ impl Server {
     }
 
     /// Accepts connections until `stop` is set (then one more connection wakes it).
-    pub fn serve(&self, stop: &AtomicBool) {
+    pub(crate) fn serve(&self, stop: &AtomicBool) {
         for conn in self.listener.incoming() {
             if stop.load(Ordering::SeqCst) {
                 break;
@@ -129,7 +125,7 @@ impl Server {
     }
 
     /// Waits up to `grace` for connections in flight to end; false when some were still open.
-    pub fn wait_idle(&self, grace: Duration) -> bool {
+    pub(crate) fn wait_idle(&self, grace: Duration) -> bool {
         let clock = &self.shared.clock;
         let until = clock.now() + grace;
         let never = AtomicBool::new(false);
@@ -277,7 +273,7 @@ fn serve_requests(
 /// A head that could not be read: 431, 400 or 501 where an answer helps, else just close.
 fn refuse_head(w: &mut impl Write, peer: &str, e: ReadError) -> End {
     let (status, message) = match e {
-        ReadError::Closed | ReadError::Io(_) => return End::Close,
+        ReadError::Closed | ReadError::Io => return End::Close,
         ReadError::TimedOut => {
             log::debug!("{peer}: closed: the request did not arrive in time");
             return End::Close;
@@ -382,31 +378,4 @@ impl Write for DeadlineStream {
     fn flush(&mut self) -> io::Result<()> {
         self.tcp.flush()
     }
-}
-
-/// The rustls server configuration for `broker.tls_cert`/`tls_key`, or `None` for plain HTTP.
-pub fn tls_config(settings: &Settings) -> Result<Option<Arc<rustls::ServerConfig>>> {
-    let Some((cert, key)) = &settings.tls else {
-        return Ok(None);
-    };
-    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
-        .and_then(|it| it.collect())
-        .map_err(|e| Error::config(format!("broker.tls_cert {}: {e}", cert.display())))?;
-    if certs.is_empty() {
-        return Err(Error::config(format!(
-            "broker.tls_cert {}: holds no PEM certificate",
-            cert.display()
-        )));
-    }
-    let key = PrivateKeyDer::from_pem_file(key)
-        .map_err(|e| Error::config(format!("broker.tls_key {}: {e}", key.display())))?;
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut cfg = rustls::ServerConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .map_err(|e| Error::config(format!("TLS: {e}")))?
-        .with_no_client_auth()
-        .with_single_cert(certs, key)
-        .map_err(|e| Error::config(format!("broker.tls_cert and broker.tls_key: {e}")))?;
-    cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
-    Ok(Some(Arc::new(cfg)))
 }

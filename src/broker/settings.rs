@@ -11,14 +11,14 @@ use crate::stream;
 use crate::tus::{metadata, url};
 
 /// Default `broker.listen`.
-pub const DEFAULT_LISTEN: &str = "127.0.0.1:8787";
+pub(crate) const DEFAULT_LISTEN: &str = "127.0.0.1:8787";
 /// Default `broker.path`.
-pub const DEFAULT_PATH: &str = "/generate-tus-upload-request";
+pub(crate) const DEFAULT_PATH: &str = "/generate-tus-upload-request";
 /// Default `broker.api_base`: the agent's default too.
-pub use crate::stream::DEFAULT_API_BASE;
+pub(crate) use crate::stream::DEFAULT_API_BASE;
 /// Default `broker.allowed_metadata`: the keys Stream acts on (protocol.md §3.1), minus the
 /// two the broker sets itself.
-pub const DEFAULT_ALLOWED_METADATA: [&str; 7] = [
+pub(crate) const DEFAULT_ALLOWED_METADATA: [&str; 7] = [
     "name",
     "filename",
     "filetype",
@@ -28,23 +28,24 @@ pub const DEFAULT_ALLOWED_METADATA: [&str; 7] = [
     "watermark",
 ];
 /// Stream's limits on a direct upload's `expiry`: 2 minutes to 6 hours ahead (protocol.md §3.1).
-pub const EXPIRY_RANGE_SECS: std::ops::RangeInclusive<u64> = 120..=21_600;
+pub(crate) const EXPIRY_RANGE_SECS: std::ops::RangeInclusive<u64> = 120..=21_600;
 /// Stream's limits on `maxDurationSeconds` (Cloudflare API reference for direct uploads:
 /// minimum 1, maximum 36000; older schemas said 21600).
-pub const MAX_DURATION_RANGE_SECS: std::ops::RangeInclusive<u64> = 1..=36_000;
+pub(crate) const MAX_DURATION_RANGE_SECS: std::ops::RangeInclusive<u64> = 1..=36_000;
 
 /// The API token: never printed, not even by `{:?}`.
 #[derive(Clone, PartialEq, Eq)]
-pub struct ApiToken(String);
+pub(crate) struct ApiToken(String);
 
 impl ApiToken {
     /// Wraps a token read from a secret file.
-    pub fn new(token: String) -> Self {
+    #[cfg(test)]
+    pub(crate) fn new(token: String) -> Self {
         Self(token)
     }
 
     /// The token, for the `Authorization` header only.
-    pub fn expose(&self) -> &str {
+    pub(crate) fn expose(&self) -> &str {
         &self.0
     }
 }
@@ -57,7 +58,7 @@ impl std::fmt::Debug for ApiToken {
 
 /// Everything `ferry broker` needs, checked.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Settings {
+pub(crate) struct Settings {
     /// Address to listen on.
     pub listen: SocketAddr,
     /// Path of the one-time URL endpoint.
@@ -94,7 +95,7 @@ pub struct Settings {
 
 impl Settings {
     /// Checks every key and reads the API token.
-    pub fn resolve(raw: &RawBroker, env: &Env) -> Result<Self> {
+    pub(crate) fn resolve(raw: &RawBroker, env: &Env) -> Result<Self> {
         let listen = raw.listen.as_deref().unwrap_or(DEFAULT_LISTEN);
         let listen: SocketAddr = listen.parse().map_err(|_| {
             Error::config(format!(

@@ -13,11 +13,11 @@ use crate::tus::{url, Body, Method, Request, Response, TUS_RESUMABLE};
 
 /// Metadata keys only the broker sets (compared without case: Stream has been seen to read
 /// `maxdurationseconds` too).
-pub const BROKER_KEYS: [&str; 2] = ["maxDurationSeconds", "expiry"];
+pub(crate) const BROKER_KEYS: [&str; 2] = ["maxDurationSeconds", "expiry"];
 
 /// What the device asked for, checked.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Ask {
+pub(crate) struct Ask {
     /// `Upload-Length`.
     pub length: u64,
     /// The metadata Stream gets: the client's allowed keys, then the broker's.
@@ -26,7 +26,7 @@ pub struct Ask {
 
 /// The metadata to send: `client`'s entries whose key is in `allowed` (exact match), minus any
 /// spelling of the broker's own keys, then `maxDurationSeconds` and `expiry`.
-pub fn metadata_for_stream(
+pub(crate) fn metadata_for_stream(
     client: Option<&str>,
     allowed: &[String],
     max_duration_seconds: u64,
@@ -50,7 +50,12 @@ pub fn metadata_for_stream(
 }
 
 /// The creation request to Stream.
-pub fn creation_request(api_base: &str, account_id: &str, api_token: &str, ask: &Ask) -> Request {
+pub(crate) fn creation_request(
+    api_base: &str,
+    account_id: &str,
+    api_token: &str,
+    ask: &Ask,
+) -> Request {
     let mut headers = vec![
         ("Authorization".to_string(), format!("Bearer {api_token}")),
         ("Tus-Resumable".to_string(), TUS_RESUMABLE.to_string()),
@@ -69,7 +74,7 @@ pub fn creation_request(api_base: &str, account_id: &str, api_token: &str, ask: 
 }
 
 /// `{api_base}/accounts/{account_id}/stream?direct_user=true`.
-pub fn creation_url(api_base: &str, account_id: &str) -> String {
+pub(crate) fn creation_url(api_base: &str, account_id: &str) -> String {
     format!(
         "{}?direct_user=true",
         crate::stream::endpoint(api_base, account_id)
@@ -78,7 +83,7 @@ pub fn creation_url(api_base: &str, account_id: &str) -> String {
 
 /// What Stream's answer means.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Answer {
+pub(crate) enum Answer {
     /// A one-time upload URL (absolute) and the video's id when Stream gave one.
     Created {
         /// The one-time upload URL.
@@ -96,7 +101,7 @@ pub enum Answer {
 }
 
 /// Reads Stream's answer to [`creation_request`] sent to `request_url`.
-pub fn interpret(request_url: &str, resp: &Response) -> Answer {
+pub(crate) fn interpret(request_url: &str, resp: &Response) -> Answer {
     if resp.status != 201 {
         return Answer::Refused {
             status: resp.status,
@@ -147,7 +152,7 @@ fn error_messages(resp: &Response) -> Vec<String> {
 }
 
 /// A time as RFC 3339 in UTC, to the second: `2024-05-01T12:30:00Z`.
-pub fn rfc3339(t: SystemTime) -> String {
+pub(crate) fn rfc3339(t: SystemTime) -> String {
     let secs = t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
     let (y, m, d) = crate::tus::httpdate::civil_from_days(secs / 86_400);
     let rem = secs % 86_400;

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 /// What ferry takes from its environment (systemd's variables, mostly).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Env {
+pub(crate) struct Env {
     /// `$STATE_DIRECTORY` (systemd's `StateDirectory=`): the default state directory.
     pub state_directory: Option<PathBuf>,
     /// `$XDG_STATE_HOME`: the default state directory is `ferry` below it.
@@ -26,7 +26,7 @@ pub struct Env {
 
 impl Env {
     /// Reads this process's environment.
-    pub fn from_process() -> Self {
+    pub(crate) fn from_process() -> Self {
         #[expect(
             clippy::disallowed_methods,
             reason = "the one reader of the environment"
@@ -45,7 +45,7 @@ impl Env {
 
     /// The default state directory: `$STATE_DIRECTORY`, else `$XDG_STATE_HOME/ferry`, else
     /// `~/.local/state/ferry`.
-    pub fn default_state_dir(&self) -> Option<PathBuf> {
+    pub(crate) fn default_state_dir(&self) -> Option<PathBuf> {
         if let Some(d) = &self.state_directory {
             return Some(d.clone());
         }

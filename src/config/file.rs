@@ -10,7 +10,7 @@ use serde::Deserialize;
 /// The config file's keys; every field optional so that flags can fill or override them.
 #[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
-pub struct Raw {
+pub(crate) struct Raw {
     /// Directory of the state store.
     pub state_dir: Option<PathBuf>,
     /// `[server]`.
@@ -42,7 +42,7 @@ pub struct Raw {
 /// `[broker]` keys (`ferry broker`); checked by the broker itself.
 #[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
-pub struct RawBroker {
+pub(crate) struct RawBroker {
     /// Address to listen on (default 127.0.0.1:8787).
     pub listen: Option<String>,
     /// Path of the one-time URL endpoint (default /generate-tus-upload-request).
@@ -82,7 +82,7 @@ pub struct RawBroker {
 /// `[spool]` keys.
 #[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
-pub struct RawSpool {
+pub(crate) struct RawSpool {
     /// The spool directory.
     pub dir: Option<PathBuf>,
     /// Watch subdirectories too.
@@ -102,7 +102,7 @@ pub struct RawSpool {
 /// `[daemon]` keys.
 #[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
-pub struct RawDaemon {
+pub(crate) struct RawDaemon {
     /// Files uploaded at once.
     pub concurrency: Option<usize>,
     /// Upload rate limit in bytes per second ("0" = none), e.g. "250KB".
@@ -114,7 +114,7 @@ pub struct RawDaemon {
 /// `[server]` keys.
 #[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
-pub struct RawServer {
+pub(crate) struct RawServer {
     /// tus creation endpoint.
     pub endpoint: Option<String>,
     /// Extra headers.
@@ -144,7 +144,7 @@ pub struct RawServer {
 /// `[hook]` keys.
 #[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
-pub struct RawHook {
+pub(crate) struct RawHook {
     /// Program and arguments, e.g. `["/usr/local/bin/notify-upload", "--quiet"]` (no shell).
     pub command: Option<Vec<String>>,
     /// A run taking longer is killed and retried later (default 60 s).
@@ -154,7 +154,7 @@ pub struct RawHook {
 /// `[stream]` keys (target `cloudflare-stream`).
 #[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
-pub struct RawStream {
+pub(crate) struct RawStream {
     /// Cloudflare account id.
     pub account_id: Option<String>,
     /// File (or `credential:NAME`) holding an API token with Stream Write permission.
@@ -166,7 +166,7 @@ pub struct RawStream {
 /// `[upload]` keys.
 #[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
-pub struct RawUpload {
+pub(crate) struct RawUpload {
     /// Bytes per PATCH, e.g. "6MiB".
     pub chunk_size: Option<String>,
     /// auto | off | sha1 | sha256.
@@ -183,7 +183,7 @@ pub struct RawUpload {
 /// `[retry]` keys.
 #[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
-pub struct RawRetry {
+pub(crate) struct RawRetry {
     /// First backoff ceiling.
     pub initial_delay: Option<String>,
     /// Backoff cap.
@@ -196,7 +196,7 @@ pub struct RawRetry {
 
 impl Raw {
     /// Lays `over` (command-line flags) on top of `self` (the file).
-    pub fn merge(mut self, over: Raw) -> Raw {
+    pub(crate) fn merge(mut self, over: Raw) -> Raw {
         macro_rules! take {
             ($($f:ident).+) => { if over.$($f).+.is_some() { self.$($f).+ = over.$($f).+.clone(); } };
         }

@@ -2,8 +2,8 @@
 //! flags and the environment. The only module that reads config files and the environment.
 //!
 //! The path: [`from_toml`] (or [`load`]) parses text into a [`Raw`] whose keys are all
-//! optional ([`file`]); flags are a second `Raw` laid over it with [`Raw::merge`];
-//! [`Raw::resolve`] checks every value against an [`Env`] read once at start ([`env`]) and
+//! optional ([`mod@file`]); flags are a second `Raw` laid over it with [`Raw::merge`];
+//! [`Raw::resolve`] checks every value against an [`Env`] read once at start ([`mod@env`]) and
 //! reads secret files ([`resolve`]). Sizes and durations are parsed by [`units`]. Defaults are
 //! each settings type's `Default`, written once next to the type.
 //!
@@ -61,19 +61,24 @@
 //! metrics_file = "/var/lib/node_exporter/ferry.prom"  # Prometheus textfile (optional)
 //! ```
 
-pub mod env;
-pub mod file;
-pub mod resolve;
+pub(crate) mod env;
+pub(crate) mod file;
+pub(crate) mod resolve;
 #[cfg(test)]
 mod tests;
-pub mod units;
+pub(crate) mod units;
 
 use std::path::{Path, PathBuf};
 
-pub use env::Env;
-pub use file::{Raw, RawBroker};
-pub use resolve::read_secret;
-pub use units::{parse_duration, parse_size};
+pub(crate) use env::Env;
+pub(crate) use file::Raw;
+// What `ferry broker` resolves its own `[broker]` section with.
+#[cfg(feature = "broker")]
+pub(crate) use {
+    file::RawBroker,
+    resolve::read_secret,
+    units::{parse_duration, parse_size},
+};
 
 use crate::daemon::DaemonSettings;
 use crate::error::{Error, Result};
@@ -83,7 +88,7 @@ use crate::upload::Settings;
 
 /// Everything a command needs, checked.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Config {
+pub(crate) struct Config {
     /// State directory.
     pub state_dir: PathBuf,
     /// Upload behaviour.
@@ -98,7 +103,7 @@ pub struct Config {
 
 impl Config {
     /// The daemon settings, or the error `ferry run` gives without `spool.dir`.
-    pub fn daemon(&self) -> Result<&DaemonSettings> {
+    pub(crate) fn daemon(&self) -> Result<&DaemonSettings> {
         self.daemon.as_ref().ok_or_else(|| {
             Error::config("spool.dir is not set: give --spool DIR or set it in the config file")
         })
@@ -106,12 +111,12 @@ impl Config {
 }
 
 /// Parses TOML text; errors name the key and line. `origin` names the text in errors.
-pub fn from_toml(text: &str, origin: &str) -> Result<Raw> {
+pub(crate) fn from_toml(text: &str, origin: &str) -> Result<Raw> {
     toml::from_str(text).map_err(|e| Error::config(format!("{origin}: {e}")))
 }
 
 /// Reads and parses a config file.
-pub fn load(path: &Path) -> Result<Raw> {
+pub(crate) fn load(path: &Path) -> Result<Raw> {
     let text = std::fs::read_to_string(path)
         .map_err(|e| Error::config(format!("cannot read config file {}: {e}", path.display())))?;
     from_toml(&text, &path.display().to_string())

@@ -35,7 +35,7 @@ const CONCURRENCY: usize = 1;
 impl Raw {
     /// Checks every value and reads secret files: the one [`Config`] every command uses.
     /// `[spool]` and `[daemon]` are checked when `spool.dir` is set (`ferry run` needs it).
-    pub fn resolve(self, env: &Env) -> Result<Config> {
+    pub(crate) fn resolve(self, env: &Env) -> Result<Config> {
         let s = &self.server;
         let target = target_kind(s.target.as_deref())?;
         let mut headers = headers(s, env)?;
@@ -128,7 +128,7 @@ impl Raw {
     }
 
     /// The state directory (given, or the default), without checking anything else.
-    pub fn state_dir(&self, env: &Env) -> Result<PathBuf> {
+    pub(crate) fn state_dir(&self, env: &Env) -> Result<PathBuf> {
         match &self.state_dir {
             Some(d) => Ok(d.clone()),
             None => env
@@ -140,7 +140,7 @@ impl Raw {
 
 impl Raw {
     /// Checks the `[spool]` and `[daemon]` keys for `ferry run` (at start and on SIGHUP).
-    pub fn resolve_daemon(&self, state_dir: &Path) -> Result<DaemonSettings> {
+    pub(crate) fn resolve_daemon(&self, state_dir: &Path) -> Result<DaemonSettings> {
         let sp = &self.spool;
         let dir = sp.dir.clone().ok_or_else(|| {
             Error::config("spool.dir is not set: give --spool DIR or set it in the config file")
@@ -331,7 +331,7 @@ fn check_header(name: &str, value: &str, key: &str) -> Result<()> {
 }
 
 /// Reads a secret from a file path or `credential:NAME` (systemd's `$CREDENTIALS_DIRECTORY`).
-pub fn read_secret(source: &str, env: &Env) -> std::result::Result<String, String> {
+pub(crate) fn read_secret(source: &str, env: &Env) -> std::result::Result<String, String> {
     let path = match source.strip_prefix("credential:") {
         Some(name) => {
             let dir = env.credentials_directory.as_ref().ok_or_else(|| {

@@ -3,6 +3,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
+use super::resolve::read_secret;
 use super::*;
 use crate::backoff::RetryPolicy;
 use crate::stream::Target;

@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 /// Parses a size: `6291456`, `6MiB`, `6 MiB`, `6M` (binary), `5MB` (decimal).
-pub fn parse_size(text: &str) -> Result<u64, String> {
+pub(crate) fn parse_size(text: &str) -> Result<u64, String> {
     let (n, unit) = split_number(text)
         .ok_or_else(|| format!("{text:?} is not a size like 6291456, 6MiB or 5MB"))?;
     let mult: u64 = match unit.to_ascii_lowercase().as_str() {
@@ -26,7 +26,7 @@ pub fn parse_size(text: &str) -> Result<u64, String> {
 }
 
 /// Parses a duration: `30s`, `500ms`, `2m`, `1h`, `1d`, or plain seconds.
-pub fn parse_duration(text: &str) -> Result<Duration, String> {
+pub(crate) fn parse_duration(text: &str) -> Result<Duration, String> {
     let (n, unit) = split_number(text)
         .ok_or_else(|| format!("{text:?} is not a duration like 30s, 500ms, 2m or 1h"))?;
     let d = match unit {

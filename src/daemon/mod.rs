@@ -54,7 +54,7 @@ const QUEUE_WINDOW: usize = 1024;
 
 /// What to do with a spool file once the server holds all of it.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum AfterUpload {
+pub(crate) enum AfterUpload {
     /// Delete it.
     Delete,
     /// Leave it, remembered as done (never uploaded twice).
@@ -65,7 +65,7 @@ pub enum AfterUpload {
 
 /// Settings of `ferry run` beyond those of an upload.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct DaemonSettings {
+pub(crate) struct DaemonSettings {
     /// The spool and its rules.
     pub spool: SpoolRules,
     /// The after-upload action.
@@ -84,7 +84,7 @@ pub struct DaemonSettings {
 
 /// What wakes the main loop.
 #[derive(Debug)]
-pub enum Event {
+pub(crate) enum Event {
     /// A writer closed this file, or it was renamed into the spool.
     Written(PathBuf),
     /// A name appeared (a file being written, a link, a FIFO): judged by the usual rules.
@@ -105,7 +105,7 @@ pub enum Event {
 
 /// How a worker's job ended.
 #[derive(Debug)]
-pub enum JobResult {
+pub(crate) enum JobResult {
     /// The server holds the whole file.
     Done(Completed),
     /// The file cannot be uploaded.
@@ -115,7 +115,7 @@ pub enum JobResult {
 }
 
 /// The real parts the daemon works with.
-pub struct Parts<'a> {
+pub(crate) struct Parts<'a> {
     /// HTTP.
     pub transport: &'a dyn Transport,
     /// State.
@@ -144,7 +144,7 @@ struct Active {
 }
 
 /// Runs the daemon until SIGTERM/SIGINT.
-pub fn run(
+pub(crate) fn run(
     parts: Parts,
     settings: DaemonSettings,
     events: Receiver<Event>,

@@ -16,7 +16,7 @@ use crate::error::Result;
 
 /// A damaged database that [`Store::open`] moved aside before starting a new one.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct StateReset {
+pub(crate) struct StateReset {
     /// What was wrong with it.
     pub problem: String,
     /// Where it was moved (kept for inspection); `None` when it was missing.
@@ -25,7 +25,7 @@ pub struct StateReset {
 
 /// How damaged the state was: for `ferry status` and the metrics.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Damage {
+pub(crate) struct Damage {
     /// The database moved aside at open, if any.
     pub reset: Option<StateReset>,
     /// Unreadable records moved aside since the start.
@@ -85,7 +85,7 @@ pub(super) fn open_checked(
 
 impl Store {
     /// What damage was found and set aside since the store was opened.
-    pub fn damage(&self) -> Damage {
+    pub(crate) fn damage(&self) -> Damage {
         Damage {
             reset: self.reset.clone(),
             records: self.damaged_records.load(Ordering::Relaxed),

@@ -14,11 +14,11 @@ use crate::error::{Error, Result};
 /// A file's key in the store: its absolute path.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(transparent)]
-pub struct FileKey(String);
+pub(crate) struct FileKey(String);
 
 impl FileKey {
     /// The key of the file at `path` (made absolute against the working directory).
-    pub fn for_path(path: &Path) -> Result<Self> {
+    pub(crate) fn for_path(path: &Path) -> Result<Self> {
         let abs = std::path::absolute(path)
             .map_err(|e| Error::source_file(path, format!("cannot make the path absolute: {e}")))?;
         abs.to_str()
@@ -27,12 +27,12 @@ impl FileKey {
     }
 
     /// The file's absolute path.
-    pub fn path(&self) -> &Path {
+    pub(crate) fn path(&self) -> &Path {
         Path::new(&self.0)
     }
 
     /// The key as text (what the database and the status snapshot hold).
-    pub fn as_str(&self) -> &str {
+    pub(crate) fn as_str(&self) -> &str {
         &self.0
     }
 }

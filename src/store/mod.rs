@@ -39,16 +39,16 @@ mod record;
 mod tests;
 
 use commit::{sync_tree, Commits, SyncHandles};
-pub use damage::{Damage, StateReset};
-pub use key::FileKey;
+pub(crate) use damage::StateReset;
+pub(crate) use key::FileKey;
 use record::{decode, decode_failed, failed_key, key, FAILED_PREFIX, FILE_PREFIX};
-pub use record::{FailedRecord, FileRecord, HookState, RecordState, RECORD_VERSION};
+pub(crate) use record::{FailedRecord, FileRecord, RecordState, RECORD_VERSION};
 
 /// sled's page cache; its default (1 GiB) is absurd on a Pi.
 const CACHE_CAPACITY_BYTES: u64 = 1024 * 1024;
 
 /// The sled-backed store.
-pub struct Store {
+pub(crate) struct Store {
     db: sled::Db,
     dir: PathBuf,
     /// sled's log file and directory, synced after every flush; `None` for a temporary store.
@@ -68,7 +68,7 @@ impl Store {
     /// A store another process holds, a directory ferry may not write and a full disk give a
     /// clear error; a damaged database is moved aside and a new one started (see the module
     /// doc). Every directory entry on the way is synced before this returns.
-    pub fn open(dir: &Path) -> Result<Self> {
+    pub(crate) fn open(dir: &Path) -> Result<Self> {
         durable::create_dir_all(dir)
             .map_err(|e| state_err(dir, format!("cannot create it: {e}")))?;
         let db_dir = dir.join("db");
@@ -97,7 +97,8 @@ impl Store {
     }
 
     /// A store in a temporary directory that is removed when dropped (tests).
-    pub fn open_temporary() -> Result<Self> {
+    #[cfg(test)]
+    pub(crate) fn open_temporary() -> Result<Self> {
         let dir = std::env::temp_dir();
         let db = sled::Config::new()
             .temporary(true)
@@ -119,60 +120,60 @@ impl Store {
     /// instead of running sled's own shutdown: that ends in an `fsync` whose failure panics
     /// (sled 0.34 `Log::drop` unwraps it), an abort in release builds. For the end of a
     /// command only: the process exits right after, which closes the files and the lock.
-    pub fn close(self) -> Result<()> {
+    pub(crate) fn close(self) -> Result<()> {
         let result = self.flush();
         std::mem::forget(self);
         result
     }
 
     /// The record for `path`, if any. An unreadable record is moved aside and reads as none.
-    pub fn get(&self, path: &FileKey) -> Result<Option<FileRecord>> {
+    pub(crate) fn get(&self, path: &FileKey) -> Result<Option<FileRecord>> {
         self.read_one(&key(path), decode)
     }
 
     /// Writes `record` and makes it durable before returning.
-    pub fn put(&self, record: &FileRecord) -> Result<()> {
+    pub(crate) fn put(&self, record: &FileRecord) -> Result<()> {
         self.put_unsynced(record)?;
         self.flush()
     }
 
     /// Writes `record` without syncing it: for what the server can tell again (the offset, the
     /// expiry). The next durable write takes it along.
-    pub fn put_unsynced(&self, record: &FileRecord) -> Result<()> {
+    pub(crate) fn put_unsynced(&self, record: &FileRecord) -> Result<()> {
         let value = serde_json::to_vec(record).map_err(|e| state_err(&self.dir, e.to_string()))?;
         self.write(|db| db.insert(key(&record.path), value).map(|_| ()))
     }
 
     /// Removes the record for `path`. Not synced (the next durable write takes it along): a
     /// removal lost in a cut only brings back a record that is looked at and dropped again.
-    pub fn remove(&self, path: &FileKey) -> Result<()> {
+    pub(crate) fn remove(&self, path: &FileKey) -> Result<()> {
         self.write(|db| db.remove(key(path)).map(|_| ()))
     }
 
     /// All records, in key order; unreadable ones are moved aside and left out.
-    pub fn records(&self) -> Result<Vec<FileRecord>> {
+    pub(crate) fn records(&self) -> Result<Vec<FileRecord>> {
         self.read_all(FILE_PREFIX, decode)
     }
 
     /// Records a permanent failure of a file kept in place (durably).
-    pub fn put_failed(&self, rec: &FailedRecord) -> Result<()> {
+    pub(crate) fn put_failed(&self, rec: &FailedRecord) -> Result<()> {
         let value = serde_json::to_vec(rec).map_err(|e| state_err(&self.dir, e.to_string()))?;
         self.write(|db| db.insert(failed_key(&rec.path), value).map(|_| ()))?;
         self.flush()
     }
 
     /// The failure record of `path`, if any (an unreadable one is moved aside).
-    pub fn get_failed(&self, path: &FileKey) -> Result<Option<FailedRecord>> {
+    pub(crate) fn get_failed(&self, path: &FileKey) -> Result<Option<FailedRecord>> {
         self.read_one(&failed_key(path), decode_failed)
     }
 
     /// Forgets the failure of `path`.
-    pub fn remove_failed(&self, path: &FileKey) -> Result<()> {
+    pub(crate) fn remove_failed(&self, path: &FileKey) -> Result<()> {
         self.write(|db| db.remove(failed_key(path)).map(|_| ()))
     }
 
     /// All failure records (unreadable ones are moved aside and left out).
-    pub fn failed(&self) -> Result<Vec<FailedRecord>> {
+    pub(crate) fn failed(&self) -> Result<Vec<FailedRecord>> {
         self.read_all(FAILED_PREFIX, decode_failed)
     }
 

@@ -12,14 +12,14 @@ use super::FileKey;
 use crate::source::Identity;
 
 /// The record format written by this version.
-pub const RECORD_VERSION: u32 = 1;
+pub(crate) const RECORD_VERSION: u32 = 1;
 
 pub(super) const FILE_PREFIX: &str = "file/";
 pub(super) const FAILED_PREFIX: &str = "failed/";
 
 /// A file that failed permanently and was kept in place (not retried until it changes).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct FailedRecord {
+pub(crate) struct FailedRecord {
     /// The file (its absolute path).
     pub path: FileKey,
     /// Identity of the content that failed.
@@ -35,7 +35,7 @@ pub struct FailedRecord {
 /// Where a file stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
-pub enum RecordState {
+pub(crate) enum RecordState {
     /// An upload exists on the server (URL known) and is not known to be complete.
     Uploading,
     /// The server confirmed offset == length.
@@ -44,7 +44,7 @@ pub enum RecordState {
 
 /// Everything ferry remembers about one file.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct FileRecord {
+pub(crate) struct FileRecord {
     /// Format version ([`RECORD_VERSION`]).
     pub version: u32,
     /// The file (its absolute path).
@@ -75,7 +75,7 @@ pub struct FileRecord {
 
 /// What the record says about the hook of one upload.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct HookState {
+pub(crate) struct HookState {
     /// Runs started (a run that was started but never finished counts).
     pub runs: u32,
     /// True once a run exited 0.

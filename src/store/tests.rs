@@ -3,7 +3,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 
-use super::damage::{DAMAGED_RECORD_PREFIX, STORE_ID_FILE};
+use super::damage::{Damage, DAMAGED_RECORD_PREFIX, STORE_ID_FILE};
 use super::record::{failed_key, key};
 use super::*;
 use crate::source::Identity;

@@ -20,7 +20,7 @@ const MAX_RESPONSE_BODY_BYTES: u64 = 4096;
 
 /// Settings of the HTTP client.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct HttpSettings {
+pub(crate) struct HttpSettings {
     /// Limit for resolving and connecting (TCP and TLS handshake).
     pub connect_timeout: Duration,
     /// Limit for any single read or write to make progress.
@@ -46,13 +46,13 @@ impl Default for HttpSettings {
 }
 
 /// ureq-backed [`Transport`].
-pub struct UreqTransport {
+pub(crate) struct UreqTransport {
     agent: ureq::Agent,
 }
 
 impl UreqTransport {
     /// Builds the client; fails when a certificate or key file is unusable.
-    pub fn new(settings: &HttpSettings) -> Result<Self> {
+    pub(crate) fn new(settings: &HttpSettings) -> Result<Self> {
         let config = ureq::Agent::config_builder()
             .http_status_as_error(false)
             .max_redirects(0)

@@ -9,10 +9,10 @@ use std::io::Read;
 
 use crate::tus::{Request, Response};
 
-pub mod http;
+pub(crate) mod http;
 
 /// Sends requests.
-pub trait Transport: Send + Sync {
+pub(crate) trait Transport: Send + Sync {
     /// Sends `req`. When `req.body` is a file range, `body` yields exactly its bytes, which are
     /// streamed with that `Content-Length`.
     fn send(
@@ -24,7 +24,7 @@ pub trait Transport: Send + Sync {
 
 /// Why no answer came back.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum FailureKind {
+pub(crate) enum FailureKind {
     /// Connect, read or write took longer than its timeout (a stalled link).
     Timeout,
     /// Could not connect, the connection broke, or the name did not resolve.
@@ -41,7 +41,7 @@ pub enum FailureKind {
 
 /// A request that got no usable answer.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct TransportError {
+pub(crate) struct TransportError {
     /// What kind of failure.
     pub kind: FailureKind,
     /// Details for the log.
@@ -50,7 +50,7 @@ pub struct TransportError {
 
 impl TransportError {
     /// True when retrying the same request later might work.
-    pub fn is_transient(&self) -> bool {
+    pub(crate) fn is_transient(&self) -> bool {
         !matches!(self.kind, FailureKind::Tls)
     }
 }

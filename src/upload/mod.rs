@@ -41,11 +41,11 @@ mod settings;
 mod terminate;
 mod transfer;
 
-pub use settings::{ChecksumMode, Header, Settings};
+pub(crate) use settings::{ChecksumMode, Header, Settings};
 
 /// What to do next with a file.
 #[derive(Debug)]
-pub enum Step {
+pub(crate) enum Step {
     /// Call `step` again now.
     Continue,
     /// Call `step` again after this delay.
@@ -60,7 +60,7 @@ pub enum Step {
 
 /// A finished upload.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Completed {
+pub(crate) struct Completed {
     /// The file.
     pub path: PathBuf,
     /// Its upload URL.
@@ -75,7 +75,7 @@ pub struct Completed {
 
 impl Completed {
     /// Cloudflare Stream's media id, when the server sent one.
-    pub fn media_id(&self) -> Option<&str> {
+    pub(crate) fn media_id(&self) -> Option<&str> {
         self.captured.get(MEDIA_ID_HEADER).map(String::as_str)
     }
 }
@@ -91,7 +91,7 @@ enum Phase {
 }
 
 /// One file on its way to the server.
-pub struct FileUpload {
+pub(crate) struct FileUpload {
     source: Source,
     key: FileKey,
     record: Option<FileRecord>,
@@ -111,38 +111,23 @@ pub struct FileUpload {
 
 impl FileUpload {
     /// The file's path.
-    pub fn path(&self) -> &Path {
+    pub(crate) fn path(&self) -> &Path {
         self.source.path()
     }
 
-    /// The file's size.
-    pub fn len(&self) -> u64 {
-        self.source.len()
-    }
-
-    /// True for an empty file.
-    pub fn is_empty(&self) -> bool {
-        self.source.is_empty()
-    }
-
     /// Failed attempts since the last confirmed byte.
-    pub fn attempts(&self) -> u32 {
+    pub(crate) fn attempts(&self) -> u32 {
         self.attempt
     }
 
     /// The last transient failure, for status displays.
-    pub fn last_error(&self) -> Option<&str> {
+    pub(crate) fn last_error(&self) -> Option<&str> {
         self.last_error.as_deref()
-    }
-
-    /// The progress counters of this file.
-    pub fn progress(&self) -> &Arc<Progress> {
-        &self.progress
     }
 }
 
 /// Uploads files: the protocol logic, over a transport, a store and a clock.
-pub struct Uploader<'a> {
+pub(crate) struct Uploader<'a> {
     transport: &'a dyn Transport,
     store: &'a Store,
     clock: &'a dyn Clock,
@@ -158,7 +143,7 @@ pub struct Uploader<'a> {
 
 impl<'a> Uploader<'a> {
     /// An uploader; `jitter_seed` should differ between devices.
-    pub fn new(
+    pub(crate) fn new(
         transport: &'a dyn Transport,
         store: &'a Store,
         clock: &'a dyn Clock,
@@ -180,25 +165,25 @@ impl<'a> Uploader<'a> {
     }
 
     /// Interrupts transfers and waits when `flag` is set (pause, shutdown).
-    pub fn with_interrupt(mut self, flag: Arc<AtomicBool>) -> Self {
+    pub(crate) fn with_interrupt(mut self, flag: Arc<AtomicBool>) -> Self {
         self.wake = flag;
         self
     }
 
     /// Shares `limiter` among this uploader's transfers.
-    pub fn with_rate_limit(mut self, limiter: Option<Arc<RateLimiter>>) -> Self {
+    pub(crate) fn with_rate_limit(mut self, limiter: Option<Arc<RateLimiter>>) -> Self {
         self.limiter = limiter;
         self
     }
 
     /// Counts every body byte read into `total` (metrics).
-    pub fn with_byte_counter(mut self, total: Arc<std::sync::atomic::AtomicU64>) -> Self {
+    pub(crate) fn with_byte_counter(mut self, total: Arc<std::sync::atomic::AtomicU64>) -> Self {
         self.bytes_sent = Some(total);
         self
     }
 
     /// The flag that interrupts transfers and waits.
-    pub fn interrupt_flag(&self) -> &Arc<AtomicBool> {
+    pub(crate) fn interrupt_flag(&self) -> &Arc<AtomicBool> {
         &self.wake
     }
 
@@ -212,7 +197,7 @@ impl<'a> Uploader<'a> {
     }
 
     /// Uploads one file to completion (or failure), waiting out backoffs on the clock.
-    pub fn upload(&self, path: &Path, progress: Arc<Progress>) -> Result<Completed> {
+    pub(crate) fn upload(&self, path: &Path, progress: Arc<Progress>) -> Result<Completed> {
         let mut file = self.start(path, progress)?;
         loop {
             match self.step(&mut file) {
@@ -226,7 +211,7 @@ impl<'a> Uploader<'a> {
     }
 
     /// Opens `path` and decides, from its record, whether to resume, restart or create.
-    pub fn start(&self, path: &Path, progress: Arc<Progress>) -> Result<FileUpload> {
+    pub(crate) fn start(&self, path: &Path, progress: Arc<Progress>) -> Result<FileUpload> {
         let source = Source::open(path)?;
         let key = FileKey::for_path(path)?;
         let mut file = FileUpload {
@@ -256,7 +241,7 @@ impl<'a> Uploader<'a> {
     }
 
     /// Performs at most one HTTP exchange for `f` and says what comes next.
-    pub fn step(&self, f: &mut FileUpload) -> Step {
+    pub(crate) fn step(&self, f: &mut FileUpload) -> Step {
         let result = match f.phase {
             Phase::Discover => self.discover(f),
             Phase::Terminate => self.terminate_stale(f),

@@ -10,7 +10,7 @@ use crate::tus::metadata;
 
 /// A request header to send, and whether it is a credential.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Header {
+pub(crate) struct Header {
     /// Header name.
     pub name: String,
     /// Header value (never logged).
@@ -22,7 +22,7 @@ pub struct Header {
 
 /// Whether to send `Upload-Checksum`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ChecksumMode {
+pub(crate) enum ChecksumMode {
     /// When the server advertises the checksum extension, with its strongest common algorithm.
     Auto,
     /// Never.
@@ -33,7 +33,7 @@ pub enum ChecksumMode {
 
 /// How files are uploaded.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Settings {
+pub(crate) struct Settings {
     /// The tus creation endpoint.
     pub endpoint: String,
     /// Bytes per PATCH.

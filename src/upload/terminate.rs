@@ -50,7 +50,7 @@ impl Uploader<'_> {
     }
 
     /// Terminates the upload of `path` on the server and forgets it (`ferry upload --cancel`).
-    pub fn cancel(&self, path: &Path) -> Result<String> {
+    pub(crate) fn cancel(&self, path: &Path) -> Result<String> {
         let key = FileKey::for_path(path)?;
         let Some(rec) = self.store.get(&key)? else {
             return Err(Error::source_file(

@@ -1,5 +1,9 @@
 //! ferry's one integration-test binary: the real `ferry` binary against real loopback servers.
 #![allow(
+    unreachable_pub,
+    reason = "a binary: its support modules' pub items are for each other"
+)]
+#![allow(
     clippy::unwrap_used,
     reason = "tests: a panic is a failed test with a location"
 )]
