@@ -9,12 +9,82 @@
 //! `FERRY_MEDIA_ID`.
 
 use std::collections::BTreeMap;
+use std::fmt;
 use std::path::PathBuf;
-use std::process::{Command, Stdio};
+use std::process::{Command, ExitStatus, Stdio};
 use std::sync::atomic::AtomicBool;
 use std::time::Duration;
 
 use crate::clock::Clock;
+use crate::error::Error;
+use crate::store::{FileKey, RecordState, Store};
+
+/// Why a hook run did not succeed. Each failure is retried (with [`retry_delay`]); the text is
+/// logged and kept in the file's record for `ferry status`.
+#[derive(Debug)]
+pub(crate) enum HookError {
+    /// `hook.command` names no program.
+    NoCommand,
+    /// The program could not be started (not found, not executable).
+    Spawn {
+        /// The program.
+        program: String,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// It exited with a failure status or was killed by a signal.
+    Exit {
+        /// The program.
+        program: String,
+        /// How it ended.
+        status: ExitStatus,
+    },
+    /// Shutdown stopped it; it runs again at the next start.
+    Stopped {
+        /// The program.
+        program: String,
+    },
+    /// It ran past `hook.timeout` and was killed.
+    TimedOut {
+        /// The program.
+        program: String,
+        /// `hook.timeout`.
+        after: Duration,
+    },
+    /// Waiting for it failed.
+    Wait {
+        /// The program.
+        program: String,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// No completed upload is recorded for the file: nothing to run the hook for.
+    NotComplete,
+    /// The state store could not count the run or record its success.
+    State(Error),
+}
+
+impl fmt::Display for HookError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::NoCommand => write!(f, "hook.command is empty"),
+            Self::Spawn { program, source } => write!(f, "cannot start {program:?}: {source}"),
+            Self::Exit { program, status } => write!(f, "{program:?} {status}"),
+            Self::Stopped { program } => write!(
+                f,
+                "{program:?} was stopped by the shutdown; it runs again at the next start"
+            ),
+            Self::TimedOut { program, after } => write!(
+                f,
+                "{program:?} did not finish within {} s and was killed",
+                after.as_secs()
+            ),
+            Self::Wait { program, source } => write!(f, "waiting for {program:?}: {source}"),
+            Self::NotComplete => write!(f, "no completed upload is recorded for it"),
+            Self::State(e) => write!(f, "{e}"),
+        }
+    }
+}
 
 /// How the hook is run.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -86,38 +156,40 @@ pub(crate) fn run(
     input: &HookInput,
     clock: &dyn Clock,
     stop: &AtomicBool,
-) -> Result<(), String> {
+) -> Result<(), HookError> {
     let Some((program, args)) = settings.argv.split_first() else {
-        return Err("hook.command is empty".into());
+        return Err(HookError::NoCommand);
     };
-    let mut child = Command::new(program)
+    let program = program.clone();
+    let mut child = match Command::new(&program)
         .args(args)
         .envs(input.env())
         .stdin(Stdio::null())
         .spawn()
-        .map_err(|e| format!("cannot start {program:?}: {e}"))?;
+    {
+        Ok(c) => c,
+        Err(source) => return Err(HookError::Spawn { program, source }),
+    };
     let started = clock.now();
     loop {
         match child.try_wait() {
             Ok(Some(status)) if status.success() => return Ok(()),
-            Ok(Some(status)) => return Err(format!("{program:?} {status}")),
+            Ok(Some(status)) => return Err(HookError::Exit { program, status }),
             Ok(None) if stop.load(std::sync::atomic::Ordering::Relaxed) => {
                 let _ = child.kill();
                 let _ = child.wait();
-                return Err(format!(
-                    "{program:?} was stopped by the shutdown; it runs again at the next start"
-                ));
+                return Err(HookError::Stopped { program });
             }
             Ok(None) if clock.now().saturating_duration_since(started) >= settings.timeout => {
                 let _ = child.kill();
                 let _ = child.wait();
-                return Err(format!(
-                    "{program:?} did not finish within {} s and was killed",
-                    settings.timeout.as_secs()
-                ));
+                return Err(HookError::TimedOut {
+                    program,
+                    after: settings.timeout,
+                });
             }
             Ok(None) => clock.sleep(Duration::from_millis(50), stop),
-            Err(e) => return Err(format!("waiting for {program:?}: {e}")),
+            Err(source) => return Err(HookError::Wait { program, source }),
         }
     }
 }
@@ -131,22 +203,22 @@ pub(crate) fn retry_delay(failures: u32) -> Duration {
 /// Runs the hook for the completed upload recorded under `key`, counting the attempt in the
 /// record before the run and its success after it. `Ok(false)` when it had already succeeded.
 pub(crate) fn run_recorded(
-    store: &crate::store::Store,
-    key: &crate::store::FileKey,
+    store: &Store,
+    key: &FileKey,
     settings: &HookSettings,
     clock: &dyn Clock,
     stop: &AtomicBool,
-) -> Result<bool, String> {
+) -> Result<bool, HookError> {
     let mut rec = match store.get(key) {
-        Ok(Some(r)) if r.state == crate::store::RecordState::Complete => r,
-        Ok(_) => return Err("no completed upload is recorded for it".into()),
-        Err(e) => return Err(e.to_string()),
+        Ok(Some(r)) if r.state == RecordState::Complete => r,
+        Ok(_) => return Err(HookError::NotComplete),
+        Err(e) => return Err(HookError::State(e)),
     };
     if rec.hook.done {
         return Ok(false);
     }
     rec.hook.runs += 1;
-    store.put(&rec).map_err(|e| e.to_string())?;
+    store.put(&rec).map_err(HookError::State)?;
     let input = HookInput {
         path: rec.path.path().to_path_buf(),
         size: rec.identity.size,
@@ -161,16 +233,16 @@ pub(crate) fn run_recorded(
     let mut now = match store.get(key) {
         Ok(Some(r)) if r.upload_url == rec.upload_url => r,
         Ok(_) => return result.map(|()| true),
-        Err(e) => return Err(e.to_string()),
+        Err(e) => return Err(HookError::State(e)),
     };
     match &result {
         Ok(()) => {
             now.hook.done = true;
             now.hook.last_error = None;
         }
-        Err(e) => now.hook.last_error = Some(e.clone()),
+        Err(e) => now.hook.last_error = Some(e.to_string()),
     }
-    store.put(&now).map_err(|e| e.to_string())?;
+    store.put(&now).map_err(HookError::State)?;
     result.map(|()| true)
 }
 
@@ -215,26 +287,28 @@ mod tests {
             timeout: Duration::from_secs(10),
         };
         let go = AtomicBool::new(false);
-        assert_eq!(run(&ok, &input(), &SystemClock, &go), Ok(()));
+        run(&ok, &input(), &SystemClock, &go).unwrap();
         let fails = HookSettings {
             argv: vec!["sh".into(), "-c".into(), "exit 3".into()],
             timeout: Duration::from_secs(10),
         };
-        assert!(run(&fails, &input(), &SystemClock, &go)
-            .unwrap_err()
-            .contains("exit status: 3"));
+        let err = run(&fails, &input(), &SystemClock, &go).unwrap_err();
+        assert!(matches!(err, HookError::Exit { .. }), "{err:?}");
+        assert!(err.to_string().contains("exit status: 3"), "{err}");
         let slow = HookSettings {
             argv: vec!["sleep".into(), "5".into()],
             timeout: Duration::from_millis(200),
         };
-        assert!(run(&slow, &input(), &SystemClock, &go)
-            .unwrap_err()
-            .contains("killed"));
+        let err = run(&slow, &input(), &SystemClock, &go).unwrap_err();
+        assert!(matches!(err, HookError::TimedOut { .. }), "{err:?}");
+        assert!(err.to_string().contains("killed"), "{err}");
         let missing = HookSettings {
             argv: vec!["/nonexistent/hook".into()],
             timeout: Duration::from_secs(1),
         };
-        let err = run(&missing, &input(), &SystemClock, &go).unwrap_err();
+        let err = run(&missing, &input(), &SystemClock, &go)
+            .unwrap_err()
+            .to_string();
         // Under qemu-user (the ARM test runs), glibc's vfork-style posix_spawn is emulated as a
         // plain fork, so a failed exec shows up as the child's exit status 127, not as an
         // error from spawn. Natively the spawn itself must fail.

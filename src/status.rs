@@ -2,7 +2,7 @@
 //! `ferry status`, since the state store admits one process) and Prometheus metrics for node_exporter's
 //! textfile collector. Both are written atomically (temporary file, then rename).
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
@@ -106,16 +106,48 @@ pub(crate) struct Totals {
     pub last_success_unix: Option<u64>,
 }
 
+/// Why the snapshot cannot be read.
+#[derive(Debug)]
+pub(crate) enum ReadError {
+    /// No snapshot file (no `ferry run` on this state directory yet), or it cannot be read.
+    Missing {
+        /// The snapshot file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The file is not a snapshot this version understands.
+    Unreadable {
+        /// The snapshot file.
+        path: PathBuf,
+        /// Why.
+        source: serde_json::Error,
+    },
+}
+
+impl std::fmt::Display for ReadError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Missing { path, source } => write!(
+                f,
+                "{}: {source} (is `ferry run` using this state directory?)",
+                path.display()
+            ),
+            Self::Unreadable { path, source } => {
+                write!(f, "{}: unreadable: {source}", path.display())
+            }
+        }
+    }
+}
+
 /// Reads the snapshot in `state_dir`.
-pub(crate) fn read(state_dir: &Path) -> Result<Snapshot, String> {
+pub(crate) fn read(state_dir: &Path) -> Result<Snapshot, ReadError> {
     let path = state_dir.join(SNAPSHOT_FILE);
-    let text = std::fs::read_to_string(&path).map_err(|e| {
-        format!(
-            "{}: {e} (is `ferry run` using this state directory?)",
-            path.display()
-        )
-    })?;
-    serde_json::from_str(&text).map_err(|e| format!("{}: unreadable: {e}", path.display()))
+    let text = match std::fs::read_to_string(&path) {
+        Ok(t) => t,
+        Err(source) => return Err(ReadError::Missing { path, source }),
+    };
+    serde_json::from_str(&text).map_err(|source| ReadError::Unreadable { path, source })
 }
 
 /// The snapshot for people.
@@ -343,6 +375,6 @@ mod tests {
         .unwrap();
         assert_eq!(read(&dir).unwrap(), snap());
         std::fs::remove_dir_all(&dir).unwrap();
-        assert!(read(&dir).unwrap_err().contains("ferry run"));
+        assert!(read(&dir).unwrap_err().to_string().contains("ferry run"));
     }
 }

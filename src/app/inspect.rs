@@ -10,7 +10,7 @@ use crate::transport::http::UreqTransport;
 
 pub(super) fn show_status(args: &CommonArgs, json: bool, env: &Env) -> Result<i32> {
     let dir = load(args)?.state_dir(env)?;
-    let snap = crate::status::read(&dir).map_err(Error::config)?;
+    let snap = crate::status::read(&dir).map_err(|e| Error::config(e.to_string()))?;
     let alive = std::fs::read_to_string(format!("/proc/{}/comm", snap.pid))
         .is_ok_and(|c| c.trim() == "ferry");
     if json {

@@ -11,8 +11,9 @@ use crate::cli::UploadArgs;
 use crate::clock::{random_seed, Clock, SystemClock};
 use crate::config::{self, Env, Raw};
 use crate::error::{Error, Result};
+use crate::hook::{HookError, HookSettings};
 use crate::progress::{Progress, Reporter};
-use crate::store::Store;
+use crate::store::{FileKey, Store};
 use crate::transport::http::UreqTransport;
 use crate::upload::Uploader;
 
@@ -105,22 +106,21 @@ fn upload_with(
 fn run_hook(
     store: &Store,
     path: &Path,
-    hook: &crate::hook::HookSettings,
+    hook: &HookSettings,
     clock: &dyn Clock,
-) -> std::result::Result<(), String> {
-    let key = crate::store::FileKey::for_path(path).map_err(|e| e.to_string())?;
+) -> std::result::Result<(), HookError> {
+    let key = FileKey::for_path(path).map_err(HookError::State)?;
     let never = std::sync::atomic::AtomicBool::new(false);
-    let mut last = String::new();
-    for attempt in 1..=3u32 {
+    let mut attempt = 1;
+    loop {
         match crate::hook::run_recorded(store, &key, hook, clock, &never) {
             Ok(_) => return Ok(()),
-            Err(e) => last = e,
+            Err(e) if attempt == 3 => return Err(e),
+            Err(_) => {}
         }
-        if attempt < 3 {
-            clock.sleep(Duration::from_secs(u64::from(attempt)), &never);
-        }
+        clock.sleep(Duration::from_secs(attempt), &never);
+        attempt += 1;
     }
-    Err(last)
 }
 
 fn cancel(uploader: &Uploader, args: &UploadArgs) -> Result<i32> {

@@ -49,7 +49,7 @@ impl<'p, 'a> Main<'p, 'a> {
     pub(super) fn hook_finished(
         &mut self,
         key: &FileKey,
-        result: std::result::Result<bool, String>,
+        result: std::result::Result<bool, hook::HookError>,
     ) {
         let path = key.path().to_path_buf();
         match result {

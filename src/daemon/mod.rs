@@ -100,7 +100,7 @@ pub(crate) enum Event {
     /// A worker is done with a file.
     Finished(FileKey, JobResult),
     /// The hook thread ran the hook of a file (`Ok(false)`: it had already run).
-    HookFinished(FileKey, std::result::Result<bool, String>),
+    HookFinished(FileKey, std::result::Result<bool, hook::HookError>),
 }
 
 /// How a worker's job ended.
