@@ -58,7 +58,14 @@ impl<'p, 'a> Main<'p, 'a> {
                     log::info!("{}: hook done", path.display());
                 }
                 self.hook_waiting.remove(key);
-                self.after_upload(&path, key);
+                // A new upload of the file (rewritten while this hook ran) may have completed
+                // meanwhile; its hook did not start while this one ran: start it now.
+                match self.parts.store.get(key) {
+                    Ok(Some(rec)) if rec.state == RecordState::Complete && !rec.hook.done => {
+                        self.start_hook(key)
+                    }
+                    _ => self.after_upload(&path, key),
+                }
             }
             Err(e) => {
                 let failures = self.hook_waiting.get(key).map_or(0, |w| w.1) + 1;

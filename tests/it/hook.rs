@@ -180,7 +180,7 @@ fn a_file_rewritten_after_its_upload_is_uploaded_again_not_deleted() {
     std::fs::write(s.dir.join("new"), &new).unwrap();
     let script = s.dir.join("rewrite.sh");
     let text = format!(
-        "#!/bin/sh\nif [ ! -e {d:?}/rewritten ]; then touch {d:?}/rewritten; cat {d:?}/new > \"$FERRY_PATH\"; fi\n",
+        "#!/bin/sh\necho \"$FERRY_UPLOAD_URL $FERRY_SIZE\" >> {d:?}/runs\nif [ ! -e {d:?}/rewritten ]; then touch {d:?}/rewritten; cat {d:?}/new > \"$FERRY_PATH\"; fi\n",
         d = s.dir
     );
     std::fs::write(&script, text).unwrap();
@@ -213,4 +213,9 @@ fn a_file_rewritten_after_its_upload_is_uploaded_again_not_deleted() {
         "the rewritten content is a second upload: {uploads:?}"
     );
     assert_eq!(server.upload_bytes(&uploads[1].id), new, "the new content");
+    // The hook ran for each upload (at least once), the second time for the new content.
+    let runs = std::fs::read_to_string(s.dir.join("runs")).unwrap();
+    let sizes: std::collections::BTreeSet<&str> =
+        runs.lines().filter_map(|l| l.split(' ').nth(1)).collect();
+    assert_eq!(sizes, ["2000", "5000"].into(), "hook runs:\n{runs}");
 }
