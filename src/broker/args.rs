@@ -32,6 +32,9 @@ OPTIONS (each overrides the same key of the --config file's [broker] section):
                                                                               [broker.url_expiry_seconds]
 
 A device token's hash: printf %s \"$TOKEN\" | sha256sum
+A bad line of the device tokens file is skipped (the others are served); a file that cannot
+be read means no devices. GET /healthz shows both: 200 ok or degraded, 503 when no device can
+be served.
 EXIT: 0 stopped by SIGTERM/SIGINT, 1 runtime error, 2 usage or configuration error.
 ";
 

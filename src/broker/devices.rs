@@ -3,14 +3,22 @@
 //! The file holds one `<device name> <sha256 hex of the token>` per line (`#` comments and
 //! blank lines allowed), so a leaked file gives no tokens away. A name may appear on several
 //! lines (a new token beside the old one while devices are rotated). The file is re-read
-//! when it changes (checked on each request, a `stat`) or on SIGHUP; a file that no longer
-//! parses is logged and the previous set kept.
+//! when it changes (checked with a `stat` on each request and each health check) or on SIGHUP.
+//!
+//! Key idea: the file as it is now is the only truth, so removing a line always revokes its
+//! token. Each valid line is a device; a bad line (a typo, a half-written last line) is
+//! skipped and reported by its number and what is wrong, never by its text, which may hold a
+//! token; a file that cannot be read (deleted, no permission) means no devices at all. What
+//! the last read found is logged once per read and kept for the health answer ([`Health`]).
 
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::RwLock;
 
 use sha2::{Digest, Sha256};
+
+/// Problems kept per read: a file that is not a tokens file at all would give thousands.
+const MAX_PROBLEMS_SHOWN: usize = 20;
 
 /// A device: its name and the SHA-256 of its token.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -21,23 +29,112 @@ pub(crate) struct Device {
     pub token_sha256: [u8; 32],
 }
 
-/// Identifies a version of the file: modification time, size, inode.
-type Stamp = (i64, i64, u64, u64);
+/// What one read of the file's text found.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub(crate) struct Parsed {
+    /// The devices of the valid lines, in file order.
+    pub devices: Vec<Device>,
+    /// One `line N: what is wrong` per skipped line (never the line's text).
+    pub problems: Vec<String>,
+}
+
+/// The state of the device tokens file as last read, for the health answer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Health {
+    /// Tokens in use.
+    pub devices: usize,
+    /// False when the file could not be read (then `devices` is 0).
+    pub readable: bool,
+    /// What is wrong: why the file cannot be read, or `line N: …` per skipped line (at most
+    /// [`MAX_PROBLEMS_SHOWN`], then how many more). Empty when the file is clean.
+    pub problems: Vec<String>,
+}
+
+/// Identifies a version of the file: modification and change times, size, inode. The change
+/// time makes a `chmod` that fixes (or breaks) permissions count as a change.
+type Stamp = (i64, i64, i64, i64, u64, u64);
+
+/// One read of the file: the devices and what was wrong.
+struct Loaded {
+    /// The file's stamp taken before it was read, so a write during the read is seen later.
+    stamp: Option<Stamp>,
+    devices: Vec<Device>,
+    readable: bool,
+    problems: Vec<String>,
+}
+
+impl Loaded {
+    fn parsed(stamp: Option<Stamp>, bytes: &[u8]) -> Self {
+        let parsed = parse(bytes);
+        Self {
+            stamp,
+            devices: parsed.devices,
+            readable: true,
+            problems: shown(parsed.problems),
+        }
+    }
+
+    fn unreadable(stamp: Option<Stamp>, e: &std::io::Error) -> Self {
+        Self {
+            stamp,
+            devices: Vec::new(),
+            readable: false,
+            problems: vec![format!("the file cannot be read: {e}")],
+        }
+    }
+
+    /// One line per read: info when clean, an error naming the file and the lines otherwise.
+    fn log(&self, path: &Path) {
+        let path = path.display();
+        if !self.readable {
+            log::error!(
+                "device tokens file {path}: {}; every device is refused until it can be read",
+                self.problems.join("; ")
+            );
+        } else if self.problems.is_empty() {
+            log::info!(
+                "device tokens read from {path}: {} tokens",
+                self.devices.len()
+            );
+        } else {
+            log::error!(
+                "device tokens file {path}: skipped bad lines ({}); fix them, they are ignored \
+                 until then; serving the {} tokens of the valid lines",
+                self.problems.join("; "),
+                self.devices.len()
+            );
+        }
+    }
+}
+
+/// `problems`, cut to [`MAX_PROBLEMS_SHOWN`] plus a count of the rest.
+fn shown(mut problems: Vec<String>) -> Vec<String> {
+    if problems.len() > MAX_PROBLEMS_SHOWN {
+        let more = problems.len() - MAX_PROBLEMS_SHOWN;
+        problems.truncate(MAX_PROBLEMS_SHOWN);
+        problems.push(format!("and {more} more bad lines"));
+    }
+    problems
+}
 
 /// The device tokens, re-read when their file changes.
 pub(crate) struct Devices {
     path: PathBuf,
-    loaded: RwLock<(Option<Stamp>, Vec<Device>)>,
+    loaded: RwLock<Loaded>,
 }
 
 impl Devices {
-    /// Reads the file; its errors name the line.
+    /// Reads the file at start. A file that cannot be read is an error (naming the file), so
+    /// a wrong path stops the broker at once; bad lines are logged and skipped.
     pub(crate) fn load(path: &Path) -> Result<Self, String> {
         let stamp = stamp(path);
-        let devices = read(path)?;
+        let bytes = std::fs::read(path)
+            .map_err(|e| format!("cannot read device tokens {}: {e}", path.display()))?;
+        let loaded = Loaded::parsed(stamp, &bytes);
+        loaded.log(path);
         Ok(Self {
             path: path.to_path_buf(),
-            loaded: RwLock::new((stamp, devices)),
+            loaded: RwLock::new(loaded),
         })
     }
 
@@ -46,8 +143,19 @@ impl Devices {
         self.loaded
             .read()
             .unwrap_or_else(|e| e.into_inner())
-            .1
+            .devices
             .len()
+    }
+
+    /// The file's state, re-read first if it changed (so a deleted file shows at once).
+    pub(crate) fn health(&self) -> Health {
+        self.reload_if_changed();
+        let loaded = self.loaded.read().unwrap_or_else(|e| e.into_inner());
+        Health {
+            devices: loaded.devices.len(),
+            readable: loaded.readable,
+            problems: loaded.problems.clone(),
+        }
     }
 
     /// The device whose token is in `authorization` (`Bearer <token>`), if any.
@@ -61,7 +169,7 @@ impl Devices {
         let loaded = self.loaded.read().unwrap_or_else(|e| e.into_inner());
         // Every entry is compared, in constant time, so timing tells nothing about the set.
         let mut found: Option<&Device> = None;
-        for d in &loaded.1 {
+        for d in &loaded.devices {
             if constant_time_eq(&d.token_sha256, &hash) {
                 found = Some(d);
             }
@@ -69,78 +177,86 @@ impl Devices {
         found.map(|d| d.name.clone())
     }
 
-    /// Re-reads the file now (SIGHUP).
+    /// Re-reads the file now (SIGHUP), changed or not.
     pub(crate) fn reload(&self) {
-        self.reload_from(stamp(&self.path));
+        let mut loaded = self.loaded.write().unwrap_or_else(|e| e.into_inner());
+        *loaded = read(&self.path);
+        loaded.log(&self.path);
     }
 
     fn reload_if_changed(&self) {
-        let now = stamp(&self.path);
-        let known = self.loaded.read().unwrap_or_else(|e| e.into_inner()).0;
-        if now != known {
-            self.reload_from(now);
+        let known = self.loaded.read().unwrap_or_else(|e| e.into_inner()).stamp;
+        if stamp(&self.path) == known {
+            return;
+        }
+        let mut loaded = self.loaded.write().unwrap_or_else(|e| e.into_inner());
+        // Another request may have re-read it while this one waited for the lock: one
+        // read and one log line per change, not one per request.
+        if stamp(&self.path) != loaded.stamp {
+            *loaded = read(&self.path);
+            loaded.log(&self.path);
         }
     }
+}
 
-    fn reload_from(&self, stamp: Option<Stamp>) {
-        let mut loaded = self.loaded.write().unwrap_or_else(|e| e.into_inner());
-        match read(&self.path) {
-            Ok(devices) => {
-                log::info!(
-                    "device tokens re-read from {}: {} tokens",
-                    self.path.display(),
-                    devices.len()
-                );
-                *loaded = (stamp, devices);
-            }
-            Err(e) => {
-                // Keep serving the devices we know; remember the stamp so the error is
-                // logged once per change, not once per request.
-                log::error!("{e}; keeping the {} tokens read before", loaded.1.len());
-                loaded.0 = stamp;
-            }
-        }
+/// Reads the file as it is now; never fails: an unreadable file is a [`Loaded`] without devices.
+fn read(path: &Path) -> Loaded {
+    let stamp = stamp(path);
+    match std::fs::read(path) {
+        Ok(bytes) => Loaded::parsed(stamp, &bytes),
+        Err(e) => Loaded::unreadable(stamp, &e),
     }
 }
 
 fn stamp(path: &Path) -> Option<Stamp> {
     let m = std::fs::metadata(path).ok()?;
-    Some((m.mtime(), m.mtime_nsec(), m.size(), m.ino()))
+    Some((
+        m.mtime(),
+        m.mtime_nsec(),
+        m.ctime(),
+        m.ctime_nsec(),
+        m.size(),
+        m.ino(),
+    ))
 }
 
-fn read(path: &Path) -> Result<Vec<Device>, String> {
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| format!("cannot read device tokens {}: {e}", path.display()))?;
-    parse(&text).map_err(|e| format!("device tokens {}: {e}", path.display()))
-}
-
-/// Parses the file's text; errors name the line (and never echo a hash).
-pub(crate) fn parse(text: &str) -> Result<Vec<Device>, String> {
-    let mut out: Vec<Device> = Vec::new();
-    for (i, line) in text.lines().enumerate() {
+/// Parses the file's bytes: the valid lines' devices, and a problem per bad line. Lines are
+/// split on bytes, so a file cut inside a multi-byte character loses only that line.
+pub(crate) fn parse(bytes: &[u8]) -> Parsed {
+    let mut out = Parsed::default();
+    for (i, raw) in bytes.split(|&b| b == b'\n').enumerate() {
+        let n = i + 1;
+        let Ok(line) = std::str::from_utf8(raw) else {
+            out.problems.push(format!("line {n}: not UTF-8 text"));
+            continue;
+        };
         let line = line.trim();
         if line.is_empty() || line.starts_with('#') {
             continue;
         }
-        let n = i + 1;
-        let mut fields = line.split_whitespace();
-        let (Some(name), Some(hex), None) = (fields.next(), fields.next(), fields.next()) else {
-            return Err(format!(
-                "line {n}: expected `<device name> <sha256 hex of its token>`"
-            ));
-        };
-        let token_sha256 = decode_hex(hex).ok_or_else(|| {
-            format!("line {n}: the second field is not 64 hex digits (a SHA-256)")
-        })?;
-        if out.iter().any(|d| d.token_sha256 == token_sha256) {
-            return Err(format!("line {n}: the same token hash is given twice"));
+        match parse_line(line) {
+            Ok(d) if out.devices.iter().any(|k| k.token_sha256 == d.token_sha256) => out
+                .problems
+                .push(format!("line {n}: the same token hash as an earlier line")),
+            Ok(d) => out.devices.push(d),
+            Err(what) => out.problems.push(format!("line {n}: {what}")),
         }
-        out.push(Device {
-            name: name.to_string(),
-            token_sha256,
-        });
     }
-    Ok(out)
+    out
+}
+
+/// One non-blank, non-comment line; the error says what is wrong without echoing the line.
+fn parse_line(line: &str) -> Result<Device, &'static str> {
+    let mut fields = line.split_whitespace();
+    let (Some(name), Some(hex), None) = (fields.next(), fields.next(), fields.next()) else {
+        return Err("expected `<device name> <sha256 hex of its token>`");
+    };
+    let token_sha256 =
+        decode_hex(hex).ok_or("the second field is not 64 hex digits (a SHA-256)")?;
+    Ok(Device {
+        name: name.to_string(),
+        token_sha256,
+    })
 }
 
 fn decode_hex(hex: &str) -> Option<[u8; 32]> {
@@ -163,70 +279,5 @@ pub(crate) fn constant_time_eq(a: &[u8; 32], b: &[u8; 32]) -> bool {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn hex(token: &str) -> String {
-        Sha256::digest(token.as_bytes())
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect()
-    }
-
-    #[test]
-    fn parses_names_hashes_comments_and_rotation() {
-        let text = format!(
-            "# devices\n\ncam-1 {}\ncam-1 {}\n  cam-2\t{}  \n",
-            hex("a"),
-            hex("b"),
-            hex("c").to_uppercase()
-        );
-        let d = parse(&text).unwrap();
-        assert_eq!(d.len(), 3);
-        assert_eq!(d[2].name, "cam-2");
-        assert_eq!(d[2].token_sha256, <[u8; 32]>::from(Sha256::digest(b"c")));
-    }
-
-    #[test]
-    fn errors_name_the_line() {
-        assert!(parse("cam-1\n").unwrap_err().starts_with("line 1:"));
-        assert!(parse("\ncam-1 abc\n").unwrap_err().starts_with("line 2:"));
-        let h = hex("a");
-        assert!(parse(&format!("a {h}\nb {h}\n"))
-            .unwrap_err()
-            .contains("line 2: the same token hash"));
-        assert!(parse(&format!("a {h} extra\n")).is_err());
-        assert!(parse(&format!("a {}zz\n", &h[..62])).is_err());
-    }
-
-    #[test]
-    fn authenticates_bearer_tokens_and_rereads_a_changed_file() {
-        let dir = std::env::temp_dir().join(format!("ferry-devices-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let path = dir.join("devices");
-        std::fs::write(&path, format!("cam-1 {}\n", hex("tok-1"))).unwrap();
-        let devices = Devices::load(&path).unwrap();
-        assert_eq!(
-            devices.authenticate(Some("Bearer tok-1")).as_deref(),
-            Some("cam-1")
-        );
-        assert_eq!(devices.authenticate(Some("Bearer tok-2")), None);
-        assert_eq!(devices.authenticate(Some("Basic tok-1")), None);
-        assert_eq!(devices.authenticate(Some("Bearer ")), None);
-        assert_eq!(devices.authenticate(None), None);
-        // A different size makes the change visible even within one mtime tick.
-        std::fs::write(&path, format!("cam-22 {}\n", hex("tok-2"))).unwrap();
-        assert_eq!(
-            devices.authenticate(Some("Bearer tok-2")).as_deref(),
-            Some("cam-22")
-        );
-        assert_eq!(devices.authenticate(Some("Bearer tok-1")), None);
-        // A broken file keeps the previous set.
-        std::fs::write(&path, "garbage\n").unwrap();
-        assert_eq!(
-            devices.authenticate(Some("Bearer tok-2")).as_deref(),
-            Some("cam-22")
-        );
-        std::fs::remove_dir_all(&dir).unwrap();
-    }
-}
+#[path = "devices_tests.rs"]
+mod tests;

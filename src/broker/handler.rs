@@ -3,7 +3,8 @@
 //! `POST <path>`: device token → `Upload-Length` → metadata → rate limit → Stream, answered
 //! 201 + `Location` (+ `Stream-Media-ID`), or 400/401/412/429 for the device's mistakes, and
 //! 502/504 when Stream refuses or does not answer. `OPTIONS <path>`: CORS preflight, or tus
-//! discovery without `Origin`. The API token goes into one header of one request to Stream;
+//! discovery without `Origin`. `GET /healthz`: the device tokens file's state ([`health`]).
+//! The API token goes into one header of one request to Stream;
 //! it is never put in an answer or a log line.
 
 use std::sync::Arc;
@@ -13,6 +14,7 @@ use serde_json::{json, Value};
 
 use super::cors::Cors;
 use super::devices::Devices;
+use super::health;
 use super::http::{Request, Response};
 use super::limit::{retry_after_secs, RateLimits};
 use super::settings::{ApiToken, Settings};
@@ -65,7 +67,8 @@ pub(crate) struct Broker {
 }
 
 impl Broker {
-    /// A broker for `settings`; reads the device tokens file.
+    /// A broker for `settings`; reads the device tokens file. A file that cannot be read is a
+    /// configuration error (a wrong path shows at start); bad lines are logged and skipped.
     pub(crate) fn new(
         settings: &Settings,
         transport: Box<dyn Transport>,
@@ -110,6 +113,9 @@ impl Broker {
     /// Answers one request.
     pub(crate) fn handle(&self, req: &Request) -> Handled {
         if req.path() != self.path {
+            if req.path() == health::PATH {
+                return self.health(req);
+            }
             return Handled::error(404, "not found", None);
         }
         let origin = req.header("Origin");
@@ -124,6 +130,24 @@ impl Broker {
         };
         self.cors.decorate(origin, &mut handled.response);
         handled
+    }
+
+    /// `GET /healthz`; the devices file is re-read first if it changed.
+    fn health(&self, req: &Request) -> Handled {
+        let response = match req.method.as_str() {
+            "GET" | "HEAD" => health::answer(&self.devices.health()),
+            _ => {
+                let mut r = Response::json_error(405, "use GET", Value::Null);
+                r.set("Allow", "GET, HEAD");
+                r
+            }
+        };
+        Handled {
+            response,
+            device: None,
+            media_id: None,
+            note: None,
+        }
     }
 
     fn options(&self, origin: Option<&str>) -> Handled {

@@ -282,3 +282,42 @@ fn cors_preflight_discovery_and_other_methods() {
     req.target = "/other".into();
     assert_eq!(e.broker.handle(&req).response.status, 404);
 }
+
+/// Issue 15: a broken or missing device tokens file showed only in a log line.
+#[test]
+fn healthz_shows_the_device_tokens_file_and_is_503_only_without_devices() {
+    let e = env("health", vec![created("vid1")]);
+    let mut req = post(&[]);
+    req.method = "GET".into();
+    req.target = "/healthz".into();
+    let h = e.broker.handle(&req);
+    assert_eq!(h.response.status, 200);
+    assert_eq!(body(&h)["status"], "ok");
+    assert_eq!(body(&h)["devices"], 1);
+    // A bad line beside the valid one: still 200 (cam-1 is served), but visibly degraded.
+    let file = e.dir.join("devices");
+    let mut text = std::fs::read_to_string(&file).unwrap();
+    text.push_str("garbage\n");
+    std::fs::write(&file, text).unwrap();
+    let h = e.broker.handle(&req);
+    assert_eq!(h.response.status, 200);
+    assert_eq!(body(&h)["status"], "degraded");
+    assert_eq!(
+        body(&h)["device_tokens_file"]["problems"],
+        json!(["line 2: expected `<device name> <sha256 hex of its token>`"])
+    );
+    let created = e.broker.handle(&post(&[AUTH, ("Upload-Length", "5")]));
+    assert_eq!(created.response.status, 201);
+    // No file: no device can be served, so a load balancer should look elsewhere.
+    std::fs::remove_file(&file).unwrap();
+    let h = e.broker.handle(&req);
+    assert_eq!(h.response.status, 503);
+    assert_eq!(body(&h)["devices"], 0);
+    assert_eq!(body(&h)["device_tokens_file"]["readable"], false);
+    req.method = "HEAD".into();
+    assert_eq!(e.broker.handle(&req).response.status, 503);
+    req.method = "POST".into();
+    let h = e.broker.handle(&req);
+    assert_eq!(h.response.status, 405);
+    assert_eq!(h.response.header("Allow"), Some("GET, HEAD"));
+}

@@ -17,7 +17,8 @@
 //! Modules: [`args`] parses `ferry broker`'s flags; [`settings`] checks the `[broker]` keys;
 //! [`http`] reads and writes HTTP/1.1 messages and [`server`] runs the listener (a thread per
 //! connection, optional rustls); [`handler`] answers one request; [`devices`] checks device
-//! tokens, [`limit`] rate-limits them, [`cors`] answers browsers; [`stream`] builds the
+//! tokens, [`limit`] rate-limits them, [`cors`] answers browsers, [`health`] answers
+//! `GET /healthz` with the device tokens file's state; [`stream`] builds the
 //! Stream request and reads its answer (pure). Stream is called through
 //! [`crate::transport::Transport`]; nothing here touches the agent loop.
 
@@ -25,6 +26,7 @@ pub(crate) mod args;
 pub(crate) mod cors;
 pub(crate) mod devices;
 pub(crate) mod handler;
+pub(crate) mod health;
 pub(crate) mod http;
 pub(crate) mod limit;
 pub(crate) mod server;

@@ -16,6 +16,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::handler::{Broker, Handled};
+use super::health;
 use super::http::{self, ReadError, Request, Response};
 use super::settings::Settings;
 use crate::clock::Clock;
@@ -248,7 +249,14 @@ fn serve_requests(
                 note: Some(message),
                 ..Line::default()
             };
-            log_line(peer, Some(&req), status, line, Duration::ZERO);
+            log_line(
+                log::Level::Info,
+                peer,
+                Some(&req),
+                status,
+                line,
+                Duration::ZERO,
+            );
             return End::Linger;
         }
         // Answering (the Stream call) and writing have their own limits.
@@ -288,7 +296,7 @@ fn refuse_head(w: &mut impl Write, peer: &str, e: ReadError) -> End {
         note: Some(message),
         ..Line::default()
     };
-    log_line(peer, None, status, line, Duration::ZERO);
+    log_line(log::Level::Info, peer, None, status, line, Duration::ZERO);
     End::Linger
 }
 
@@ -317,7 +325,14 @@ fn log_handled(peer: &str, req: &Request, h: &Handled, took: Duration) {
         media_id: h.media_id.as_deref(),
         note: h.note.as_deref(),
     };
-    log_line(peer, Some(req), h.response.status, line, took);
+    // A load balancer asks for /healthz every few seconds: an answer of 200 is not news (a
+    // broken tokens file is logged once per read by `devices`, not once per check).
+    let level = if req.path() == health::PATH && h.response.status == 200 {
+        log::Level::Debug
+    } else {
+        log::Level::Info
+    };
+    log_line(level, peer, Some(req), h.response.status, line, took);
 }
 
 /// What a log line says beyond the request and the status.
@@ -330,10 +345,18 @@ struct Line<'a> {
 
 /// One line per request: who, what, the answer, the device and the video. Never a token or
 /// a one-time URL (only the request path, without its query, is shown).
-fn log_line(peer: &str, req: Option<&Request>, status: u16, line: Line, took: Duration) {
+fn log_line(
+    level: log::Level,
+    peer: &str,
+    req: Option<&Request>,
+    status: u16,
+    line: Line,
+    took: Duration,
+) {
     let (method, path) = req.map_or(("-", "-"), |r| (r.method.as_str(), r.path()));
     let note = line.note.map_or(String::new(), |n| format!(" ({n})"));
-    log::info!(
+    log::log!(
+        level,
         "{peer} {method} {path} {status} device={} media_id={} {}ms{note}",
         line.device.unwrap_or("-"),
         line.media_id.unwrap_or("-"),

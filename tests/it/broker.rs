@@ -9,7 +9,7 @@ use std::sync::{mpsc, Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use crate::harness::{assert_same_bytes, ferry, random_bytes, Scratch};
+use crate::harness::{assert_same_bytes, ferry, random_bytes, signal, Scratch};
 use crate::support::stream_emulator::{
     cloudflare_error, CreationFault, StreamConfig, StreamEmulator,
 };
@@ -26,6 +26,11 @@ fn sha256_hex(text: &str) -> String {
         .iter()
         .map(|b| format!("{b:02x}"))
         .collect()
+}
+
+/// A device tokens file's line for `device`.
+fn device_line(device: (&str, &str)) -> String {
+    format!("{} {}\n", device.0, sha256_hex(device.1))
 }
 
 fn bearer(device: (&str, &str)) -> String {
@@ -47,8 +52,21 @@ impl Broker {
     }
 
     fn start_logging(emu: &StreamEmulator, extra: &str, rust_log: &str) -> Broker {
+        Broker::start_with(emu, extra, rust_log, None)
+    }
+
+    /// The same, with `devices` as the device tokens file's text (instead of cam-1 and cam-2).
+    fn start_with(
+        emu: &StreamEmulator,
+        extra: &str,
+        rust_log: &str,
+        devices: Option<&str>,
+    ) -> Broker {
         let scratch = Scratch::new("broker");
         let (config, args) = broker_files(&scratch, emu, extra);
+        if let Some(text) = devices {
+            std::fs::write(scratch.dir.join("devices"), text).unwrap();
+        }
         let mut child = ferry()
             .env("RUST_LOG", rust_log)
             .arg("broker")
@@ -114,6 +132,29 @@ impl Broker {
             );
             thread::sleep(Duration::from_millis(20));
         }
+    }
+
+    /// Waits up to 10 s until the log holds `n` lines containing `needle`; panics otherwise.
+    fn expect_log_count(&self, needle: &str, n: usize) {
+        let until = Instant::now() + Duration::from_secs(10);
+        while self.log().matches(needle).count() < n {
+            assert!(
+                Instant::now() < until,
+                "fewer than {n} log lines with {needle:?}:\n{}",
+                self.log()
+            );
+            thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// The device tokens file the broker reads.
+    fn devices_file(&self) -> PathBuf {
+        self._scratch.dir.join("devices")
+    }
+
+    /// `GET /healthz`.
+    fn health(&self) -> Reply {
+        send(self.addr, "GET", "/healthz", &[], b"")
     }
 
     /// `POST <path>` from `device` (if any) with `headers`.
@@ -413,7 +454,7 @@ fn broker_refuses_unknown_device_tokens_with_401() {
     assert_eq!(r.status, 401);
     assert!(emu.videos().is_empty());
     // A device added to the file is known at once, without a restart.
-    let new = ("cam-3", "device-token-cam-3-Lr5");
+    let new = CAM3;
     let devices = broker._scratch.dir.join("devices");
     let mut text = std::fs::read_to_string(&devices).unwrap();
     text.push_str(&format!("{} {}\n", new.0, sha256_hex(new.1)));
@@ -421,6 +462,149 @@ fn broker_refuses_unknown_device_tokens_with_401() {
     let r = broker.post(Some(new), &[("Upload-Length", "100")]);
     assert_eq!(r.status, 201, "{}", r.raw);
     broker.expect_log("201 device=cam-3");
+}
+
+const CAM3: (&str, &str) = ("cam-3", "device-token-cam-3-Lr5");
+const UP: [(&str, &str); 1] = [("Upload-Length", "100")];
+const NOT_HEX: &str = "the second field is not 64 hex digits (a SHA-256)";
+
+/// Issue 15: a device removed from the tokens file kept getting URLs while another line was
+/// malformed (the whole old set was kept, and the problem was only in a log line).
+#[test]
+fn broker_revoked_device_gets_401_while_another_line_is_malformed() {
+    let emu = StreamEmulator::start(StreamConfig::default());
+    let broker = Broker::start(&emu, "");
+    assert_eq!(broker.post(Some(CAM2), &UP).status, 201);
+    let h = broker.health();
+    assert_eq!(h.status, 200, "{}", h.raw);
+    assert_eq!(h.json()["status"], "ok");
+    assert_eq!(h.json()["devices"], 2);
+    // cam-2 revoked, and a typo on the next line (a hash one digit short).
+    let typo = &sha256_hex("some other token")[..63];
+    let path = broker.devices_file();
+    std::fs::write(&path, format!("{}cam-9 {typo}\n", device_line(CAM1))).unwrap();
+    let r = broker.post(Some(CAM2), &UP);
+    assert_eq!(r.status, 401, "{}", r.raw);
+    for _ in 0..3 {
+        assert_eq!(broker.post(Some(CAM1), &UP).status, 201);
+    }
+    // Still 200 (cam-1 is served), but the problem is visible without the log.
+    let h = broker.health();
+    assert_eq!(h.status, 200, "{}", h.raw);
+    assert_eq!(
+        h.json(),
+        serde_json::json!({"status": "degraded", "devices": 1, "device_tokens_file":
+            {"ok": false, "readable": true, "problems": [format!("line 2: {NOT_HEX}")]}})
+    );
+    // One error per read, not per request, naming the file and the line, never the hash.
+    broker.expect_log_count("201 device=cam-1", 3);
+    let needle = format!(
+        "device tokens file {}: skipped bad lines (line 2:",
+        path.display()
+    );
+    assert_eq!(broker.log().matches(&needle).count(), 1, "{}", broker.log());
+    assert!(!broker.log().contains(typo), "{}", broker.log());
+    assert!(!h.raw.contains(typo), "{}", h.raw);
+    // SIGHUP reads it again: the same problem, logged again, and cam-2 still refused.
+    signal(&broker.child, "HUP");
+    broker.expect_log_count(&needle, 2);
+    assert_eq!(broker.post(Some(CAM2), &UP).status, 401);
+    assert_eq!(broker.post(Some(CAM1), &UP).status, 201);
+}
+
+/// Issue 15: a deleted tokens file kept every device it had listed.
+#[test]
+fn broker_deleted_device_tokens_file_refuses_every_device_and_health_is_503() {
+    let emu = StreamEmulator::start(StreamConfig::default());
+    let broker = Broker::start(&emu, "");
+    assert_eq!(broker.post(Some(CAM1), &UP).status, 201);
+    let path = broker.devices_file();
+    std::fs::remove_file(&path).unwrap();
+    for device in [CAM1, CAM2] {
+        let r = broker.post(Some(device), &UP);
+        assert_eq!(r.status, 401, "{}", r.raw);
+    }
+    let h = broker.health();
+    assert_eq!(h.status, 503, "{}", h.raw);
+    let body = h.json();
+    assert_eq!(body["status"], "down");
+    assert_eq!(body["devices"], 0);
+    assert_eq!(body["device_tokens_file"]["readable"], false);
+    let problem = body["device_tokens_file"]["problems"][0].as_str().unwrap();
+    assert!(
+        problem.starts_with("the file cannot be read: No such file"),
+        "{problem}"
+    );
+    broker.expect_log(&format!(
+        "device tokens file {}: the file cannot be read",
+        path.display()
+    ));
+    // Back in place: served again, without a restart.
+    std::fs::write(&path, device_line(CAM1)).unwrap();
+    assert_eq!(broker.post(Some(CAM1), &UP).status, 201);
+    assert_eq!(broker.post(Some(CAM2), &UP).status, 401);
+    let h = broker.health();
+    assert_eq!((h.status, &h.json()["status"]), (200, &"ok".into()));
+}
+
+/// Issue 15: a tokens file read while being rewritten kept the old set; now its complete
+/// lines apply and the cut line is reported until the write is finished.
+#[test]
+fn broker_half_written_device_tokens_file_applies_its_complete_lines() {
+    let emu = StreamEmulator::start(StreamConfig::default());
+    let broker = Broker::start(&emu, "");
+    let full = [CAM1, CAM3, CAM2].map(device_line).concat();
+    // Cut in the middle of cam-2's hash, as a non-atomic rewrite can be seen.
+    let path = broker.devices_file();
+    std::fs::write(&path, &full[..full.len() - 20]).unwrap();
+    assert_eq!(broker.post(Some(CAM1), &UP).status, 201);
+    assert_eq!(broker.post(Some(CAM3), &UP).status, 201);
+    assert_eq!(broker.post(Some(CAM2), &UP).status, 401);
+    let h = broker.health();
+    assert_eq!(h.status, 200, "{}", h.raw);
+    assert_eq!(
+        h.json()["device_tokens_file"]["problems"],
+        serde_json::json!([format!("line 3: {NOT_HEX}")])
+    );
+    std::fs::write(&path, &full).unwrap();
+    assert_eq!(broker.post(Some(CAM2), &UP).status, 201);
+    let h = broker.health();
+    assert_eq!((h.status, &h.json()["status"]), (200, &"ok".into()));
+    assert_eq!(h.json()["devices"], 3);
+}
+
+/// At start a bad line is skipped (and shown); a file that cannot be read stops the broker.
+#[test]
+fn broker_starts_despite_a_bad_line_but_not_without_its_device_tokens_file() {
+    let emu = StreamEmulator::start(StreamConfig::default());
+    let text = format!("{}not a device line at all\n", device_line(CAM1));
+    let broker = Broker::start_with(&emu, "", "info", Some(&text));
+    assert_eq!(broker.post(Some(CAM1), &UP).status, 201);
+    assert_eq!(broker.post(Some(CAM2), &UP).status, 401);
+    let h = broker.health();
+    assert_eq!(h.status, 200, "{}", h.raw);
+    assert_eq!(
+        h.json()["device_tokens_file"]["problems"],
+        serde_json::json!(["line 2: expected `<device name> <sha256 hex of its token>`"])
+    );
+    broker.expect_log("skipped bad lines (line 2:");
+
+    let scratch = Scratch::new("broker-no-devices");
+    let (config, args) = broker_files(&scratch, &emu, "");
+    let out = ferry()
+        .arg("broker")
+        .arg("--config")
+        .arg(&config)
+        .args(&args)
+        .args(["--device-tokens-file", "/nonexistent/devices"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("broker.device_tokens_file") && err.contains("/nonexistent/devices"),
+        "{err}"
+    );
 }
 
 #[test]
