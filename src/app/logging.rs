@@ -1,5 +1,6 @@
 //! Log lines on stderr: journald's priority prefixes under systemd, timestamps and a live
-//! progress line that never interleaves with them on a terminal.
+//! progress line that never interleaves with them on a terminal; never the HTTP client's
+//! trace dump, which holds the credentials.
 
 use std::io::{IsTerminal, Write};
 
@@ -35,5 +36,36 @@ pub fn init_logging() {
             )
         }
     });
-    b.init();
+    let logger = b.build();
+    let max = logger.filter();
+    if log::set_boxed_logger(Box::new(Capped(logger))).is_ok() {
+        log::set_max_level(max);
+    }
+}
+
+/// The logger with the HTTP client's trace output taken out, whatever `RUST_LOG` asks for:
+/// ureq traces every request as a hex dump, credentials included (its debug lines redact
+/// them), and "send us a trace" is a normal support request.
+struct Capped(env_logger::Logger);
+
+impl Capped {
+    fn hides(m: &log::Metadata<'_>) -> bool {
+        m.level() == log::Level::Trace && m.target().starts_with("ureq")
+    }
+}
+
+impl log::Log for Capped {
+    fn enabled(&self, m: &log::Metadata<'_>) -> bool {
+        !Self::hides(m) && self.0.enabled(m)
+    }
+
+    fn log(&self, record: &log::Record<'_>) {
+        if !Self::hides(record.metadata()) {
+            self.0.log(record);
+        }
+    }
+
+    fn flush(&self) {
+        self.0.flush();
+    }
 }

@@ -45,7 +45,7 @@ struct Shared {
 }
 
 impl Server {
-    /// A server for `listener`; `tls` from [`tls_config`].
+    /// A server for `listener`; `tls` from [`super::tls::tls_config`].
     pub(crate) fn new(
         listener: TcpListener,
         broker: Arc<Broker>,
