@@ -19,14 +19,15 @@ fn hook_script(dir: &Path) -> std::path::PathBuf {
          if [ -e {dir:?}/fail ]; then echo \"fail $FERRY_HOOK_ATTEMPT\" >> {log:?}; exit 7; fi\n\
          echo \"end $FERRY_HOOK_ATTEMPT\" >> {log:?}\n"
     );
-    std::fs::write(&script, text).unwrap();
-    assert!(std::process::Command::new("chmod")
-        .arg("+x")
-        .arg(&script)
-        .status()
-        .unwrap()
-        .success());
+    write_script(&script, &text);
     script
+}
+
+/// Writes an executable shell script.
+fn write_script(path: &Path, text: &str) {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::write(path, text).unwrap();
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o755)).unwrap();
 }
 
 fn log_lines(dir: &Path) -> Vec<String> {
@@ -183,13 +184,7 @@ fn a_file_rewritten_after_its_upload_is_uploaded_again_not_deleted() {
         "#!/bin/sh\necho \"$FERRY_UPLOAD_URL $FERRY_SIZE\" >> {d:?}/runs\nif [ ! -e {d:?}/rewritten ]; then touch {d:?}/rewritten; cat {d:?}/new > \"$FERRY_PATH\"; fi\n",
         d = s.dir
     );
-    std::fs::write(&script, text).unwrap();
-    assert!(std::process::Command::new("chmod")
-        .arg("+x")
-        .arg(&script)
-        .status()
-        .unwrap()
-        .success());
+    write_script(&script, &text);
     let cfg = daemon_config(&s, &server.endpoint(), &script, "delete");
     let mut child = start(&cfg);
     let f = s.dir.join("spool/clip.mp4");
