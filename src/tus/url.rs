@@ -11,6 +11,24 @@ pub enum UrlError {
     NotHttp(String),
     /// The server tried to move an upload from `https` to `http`.
     Downgrade(String),
+    /// A character a URL cannot hold as it is (a space, a control character, a quote...):
+    /// HTTP libraries refuse it at the first request, so it is refused here, where it can be
+    /// named. `at` is the 0-based character position.
+    BadChar {
+        /// The URL.
+        url: String,
+        /// Where.
+        at: usize,
+        /// The character.
+        c: char,
+    },
+    /// A port that is not a number from 1 to 65535.
+    BadPort {
+        /// The URL.
+        url: String,
+        /// The port as written.
+        port: String,
+    },
 }
 
 impl std::fmt::Display for UrlError {
@@ -20,6 +38,14 @@ impl std::fmt::Display for UrlError {
             Self::Downgrade(u) => write!(
                 f,
                 "refusing to follow an https endpoint to plain http {u:?}"
+            ),
+            Self::BadChar { url, at, c } => write!(
+                f,
+                "{url:?} has {c:?} at position {at}, which a URL cannot hold: remove it, or percent-encode it (a space is %20)"
+            ),
+            Self::BadPort { url, port } => write!(
+                f,
+                "{url:?} has port {port:?}: a port is a number from 1 to 65535"
             ),
         }
     }
@@ -58,9 +84,35 @@ fn split(url: &str) -> Result<Parts<'_>, UrlError> {
     })
 }
 
-/// Checks that `url` is an absolute http(s) URL with a host.
+/// Checks that `url` is an absolute http(s) URL with a host, only characters a URL may hold
+/// (RFC 3986: no spaces, controls, quotes or `<>\^`{|}`) and a port from 1 to 65535: the
+/// checks for an endpoint a person typed, so that a mistake is a configuration error, never
+/// a request retried forever.
 pub fn validate(url: &str) -> Result<(), UrlError> {
-    split(url).map(|_| ())
+    if let Some((at, c)) = url
+        .chars()
+        .enumerate()
+        .find(|(_, c)| !c.is_ascii_graphic() || "\"<>\\^`{|}".contains(*c))
+    {
+        return Err(UrlError::BadChar {
+            url: url.to_string(),
+            at,
+            c,
+        });
+    }
+    let parts = split(url)?;
+    let host_end = parts.authority.rfind(']').map_or(0, |i| i + 1);
+    if let Some((_, port)) = parts.authority[host_end..].rsplit_once(':') {
+        let ok = port.bytes().all(|b| b.is_ascii_digit())
+            && matches!(port.parse::<u32>(), Ok(1..=65535));
+        if !ok {
+            return Err(UrlError::BadPort {
+                url: url.to_string(),
+                port: port.to_string(),
+            });
+        }
+    }
+    Ok(())
 }
 
 /// The origin of an absolute URL: lowercased scheme and host, with the default port made explicit.
@@ -205,6 +257,57 @@ mod tests {
         assert!(matches!(resolve(BASE, ""), Err(UrlError::NotHttp(_))));
         assert!(matches!(resolve("files/", "/x"), Err(UrlError::NotHttp(_))));
         assert!(validate("http://user@host/x").is_err());
+    }
+
+    #[test]
+    fn a_typed_endpoint_is_checked_whole() {
+        for good in [
+            "https://tus.example.com/files/",
+            "http://127.0.0.1:1080/files/",
+            "http://[::1]:8080/files/?a=b%20c",
+            "https://h:65535/",
+            "http://[fe80::1]/",
+        ] {
+            assert_eq!(validate(good), Ok(()), "{good}");
+        }
+        let e = validate("https://tus.example.com/files/ ").unwrap_err();
+        assert_eq!(
+            e,
+            UrlError::BadChar {
+                url: "https://tus.example.com/files/ ".into(),
+                at: 30,
+                c: ' '
+            }
+        );
+        assert!(e.to_string().contains("%20"), "{e}");
+        assert!(matches!(
+            validate("http://h/a\tb"),
+            Err(UrlError::BadChar { c: '\t', .. })
+        ));
+        assert!(matches!(
+            validate("http://h/{x}"),
+            Err(UrlError::BadChar { c: '{', .. })
+        ));
+        assert!(matches!(
+            validate("http://h/caf\u{e9}"),
+            Err(UrlError::BadChar { c: '\u{e9}', .. })
+        ));
+        for (url, port) in [
+            ("http://h:99999/", "99999"),
+            ("http://h:0/", "0"),
+            ("http://h:/", ""),
+            ("http://h:8o/", "8o"),
+            ("http://[::1]:70000/", "70000"),
+        ] {
+            assert_eq!(
+                validate(url),
+                Err(UrlError::BadPort {
+                    url: url.into(),
+                    port: port.into()
+                }),
+                "{url}"
+            );
+        }
     }
 
     #[test]

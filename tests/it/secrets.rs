@@ -1,4 +1,5 @@
-//! No secret in any log line, at any level: `RUST_LOG=trace` is a normal support request.
+//! No secret in any log line, at any level: `RUST_LOG=trace` is a normal support request. And
+//! a mistyped endpoint is refused as a configuration error, not retried forever.
 //! The HTTP client dumps what it sends as hex at trace level, split across lines, so a plain
 //! grep for the token misses it: the log is searched as text, with whitespace removed, and as
 //! the bytes its hex digits spell.
@@ -113,4 +114,37 @@ fn the_leak_check_sees_a_hex_dump_split_over_lines() {
     assert_eq!(leaks(&single), ["hex dump"]);
     assert_eq!(leaks(&format!("x {TOKEN} y")).len(), 2);
     assert!(leaks("nothing here 00 11").is_empty());
+}
+
+/// Issue 15, item 9: endpoints a person mistyped were accepted and then retried forever (a
+/// trailing space: "invalid uri character"; port 99999). They are configuration errors now:
+/// exit 2 at once, naming the key and what is wrong, before any request.
+#[test]
+fn a_mistyped_endpoint_is_a_configuration_error_not_a_retry_loop() {
+    let s = Scratch::new("bad-endpoint");
+    let file = s.file("a.bin", 10, 1);
+    for (endpoint, says) in [
+        ("http://127.0.0.1:1080/files/ ", "position 28"),
+        ("http://127.0.0.1:99999/files/", "port \"99999\""),
+    ] {
+        let out = ferry()
+            .args([
+                "upload",
+                "--max-attempts",
+                "2",
+                "--endpoint",
+                endpoint,
+                "--state-dir",
+            ])
+            .arg(s.state())
+            .arg(&file)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{endpoint:?}: {err}");
+        assert!(
+            err.contains("server.endpoint") && err.contains(says),
+            "{endpoint:?}: {err}"
+        );
+    }
 }
