@@ -104,9 +104,7 @@ pub(crate) struct Config {
 impl Config {
     /// The daemon settings, or the error `ferry run` gives without `spool.dir`.
     pub(crate) fn daemon(&self) -> Result<&DaemonSettings> {
-        self.daemon.as_ref().ok_or_else(|| {
-            Error::config("spool.dir is not set: give --spool DIR or set it in the config file")
-        })
+        self.daemon.as_ref().ok_or_else(resolve::no_spool_dir)
     }
 }
 

@@ -138,13 +138,16 @@ impl Raw {
     }
 }
 
+/// The error of `ferry run` (or a reload) without `spool.dir`.
+pub(super) fn no_spool_dir() -> Error {
+    Error::config("spool.dir is not set: give --spool DIR or set it in the config file")
+}
+
 impl Raw {
     /// Checks the `[spool]` and `[daemon]` keys for `ferry run` (at start and on SIGHUP).
     pub(crate) fn resolve_daemon(&self, state_dir: &Path) -> Result<DaemonSettings> {
         let sp = &self.spool;
-        let dir = sp.dir.clone().ok_or_else(|| {
-            Error::config("spool.dir is not set: give --spool DIR or set it in the config file")
-        })?;
+        let dir = sp.dir.clone().ok_or_else(no_spool_dir)?;
         let after_upload = after_upload(sp.after_upload.as_deref())?;
         let mut exclude = Vec::new();
         if let AfterUpload::Move(d) = &after_upload {
