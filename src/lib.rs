@@ -29,7 +29,9 @@
 //! - `config`: one `Config` per command: `file` (the keys), `resolve` (checked, defaults
 //!   from each type's `Default`, secrets read), `env` (the only reader of the environment),
 //!   `units` (sizes and durations).
-//! - `daemon`: `ferry run`: scan and queue, dispatch to workers, after-upload actions,
+//! - `daemon`: `ferry run`: `schedule` is its functional core (every started or queued
+//!   file's state and due time, the link's and the endpoint's backoff: no threads, no I/O, no
+//!   real time); the rest is the shell: scan, one step per worker job, after-upload actions,
 //!   forgetting, failures, status reports, pause and reload.
 //! - `upload`: one file advanced by one HTTP exchange per step (`create`, `transfer`,
 //!   `recover`, `checkpoint`, `scope`, `terminate`, `settings`).
@@ -40,7 +42,8 @@
 //! - `durable`: file-system changes that survive a power cut (fsync of files and directories).
 //! - `source`: reading a byte range of a spool file safely (no symlinks, identity check).
 //! - `spool`: which directory entries are ready files; `queue`: the bounded window of them.
-//! - `watch`: inotify on the spool; `signals`: SIGTERM/SIGINT/SIGHUP as events.
+//! - `watch`: inotify on the spool; `netwatch`: network changes from netlink; `signals`:
+//!   SIGTERM/SIGINT/SIGHUP as events.
 //! - `status`: the snapshot and metrics for operators; `notify`: systemd's sd_notify;
 //!   `progress`: the live progress line.
 //! - `transport`: the `Transport` trait and its ureq/rustls implementation (the only user of
@@ -60,6 +63,7 @@ pub(crate) mod daemon;
 pub(crate) mod durable;
 pub(crate) mod error;
 pub(crate) mod hook;
+pub(crate) mod netwatch;
 pub(crate) mod notify;
 pub(crate) mod progress;
 pub(crate) mod queue;

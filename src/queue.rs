@@ -79,11 +79,26 @@ impl<K: Ord + Hash + Clone> Window<K> {
     }
 
     /// Takes the oldest waiting file.
+    #[cfg(test)]
     pub(crate) fn pop_oldest(&mut self) -> Option<K> {
-        let (_, key) = self.entries.pop_first()?;
-        self.index.remove(&key);
+        self.take_oldest_where(|_| true).map(|(_, k)| k)
+    }
+
+    /// Takes the oldest waiting file that `pred` accepts, with its modification time.
+    pub(crate) fn take_oldest_where(
+        &mut self,
+        pred: impl Fn(&K) -> bool,
+    ) -> Option<(SystemTime, K)> {
+        let found = self.entries.iter().find(|(_, k)| pred(k)).cloned()?;
+        self.entries.remove(&found);
+        self.index.remove(&found.1);
         self.taken_since_scan += 1;
-        Some(key)
+        Some(found)
+    }
+
+    /// The waiting files, oldest first.
+    pub(crate) fn iter(&self) -> impl Iterator<Item = &K> {
+        self.entries.iter().map(|(_, k)| k)
     }
 
     /// True when the window ran dry but the spool holds more ready files: scan again.

@@ -32,10 +32,16 @@ pub(crate) struct Snapshot {
     pub spool: String,
     /// The endpoint (query removed).
     pub endpoint: String,
-    /// Files waiting.
+    /// Files waiting to start (those beyond the listed queue included).
     pub queued: u64,
-    /// Files being uploaded (or waiting to retry).
-    pub active: Vec<ActiveFile>,
+    /// Every file the daemon knows (settling, queued, started, after upload), each with its
+    /// state. Named `active` in snapshots of older versions.
+    #[serde(alias = "active")]
+    pub files: Vec<FileStatus>,
+    /// Why no upload goes on, when none can: the link gives no answer, or the endpoint
+    /// refuses new uploads (with the time of the next try).
+    #[serde(default)]
+    pub blocked: Option<String>,
     /// Recent permanent failures.
     pub failed: Vec<FailedFile>,
     /// Counters since start.
@@ -57,15 +63,21 @@ pub(crate) struct StateDamage {
     pub reuploaded: u64,
 }
 
-/// A file being uploaded.
+/// A file the daemon knows, and where it stands.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub(crate) struct ActiveFile {
+pub(crate) struct FileStatus {
     /// Path.
     pub path: String,
-    /// Size in bytes.
+    /// One of [`FILE_STATES`].
+    #[serde(default)]
+    pub state: String,
+    /// Size in bytes (0 until its upload starts).
     pub size: u64,
-    /// Bytes sent or confirmed so far.
+    /// Bytes sent so far.
     pub position: u64,
+    /// Bytes the server confirmed it holds.
+    #[serde(default)]
+    pub confirmed: u64,
     /// Recent rate.
     pub bytes_per_sec: f64,
     /// Failed attempts since the last progress.
@@ -74,6 +86,41 @@ pub(crate) struct ActiveFile {
     pub next_retry_unix: Option<u64>,
     /// The last transient error.
     pub last_error: Option<String>,
+}
+
+/// The states a listed file can be in, in the order the status shows them.
+pub(crate) const FILE_STATES: [&str; 10] = [
+    "uploading",
+    "waiting",
+    "backing off",
+    "waiting for the link",
+    "held",
+    "paused",
+    "queued",
+    "settling",
+    "after upload",
+    "unknown",
+];
+
+impl Snapshot {
+    /// How many listed files are in each state, in [`FILE_STATES`] order (zeros left out).
+    pub(crate) fn counts(&self) -> Vec<(&'static str, u64)> {
+        FILE_STATES
+            .iter()
+            .map(|st| {
+                let n = self
+                    .files
+                    .iter()
+                    .filter(|f| {
+                        f.state == *st
+                            || (*st == "unknown" && !FILE_STATES.contains(&f.state.as_str()))
+                    })
+                    .count();
+                (*st, n as u64)
+            })
+            .filter(|(_, n)| *n > 0)
+            .collect()
+    }
 }
 
 /// A file that failed permanently.
@@ -164,29 +211,57 @@ pub(crate) fn render_text(s: &Snapshot, alive: bool, now_unix: u64) -> String {
     let last = t.last_success_unix.map_or("never".into(), |u| {
         format!("{} s ago", now_unix.saturating_sub(u))
     });
+    let listed_queued = s.files.iter().filter(|f| f.state == "queued").count() as u64;
+    let counts: Vec<String> = s
+        .counts()
+        .iter()
+        .map(|(st, n)| format!("{n} {st}"))
+        .collect();
+    let counts = if counts.is_empty() {
+        "none".to_string()
+    } else {
+        counts.join(", ")
+    };
+    let beyond = s.queued.saturating_sub(listed_queued);
+    let beyond = if beyond > 0 {
+        format!(" (+{beyond} more queued in the spool)")
+    } else {
+        String::new()
+    };
     out += &format!(
-        "queued {}, active {}, done {}, failed {}, sent {}, retries {}, last success {last}\n",
-        s.queued,
-        s.active.len(),
+        "files: {counts}{beyond}
+"
+    );
+    out += &format!(
+        "done {}, failed {}, sent {}, retries {}, last success {last}\n",
         t.files_done,
         t.files_failed,
         human_bytes(t.bytes_sent),
         t.retries
     );
-    for a in &s.active {
-        let pct = if a.size == 0 {
-            100.0
-        } else {
-            a.position as f64 * 100.0 / a.size as f64
-        };
-        out += &format!(
-            "  active  {}  {} / {} ({pct:.1}%)  {}/s  attempts {}",
-            a.path,
-            human_bytes(a.position),
-            human_bytes(a.size),
-            human_bytes(a.bytes_per_sec as u64),
-            a.attempts
-        );
+    if let Some(b) = &s.blocked {
+        out += &format!("blocked: {b}\n");
+    }
+    for a in &s.files {
+        out += &format!("  {:<12} {}", a.state, a.path);
+        if a.size > 0 || a.position > 0 {
+            let pct = a.confirmed as f64 * 100.0 / a.size.max(1) as f64;
+            out += &format!(
+                "  {} / {} confirmed ({pct:.1}%)",
+                human_bytes(a.confirmed),
+                human_bytes(a.size)
+            );
+            if a.state == "uploading" {
+                out += &format!(
+                    "  sending at {}  {}/s",
+                    human_bytes(a.position),
+                    human_bytes(a.bytes_per_sec as u64)
+                );
+            }
+        }
+        if a.attempts > 0 {
+            out += &format!("  attempts {}", a.attempts);
+        }
         if let Some(n) = a.next_retry_unix {
             out += &format!("  next retry in {} s", n.saturating_sub(now_unix));
         }
@@ -255,7 +330,7 @@ pub(crate) fn render_metrics(s: &Snapshot) -> String {
             "ferry_active_uploads",
             "gauge",
             "Files being uploaded.",
-            s.active.len() as u64,
+            s.files.iter().filter(|f| f.state == "uploading").count() as u64,
         ),
         (
             "ferry_last_success_timestamp_seconds",
@@ -286,6 +361,12 @@ pub(crate) fn render_metrics(s: &Snapshot) -> String {
     for (name, kind, help, value) in metrics {
         out += &format!("# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}\n");
     }
+    out += "# HELP ferry_files Files the daemon knows, by state.\n# TYPE ferry_files gauge\n";
+    let counts = s.counts();
+    for st in FILE_STATES {
+        let n = counts.iter().find(|(c, _)| *c == st).map_or(0, |(_, n)| *n);
+        out += &format!("ferry_files{{state=\"{st}\"}} {n}\n");
+    }
     let paused = u8::from(s.state == "paused");
     out += &format!("# HELP ferry_paused 1 when uploads are paused.\n# TYPE ferry_paused gauge\nferry_paused {paused}\n");
     out
@@ -303,15 +384,24 @@ mod tests {
             spool: "/spool".into(),
             endpoint: "http://h/files/".into(),
             queued: 3,
-            active: vec![ActiveFile {
-                path: "/spool/a.mp4".into(),
-                size: 2048,
-                position: 1024,
-                attempts: 2,
-                next_retry_unix: Some(110),
-                last_error: Some("timed out".into()),
-                ..ActiveFile::default()
-            }],
+            files: vec![
+                FileStatus {
+                    path: "/spool/a.mp4".into(),
+                    state: "backing off".into(),
+                    size: 2048,
+                    position: 1536,
+                    confirmed: 1024,
+                    attempts: 2,
+                    next_retry_unix: Some(110),
+                    last_error: Some("timed out".into()),
+                    ..FileStatus::default()
+                },
+                FileStatus {
+                    path: "/spool/c.mp4".into(),
+                    state: "queued".into(),
+                    ..FileStatus::default()
+                },
+            ],
             failed: vec![FailedFile {
                 path: "/spool/b".into(),
                 status: Some(415),
@@ -332,9 +422,17 @@ mod tests {
     #[test]
     fn text_shows_each_file_with_retry_and_error() {
         let t = render_text(&snap(), true, 100);
-        assert!(t.contains("queued 3, active 1, done 7, failed 0, sent 4.0 KiB, retries 0, last success 10 s ago"), "{t}");
         assert!(
-            t.contains("/spool/a.mp4  1.0 KiB / 2.0 KiB (50.0%)")
+            t.contains("files: 1 backing off, 1 queued (+2 more queued in the spool)\n"),
+            "{t}"
+        );
+        assert!(
+            t.contains("done 7, failed 0, sent 4.0 KiB, retries 0, last success 10 s ago"),
+            "{t}"
+        );
+        assert!(t.contains("  queued       /spool/c.mp4\n"), "{t}");
+        assert!(
+            t.contains("backing off  /spool/a.mp4  1.0 KiB / 2.0 KiB confirmed (50.0%)")
                 && t.contains("next retry in 10 s")
                 && t.contains("last error: timed out"),
             "{t}"
@@ -358,8 +456,14 @@ mod tests {
             "{m}"
         );
         assert!(
-            m.lines()
-                .all(|l| l.starts_with('#') || l.split(' ').count() == 2),
+            m.contains("ferry_files{state=\"backing off\"} 1\n")
+                && m.contains("ferry_files{state=\"uploading\"} 0\n"),
+            "{m}"
+        );
+        assert!(
+            m.lines().all(|l| l.starts_with('#')
+                || l.rsplit_once(' ')
+                    .is_some_and(|(_, v)| v.parse::<u64>().is_ok())),
             "{m}"
         );
     }

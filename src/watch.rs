@@ -7,7 +7,9 @@
 use std::collections::HashMap;
 use std::ffi::OsStr;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::Sender;
+use std::sync::Arc;
 use std::time::Duration;
 
 use inotify::{EventMask, Inotify, WatchDescriptor, WatchMask};
@@ -20,17 +22,70 @@ use crate::status::PAUSE_MARKER;
 /// How often a missing spool directory is looked for again.
 const RETRY_MISSING: Duration = Duration::from_secs(2);
 
-/// Starts the spool watcher thread; without inotify it reports [`Event::WatchUnavailable`].
-pub(crate) fn spool(
+/// Watches the spool that the daemon's settings name now; a reload that moves the spool
+/// starts a new watcher thread and retires the old one.
+pub(crate) struct Watcher {
+    state_dir: PathBuf,
+    clock: Arc<dyn Clock>,
+    tx: Sender<Event>,
+    /// Bumped per [`Watcher::watch`]: a watcher thread of an older generation ends at its
+    /// next wake-up (its events until then name paths the daemon no longer takes).
+    generation: Arc<AtomicU64>,
+}
+
+impl Watcher {
+    /// A watcher that reports to `tx`; it watches nothing until [`Self::watch`].
+    pub(crate) fn new(state_dir: PathBuf, clock: Arc<dyn Clock>, tx: Sender<Event>) -> Self {
+        Self {
+            state_dir,
+            clock,
+            tx,
+            generation: Arc::new(AtomicU64::new(0)),
+        }
+    }
+
+    /// Watches the spool `rules` describe (and the state dir's pause marker), instead of any
+    /// spool watched before.
+    pub(crate) fn watch(&self, rules: SpoolRules) {
+        let mine = self.generation.fetch_add(1, Ordering::SeqCst) + 1;
+        let current = Current {
+            generation: self.generation.clone(),
+            mine,
+        };
+        spool(
+            rules,
+            self.state_dir.clone(),
+            self.clock.clone(),
+            self.tx.clone(),
+            current,
+        );
+    }
+}
+
+/// Whether a watcher thread is still the current one.
+struct Current {
+    generation: Arc<AtomicU64>,
+    mine: u64,
+}
+
+impl Current {
+    fn still(&self) -> bool {
+        self.generation.load(Ordering::SeqCst) == self.mine
+    }
+}
+
+/// Starts a spool watcher thread; without inotify it reports [`Event::WatchUnavailable`].
+fn spool(
     rules: SpoolRules,
     state_dir: PathBuf,
-    clock: std::sync::Arc<dyn Clock>,
+    clock: Arc<dyn Clock>,
     tx: Sender<Event>,
+    current: Current,
 ) {
     let spawned = std::thread::Builder::new()
         .name("watch".into())
         .spawn(move || {
-            if let Err(e) = watch_loop(&rules, &state_dir, clock.as_ref(), &tx) {
+            if let Err(e) = watch_loop(&rules, &state_dir, clock.as_ref(), &tx, &current) {
                 log::warn!(
                     "cannot watch {} ({e}); falling back to frequent scans",
                     rules.dir.display()
@@ -56,6 +111,7 @@ fn watch_loop(
     state_dir: &Path,
     clock: &dyn Clock,
     tx: &Sender<Event>,
+    current: &Current,
 ) -> std::io::Result<()> {
     let mut ino = Inotify::init()?;
     let control = ino.watches().add(
@@ -69,12 +125,18 @@ fn watch_loop(
         while let Err(e) = add_tree(&mut ino, &rules.dir, rules, &mut dirs) {
             log::debug!("spool {} not watchable yet: {e}", rules.dir.display());
             clock.sleep(RETRY_MISSING, &never);
+            if !current.still() {
+                return Ok(());
+            }
         }
         if tx.send(Event::Rescan).is_err() {
             return Ok(());
         }
         'events: loop {
             let events = ino.read_events_blocking(&mut buf)?;
+            if !current.still() {
+                return Ok(()); // a reload moved the spool: a newer watcher took over
+            }
             for ev in events {
                 if ev.mask.contains(EventMask::Q_OVERFLOW) {
                     send(tx, Event::Rescan)?;

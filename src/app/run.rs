@@ -25,12 +25,10 @@ pub(super) fn run_daemon(args: &CommonArgs, env: &Env) -> Result<i32> {
         context: "cannot handle signals".into(),
         source: e,
     })?;
-    crate::watch::spool(
-        settings.spool.clone(),
-        config.state_dir.clone(),
-        clock.clone(),
-        tx.clone(),
-    );
+    let watcher = crate::watch::Watcher::new(config.state_dir.clone(), clock.clone(), tx.clone());
+    watcher.watch(settings.spool.clone());
+    crate::netwatch::spawn(tx.clone());
+    let rewatch = |rules: &crate::spool::SpoolRules| watcher.watch(rules.clone());
     let state_dir = config.state_dir.clone();
     let reload = move || -> Result<DaemonSettings> { load(args)?.resolve_daemon(&state_dir) };
     let parts = Parts {
@@ -42,6 +40,7 @@ pub(super) fn run_daemon(args: &CommonArgs, env: &Env) -> Result<i32> {
         notifier: Notifier::new(env.notify_socket.clone()),
         watchdog: env.watchdog,
         reload: &reload,
+        rewatch: &rewatch,
         hook: config.hook.as_ref(),
     };
     let result = crate::daemon::run(parts, settings, rx, tx).map(|()| 0);

@@ -87,6 +87,16 @@ impl<'p, 'a> Main<'p, 'a> {
     /// record says Complete only after the server confirmed offset == length).
     fn after_upload(&mut self, path: &Path, key: &FileKey) {
         let store = self.parts.store;
+        if !self.in_spool(path) {
+            // A reload moved the spool while this file was uploaded: it is no longer ours to
+            // delete or move. Its Complete record keeps it from being uploaded again.
+            log::warn!(
+                "{}: uploaded, but no longer in the spool ({}); left where it is",
+                path.display(),
+                self.settings.spool.dir.display()
+            );
+            return;
+        }
         if !matches!(self.settings.after_upload, AfterUpload::Keep)
             && !self.held_by_server(path, key)
         {

@@ -5,32 +5,34 @@
 //! the loop exits anyway. A reload swaps the daemon settings; those fixed when the threads
 //! started (concurrency, rate limit) take effect only after a restart.
 
-use std::sync::atomic::Ordering;
-
 use crate::status::PAUSE_MARKER;
 
-use super::{DaemonSettings, Main};
+use crate::error::Result;
+
+use super::schedule::Input;
+use super::{in_spool, DaemonSettings, Main};
 
 impl<'p, 'a> Main<'p, 'a> {
-    pub(super) fn signal(&mut self, sig: i32) {
+    pub(super) fn signal(&mut self, sig: i32) -> Result<()> {
         use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
         match sig {
             SIGTERM | SIGINT if self.stopping.is_none() => {
                 log::info!("stopping: saving state and ending uploads");
                 self.stopping = Some(self.parts.clock.now());
-                self.interrupt.store(true, Ordering::Relaxed);
+                self.tell(Input::Stop)?;
                 if let Some((_, stop)) = &self.hooks {
-                    stop.store(true, Ordering::Relaxed);
+                    stop.store(true, std::sync::atomic::Ordering::Relaxed);
                 }
                 self.parts.notifier.send("STOPPING=1\nSTATUS=stopping");
                 self.write_status("stopping");
             }
-            SIGHUP => self.reload(),
+            SIGHUP => self.reload()?,
             _ => {}
         }
+        Ok(())
     }
 
-    fn reload(&mut self) {
+    fn reload(&mut self) -> Result<()> {
         match (self.parts.reload)() {
             Ok(new) => {
                 if new.concurrency != self.settings.concurrency
@@ -39,7 +41,21 @@ impl<'p, 'a> Main<'p, 'a> {
                     log::warn!("reloaded; daemon.concurrency and daemon.rate_limit take effect after a restart");
                 }
                 let concurrency = self.settings.concurrency;
+                let moved = new.spool != self.settings.spool;
                 self.settings = DaemonSettings { concurrency, ..new };
+                if moved {
+                    // Files of the old spool (queued, or started) are no longer ours; the
+                    // watcher follows the new rules.
+                    let actions = self
+                        .core
+                        .retain(|k| in_spool(&self.settings.spool, k.path()));
+                    for a in actions {
+                        self.act(a)?;
+                    }
+                    self.settling
+                        .retain(|p, _| in_spool(&self.settings.spool, p));
+                    (self.parts.rewatch)(&self.settings.spool);
+                }
                 self.rescan_every = self.settings.rescan_interval;
                 self.force_scan = true;
                 self.next_rescan = self.parts.clock.now();
@@ -47,12 +63,12 @@ impl<'p, 'a> Main<'p, 'a> {
             }
             Err(e) => log::error!("reload refused, keeping the running configuration: {e}"),
         }
+        Ok(())
     }
 
-    pub(super) fn check_pause(&mut self) {
+    pub(super) fn check_pause(&mut self) -> Result<()> {
         let paused = self.parts.state_dir.join(PAUSE_MARKER).exists();
-        if paused != self.paused {
-            self.paused = paused;
+        if paused != self.core.paused() {
             log::info!(
                 "{}",
                 if paused {
@@ -61,10 +77,9 @@ impl<'p, 'a> Main<'p, 'a> {
                     "resumed"
                 }
             );
-            if self.stopping.is_none() {
-                self.interrupt.store(paused, Ordering::Relaxed);
-            }
+            self.tell(Input::Pause(paused))?;
             self.status_soon();
         }
+        Ok(())
     }
 }

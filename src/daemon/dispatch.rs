@@ -1,12 +1,15 @@
-//! Handing queued files to idle workers, and taking what their jobs ended with.
+//! Running what the scheduler decides, and feeding it what each step ended with.
 //!
-//! Key idea: the main thread owns `active`; a file is in it from dispatch until its
-//! [`JobResult`] arrives. A result is routed by its cause: done (hook and after-upload
-//! action), the source's fault, the link's fault (all uploads wait), the state store's
-//! (the daemon ends), or a permanent failure of this file.
+//! Key idea: the scheduler ([`Schedule`](super::schedule::Schedule)) decides which file steps
+//! next; this file carries its actions out (a job for a worker, the interrupt flag, dropping
+//! a started upload) and turns each step's [`Step`] into a scheduling
+//! [`Outcome`](super::schedule::Outcome). An upload that ends goes on by its cause: done (hook
+//! and after-upload action), the source's fault, the state store's (the daemon ends), or a
+//! permanent failure of this file.
 
 use std::path::Path;
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
 use std::time::Duration;
 
 use crate::error::{Error, Result};
@@ -14,64 +17,145 @@ use crate::progress::Progress;
 use crate::spool;
 use crate::store::FileKey;
 use crate::tus::url;
+use crate::upload::Step;
 
-use super::{unix, Active, Job, JobInfo, JobResult, Main};
+use super::schedule::{Action, Input, Link, Outcome};
+use super::{unix, Job, JobInfo, JobResult, Main, Stepped, Upload};
 
 /// After a TLS failure (a setting to fix, or the server's certificate), wait this long.
 const LINK_TROUBLE_PAUSE: Duration = Duration::from_secs(60);
 
 impl<'p, 'a> Main<'p, 'a> {
-    /// Hands the oldest queued files to idle workers.
+    /// Hands the steps the scheduler decides on to the workers.
     pub(super) fn dispatch(&mut self) -> Result<()> {
         let now = self.parts.clock.now();
-        if self.paused || self.stopping.is_some() || self.held_until.is_some_and(|t| now < t) {
-            return Ok(());
+        for action in self.core.poll(now) {
+            self.act(action)?;
         }
-        self.held_until = None;
-        while self.active.len() < self.settings.concurrency {
-            let Some(key) = self.queue.pop_oldest() else {
-                if self.queue.needs_refill() && self.next_rescan > now {
-                    self.next_rescan = now;
-                    self.force_scan = true;
-                }
-                break;
-            };
-            if self.active.contains_key(&key) {
-                continue;
-            }
-            let progress = Arc::new(Progress::default());
-            let info = Arc::new(Mutex::new(JobInfo::default()));
-            let job = Job {
-                key: key.clone(),
-                progress: progress.clone(),
-                info: info.clone(),
-            };
-            if self.jobs.send(job).is_err() {
-                return Err(Error::Internal("upload threads ended unexpectedly".into()));
-            }
-            self.active.insert(
-                key,
-                Active {
-                    progress,
-                    info,
-                    rate: (now, 0, 0.0),
-                },
-            );
-            self.status_soon();
+        if self.core.needs_refill() && self.next_rescan > now && self.stopping.is_none() {
+            self.next_rescan = now;
+            self.force_scan = true;
         }
         Ok(())
     }
 
-    /// Hands out no files for `pause`; then a scan finds the held-back ones again.
-    fn hold_uploads(&mut self, pause: Duration) {
-        let until = self.parts.clock.now() + pause;
-        self.held_until = Some(until);
-        self.force_scan = true;
-        self.next_rescan = self.next_rescan.min(until);
+    /// Feeds `input` to the scheduler and carries out what it says at once.
+    pub(super) fn tell(&mut self, input: Input) -> Result<()> {
+        let now = self.parts.clock.now();
+        for action in self.core.handle(input, now) {
+            self.act(action)?;
+        }
+        Ok(())
     }
 
-    pub(super) fn finished(&mut self, key: &FileKey, result: JobResult) -> Result<()> {
-        self.active.remove(key);
+    pub(super) fn act(&mut self, action: Action) -> Result<()> {
+        match action {
+            Action::Step(key) => {
+                let now = self.parts.clock.now();
+                let upload = self.uploads.entry(key.clone()).or_insert_with(|| Upload {
+                    file: None,
+                    progress: Arc::new(Progress::default()),
+                    info: JobInfo::default(),
+                    rate: (now, 0, 0.0),
+                });
+                upload.info.next_retry = None;
+                let job = Job {
+                    key,
+                    upload: upload.file.take(),
+                    progress: upload.progress.clone(),
+                };
+                if self.jobs.send(job).is_err() {
+                    return Err(Error::Internal("upload threads ended unexpectedly".into()));
+                }
+                self.status_soon();
+            }
+            Action::Interrupt(on) => self.interrupt.store(on, Ordering::Relaxed),
+            Action::Drop(key) => {
+                self.uploads.remove(&key);
+                // It may be back with new content, or was never gone (a reload): look again.
+                let path = key.path().to_path_buf();
+                if self.in_spool(&path) {
+                    self.consider(&path, false)?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// A worker ran one step of a file.
+    pub(super) fn stepped(&mut self, report: Stepped) -> Result<()> {
+        let Stepped { key, upload, step } = report;
+        let has_url = upload.as_ref().is_some_and(|f| !f.needs_creation());
+        if let Some(u) = self.uploads.get_mut(&key) {
+            if let Some(f) = &upload {
+                u.info.attempts = f.attempts();
+                u.info.last_error = f.last_error().map(str::to_string);
+                u.info.confirmed = f.confirmed_and_length().0;
+            }
+            u.file = upload;
+        }
+        let outcome = match step {
+            Step::Continue => Outcome::Continue,
+            Step::Interrupted => Outcome::Interrupted,
+            Step::Wait(d) => {
+                self.retries += 1;
+                if let Some(u) = self.uploads.get_mut(&key) {
+                    u.info.next_retry = Some(self.parts.clock.wall() + d);
+                }
+                Outcome::Wait(d)
+            }
+            Step::LinkDown(why) => {
+                if *self.core.link() == Link::Up {
+                    log::warn!("no answer from the server ({why}); uploads wait for the link, which is tried every few seconds");
+                }
+                Outcome::LinkDown(why)
+            }
+            Step::EndpointRefused { status, message } => {
+                let now = self.parts.clock.now();
+                if self.core.hold().is_none_or(|h| now >= h.until) {
+                    log::error!(
+                        "{}: the endpoint refuses new uploads ({status} {message}); no file is failed, new uploads wait and are tried again",
+                        url::redact(&self.parts.upload.endpoint)
+                    );
+                }
+                Outcome::EndpointRefused { status, message }
+            }
+            Step::Done(c) => return self.ended(&key, JobResult::Done(c)),
+            Step::Failed(e @ Error::Network { .. }) => {
+                // TLS settings (or the server's certificate) are wrong: not this file's fault.
+                // It stays in the spool; uploads wait, then try again.
+                log::error!("{e}; uploads wait {} s", LINK_TROUBLE_PAUSE.as_secs());
+                self.uploads.remove(&key);
+                self.tell(Input::Stepped {
+                    key: key.clone(),
+                    outcome: Outcome::LinkRefused(LINK_TROUBLE_PAUSE),
+                    has_url,
+                })?;
+                return self.consider(key.path(), false);
+            }
+            Step::Failed(e) => return self.ended(&key, JobResult::Failed(e)),
+        };
+        let was_down = *self.core.link() != Link::Up;
+        self.tell(Input::Stepped {
+            key,
+            outcome,
+            has_url,
+        })?;
+        if was_down && *self.core.link() == Link::Up {
+            log::info!("the server answers again; uploads go on");
+        }
+        self.status_soon();
+        Ok(())
+    }
+
+    /// The upload of `key` ended: the scheduler forgets it, the result decides what follows.
+    fn ended(&mut self, key: &FileKey, result: JobResult) -> Result<()> {
+        self.uploads.remove(key);
+        self.tell(Input::Stepped {
+            key: key.clone(),
+            outcome: Outcome::Ended,
+            has_url: true,
+        })?;
         self.status_soon();
         let path = key.path().to_path_buf();
         match result {
@@ -95,22 +179,24 @@ impl<'p, 'a> Main<'p, 'a> {
                 );
                 self.uploaded(&path, key, false);
             }
-            JobResult::Interrupted => {}
-            JobResult::Failed(Error::Interrupted) => {}
+            // Cut before it started: it is still in the spool, offered again.
+            JobResult::Failed(Error::Interrupted) => self.consider(&path, false)?,
             JobResult::Failed(e @ Error::State { .. }) => return Err(e),
             JobResult::Failed(e @ Error::Source { .. }) => self.source_failed(&path, key, e)?,
-            JobResult::Failed(e @ Error::Network { .. }) => {
-                // TLS settings (or the server's certificate) are wrong: not this file's fault.
-                // It stays in the spool; uploads wait, then try again.
-                log::error!("{e}; uploads wait {} s", LINK_TROUBLE_PAUSE.as_secs());
-                self.hold_uploads(LINK_TROUBLE_PAUSE);
-            }
             JobResult::Failed(e) => {
                 let status = match &e {
                     Error::Server { status, .. } => Some(*status),
                     _ => None,
                 };
-                self.fail(&path, key, status, &e.to_string())?;
+                // Every line about a file names it.
+                let message = e.to_string();
+                let name = path.display().to_string();
+                let message = if message.contains(&name) {
+                    message
+                } else {
+                    format!("{name}: {message}")
+                };
+                self.fail(&path, key, status, &message)?;
             }
         }
         Ok(())

@@ -6,7 +6,6 @@
 //! whatever is due. A state-store error ends the loop, after the uploads are stopped.
 
 use std::path::PathBuf;
-use std::sync::atomic::Ordering;
 use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::time::{Duration, Instant};
 
@@ -16,6 +15,7 @@ use crate::store::FileKey;
 use crate::tus::url;
 
 use super::scan::RESCAN_WITHOUT_WATCH;
+use super::schedule::Input;
 use super::{Event, Main};
 
 /// Shutdown must finish within this, whatever the link does (systemd's stop timeout is longer).
@@ -23,11 +23,11 @@ const STOP_DEADLINE: Duration = Duration::from_millis(4500);
 
 impl<'p, 'a> Main<'p, 'a> {
     pub(super) fn run(&mut self, events: &Receiver<Event>) -> Result<()> {
-        self.paused = self.parts.state_dir.join(PAUSE_MARKER).exists();
-        if self.paused {
+        let paused = self.parts.state_dir.join(PAUSE_MARKER).exists();
+        if paused {
             log::info!("uploads are paused (`ferry resume` resumes them)");
         }
-        self.interrupt.store(self.paused, Ordering::Relaxed);
+        self.tell(Input::Pause(paused))?;
         log::info!(
             "watching {} -> {} (after upload: {:?}, {} at once)",
             self.settings.spool.dir.display(),
@@ -37,14 +37,14 @@ impl<'p, 'a> Main<'p, 'a> {
         );
         loop {
             self.survive(|m| m.tick())?;
-            if self.stopping.is_some() && self.active.is_empty() {
+            if self.core.stopped() {
                 break;
             }
             if self
                 .stopping
                 .is_some_and(|t| self.parts.clock.now() >= t + STOP_DEADLINE)
             {
-                log::warn!("{} uploads did not stop in time; exiting anyway (nothing is lost: they resume on the next start)", self.active.len());
+                log::warn!("{} uploads did not stop in time; exiting anyway (nothing is lost: they resume on the next start)", self.core.stepping());
                 self.write_status("stopped");
                 self.parts.notifier.send("STATUS=stopped");
                 // A worker may sit in a read for up to the idle timeout; waiting for it would
@@ -76,7 +76,8 @@ impl<'p, 'a> Main<'p, 'a> {
         let result = f(self);
         if let Err(Error::State { .. }) = &result {
             log::error!("uploads stop: no data is sent while the state cannot be written; ferry exits (status 1) and its service manager starts it again");
-            self.interrupt.store(true, Ordering::Relaxed);
+            self.interrupt
+                .store(true, std::sync::atomic::Ordering::Relaxed);
             self.write_status("stopped: the state store failed");
             self.parts
                 .notifier
@@ -85,7 +86,7 @@ impl<'p, 'a> Main<'p, 'a> {
         result
     }
 
-    /// Everything that is due now: rescans, settled files, dispatch, status, watchdog.
+    /// Everything that is due now: rescans, settled files, steps, status, watchdog.
     fn tick(&mut self) -> Result<()> {
         let now = self.parts.clock.now();
         if now >= self.next_rescan && self.stopping.is_none() {
@@ -137,11 +138,11 @@ impl<'p, 'a> Main<'p, 'a> {
         if let Some(t) = self.stopping {
             due = due.min(t + STOP_DEADLINE);
         }
-        if let Some(t) = self.held_until {
-            due = due.min(t);
-        }
         if let Some(h) = self.hook_waiting.values().filter_map(|(d, _)| *d).min() {
             due = due.min(h);
+        }
+        if let Some(s) = self.core.next_due() {
+            due = due.min(s);
         }
         due
     }
@@ -149,12 +150,12 @@ impl<'p, 'a> Main<'p, 'a> {
     fn handle(&mut self, ev: Event) -> Result<()> {
         match ev {
             Event::Written(path) => {
-                if self.stopping.is_none() {
+                if self.stopping.is_none() && self.in_spool(&path) {
                     self.consider(&path, true)?;
                 }
             }
             Event::Created(path) => {
-                if self.stopping.is_none() {
+                if self.stopping.is_none() && self.in_spool(&path) {
                     self.consider(&path, false)?;
                 }
             }
@@ -167,9 +168,10 @@ impl<'p, 'a> Main<'p, 'a> {
                 self.rescan_every = self.rescan_every.min(RESCAN_WITHOUT_WATCH);
                 self.next_rescan = self.parts.clock.now();
             }
-            Event::Control => self.check_pause(),
-            Event::Signal(sig) => self.signal(sig),
-            Event::Finished(key, result) => self.finished(&key, result)?,
+            Event::Control => self.check_pause()?,
+            Event::Signal(sig) => self.signal(sig)?,
+            Event::NetworkChanged => self.tell(Input::NetworkChanged)?,
+            Event::Stepped(report) => self.stepped(*report)?,
             Event::HookFinished(key, result) => self.hook_finished(&key, result),
         }
         Ok(())

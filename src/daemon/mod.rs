@@ -25,6 +25,7 @@ mod forget;
 mod main_loop;
 mod report;
 mod scan;
+mod schedule;
 mod worker;
 
 use std::collections::{HashMap, HashSet, VecDeque};
@@ -39,15 +40,15 @@ use crate::error::{Error, Result};
 use crate::hook::{self, HookSettings};
 use crate::notify::Notifier;
 use crate::progress::Progress;
-use crate::queue::Window;
 use crate::ratelimit::RateLimiter;
 use crate::spool::SpoolRules;
 use crate::status::{FailedFile, Totals};
 use crate::store::{FileKey, Store};
 use crate::transport::Transport;
-use crate::upload::{Completed, Settings, Uploader};
+use crate::upload::{Completed, FileUpload, Settings, Uploader};
 
-use worker::{worker, Job, JobInfo};
+use schedule::Schedule;
+use worker::{worker, Job, Stepped};
 
 /// How many ready files the queue window holds (the rest wait in the spool).
 const QUEUE_WINDOW: usize = 1024;
@@ -97,21 +98,21 @@ pub(crate) enum Event {
     WatchUnavailable,
     /// SIGTERM, SIGINT or SIGHUP.
     Signal(i32),
-    /// A worker is done with a file.
-    Finished(FileKey, JobResult),
+    /// The kernel announced a link, address or route change.
+    NetworkChanged,
+    /// A worker ran one step of a file.
+    Stepped(Box<Stepped>),
     /// The hook thread ran the hook of a file (`Ok(false)`: it had already run).
     HookFinished(FileKey, std::result::Result<bool, hook::HookError>),
 }
 
-/// How a worker's job ended.
+/// How a file's upload ended.
 #[derive(Debug)]
 pub(crate) enum JobResult {
     /// The server holds the whole file.
     Done(Completed),
     /// The file cannot be uploaded.
     Failed(Error),
-    /// Pause or shutdown.
-    Interrupted,
 }
 
 /// The real parts the daemon works with.
@@ -132,15 +133,28 @@ pub(crate) struct Parts<'a> {
     pub watchdog: Option<Duration>,
     /// Re-reads the daemon settings (SIGHUP).
     pub reload: &'a dyn Fn() -> Result<DaemonSettings>,
+    /// Watches the spool these rules describe instead of the one watched before (a reload).
+    pub rewatch: &'a dyn Fn(&SpoolRules),
     /// The after-upload hook.
     pub hook: Option<&'a HookSettings>,
 }
 
-/// The main thread's view of a file a worker uploads.
-struct Active {
+/// The main thread's view of a started upload.
+struct Upload {
+    /// The upload between steps; `None` while a worker runs a step of it.
+    file: Option<FileUpload>,
     progress: Arc<Progress>,
-    info: Arc<Mutex<JobInfo>>,
+    info: JobInfo,
     rate: (Instant, u64, f64),
+}
+
+/// What the status shows of an upload beyond its bytes.
+#[derive(Debug, Default, Clone)]
+struct JobInfo {
+    attempts: u32,
+    next_retry: Option<SystemTime>,
+    last_error: Option<String>,
+    confirmed: u64,
 }
 
 /// Runs the daemon until SIGTERM/SIGINT.
@@ -152,31 +166,29 @@ pub(crate) fn run(
 ) -> Result<()> {
     let interrupt = Arc::new(AtomicBool::new(false));
     let bytes_sent = Arc::new(AtomicU64::new(0));
-    let retries = Arc::new(AtomicU64::new(0));
     let limiter = settings
         .rate_limit_bytes_per_sec
         .map(|r| Arc::new(RateLimiter::new(r, parts.clock.clone())));
     let (jobs_tx, jobs_rx) = std::sync::mpsc::channel::<Job>();
     let jobs_rx = Arc::new(Mutex::new(jobs_rx));
+    let seed = random_seed();
+    let uploader = Uploader::new(
+        parts.transport,
+        parts.store,
+        parts.clock.as_ref(),
+        parts.upload,
+        seed,
+    )
+    .with_interrupt(interrupt.clone())
+    .with_rate_limit(limiter)
+    .with_byte_counter(bytes_sent.clone())
+    .with_failure_scopes();
     std::thread::scope(|scope| {
         for n in 0..settings.concurrency {
-            let (jobs, tx) = (jobs_rx.clone(), tx.clone());
-            let uploader = Uploader::new(
-                parts.transport,
-                parts.store,
-                parts.clock.as_ref(),
-                parts.upload,
-                random_seed() ^ n as u64,
-            )
-            .with_interrupt(interrupt.clone())
-            .with_rate_limit(limiter.clone())
-            .with_byte_counter(bytes_sent.clone());
-            let (clock, retries) = (parts.clock.clone(), retries.clone());
+            let (jobs, tx, uploader) = (jobs_rx.clone(), tx.clone(), &uploader);
             std::thread::Builder::new()
                 .name(format!("upload-{n}"))
-                .spawn_scoped(scope, move || {
-                    worker(&uploader, clock.as_ref(), &jobs, &tx, &retries)
-                })
+                .spawn_scoped(scope, move || worker(uploader, &jobs, &tx))
                 .map_err(|e| Error::Io {
                     context: "cannot start an upload thread".into(),
                     source: e,
@@ -207,7 +219,7 @@ pub(crate) fn run(
                     source: e,
                 })?;
         }
-        let mut main = Main::new(&parts, settings, interrupt, jobs_tx, bytes_sent, retries);
+        let mut main = Main::new(&parts, settings, interrupt, jobs_tx, bytes_sent, seed);
         if parts.hook.is_some() {
             main.hooks = Some((hooks_tx, hook_stop));
         }
@@ -223,20 +235,20 @@ struct Main<'p, 'a> {
     settings: DaemonSettings,
     interrupt: Arc<AtomicBool>,
     jobs: Sender<Job>,
-    active: HashMap<FileKey, Active>,
+    /// The scheduler: which file steps next, and when.
+    core: Schedule,
+    /// Started uploads (stepping, or waiting between steps).
+    uploads: HashMap<FileKey, Upload>,
     settling: HashMap<PathBuf, Instant>,
     refused: HashSet<PathBuf>,
-    paused: bool,
     stopping: Option<Instant>,
     spool_missing: bool,
-    held_until: Option<Instant>,
     rescan_every: Duration,
     next_rescan: Instant,
     next_status: Instant,
     next_watchdog: Option<Instant>,
     last_status_line: String,
     ready_sent: bool,
-    queue: Window<FileKey>,
     /// The hook thread's job channel and stop flag, when a hook is configured.
     hooks: Option<(Sender<FileKey>, Arc<AtomicBool>)>,
     /// Files whose hook is running (`None`) or waiting to retry (due, failures so far).
@@ -248,7 +260,7 @@ struct Main<'p, 'a> {
     last_scan_dir_mtime: Option<SystemTime>,
     started: SystemTime,
     bytes_sent: Arc<AtomicU64>,
-    retries: Arc<AtomicU64>,
+    retries: u64,
     totals: Totals,
     recent_failed: VecDeque<FailedFile>,
     /// Files that were in the spool before a state reset and were uploaded again.
@@ -264,29 +276,27 @@ impl<'p, 'a> Main<'p, 'a> {
         interrupt: Arc<AtomicBool>,
         jobs: Sender<Job>,
         bytes_sent: Arc<AtomicU64>,
-        retries: Arc<AtomicU64>,
+        seed: u64,
     ) -> Self {
         let now = parts.clock.now();
         let rescan_every = settings.rescan_interval;
         Self {
             parts,
+            core: Schedule::new(settings.concurrency, QUEUE_WINDOW, seed.rotate_left(17)),
             settings,
             interrupt,
             jobs,
-            active: HashMap::new(),
+            uploads: HashMap::new(),
             settling: HashMap::new(),
             refused: HashSet::new(),
-            paused: false,
             stopping: None,
             spool_missing: false,
-            held_until: None,
             rescan_every,
             next_rescan: now,
             next_status: now,
             next_watchdog: parts.watchdog.map(|_| now),
             last_status_line: String::new(),
             ready_sent: false,
-            queue: Window::new(QUEUE_WINDOW),
             hooks: None,
             hook_waiting: HashMap::new(),
             force_scan: true,
@@ -295,12 +305,27 @@ impl<'p, 'a> Main<'p, 'a> {
             last_scan_dir_mtime: None,
             started: parts.clock.wall(),
             bytes_sent,
-            retries,
+            retries: 0,
             totals: Totals::default(),
             recent_failed: VecDeque::new(),
             totals_reuploaded: 0,
             deleted: Vec::new(),
         }
+    }
+
+    /// True when `path` lies in the spool as configured now (a reload may have moved it): a
+    /// file outside it is never uploaded, deleted or moved.
+    fn in_spool(&self, path: &Path) -> bool {
+        in_spool(&self.settings.spool, path)
+    }
+}
+
+/// True when `path` lies in the spool that `rules` describe.
+fn in_spool(rules: &SpoolRules, path: &Path) -> bool {
+    if rules.recursive {
+        path.starts_with(&rules.dir) && path != rules.dir
+    } else {
+        path.parent() == Some(rules.dir.as_path())
     }
 }
 

@@ -9,9 +9,10 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use crate::durable;
-use crate::status::{self, ActiveFile, FailedFile, Snapshot, Totals};
+use crate::status::{self, FailedFile, FileStatus, Snapshot, Totals};
 use crate::tus::url;
 
+use super::schedule::{Blocked, FileState, FileView, Link};
 use super::{unix, Main};
 
 /// Status snapshots while uploading; and at least this often when idle.
@@ -26,7 +27,7 @@ impl<'p, 'a> Main<'p, 'a> {
             "stopping"
         } else if self.spool_missing {
             "waiting for the spool directory"
-        } else if self.paused {
+        } else if self.core.paused() {
             "paused"
         } else {
             "running"
@@ -46,8 +47,8 @@ impl<'p, 'a> Main<'p, 'a> {
         format!(
             "{}: {} queued, {} active, {} done, {} failed",
             self.state_name(),
-            self.queue.waiting(),
-            self.active.len(),
+            self.core.waiting(),
+            self.uploads.len(),
             self.totals.files_done,
             self.totals.files_failed
         )
@@ -64,7 +65,7 @@ impl<'p, 'a> Main<'p, 'a> {
         let now = self.parts.clock.now();
         self.last_status_write = now;
         self.next_status = now
-            + if self.active.is_empty() {
+            + if self.uploads.is_empty() {
                 STATUS_IDLE
             } else {
                 STATUS_BUSY
@@ -100,33 +101,27 @@ impl<'p, 'a> Main<'p, 'a> {
     }
 
     fn snapshot(&mut self, state: &str, now: Instant) -> Snapshot {
-        let mut active = Vec::new();
-        for (path, a) in &mut self.active {
-            let (size, position) = a.progress.position_and_total();
-            let dt = now.saturating_duration_since(a.rate.0).as_secs_f64();
-            if dt >= 0.5 {
-                let sample = position.saturating_sub(a.rate.1) as f64 / dt;
-                a.rate = (
-                    now,
-                    position,
-                    if a.rate.2 == 0.0 {
-                        sample
-                    } else {
-                        0.7 * a.rate.2 + 0.3 * sample
-                    },
-                );
-            }
-            let info = a.info.lock().unwrap_or_else(|e| e.into_inner()).clone();
-            active.push(ActiveFile {
-                path: path.to_string(),
-                size,
-                position,
-                bytes_per_sec: a.rate.2,
-                attempts: info.attempts,
-                next_retry_unix: info.next_retry.map(unix),
-                last_error: info.last_error,
-            });
+        let mut files = Vec::new();
+        for view in self.core.files(now) {
+            files.push(self.file_status(&view, now));
         }
+        let mut settling: Vec<_> = self.settling.keys().collect();
+        settling.sort();
+        files.extend(settling.into_iter().map(|p| FileStatus {
+            path: p.display().to_string(),
+            state: "settling".into(),
+            ..FileStatus::default()
+        }));
+        let mut hooks: Vec<_> = self.hook_waiting.iter().collect();
+        hooks.sort_by(|a, b| a.0.cmp(b.0));
+        files.extend(hooks.into_iter().map(|(k, (due, failures))| FileStatus {
+            path: k.to_string(),
+            state: "after upload".into(),
+            attempts: *failures,
+            next_retry_unix:
+                due.map(|d| unix(self.parts.clock.wall() + d.saturating_duration_since(now))),
+            ..FileStatus::default()
+        }));
         let mut failed: Vec<FailedFile> = self.recent_failed.iter().cloned().collect();
         if let Ok(kept) = self.parts.store.failed() {
             let shown: HashSet<String> = failed.iter().map(|f| f.path.clone()).collect();
@@ -146,7 +141,7 @@ impl<'p, 'a> Main<'p, 'a> {
         }
         let totals = Totals {
             bytes_sent: self.bytes_sent.load(Ordering::Relaxed),
-            retries: self.retries.load(Ordering::Relaxed),
+            retries: self.retries,
             ..self.totals.clone()
         };
         Snapshot {
@@ -157,11 +152,75 @@ impl<'p, 'a> Main<'p, 'a> {
             state: state.to_string(),
             spool: self.settings.spool.dir.display().to_string(),
             endpoint: url::redact(&self.parts.upload.endpoint).to_string(),
-            queued: self.queue.waiting(),
-            active,
+            queued: self.core.waiting(),
+            files,
+            blocked: self.blocked(now),
             failed,
             state_damage: self.state_damage(),
             totals,
         }
+    }
+}
+
+impl Main<'_, '_> {
+    /// One started or queued file as the status shows it.
+    fn file_status(&mut self, view: &FileView, now: Instant) -> FileStatus {
+        let state = match (view.state, view.blocked) {
+            (FileState::Stepping, _) => "uploading",
+            (_, Some(Blocked::Paused)) => "paused",
+            (_, Some(Blocked::Link)) => "waiting for the link",
+            (_, Some(Blocked::Endpoint)) => "held",
+            (FileState::Ready, None) => "waiting",
+            (FileState::BackingOff { .. }, None) => "backing off",
+            (FileState::Queued, None) => "queued",
+        };
+        let mut status = FileStatus {
+            path: view.key.to_string(),
+            state: state.into(),
+            ..FileStatus::default()
+        };
+        let Some(u) = self.uploads.get_mut(&view.key) else {
+            return status;
+        };
+        let (position, size) = u.progress.position_and_total();
+        let dt = now.saturating_duration_since(u.rate.0).as_secs_f64();
+        if dt >= 0.5 {
+            let sample = position.saturating_sub(u.rate.1) as f64 / dt;
+            let smoothed = if u.rate.2 == 0.0 {
+                sample
+            } else {
+                0.7 * u.rate.2 + 0.3 * sample
+            };
+            u.rate = (now, position, smoothed);
+        }
+        status.size = size;
+        status.position = position;
+        status.confirmed = u.info.confirmed;
+        status.bytes_per_sec = if state == "uploading" { u.rate.2 } else { 0.0 };
+        status.attempts = u.info.attempts;
+        status.next_retry_unix = u.info.next_retry.map(unix);
+        status.last_error = u.info.last_error.clone();
+        status
+    }
+
+    /// Why uploads do not go on, when the link or the endpoint stops them all.
+    fn blocked(&self, now: Instant) -> Option<String> {
+        let wall = self.parts.clock.wall();
+        let in_secs = |t: Instant| t.saturating_duration_since(now).as_secs();
+        if let Link::Down { probe_at, why, .. } = self.core.link() {
+            let _ = wall;
+            return Some(format!(
+                "no answer from the server ({why}); trying again in {} s",
+                in_secs(*probe_at)
+            ));
+        }
+        self.core.hold().filter(|h| now < h.until).map(|h| {
+            format!(
+                "endpoint refuses new uploads: {} {}; retrying in {} s",
+                h.status,
+                h.message,
+                in_secs(h.until)
+            )
+        })
     }
 }

@@ -13,6 +13,7 @@ use crate::spool::{self, Verdict};
 use crate::store::FileKey;
 use crate::store::RecordState;
 
+use super::schedule::Input;
 use super::Main;
 
 /// Full rescans when inotify is not available.
@@ -34,7 +35,7 @@ impl<'p, 'a> Main<'p, 'a> {
         }
         self.force_scan = false;
         self.last_scan_dir_mtime = dir_mtime;
-        self.queue.begin_scan();
+        self.tell(Input::BeginScan)?;
         let rules = self.settings.spool.clone();
         let mut first_error = None;
         let walked = spool::walk(
@@ -83,7 +84,7 @@ impl<'p, 'a> Main<'p, 'a> {
             Ok(None) => {
                 self.settling.remove(path);
                 match FileKey::for_path(path) {
-                    Ok(key) if !self.active.contains_key(&key) => self.unqueue(&key),
+                    Ok(key) => self.unqueue(&key),
                     _ => Ok(()),
                 }
             }
@@ -97,6 +98,10 @@ impl<'p, 'a> Main<'p, 'a> {
     fn consider_entry(&mut self, entry: spool::Entry, written: bool, by_scan: bool) -> Result<()> {
         let path = entry.path.clone();
         let path = path.as_path();
+        if !self.in_spool(path) {
+            // From a watcher of the spool before a reload moved it.
+            return Ok(());
+        }
         let Ok(key) = FileKey::for_path(path) else {
             return Ok(());
         };
@@ -137,11 +142,12 @@ impl<'p, 'a> Main<'p, 'a> {
         by_scan: bool,
     ) -> Result<()> {
         self.settling.remove(path);
-        if self.active.contains_key(key) {
+        if self.core.is_started(key) {
             return Ok(());
         }
         let store = self.parts.store;
-        if let Some(rec) = store.get(key)? {
+        let record = store.get(key)?;
+        if let Some(rec) = &record {
             if rec.state == RecordState::Complete && rec.identity == identity {
                 // Uploaded before a crash or restart: hook and action not yet done (or kept).
                 self.uploaded(path, key, rec.hook.done);
@@ -154,13 +160,20 @@ impl<'p, 'a> Main<'p, 'a> {
             }
             store.remove_failed(key)?;
         }
-        self.queue.offer(key, spool::mtime_of(&identity), by_scan);
-        Ok(())
+        // A record of the same content with its URL resumes; the upload itself decides,
+        // from the record, whether the content is the same.
+        let has_url =
+            record.is_some_and(|r| r.state == RecordState::Uploading && r.identity == identity);
+        self.tell(Input::Ready {
+            key: key.clone(),
+            mtime: spool::mtime_of(&identity),
+            has_url,
+            by_scan,
+        })
     }
 
-    /// Takes `key` out of the queue.
+    /// Takes `key` out of the queue, and stops its upload if one started (it is gone).
     pub(super) fn unqueue(&mut self, key: &FileKey) -> Result<()> {
-        self.queue.remove(key);
-        Ok(())
+        self.tell(Input::Gone(key.clone()))
     }
 }

@@ -6,17 +6,21 @@
 
 use std::path::Path;
 
-use super::{ChecksumMode, FileUpload, Phase, Step, Uploader};
+use super::{lock, ChecksumMode, FileUpload, Phase, Step, Uploader};
 use crate::error::{Error, Result};
 use crate::tus::checksum;
 use crate::tus::response::{self, Sent};
 use crate::tus::{metadata, request, url, Body, Outcome, ServerCaps};
 
+/// Answers to a creation that refuse the endpoint, not the file: not found, unauthorized,
+/// forbidden, method not allowed.
+const ENDPOINT_REFUSALS: [u16; 4] = [401, 403, 404, 405];
+
 impl Uploader<'_> {
     /// `Discover`: learns the endpoint's capabilities (once per endpoint) and picks the checksum.
     pub(super) fn discover(&self, f: &mut FileUpload) -> Result<Step> {
         let endpoint = &self.settings.endpoint;
-        let cached = self.caps.borrow().get(endpoint).cloned();
+        let cached = lock(&self.caps).get(endpoint).cloned();
         let caps = match cached {
             Some(c) => c,
             None => match self.exchange(request::options(endpoint)) {
@@ -29,9 +33,7 @@ impl Uploader<'_> {
                             resp.message()
                         );
                     }
-                    self.caps
-                        .borrow_mut()
-                        .insert(endpoint.clone(), caps.clone());
+                    lock(&self.caps).insert(endpoint.clone(), caps.clone());
                     caps
                 }
                 Err(e) => return self.transport_failure(f, e, Phase::Discover),
@@ -59,8 +61,7 @@ impl Uploader<'_> {
 
     /// What discovery learned of the endpoint (nothing yet: the defaults).
     pub(super) fn caps(&self) -> ServerCaps {
-        self.caps
-            .borrow()
+        lock(&self.caps)
             .get(&self.settings.endpoint)
             .cloned()
             .unwrap_or_default()
@@ -119,6 +120,15 @@ impl Uploader<'_> {
                 self.retry_later(f, why, retry_after.as_deref(), Phase::Create)
             }
             Outcome::ChecksumRejected { why } => Ok(self.without_checksum(f, &why)),
+            // Not about this file: the endpoint (a wrong path, a proxy during a deploy, an
+            // expired credential) refuses every creation. The daemon holds creations.
+            _ if self.failure_scopes && ENDPOINT_REFUSALS.contains(&resp.status) => {
+                f.last_error = Some(format!("{} {}", resp.status, resp.message()));
+                Ok(Step::EndpointRefused {
+                    status: resp.status,
+                    message: resp.message(),
+                })
+            }
             other => Err(self.refused(&self.settings.endpoint, &resp, other)),
         }
     }

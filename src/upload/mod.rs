@@ -14,11 +14,10 @@
 //! (Probe, Send), `checkpoint` (what the store records), `recover` (failures and backoff),
 //! `scope` (which credentials go where), `terminate` (DELETE: stale uploads and `--cancel`).
 
-use std::cell::RefCell;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant, UNIX_EPOCH};
 
 use crate::backoff::Jitter;
@@ -56,6 +55,18 @@ pub(crate) enum Step {
     Failed(Error),
     /// A pause or shutdown interrupted the transfer; `step` will resume from the server's offset.
     Interrupted,
+    /// No answer from the server's host (connect, reset, timeout): the link's fault, not the
+    /// file's, so no attempt is charged. Only with [`Uploader::with_failure_scopes`]; `step`
+    /// again resumes where the file was.
+    LinkDown(String),
+    /// The endpoint refuses every creation (404, 401, 403, 405 on POST): not the file's fault.
+    /// Only with [`Uploader::with_failure_scopes`]; `step` again tries the creation again.
+    EndpointRefused {
+        /// The HTTP status.
+        status: u16,
+        /// The server's message.
+        message: String,
+    },
 }
 
 /// A finished upload.
@@ -124,6 +135,16 @@ impl FileUpload {
     pub(crate) fn last_error(&self) -> Option<&str> {
         self.last_error.as_deref()
     }
+
+    /// True while the file has no upload URL: its next exchange creates one.
+    pub(crate) fn needs_creation(&self) -> bool {
+        self.record.is_none()
+    }
+
+    /// Bytes the server has confirmed, and the file's length.
+    pub(crate) fn confirmed_and_length(&self) -> (u64, u64) {
+        (self.best_offset, self.source.len())
+    }
 }
 
 /// Uploads files: the protocol logic, over a transport, a store and a clock.
@@ -132,13 +153,15 @@ pub(crate) struct Uploader<'a> {
     store: &'a Store,
     clock: &'a dyn Clock,
     settings: &'a Settings,
-    caps: RefCell<HashMap<String, ServerCaps>>,
-    jitter: RefCell<Jitter>,
+    caps: Mutex<HashMap<String, ServerCaps>>,
+    jitter: Mutex<Jitter>,
     wake: Arc<AtomicBool>,
     limiter: Option<Arc<RateLimiter>>,
     bytes_sent: Option<Arc<std::sync::atomic::AtomicU64>>,
     /// The largest chunk the server (or a proxy before it) accepted after a 413, if any.
-    learned_chunk_limit: RefCell<Option<u64>>,
+    learned_chunk_limit: Mutex<Option<u64>>,
+    /// Report link and endpoint failures as such instead of charging the file an attempt.
+    failure_scopes: bool,
 }
 
 impl<'a> Uploader<'a> {
@@ -155,12 +178,13 @@ impl<'a> Uploader<'a> {
             store,
             clock,
             settings,
-            caps: RefCell::new(HashMap::new()),
-            jitter: RefCell::new(Jitter::new(jitter_seed)),
+            caps: Mutex::new(HashMap::new()),
+            jitter: Mutex::new(Jitter::new(jitter_seed)),
             wake: Arc::new(AtomicBool::new(false)),
             limiter: None,
             bytes_sent: None,
-            learned_chunk_limit: RefCell::new(None),
+            learned_chunk_limit: Mutex::new(None),
+            failure_scopes: false,
         }
     }
 
@@ -179,6 +203,14 @@ impl<'a> Uploader<'a> {
     /// Counts every body byte read into `total` (metrics).
     pub(crate) fn with_byte_counter(mut self, total: Arc<std::sync::atomic::AtomicU64>) -> Self {
         self.bytes_sent = Some(total);
+        self
+    }
+
+    /// Reports a failure of the link ([`Step::LinkDown`]) or the endpoint
+    /// ([`Step::EndpointRefused`]) as such, for a caller that schedules many files (the
+    /// daemon); without it they are the file's failed attempts (`ferry upload`).
+    pub(crate) fn with_failure_scopes(mut self) -> Self {
+        self.failure_scopes = true;
         self
     }
 
@@ -206,6 +238,11 @@ impl<'a> Uploader<'a> {
                 Step::Done(c) => return Ok(c),
                 Step::Failed(e) => return Err(e),
                 Step::Interrupted => return Err(Error::Interrupted),
+                Step::LinkDown(why) | Step::EndpointRefused { message: why, .. } => {
+                    return Err(Error::Internal(format!(
+                        "a failure scope without with_failure_scopes: {why}"
+                    )))
+                }
             }
         }
     }
@@ -252,6 +289,11 @@ impl<'a> Uploader<'a> {
         };
         result.unwrap_or_else(Step::Failed)
     }
+}
+
+/// Locks `m`; a panic elsewhere while holding it leaves plain data that is still usable.
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 fn unix(t: std::time::SystemTime) -> u64 {

@@ -4,7 +4,7 @@
 //! over with the new content, or wait out a delay the retry policy decides (honouring
 //! `Retry-After`); only the policy's give-up, or an answer no retry can mend, fails the file.
 
-use super::{FileUpload, Phase, Step, Uploader};
+use super::{lock, FileUpload, Phase, Step, Uploader};
 use crate::backoff::{parse_retry_after, Decision};
 use crate::error::{Error, Result};
 use crate::stream::MEDIA_ID_HEADER;
@@ -78,6 +78,16 @@ impl Uploader<'_> {
             };
             return Ok(Step::Interrupted);
         }
+        if self.failure_scopes && matches!(e.kind, FailureKind::Connection | FailureKind::Timeout) {
+            // The link, not this file: the daemon backs off the link and charges no attempt.
+            f.phase = match next {
+                Phase::Send { .. } => Phase::Probe,
+                other => other,
+            };
+            let why = format!("{e} ({})", url::redact(&target));
+            f.last_error = Some(why.clone());
+            return Ok(Step::LinkDown(why));
+        }
         if !e.is_transient() {
             return Err(Error::Network {
                 url: url::redact(&target).into(),
@@ -109,7 +119,7 @@ impl Uploader<'_> {
     ) -> Step {
         let ra = retry_after.and_then(|v| parse_retry_after(v, self.clock.wall()));
         let stalled = self.clock.now().saturating_duration_since(f.last_progress);
-        let jitter = self.jitter.borrow_mut().next_unit();
+        let jitter = lock(&self.jitter).next_unit();
         match self.settings.retry.decide(f.attempt, stalled, ra, jitter) {
             Decision::RetryAfter(d) => {
                 f.last_error = Some(why.clone());

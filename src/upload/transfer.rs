@@ -4,7 +4,7 @@
 //! advances to the offset it proves or goes back to `Probe`. A 413 halves the chunk (within
 //! Stream's rules for Stream targets) and the uploader keeps that limit for later files.
 
-use super::{unix, FileUpload, Phase, Step, Uploader};
+use super::{lock, unix, FileUpload, Phase, Step, Uploader};
 use crate::error::{Error, Result};
 use crate::stream;
 use crate::transport::FailureKind;
@@ -174,7 +174,7 @@ impl Uploader<'_> {
     /// 413: halve the chunk, and remember the limit for the files after this one.
     fn shrink_chunk(&self, f: &mut FileUpload, why: &str) -> Step {
         f.chunk_bytes = self.smaller_chunk(f.chunk_bytes);
-        *self.learned_chunk_limit.borrow_mut() = Some(f.chunk_bytes);
+        *lock(&self.learned_chunk_limit) = Some(f.chunk_bytes);
         log::warn!(
             "{}: chunk too large ({why}); using {} byte chunks",
             f.path().display(),
@@ -187,9 +187,7 @@ impl Uploader<'_> {
     /// Bytes per PATCH: the configured size, or less if a 413 taught us a limit.
     pub(super) fn chunk_size(&self) -> u64 {
         let configured = self.settings.chunk_size_bytes.max(1);
-        self.learned_chunk_limit
-            .borrow()
-            .map_or(configured, |l| l.min(configured))
+        lock(&self.learned_chunk_limit).map_or(configured, |l| l.min(configured))
     }
 
     /// Half of `chunk`, within the target's rules (Stream: multiples of 256 KiB, ≥ 5 MiB).

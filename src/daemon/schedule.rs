@@ -1,0 +1,556 @@
+//! The daemon's scheduling decisions: which file runs its next upload step, and when. No
+//! threads, no I/O, no real time: the shell feeds in what happened ([`Input`]) with the instant
+//! it happened, runs the [`Action`]s that [`Schedule::poll`] hands out, and waits until
+//! [`Schedule::next_due`].
+//!
+//! Key idea: a file's upload advances one HTTP exchange (a step) at a time, and between steps
+//! the file waits here with a state and, when it backs off, a due instant. A backoff is never
+//! a sleep in a worker, so one file's trouble does not hold up another; an interrupted file
+//! keeps its place, so a resume continues it first.
+//!
+//! Three scopes of failure:
+//! - the file's own (a 5xx or 423 on its upload URL): that file backs off, others go on;
+//! - the link's (no answer at all): the link backs off with a short cap, one probe step at a
+//!   time, no file is charged an attempt, and a network change probes at once;
+//! - the endpoint's refusal to create uploads (404, 401, 403, 405 on POST): creations are held
+//!   (one creation probes when the hold ends), uploads that have a URL go on, no file fails.
+//!
+//! File states: `Queued` (ready, not started in this run) → `Stepping` (a worker runs one
+//! step) → `Ready` (started, waits for a worker) or `BackingOff` (until a due instant) → … →
+//! ended (done or failed: the shell takes it from there and the core forgets it).
+
+use std::collections::{HashMap, HashSet};
+use std::time::{Duration, Instant, SystemTime};
+
+use crate::backoff::Jitter;
+use crate::queue::Window;
+use crate::store::FileKey;
+
+/// The first delay after the link failed; it doubles per failed probe up to [`LINK_PROBE_MAX`].
+const LINK_PROBE_FIRST: Duration = Duration::from_secs(1);
+/// The longest wait between two probes of a link that gives no answer: short, so that a link
+/// that came back is used within seconds.
+pub(crate) const LINK_PROBE_MAX: Duration = Duration::from_secs(15);
+/// The first hold of creations after the endpoint refused one; doubles up to [`HOLD_MAX`].
+const HOLD_FIRST: Duration = Duration::from_secs(30);
+/// The longest hold of creations.
+const HOLD_MAX: Duration = Duration::from_secs(300);
+/// Started uploads that may wait between steps (open files, a few bytes each) beyond the
+/// workers: past this, no new file starts until some end.
+const STARTED_MAX_EXTRA: usize = 64;
+
+/// Where a file the core knows stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum FileState {
+    /// Ready to upload; not started in this run.
+    Queued,
+    /// A worker runs one step of it.
+    Stepping,
+    /// Started; waits for a worker to run its next step.
+    Ready,
+    /// Waits out its own backoff.
+    BackingOff {
+        /// When it may step again.
+        until: Instant,
+    },
+}
+
+/// How one step of a file ended, as far as scheduling goes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Outcome {
+    /// Step again.
+    Continue,
+    /// The file backs off for this long (its own failure).
+    Wait(Duration),
+    /// No answer from the server's host: the link backs off.
+    LinkDown(String),
+    /// The link answers, but TLS refused (a setting or the server's certificate): the link is
+    /// held this long, and the file is offered again as new.
+    LinkRefused(Duration),
+    /// The endpoint refuses creations.
+    EndpointRefused {
+        /// HTTP status.
+        status: u16,
+        /// The server's message.
+        message: String,
+    },
+    /// Pause or shutdown cut it: it keeps its place.
+    Interrupted,
+    /// The upload ended (done, or failed): the core forgets the file.
+    Ended,
+}
+
+/// What happened.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Input {
+    /// A full scan of the spool begins: the queue is filled again from scratch.
+    BeginScan,
+    /// A file is ready to upload; `has_url` when its record holds an upload URL.
+    Ready {
+        /// The file.
+        key: FileKey,
+        /// Its modification time (the queue is oldest first).
+        mtime: SystemTime,
+        /// It resumes an upload (needs no creation).
+        has_url: bool,
+        /// Found by a full scan (counts for the queue's refill).
+        by_scan: bool,
+    },
+    /// A file left the spool, changed, or is no longer to be uploaded.
+    Gone(FileKey),
+    /// A step ended; `has_url` tells whether the file now has an upload URL.
+    Stepped {
+        /// The file.
+        key: FileKey,
+        /// How the step ended.
+        outcome: Outcome,
+        /// Whether it has an upload URL now.
+        has_url: bool,
+    },
+    /// The pause marker appeared (true) or went (false).
+    Pause(bool),
+    /// SIGTERM or SIGINT.
+    Stop,
+    /// The kernel announced a route, address or link change.
+    NetworkChanged,
+}
+
+/// What the shell is to do.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Action {
+    /// Run one upload step of this file on a worker, then report [`Input::Stepped`].
+    Step(FileKey),
+    /// Set (true) or clear the workers' interrupt flag.
+    Interrupt(bool),
+    /// Forget the started upload of this file (it is gone, or no longer the core's).
+    Drop(FileKey),
+}
+
+/// The link to the server.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Link {
+    /// Answers came back.
+    Up,
+    /// No answer: probe (one step) at `probe_at`.
+    Down {
+        /// Failed probes in a row.
+        failures: u32,
+        /// When the next probe may go.
+        probe_at: Instant,
+        /// The last failure.
+        why: String,
+    },
+}
+
+/// The endpoint refuses creations: none goes before `until`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Hold {
+    /// Refusals in a row.
+    pub failures: u32,
+    /// When a creation may be tried again.
+    pub until: Instant,
+    /// The refusal's HTTP status.
+    pub status: u16,
+    /// The server's message.
+    pub message: String,
+}
+
+/// A started file.
+#[derive(Debug, Clone)]
+struct Started {
+    state: FileState,
+    mtime: SystemTime,
+    has_url: bool,
+}
+
+/// The scheduler's state.
+#[derive(Debug)]
+pub(crate) struct Schedule {
+    concurrency: usize,
+    queue: Window<FileKey>,
+    /// Queued files that resume an upload (need no creation).
+    queued_with_url: HashSet<FileKey>,
+    started: HashMap<FileKey, Started>,
+    /// Stepping files that are gone or no longer ours: forgotten when their step reports.
+    dropped: HashSet<FileKey>,
+    paused: bool,
+    stopping: bool,
+    link: Link,
+    hold: Option<Hold>,
+    jitter: Jitter,
+}
+
+/// How the status shows a file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct FileView {
+    /// The file.
+    pub key: FileKey,
+    /// Its scheduling state.
+    pub state: FileState,
+    /// Whether the shell should call it paused, held or waiting for the link.
+    pub blocked: Option<Blocked>,
+}
+
+/// Why a file that could step does not.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Blocked {
+    /// Uploads are paused.
+    Paused,
+    /// The link gives no answer.
+    Link,
+    /// The endpoint refuses creations and the file needs one.
+    Endpoint,
+}
+
+impl Schedule {
+    /// A core running `concurrency` steps at once, queueing at most `window` files; `seed`
+    /// drives the jitter of link probes (differs between devices).
+    pub(crate) fn new(concurrency: usize, window: usize, seed: u64) -> Self {
+        Self {
+            concurrency: concurrency.max(1),
+            queue: Window::new(window),
+            queued_with_url: HashSet::new(),
+            started: HashMap::new(),
+            dropped: HashSet::new(),
+            paused: false,
+            stopping: false,
+            link: Link::Up,
+            hold: None,
+            jitter: Jitter::new(seed),
+        }
+    }
+
+    /// Takes in what happened at `now`; returns what must be done at once (interrupts, drops).
+    pub(crate) fn handle(&mut self, input: Input, now: Instant) -> Vec<Action> {
+        match input {
+            Input::BeginScan => {
+                self.queue.begin_scan();
+                self.queued_with_url.clear();
+            }
+            Input::Ready {
+                key,
+                mtime,
+                has_url,
+                by_scan,
+            } => {
+                if !self.started.contains_key(&key) {
+                    if has_url {
+                        self.queued_with_url.insert(key.clone());
+                    } else {
+                        self.queued_with_url.remove(&key);
+                    }
+                    self.queue.offer(&key, mtime, by_scan);
+                }
+            }
+            Input::Gone(key) => return self.gone(key),
+            Input::Stepped {
+                key,
+                outcome,
+                has_url,
+            } => {
+                if self.dropped.remove(&key) {
+                    return match self.started.remove(&key) {
+                        Some(_) if outcome != Outcome::Ended => vec![Action::Drop(key)],
+                        _ => Vec::new(),
+                    };
+                }
+                self.stepped(key, outcome, has_url, now)
+            }
+            Input::Pause(paused) => {
+                if paused != self.paused {
+                    self.paused = paused;
+                    if !self.stopping {
+                        return vec![Action::Interrupt(paused)];
+                    }
+                }
+            }
+            Input::Stop => {
+                if !self.stopping {
+                    self.stopping = true;
+                    return vec![Action::Interrupt(true)];
+                }
+            }
+            Input::NetworkChanged => {
+                if let Link::Down { probe_at, .. } = &mut self.link {
+                    *probe_at = (*probe_at).min(now);
+                }
+            }
+        }
+        Vec::new()
+    }
+
+    fn gone(&mut self, key: FileKey) -> Vec<Action> {
+        self.queue.remove(&key);
+        self.queued_with_url.remove(&key);
+        match self.started.get(&key) {
+            // Its step reports soon; the file is forgotten then.
+            Some(s) if s.state == FileState::Stepping => {
+                self.dropped.insert(key);
+                Vec::new()
+            }
+            Some(_) => {
+                self.started.remove(&key);
+                vec![Action::Drop(key)]
+            }
+            None => Vec::new(),
+        }
+    }
+
+    fn stepped(&mut self, key: FileKey, outcome: Outcome, has_url: bool, now: Instant) {
+        let Some(file) = self.started.get_mut(&key) else {
+            return;
+        };
+        let created = has_url && !file.has_url;
+        file.has_url = has_url;
+        file.state = FileState::Ready;
+        match outcome {
+            Outcome::Continue | Outcome::Interrupted => {}
+            Outcome::Wait(d) => file.state = FileState::BackingOff { until: now + d },
+            Outcome::Ended => {
+                self.started.remove(&key);
+            }
+            Outcome::LinkDown(why) => {
+                self.link_failed(why, now);
+                return;
+            }
+            Outcome::LinkRefused(wait) => {
+                self.started.remove(&key);
+                self.link = Link::Down {
+                    failures: 0,
+                    probe_at: now + wait,
+                    why: "TLS refused".into(),
+                };
+                return;
+            }
+            Outcome::EndpointRefused { status, message } => {
+                self.endpoint_refused(status, message, now);
+                return;
+            }
+        }
+        // An answer came back (or the file ended on its own terms): the link works.
+        if !matches!(outcome, Outcome::Interrupted | Outcome::Ended) {
+            self.link = Link::Up;
+        }
+        if created {
+            self.hold = None;
+        }
+    }
+
+    fn link_failed(&mut self, why: String, now: Instant) {
+        let failures = match &self.link {
+            // A step that was in flight when the link went down: not a probe of its own.
+            Link::Down { probe_at, .. } if now < *probe_at => return,
+            Link::Down { failures, .. } => failures + 1,
+            Link::Up => 1,
+        };
+        let ceiling = LINK_PROBE_FIRST
+            .saturating_mul(1 << (failures - 1).min(16))
+            .min(LINK_PROBE_MAX);
+        // Full jitter between half and all of the ceiling: devices that lost the same cell
+        // do not probe in step.
+        let delay = ceiling.mul_f64(0.5 + 0.5 * self.jitter.next_unit());
+        self.link = Link::Down {
+            failures,
+            probe_at: now + delay,
+            why,
+        };
+    }
+
+    fn endpoint_refused(&mut self, status: u16, message: String, now: Instant) {
+        // Several files refused at once count as one refusal.
+        if self.hold.as_ref().is_some_and(|h| now < h.until) {
+            return;
+        }
+        let failures = self.hold.as_ref().map_or(0, |h| h.failures) + 1;
+        let wait = HOLD_FIRST
+            .saturating_mul(1 << (failures - 1).min(16))
+            .min(HOLD_MAX);
+        self.hold = Some(Hold {
+            failures,
+            until: now + wait,
+            status,
+            message,
+        });
+        // An answer came: the link itself works.
+        self.link = Link::Up;
+    }
+
+    /// The steps to run now (at most the free workers' worth).
+    pub(crate) fn poll(&mut self, now: Instant) -> Vec<Action> {
+        let mut actions = Vec::new();
+        if self.paused || self.stopping {
+            return actions;
+        }
+        let mut stepping = self.stepping();
+        let limit = match &self.link {
+            Link::Up => self.concurrency,
+            // One probe at a time, when it is due.
+            Link::Down { probe_at, .. } if now >= *probe_at => 1,
+            Link::Down { .. } => 0,
+        };
+        let mut creation_open = self.hold.as_ref().is_none_or(|h| now >= h.until);
+        let held = self.hold.is_some();
+        while stepping < limit {
+            let Some((key, has_url)) = self.next_candidate(now, creation_open) else {
+                break;
+            };
+            if !has_url && held {
+                // The hold ended: one creation probes, the others wait for its answer.
+                creation_open = false;
+            }
+            actions.push(Action::Step(key));
+            stepping += 1;
+        }
+        actions
+    }
+
+    /// The next file to step, started ones first (oldest first among them), then the queue;
+    /// marks it stepping.
+    fn next_candidate(&mut self, now: Instant, creation_open: bool) -> Option<(FileKey, bool)> {
+        let waiting = self
+            .started
+            .iter()
+            .filter(|(_, s)| match s.state {
+                FileState::Ready => true,
+                FileState::BackingOff { until } => now >= until,
+                _ => false,
+            })
+            .filter(|(_, s)| s.has_url || creation_open)
+            .min_by(|a, b| (a.1.mtime, a.0).cmp(&(b.1.mtime, b.0)))
+            .map(|(k, s)| (k.clone(), s.has_url));
+        if let Some((key, has_url)) = waiting {
+            if let Some(s) = self.started.get_mut(&key) {
+                s.state = FileState::Stepping;
+            }
+            return Some((key, has_url));
+        }
+        if self.started.len() >= self.concurrency + STARTED_MAX_EXTRA {
+            return None;
+        }
+        let with_url = &self.queued_with_url;
+        let (mtime, key) = self
+            .queue
+            .take_oldest_where(|k| creation_open || with_url.contains(k))?;
+        let has_url = self.queued_with_url.remove(&key);
+        self.started.insert(
+            key.clone(),
+            Started {
+                state: FileState::Stepping,
+                mtime,
+                has_url,
+            },
+        );
+        Some((key, has_url))
+    }
+
+    /// The earliest instant at which [`Self::poll`] may hand out a step that it would not now.
+    pub(crate) fn next_due(&self) -> Option<Instant> {
+        let backoffs = self.started.values().filter_map(|s| match s.state {
+            FileState::BackingOff { until } => Some(until),
+            _ => None,
+        });
+        let link = match &self.link {
+            Link::Down { probe_at, .. } => Some(*probe_at),
+            Link::Up => None,
+        };
+        let hold = self.hold.as_ref().map(|h| h.until);
+        backoffs.chain(link).chain(hold).min()
+    }
+
+    /// Steps running now.
+    pub(crate) fn stepping(&self) -> usize {
+        self.started
+            .values()
+            .filter(|s| s.state == FileState::Stepping)
+            .count()
+    }
+
+    /// True once a stop was asked for and no step runs: the shell may end.
+    pub(crate) fn stopped(&self) -> bool {
+        self.stopping && self.stepping() == 0
+    }
+
+    /// True while the file's upload started (a worker, or waiting between steps).
+    pub(crate) fn is_started(&self, key: &FileKey) -> bool {
+        self.started.contains_key(key)
+    }
+
+    /// True while uploads are paused.
+    pub(crate) fn paused(&self) -> bool {
+        self.paused
+    }
+
+    /// The link's state.
+    pub(crate) fn link(&self) -> &Link {
+        &self.link
+    }
+
+    /// The endpoint's hold on creations, if any.
+    pub(crate) fn hold(&self) -> Option<&Hold> {
+        self.hold.as_ref()
+    }
+
+    /// True when the queue ran dry but the spool holds more ready files: scan again.
+    pub(crate) fn needs_refill(&self) -> bool {
+        self.queue.needs_refill()
+    }
+
+    /// Files waiting to start, as far as the last scan can tell (beyond the queue's window too).
+    pub(crate) fn waiting(&self) -> u64 {
+        self.queue.waiting()
+    }
+
+    /// Every file the core knows, started ones first, each with its state.
+    pub(crate) fn files(&self, now: Instant) -> Vec<FileView> {
+        let mut started: Vec<_> = self.started.iter().collect();
+        started.sort_by(|a, b| (a.1.mtime, a.0).cmp(&(b.1.mtime, b.0)));
+        let started = started
+            .into_iter()
+            .map(|(k, s)| (k.clone(), s.state, s.has_url));
+        let queued = self.queue.iter().map(|k| {
+            (
+                k.clone(),
+                FileState::Queued,
+                self.queued_with_url.contains(k),
+            )
+        });
+        started
+            .chain(queued)
+            .map(|(key, state, has_url)| FileView {
+                blocked: self.blocked(state, has_url, now),
+                key,
+                state,
+            })
+            .collect()
+    }
+
+    fn blocked(&self, state: FileState, has_url: bool, now: Instant) -> Option<Blocked> {
+        if state == FileState::Stepping {
+            None
+        } else if self.paused {
+            Some(Blocked::Paused)
+        } else if matches!(self.link, Link::Down { .. }) {
+            Some(Blocked::Link)
+        } else if !has_url && self.hold.as_ref().is_some_and(|h| now < h.until) {
+            Some(Blocked::Endpoint)
+        } else {
+            None
+        }
+    }
+
+    /// Forgets every file that `keep` refuses (a reload moved the spool): returns the drops
+    /// for started files not stepping now; stepping ones are forgotten when they report.
+    pub(crate) fn retain(&mut self, keep: impl Fn(&FileKey) -> bool) -> Vec<Action> {
+        let queued: Vec<FileKey> = self.queue.iter().filter(|k| !keep(k)).cloned().collect();
+        for key in queued {
+            self.queue.remove(&key);
+            self.queued_with_url.remove(&key);
+        }
+        let started: Vec<FileKey> = self.started.keys().filter(|k| !keep(k)).cloned().collect();
+        started.into_iter().flat_map(|k| self.gone(k)).collect()
+    }
+}
+
+#[cfg(test)]
+#[path = "schedule_tests.rs"]
+mod tests;

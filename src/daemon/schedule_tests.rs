@@ -1,0 +1,333 @@
+//! The scheduler's decisions, one finding of the daemon's past per test, on simulated time.
+
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use super::*;
+use crate::clock::Clock;
+
+fn key(name: &str) -> FileKey {
+    FileKey::from(format!("/spool/{name}").as_str())
+}
+
+fn mtime(s: u64) -> SystemTime {
+    UNIX_EPOCH + Duration::from_secs(1_700_000_000 + s)
+}
+
+struct Sim {
+    core: Schedule,
+    now: Instant,
+}
+
+impl Sim {
+    fn new(concurrency: usize) -> Self {
+        Self {
+            core: Schedule::new(concurrency, 100, 7),
+            // A fixed start; the test moves time itself.
+            now: crate::clock::ManualClock::new(UNIX_EPOCH).now(),
+        }
+    }
+
+    fn ready(&mut self, name: &str, age: u64, has_url: bool) {
+        let input = Input::Ready {
+            key: key(name),
+            mtime: mtime(age),
+            has_url,
+            by_scan: false,
+        };
+        assert!(self.core.handle(input, self.now).is_empty());
+    }
+
+    fn handle(&mut self, input: Input) -> Vec<Action> {
+        self.core.handle(input, self.now)
+    }
+
+    fn stepped(&mut self, name: &str, outcome: Outcome, has_url: bool) -> Vec<Action> {
+        self.handle(Input::Stepped {
+            key: key(name),
+            outcome,
+            has_url,
+        })
+    }
+
+    /// The files `poll` hands out now.
+    fn poll(&mut self) -> Vec<String> {
+        self.core
+            .poll(self.now)
+            .into_iter()
+            .map(|a| match a {
+                Action::Step(k) => k.path().file_name().unwrap().to_string_lossy().into_owned(),
+                other => panic!("poll handed out {other:?}"),
+            })
+            .collect()
+    }
+
+    fn advance(&mut self, d: Duration) {
+        self.now += d;
+    }
+
+    fn view(&self, name: &str) -> FileView {
+        self.core
+            .files(self.now)
+            .into_iter()
+            .find(|v| v.key == key(name))
+            .unwrap_or_else(|| panic!("{name} is not in the status"))
+    }
+}
+
+#[test]
+fn resume_continues_the_interrupted_file_first_not_a_newer_one() {
+    let mut s = Sim::new(1);
+    s.ready("old", 1, false);
+    assert_eq!(s.poll(), ["old"]);
+    s.stepped("old", Outcome::Continue, true);
+    s.ready("new", 2, false);
+    assert_eq!(s.poll(), ["old"], "a started file goes on before the queue");
+    assert_eq!(s.handle(Input::Pause(true)), [Action::Interrupt(true)]);
+    s.stepped("old", Outcome::Interrupted, true);
+    assert!(s.poll().is_empty(), "nothing steps while paused");
+    s.advance(Duration::from_secs(150));
+    assert_eq!(s.handle(Input::Pause(false)), [Action::Interrupt(false)]);
+    assert_eq!(
+        s.poll(),
+        ["old"],
+        "the interrupted file goes on at once, without waiting for a rescan"
+    );
+}
+
+#[test]
+fn paused_files_stay_in_the_status_with_their_state() {
+    let mut s = Sim::new(1);
+    s.ready("a", 1, false);
+    s.ready("b", 2, false);
+    assert_eq!(s.poll(), ["a"]);
+    s.handle(Input::Pause(true));
+    s.stepped("a", Outcome::Interrupted, true);
+    let files = s.core.files(s.now);
+    assert_eq!(files.len(), 2, "both files are listed: {files:?}");
+    assert_eq!(s.view("a").state, FileState::Ready);
+    assert_eq!(s.view("a").blocked, Some(Blocked::Paused));
+    assert_eq!(s.view("b").state, FileState::Queued);
+    assert_eq!(s.view("b").blocked, Some(Blocked::Paused));
+}
+
+#[test]
+fn one_files_backoff_does_not_hold_up_the_spool() {
+    let mut s = Sim::new(1);
+    s.ready("locked", 1, true);
+    s.ready("fine", 2, false);
+    assert_eq!(s.poll(), ["locked"]);
+    s.stepped("locked", Outcome::Wait(Duration::from_secs(120)), true);
+    assert_eq!(
+        s.poll(),
+        ["fine"],
+        "the only worker takes the next file while the first backs off"
+    );
+    assert_eq!(
+        s.core.next_due(),
+        Some(s.now + Duration::from_secs(120)),
+        "the backoff is a due time"
+    );
+    s.stepped("fine", Outcome::Ended, true);
+    assert!(s.poll().is_empty(), "the backing-off file waits its time");
+    s.advance(Duration::from_secs(120));
+    assert_eq!(s.poll(), ["locked"]);
+}
+
+#[test]
+fn an_endpoint_refusal_holds_creations_and_fails_no_file() {
+    let mut s = Sim::new(2);
+    s.ready("a", 1, false);
+    s.ready("b", 2, false);
+    s.ready("c", 3, false);
+    s.ready("resumed", 4, true);
+    assert_eq!(s.poll(), ["a", "b"]);
+    let refused = || Outcome::EndpointRefused {
+        status: 404,
+        message: "Cannot POST /files/".into(),
+    };
+    s.stepped("a", refused(), false);
+    s.stepped("b", refused(), false);
+    let hold = s.core.hold().cloned().expect("creations are held");
+    assert_eq!(
+        (hold.status, hold.failures),
+        (404, 1),
+        "two refusals at once count once"
+    );
+    assert_eq!(
+        s.poll(),
+        ["resumed"],
+        "an upload that has its URL goes on; no creation is tried"
+    );
+    assert_eq!(s.view("c").blocked, Some(Blocked::Endpoint));
+    assert_eq!(
+        s.view("a").state,
+        FileState::Ready,
+        "a refused file is not failed"
+    );
+    s.stepped("resumed", Outcome::Ended, true);
+    s.advance(hold.until - s.now);
+    assert_eq!(s.poll(), ["a"], "when the hold ends one creation probes");
+    s.stepped("a", Outcome::Continue, true);
+    assert!(
+        s.core.hold().is_none(),
+        "a creation that worked lifts the hold"
+    );
+    assert_eq!(s.poll(), ["a", "b"]);
+}
+
+#[test]
+fn a_repeated_refusal_holds_longer_up_to_five_minutes() {
+    let mut s = Sim::new(1);
+    s.ready("a", 1, false);
+    let mut holds = Vec::new();
+    for _ in 0..6 {
+        assert_eq!(s.poll(), ["a"]);
+        let refused = Outcome::EndpointRefused {
+            status: 401,
+            message: "Unauthorized".into(),
+        };
+        s.stepped("a", refused, false);
+        let until = s.core.hold().unwrap().until;
+        holds.push((until - s.now).as_secs());
+        s.advance(until - s.now);
+    }
+    assert_eq!(holds, [30, 60, 120, 240, 300, 300]);
+}
+
+#[test]
+fn a_link_that_comes_back_is_used_within_seconds_after_a_long_outage() {
+    let mut s = Sim::new(2);
+    s.ready("a", 1, true);
+    s.ready("b", 2, true);
+    assert_eq!(s.poll(), ["a", "b"]);
+    s.stepped("a", Outcome::LinkDown("connection refused".into()), true);
+    s.stepped("b", Outcome::LinkDown("connection refused".into()), true);
+    let outage_end = s.now + Duration::from_secs(600);
+    let mut probes = 0;
+    loop {
+        let due = s.core.next_due().expect("a probe is due");
+        assert!(due - s.now <= LINK_PROBE_MAX, "probes stay seconds apart");
+        if due >= outage_end {
+            // The link is back at `outage_end`: this probe finds it.
+            let idle = due - outage_end;
+            assert!(idle <= LINK_PROBE_MAX, "idle {idle:?} on a working link");
+            break;
+        }
+        s.advance(due - s.now);
+        let out = s.poll();
+        assert_eq!(out.len(), 1, "one probe at a time while the link is down");
+        probes += 1;
+        s.stepped(&out[0], Outcome::LinkDown("timed out".into()), true);
+    }
+    assert!(
+        (40..=600).contains(&probes),
+        "{probes} probes in 10 minutes"
+    );
+    assert_eq!(s.view("a").blocked, Some(Blocked::Link));
+}
+
+#[test]
+fn a_network_change_probes_the_link_at_once() {
+    let mut s = Sim::new(1);
+    s.ready("a", 1, true);
+    assert_eq!(s.poll(), ["a"]);
+    for _ in 0..6 {
+        s.stepped("a", Outcome::LinkDown("timed out".into()), true);
+        s.advance(s.core.next_due().unwrap() - s.now);
+        assert_eq!(s.poll(), ["a"]);
+    }
+    s.stepped("a", Outcome::LinkDown("timed out".into()), true);
+    assert!(s.poll().is_empty());
+    s.handle(Input::NetworkChanged);
+    assert_eq!(s.poll(), ["a"], "a route or address change probes now");
+    s.stepped("a", Outcome::Continue, true);
+    assert_eq!(*s.core.link(), Link::Up);
+}
+
+#[test]
+fn a_failure_of_the_link_charges_no_file_and_keeps_its_place() {
+    let mut s = Sim::new(1);
+    s.ready("a", 1, true);
+    s.ready("b", 2, false);
+    assert_eq!(s.poll(), ["a"]);
+    s.stepped("a", Outcome::LinkDown("reset".into()), true);
+    s.advance(LINK_PROBE_MAX);
+    assert_eq!(s.poll(), ["a"], "the file in progress is the probe");
+}
+
+#[test]
+fn a_stop_waits_for_the_steps_in_flight_and_starts_none() {
+    let mut s = Sim::new(2);
+    s.ready("a", 1, true);
+    s.ready("b", 2, true);
+    s.ready("c", 3, true);
+    assert_eq!(s.poll(), ["a", "b"]);
+    assert_eq!(s.handle(Input::Stop), [Action::Interrupt(true)]);
+    assert!(s.poll().is_empty());
+    s.stepped("a", Outcome::Interrupted, true);
+    assert!(!s.core.stopped(), "b still steps");
+    s.stepped("b", Outcome::Continue, true);
+    assert!(s.core.stopped());
+    assert!(s.poll().is_empty());
+}
+
+#[test]
+fn a_file_gone_mid_step_is_dropped_when_its_step_reports() {
+    let mut s = Sim::new(1);
+    s.ready("a", 1, true);
+    assert_eq!(s.poll(), ["a"]);
+    assert!(s.handle(Input::Gone(key("a"))).is_empty());
+    assert_eq!(
+        s.stepped("a", Outcome::Continue, true),
+        [Action::Drop(key("a"))]
+    );
+    assert!(!s.core.is_started(&key("a")));
+    s.ready("b", 2, true);
+    assert_eq!(s.poll(), ["b"]);
+    s.stepped("b", Outcome::Wait(Duration::from_secs(5)), true);
+    assert_eq!(s.handle(Input::Gone(key("b"))), [Action::Drop(key("b"))]);
+    assert!(s.core.files(s.now).is_empty());
+}
+
+#[test]
+fn a_reload_that_moves_the_spool_forgets_files_of_the_old_one() {
+    let mut s = Sim::new(1);
+    s.ready("a", 1, true);
+    s.ready("b", 2, true);
+    s.ready("c", 3, false);
+    assert_eq!(s.poll(), ["a"]);
+    s.stepped("a", Outcome::Wait(Duration::from_secs(1)), true);
+    assert_eq!(s.poll(), ["b"]);
+    let drops = s.core.retain(|_| false);
+    assert_eq!(drops, [Action::Drop(key("a"))], "b reports first");
+    assert_eq!(
+        s.stepped("b", Outcome::Continue, true),
+        [Action::Drop(key("b"))]
+    );
+    s.advance(Duration::from_secs(2));
+    assert!(s.poll().is_empty(), "nothing of the old spool is stepped");
+    assert!(s.core.files(s.now).is_empty());
+}
+
+#[test]
+fn started_uploads_waiting_between_steps_are_bounded() {
+    let mut s = Sim::new(1);
+    for n in 0..100 {
+        s.ready(&format!("f{n:03}"), n, true);
+    }
+    for _ in 0..100 {
+        let out = s.poll();
+        if out.is_empty() {
+            break;
+        }
+        s.stepped(&out[0], Outcome::Wait(Duration::from_secs(3600)), true);
+    }
+    assert_eq!(s.core.files(s.now).len(), 100);
+    let started = s
+        .core
+        .files(s.now)
+        .iter()
+        .filter(|v| v.state != FileState::Queued)
+        .count();
+    assert_eq!(started, 1 + STARTED_MAX_EXTRA);
+}
