@@ -39,11 +39,11 @@ impl Progress {
         self.position.clone()
     }
 
-    /// (total size, position) of the current file.
+    /// (position, total size) of the current file.
     pub(crate) fn position_and_total(&self) -> (u64, u64) {
         (
-            self.total.load(Ordering::Relaxed),
             self.position.load(Ordering::Relaxed),
+            self.total.load(Ordering::Relaxed),
         )
     }
 

@@ -47,7 +47,7 @@ use crate::store::{FileKey, Store};
 use crate::transport::Transport;
 use crate::upload::{Completed, FileUpload, Settings, Uploader};
 
-use schedule::Schedule;
+use schedule::{Pacing, Schedule};
 use worker::{worker, Job, Stepped};
 
 /// How many ready files the queue window holds (the rest wait in the spool).
@@ -282,7 +282,12 @@ impl<'p, 'a> Main<'p, 'a> {
         let rescan_every = settings.rescan_interval;
         Self {
             parts,
-            core: Schedule::new(settings.concurrency, QUEUE_WINDOW, seed.rotate_left(17)),
+            core: Schedule::new(
+                settings.concurrency,
+                QUEUE_WINDOW,
+                Pacing::within(parts.upload.retry.max_delay),
+                seed.rotate_left(17),
+            ),
             settings,
             interrupt,
             jobs,

@@ -35,6 +35,46 @@ pub(crate) const LINK_PROBE_MAX: Duration = Duration::from_secs(15);
 const HOLD_FIRST: Duration = Duration::from_secs(30);
 /// The longest hold of creations.
 const HOLD_MAX: Duration = Duration::from_secs(300);
+
+/// How long the link and the endpoint are left alone after they fail: each doubles from its
+/// first delay up to its ceiling.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Pacing {
+    /// First wait before probing a link that gave no answer.
+    pub link_first: Duration,
+    /// Longest wait between link probes.
+    pub link_max: Duration,
+    /// First hold of creations after the endpoint refused one.
+    pub hold_first: Duration,
+    /// Longest hold of creations.
+    pub hold_max: Duration,
+}
+
+impl Pacing {
+    /// The defaults (1 s to 15 s for the link, 30 s to 5 min for the endpoint), shortened
+    /// where the retry policy's longest delay is shorter: nothing waits longer than a file's
+    /// own backoff would.
+    pub(crate) fn within(max_delay: Duration) -> Self {
+        let max_delay = max_delay.max(Duration::from_millis(10));
+        Self {
+            link_first: LINK_PROBE_FIRST.min(max_delay),
+            link_max: LINK_PROBE_MAX.min(max_delay),
+            hold_first: HOLD_FIRST.min(max_delay),
+            hold_max: HOLD_MAX.max(max_delay),
+        }
+    }
+}
+
+impl Default for Pacing {
+    fn default() -> Self {
+        Self {
+            link_first: LINK_PROBE_FIRST,
+            link_max: LINK_PROBE_MAX,
+            hold_first: HOLD_FIRST,
+            hold_max: HOLD_MAX,
+        }
+    }
+}
 /// Started uploads that may wait between steps (open files, a few bytes each) beyond the
 /// workers: past this, no new file starts until some end.
 const STARTED_MAX_EXTRA: usize = 64;
@@ -177,6 +217,7 @@ pub(crate) struct Schedule {
     stopping: bool,
     link: Link,
     hold: Option<Hold>,
+    pacing: Pacing,
     jitter: Jitter,
 }
 
@@ -205,7 +246,7 @@ pub(crate) enum Blocked {
 impl Schedule {
     /// A core running `concurrency` steps at once, queueing at most `window` files; `seed`
     /// drives the jitter of link probes (differs between devices).
-    pub(crate) fn new(concurrency: usize, window: usize, seed: u64) -> Self {
+    pub(crate) fn new(concurrency: usize, window: usize, pacing: Pacing, seed: u64) -> Self {
         Self {
             concurrency: concurrency.max(1),
             queue: Window::new(window),
@@ -216,6 +257,7 @@ impl Schedule {
             stopping: false,
             link: Link::Up,
             hold: None,
+            pacing,
             jitter: Jitter::new(seed),
         }
     }
@@ -343,9 +385,11 @@ impl Schedule {
             Link::Down { failures, .. } => failures + 1,
             Link::Up => 1,
         };
-        let ceiling = LINK_PROBE_FIRST
+        let ceiling = self
+            .pacing
+            .link_first
             .saturating_mul(1 << (failures - 1).min(16))
-            .min(LINK_PROBE_MAX);
+            .min(self.pacing.link_max);
         // Full jitter between half and all of the ceiling: devices that lost the same cell
         // do not probe in step.
         let delay = ceiling.mul_f64(0.5 + 0.5 * self.jitter.next_unit());
@@ -362,9 +406,11 @@ impl Schedule {
             return;
         }
         let failures = self.hold.as_ref().map_or(0, |h| h.failures) + 1;
-        let wait = HOLD_FIRST
+        let wait = self
+            .pacing
+            .hold_first
             .saturating_mul(1 << (failures - 1).min(16))
-            .min(HOLD_MAX);
+            .min(self.pacing.hold_max);
         self.hold = Some(Hold {
             failures,
             until: now + wait,

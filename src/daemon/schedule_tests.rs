@@ -21,7 +21,7 @@ struct Sim {
 impl Sim {
     fn new(concurrency: usize) -> Self {
         Self {
-            core: Schedule::new(concurrency, 100, 7),
+            core: Schedule::new(concurrency, 100, Pacing::default(), 7),
             // A fixed start; the test moves time itself.
             now: crate::clock::ManualClock::new(UNIX_EPOCH).now(),
         }
@@ -253,6 +253,20 @@ fn a_failure_of_the_link_charges_no_file_and_keeps_its_place() {
     s.stepped("a", Outcome::LinkDown("reset".into()), true);
     s.advance(LINK_PROBE_MAX);
     assert_eq!(s.poll(), ["a"], "the file in progress is the probe");
+}
+
+#[test]
+fn pacing_never_waits_longer_than_the_retry_policy_allows() {
+    let p = Pacing::within(Duration::from_millis(200));
+    assert_eq!(p.link_first, Duration::from_millis(200));
+    assert_eq!(p.link_max, Duration::from_millis(200));
+    assert_eq!(p.hold_first, Duration::from_millis(200));
+    assert_eq!(p.hold_max, HOLD_MAX);
+    let d = Pacing::within(Duration::from_secs(120));
+    assert_eq!(
+        (d.link_first, d.link_max, d.hold_first, d.hold_max),
+        (LINK_PROBE_FIRST, LINK_PROBE_MAX, HOLD_FIRST, HOLD_MAX)
+    );
 }
 
 #[test]

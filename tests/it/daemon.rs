@@ -17,15 +17,15 @@ use crate::support::tus_server::{Fault, ServerConfig, TusServer};
 const MIB: usize = 1024 * 1024;
 
 /// A spool, a state dir and a config for `ferry run`.
-struct Spool {
-    s: Scratch,
-    spool: PathBuf,
-    config: PathBuf,
-    log: PathBuf,
+pub(crate) struct Spool {
+    pub(crate) s: Scratch,
+    pub(crate) spool: PathBuf,
+    pub(crate) config: PathBuf,
+    pub(crate) log: PathBuf,
 }
 
 impl Spool {
-    fn new(name: &str, endpoint: &str, extra: &str) -> Self {
+    pub(crate) fn new(name: &str, endpoint: &str, extra: &str) -> Self {
         let s = Scratch::new(name);
         let spool = s.dir.join("spool");
         std::fs::create_dir_all(&spool).unwrap();
@@ -45,7 +45,7 @@ impl Spool {
         }
     }
 
-    fn start(&self) -> Daemon {
+    pub(crate) fn start(&self) -> Daemon {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -61,18 +61,18 @@ impl Spool {
         )
     }
 
-    fn cmd(&self, args: &[&str]) -> std::process::Output {
+    pub(crate) fn cmd(&self, args: &[&str]) -> std::process::Output {
         let mut c = ferry();
         c.args(args).arg("--config").arg(&self.config);
         c.output().unwrap()
     }
 
-    fn log(&self) -> String {
+    pub(crate) fn log(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
     /// Writes a file the way cameras do: half written in place, half renamed in.
-    fn drop_file(&self, name: &str, len: usize, seed: u64) -> PathBuf {
+    pub(crate) fn drop_file(&self, name: &str, len: usize, seed: u64) -> PathBuf {
         let path = self.spool.join(name);
         if seed % 2 == 0 {
             std::fs::write(&path, random_bytes(len, seed)).unwrap();
@@ -84,7 +84,7 @@ impl Spool {
         path
     }
 
-    fn spool_files(&self) -> Vec<PathBuf> {
+    pub(crate) fn spool_files(&self) -> Vec<PathBuf> {
         let mut v: Vec<PathBuf> = std::fs::read_dir(&self.spool)
             .unwrap()
             .map(|e| e.unwrap().path())

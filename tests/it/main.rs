@@ -26,6 +26,7 @@ mod hook;
 mod layers;
 mod peers_interop;
 mod peers_smoke;
+mod scheduler;
 mod secrets;
 mod stream;
 mod stream_emulator_selftest;

@@ -268,6 +268,19 @@ impl TusServer {
             .push_back(fault);
     }
 
+    /// Answers every `method` request on upload `id` with `fault` until [`Self::unpin_faults`]
+    /// (a server that keeps failing one upload, e.g. a 423 lock it never releases).
+    pub fn pin_fault(&self, method: &str, id: &str, fault: Fault) {
+        lock(&self.shared.state)
+            .pinned
+            .push((method.to_ascii_uppercase(), id.to_string(), fault));
+    }
+
+    /// Drops every pinned fault.
+    pub fn unpin_faults(&self) {
+        lock(&self.shared.state).pinned.clear();
+    }
+
     /// Faults queued but not yet used, over all methods.
     pub fn pending_faults(&self) -> usize {
         lock(&self.shared.state)
@@ -343,6 +356,8 @@ struct Shared {
 struct State {
     uploads: Vec<Upload>,
     faults: HashMap<String, VecDeque<Fault>>,
+    /// Faults for every request with a method on one upload (its id), until unpinned.
+    pinned: Vec<(String, String, Fault)>,
     log: Vec<RequestLog>,
     public_endpoint: Option<String>,
 }
@@ -404,11 +419,14 @@ impl Shared {
         self.config.extensions.iter().any(|e| e == name)
     }
 
-    fn pop_fault(&self, method: &str) -> Option<Fault> {
-        lock(&self.state)
-            .faults
-            .get_mut(method)
-            .and_then(VecDeque::pop_front)
+    fn pop_fault(&self, method: &str, path: &str) -> Option<Fault> {
+        let mut state = lock(&self.state);
+        let pinned = state
+            .pinned
+            .iter()
+            .find(|(m, id, _)| m == method && path.ends_with(&format!("/{id}")))
+            .map(|(_, _, f)| f.clone());
+        pinned.or_else(|| state.faults.get_mut(method).and_then(VecDeque::pop_front))
     }
 
     fn log_request(&self, req: &Request) -> usize {
@@ -627,7 +645,7 @@ fn exchange(shared: &Shared, conn: &mut Conn, mut req: Request) -> After {
         }
     };
     // Only a request that reaches the handler uses up a fault.
-    let fault = shared.pop_fault(&http.req.method);
+    let fault = shared.pop_fault(&http.req.method, http.req.path());
     let mut ex = Exchange {
         shared,
         http,

@@ -1,0 +1,254 @@
+//! End to end: the daemon's scheduling findings, each against the real binary and our fault
+//! server: resume continues the interrupted file at once, paused files stay in the status, one
+//! file's trouble does not hold up the spool, an endpoint that refuses creations fails no
+//! file, and a reload that moves the spool leaves the old one alone.
+
+use std::time::Duration;
+
+use crate::daemon::Spool;
+use crate::harness::{assert_same_bytes, random_bytes, server_behind_proxy, sigterm, wait_until};
+use crate::support::flaky_proxy::ProxyPlan;
+use crate::support::tus_server::{Fault, ServerConfig, TusServer};
+
+const MIB: usize = 1024 * 1024;
+
+fn status(sp: &Spool) -> String {
+    String::from_utf8_lossy(&sp.cmd(&["status"]).stdout).into_owned()
+}
+
+fn status_json(sp: &Spool) -> serde_json::Value {
+    let out = sp.cmd(&["status", "--json"]);
+    serde_json::from_slice(&out.stdout).unwrap_or(serde_json::Value::Null)
+}
+
+/// Finding 1 and 2: the file a pause interrupted used to leave the queue until a rescan (which
+/// an unchanged spool skipped), vanished from the status while paused, and could be overtaken
+/// by a newer file after the resume.
+#[test]
+fn resume_continues_the_interrupted_file_at_once_and_the_status_shows_it_while_paused() {
+    let (server, proxy) = server_behind_proxy(ProxyPlan {
+        throttle_bytes_per_sec: Some(2 * MIB as u64),
+        ..ProxyPlan::default()
+    });
+    // Rescans far apart: only the scheduler can bring the interrupted file back.
+    let sp = Spool::new(
+        "sched-resume",
+        &proxy.rewrite(&server.endpoint()),
+        "rescan_interval = \"10m\"\n[upload]\nchunk_size = \"1MiB\"",
+    );
+    let mut child = sp.start();
+    sp.drop_file("big.bin", 12 * MIB, 4);
+    wait_until("upload progress", Duration::from_secs(30), || {
+        proxy.bytes_up() > 2 * MIB as u64
+    });
+    assert!(sp.cmd(&["pause"]).status.success());
+    // A newer file arrives while paused; it must not overtake the interrupted one.
+    sp.drop_file("newer.bin", 3 * MIB, 6);
+    let file = |json: &serde_json::Value, name: &str| {
+        json["files"]
+            .as_array()
+            .and_then(|files| {
+                files
+                    .iter()
+                    .find(|f| f["path"].as_str().is_some_and(|p| p.ends_with(name)))
+                    .cloned()
+            })
+            .unwrap_or(serde_json::Value::Null)
+    };
+    let mut json = serde_json::Value::Null;
+    wait_until(
+        "the status to list both files as paused",
+        Duration::from_secs(5),
+        || {
+            json = status_json(&sp);
+            file(&json, "big.bin")["state"] == "paused"
+                && file(&json, "newer.bin")["state"] == "paused"
+        },
+    );
+    let big = file(&json, "big.bin");
+    assert!(
+        big["confirmed"].as_u64().unwrap_or(0) > 0 && big["size"] == 12 * MIB,
+        "the paused file shows its confirmed bytes: {big}"
+    );
+    assert!(status(&sp).contains("files: 2 paused"), "{}", status(&sp));
+    let paused_at = proxy.bytes_up();
+    std::thread::sleep(Duration::from_millis(1000));
+    assert_eq!(proxy.bytes_up(), paused_at, "nothing sent while paused");
+    assert!(sp.cmd(&["resume"]).status.success());
+    wait_until(
+        "the interrupted file to go on without a rescan",
+        Duration::from_secs(5),
+        || proxy.bytes_up() > paused_at + 256 * 1024,
+    );
+    wait_until(
+        "the status to show big.bin uploading (it goes first, not the newer file)",
+        Duration::from_secs(5),
+        || {
+            let s = status(&sp);
+            s.lines()
+                .any(|l| l.contains("uploading") && l.contains("big.bin"))
+                && !s
+                    .lines()
+                    .any(|l| l.contains("uploading") && l.contains("newer.bin"))
+        },
+    );
+    wait_until("both uploads to finish", Duration::from_secs(60), || {
+        sp.spool_files().is_empty()
+    });
+    sigterm(&child);
+    child.wait().unwrap();
+    let uploads = server.uploads();
+    assert_eq!(uploads.len(), 2, "{uploads:?}");
+    let big = uploads
+        .iter()
+        .find(|u| u.length == 12 * MIB as u64)
+        .unwrap();
+    assert_same_bytes(
+        &server.upload_bytes(&big.id),
+        &random_bytes(12 * MIB, 4),
+        "big.bin",
+    );
+}
+
+/// Finding 3: a file whose own upload keeps failing (a 423 lock the server never releases) used
+/// to sleep its backoff inside the only worker, forever, while every other file waited.
+#[test]
+fn one_files_trouble_does_not_hold_up_the_spool() {
+    let server = TusServer::start(ServerConfig::default());
+    let sp = Spool::new(
+        "sched-locked",
+        &server.endpoint(),
+        "[upload]\nchunk_size = \"64KiB\"\ncreation_with_upload = false\n[daemon]\nconcurrency = 1",
+    );
+    // The first PATCH is held for a while: long enough to pin the lock on that upload.
+    server.push_fault(
+        "PATCH",
+        Fault::StallBeforeResponse {
+            dur: Duration::from_millis(1500),
+        },
+    );
+    let mut child = sp.start();
+    sp.drop_file("locked.bin", 256 * 1024, 8);
+    wait_until("locked.bin's upload", Duration::from_secs(20), || {
+        server.uploads().len() == 1
+    });
+    let id = server.uploads()[0].id.clone();
+    let locked = || Fault::Status {
+        code: 423,
+        body: "locked by another client".into(),
+    };
+    server.pin_fault("PATCH", &id, locked());
+    server.pin_fault("HEAD", &id, locked());
+    let fine = sp.drop_file("fine.bin", 200 * 1024, 10);
+    wait_until(
+        "fine.bin to be uploaded while locked.bin backs off",
+        Duration::from_secs(20),
+        || !fine.exists(),
+    );
+    let s = status(&sp);
+    assert!(
+        s.lines().any(|l| l.contains("locked.bin")
+            && (l.contains("backing off") || l.contains("uploading"))
+            && l.contains("423")),
+        "the locked file is listed with its error:\n{s}"
+    );
+    server.unpin_faults();
+    wait_until(
+        "locked.bin once the lock is gone",
+        Duration::from_secs(20),
+        || sp.spool_files().is_empty(),
+    );
+    sigterm(&child);
+    child.wait().unwrap();
+    let uploads = server.uploads();
+    assert_eq!(uploads.len(), 2, "each file uploaded once: {uploads:?}");
+    assert!(uploads.iter().all(|u| u.offset == u.length), "{uploads:?}");
+}
+
+/// Finding 4: a 404 on POST (a reverse proxy during a deploy) used to move every spool file into
+/// the failed directory, one after the other, with an error line that named no file.
+#[test]
+fn an_endpoint_that_refuses_creations_during_a_deploy_fails_no_file() {
+    let server = TusServer::start(ServerConfig::default());
+    let failed = crate::harness::Scratch::new("sched-deploy-failed");
+    let sp = Spool::new(
+        "sched-deploy",
+        &server.endpoint(),
+        &format!("failed_dir = {:?}", failed.dir),
+    );
+    for _ in 0..4 {
+        server.push_fault(
+            "POST",
+            Fault::Status {
+                code: 404,
+                body: "Cannot POST /files/".into(),
+            },
+        );
+    }
+    let mut child = sp.start();
+    let names = ["a.bin", "b.bin", "c.bin"];
+    for (n, name) in names.iter().enumerate() {
+        sp.drop_file(name, 50_000 + n, 30 + n as u64);
+    }
+    wait_until(
+        "the refusals to be used up and every file uploaded",
+        Duration::from_secs(40),
+        || sp.spool_files().is_empty(),
+    );
+    sigterm(&child);
+    child.wait().unwrap();
+    let moved: Vec<_> = std::fs::read_dir(&failed.dir)
+        .map(|d| {
+            d.flatten()
+                .map(|e| e.path())
+                .filter(|p| p.is_file())
+                .collect()
+        })
+        .unwrap_or_default();
+    assert!(moved.is_empty(), "no file failed: {moved:?}");
+    assert_eq!(server.pending_faults(), 0);
+    assert_eq!(server.uploads().len(), 3, "each file once");
+    let log = sp.log();
+    assert!(
+        log.contains("the endpoint refuses new uploads (404"),
+        "the log says what happened:\n{log}"
+    );
+}
+
+/// Finding 6: after a reload that moved `spool.dir`, the watcher kept the old spool, so files
+/// written there were still uploaded and deleted.
+#[test]
+fn a_reload_that_moves_the_spool_leaves_the_old_one_alone() {
+    let server = TusServer::start(ServerConfig::default());
+    let sp = Spool::new("sched-move", &server.endpoint(), "");
+    let new_spool = sp.s.dir.join("spool2");
+    std::fs::create_dir_all(&new_spool).unwrap();
+    let mut child = sp.start();
+    let first = sp.drop_file("first.bin", 1000, 40);
+    wait_until("first.bin", Duration::from_secs(20), || !first.exists());
+    let text = std::fs::read_to_string(&sp.config).unwrap().replace(
+        &format!("dir = {:?}", sp.spool),
+        &format!("dir = {new_spool:?}"),
+    );
+    std::fs::write(&sp.config, text).unwrap();
+    crate::harness::signal(&child, "HUP");
+    wait_until("the reload", Duration::from_secs(10), || {
+        sp.log().contains("configuration reloaded")
+    });
+    let old = sp.drop_file("old.bin", 1000, 42);
+    let new = new_spool.join("new.bin");
+    std::fs::write(&new, random_bytes(1000, 44)).unwrap();
+    wait_until("new.bin in the new spool", Duration::from_secs(20), || {
+        !new.exists()
+    });
+    // Give the old spool's watcher and a rescan time to do the wrong thing.
+    std::thread::sleep(Duration::from_millis(2500));
+    sigterm(&child);
+    child.wait().unwrap();
+    assert_eq!(
+        std::fs::read(&old).unwrap(),
+        random_bytes(1000, 42),
+        "a file of the old spool is neither deleted nor changed"
+    );
+    assert_eq!(server.uploads().len(), 2, "first.bin and new.bin only");
+}
