@@ -141,7 +141,7 @@ impl<'p, 'a> Main<'p, 'a> {
         if let Some(h) = self.hook_waiting.values().filter_map(|(d, _)| *d).min() {
             due = due.min(h);
         }
-        if let Some(s) = self.core.next_due() {
+        if let Some(s) = self.core.next_due(self.parts.clock.now()) {
             due = due.min(s);
         }
         due

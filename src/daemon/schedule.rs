@@ -489,8 +489,11 @@ impl Schedule {
         Some((key, has_url))
     }
 
-    /// The earliest instant at which [`Self::poll`] may hand out a step that it would not now.
-    pub(crate) fn next_due(&self) -> Option<Instant> {
+    /// The earliest instant after `now` at which [`Self::poll`] may hand out a step that it
+    /// would not now. Instants already past are left out: what they allow, `poll` does now,
+    /// or an event (a step's end, a resume) must come first; a shell that waited for them
+    /// would spin.
+    pub(crate) fn next_due(&self, now: Instant) -> Option<Instant> {
         let backoffs = self.started.values().filter_map(|s| match s.state {
             FileState::BackingOff { until } => Some(until),
             _ => None,
@@ -500,7 +503,7 @@ impl Schedule {
             Link::Up => None,
         };
         let hold = self.hold.as_ref().map(|h| h.until);
-        backoffs.chain(link).chain(hold).min()
+        backoffs.chain(link).chain(hold).filter(|t| *t > now).min()
     }
 
     /// Steps running now.
@@ -600,3 +603,7 @@ impl Schedule {
 #[cfg(test)]
 #[path = "schedule_tests.rs"]
 mod tests;
+
+#[cfg(test)]
+#[path = "schedule_sim.rs"]
+mod sim;
