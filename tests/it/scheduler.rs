@@ -145,12 +145,17 @@ fn one_files_trouble_does_not_hold_up_the_spool() {
         Duration::from_secs(20),
         || !fine.exists(),
     );
-    let s = status(&sp);
-    assert!(
-        s.lines().any(|l| l.contains("locked.bin")
-            && (l.contains("backing off") || l.contains("uploading"))
-            && l.contains("423")),
-        "the locked file is listed with its error:\n{s}"
+    // The status is written about once a second: wait for one after the lock began.
+    wait_until(
+        "the status to list the locked file with its error",
+        Duration::from_secs(5),
+        || {
+            status(&sp).lines().any(|l| {
+                l.contains("locked.bin")
+                    && (l.contains("backing off") || l.contains("uploading"))
+                    && l.contains("423")
+            })
+        },
     );
     server.unpin_faults();
     wait_until(
