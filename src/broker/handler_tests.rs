@@ -79,7 +79,9 @@ fn env(name: &str, answers: Vec<std::result::Result<TusResponse, TransportError>
         tls: None,
         api_timeout: Duration::from_secs(3),
         request_timeout: Duration::from_secs(10),
+        head_timeout: Duration::from_secs(5),
         max_connections: 4,
+        max_connections_per_peer: 2,
     };
     let seen = Arc::new(Mutex::new(Vec::new()));
     let transport = Scripted {

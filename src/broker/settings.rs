@@ -4,6 +4,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use super::sizing::{Limits, MAX_CONNECTIONS, SPARE_TASKS};
 use super::stream::BROKER_KEYS;
 use crate::config::{parse_duration, parse_size, read_secret, Env, RawBroker};
 use crate::error::{Error, Result};
@@ -16,6 +17,9 @@ pub(crate) const DEFAULT_LISTEN: &str = "127.0.0.1:8787";
 pub(crate) const DEFAULT_PATH: &str = "/generate-tus-upload-request";
 /// Default `broker.api_base`: the agent's default too.
 pub(crate) use crate::stream::DEFAULT_API_BASE;
+/// Default `broker.max_connections_per_peer`: room for a few devices behind one NAT address,
+/// far from the whole server.
+pub(crate) const DEFAULT_MAX_CONNECTIONS_PER_PEER: usize = 16;
 /// Default `broker.allowed_metadata`: the keys Stream acts on (protocol.md §3.1), minus the
 /// two the broker sets itself.
 pub(crate) const DEFAULT_ALLOWED_METADATA: [&str; 7] = [
@@ -89,13 +93,24 @@ pub(crate) struct Settings {
     pub api_timeout: Duration,
     /// A client's time to send a request (head and body), and the keep-alive idle time.
     pub request_timeout: Duration,
+    /// A client's time to send a request head, from its connection (TLS handshake included)
+    /// or, on a kept-alive connection, from the request's first byte; at most `request_timeout`.
+    pub head_timeout: Duration,
     /// Connections served at once.
     pub max_connections: usize,
+    /// Connections served at once for one client address (IPv6: one /64).
+    pub max_connections_per_peer: usize,
 }
 
 impl Settings {
-    /// Checks every key and reads the API token.
+    /// Checks every key and reads the API token; the default connection cap comes from this
+    /// machine's (and cgroup's) memory and task limits.
     pub(crate) fn resolve(raw: &RawBroker, env: &Env) -> Result<Self> {
+        Self::resolve_with(raw, env, &Limits::read())
+    }
+
+    /// [`Settings::resolve`] with the limits given.
+    pub(crate) fn resolve_with(raw: &RawBroker, env: &Env, limits: &Limits) -> Result<Self> {
         let listen = raw.listen.as_deref().unwrap_or(DEFAULT_LISTEN);
         let listen: SocketAddr = listen.parse().map_err(|_| {
             Error::config(format!(
@@ -108,6 +123,8 @@ impl Settings {
                 "broker.path = {path:?}: use an absolute path like {DEFAULT_PATH}"
             )));
         }
+        let request_timeout =
+            positive_duration(raw.request_timeout.as_deref(), "broker.request_timeout", 10)?;
         Ok(Self {
             listen,
             path,
@@ -129,21 +146,45 @@ impl Settings {
             },
             tls: tls(raw)?,
             api_timeout: positive_duration(raw.api_timeout.as_deref(), "broker.api_timeout", 30)?,
-            request_timeout: positive_duration(
-                raw.request_timeout.as_deref(),
-                "broker.request_timeout",
-                10,
-            )?,
-            max_connections: match raw.max_connections {
-                None => 64,
-                Some(n @ 1..=4096) => n,
+            request_timeout,
+            head_timeout: positive_duration(raw.head_timeout.as_deref(), "broker.head_timeout", 5)?
+                .min(request_timeout),
+            max_connections: max_connections(raw.max_connections, limits, raw.tls_cert.is_some())?,
+            max_connections_per_peer: match raw.max_connections_per_peer {
+                None => DEFAULT_MAX_CONNECTIONS_PER_PEER,
+                Some(n @ 1..=MAX_CONNECTIONS) => n,
                 Some(_) => {
-                    return Err(Error::config(
-                        "broker.max_connections must be between 1 and 4096",
-                    ))
+                    return Err(Error::config(format!(
+                        "broker.max_connections_per_peer must be between 1 and {MAX_CONNECTIONS}"
+                    )))
                 }
             },
         })
+    }
+}
+
+/// `broker.max_connections`: sized to `limits` unless set, and never above the task limit (a
+/// thread that cannot start would reset its connection instead of answering 503).
+fn max_connections(v: Option<usize>, limits: &Limits, tls: bool) -> Result<usize> {
+    let n = match v {
+        None => return Ok(limits.default_max_connections(tls)),
+        Some(n @ 1..=MAX_CONNECTIONS) => n,
+        Some(_) => {
+            return Err(Error::config(format!(
+                "broker.max_connections must be between 1 and {MAX_CONNECTIONS}"
+            )))
+        }
+    };
+    match limits.task_cap() {
+        Some(cap) if n > cap => {
+            log::warn!(
+                "broker.max_connections = {n} is above what the task limit allows (TasksMax= \
+                 or ulimit -u: {} tasks, {SPARE_TASKS} kept for the broker): serving {cap}",
+                limits.tasks.unwrap_or_default()
+            );
+            Ok(cap)
+        }
+        _ => Ok(n),
     }
 }
 
@@ -325,7 +366,50 @@ mod tests {
             assert!(s.allowed_origins.is_empty());
             assert_eq!(s.urls_per_hour, 60);
             assert_eq!(s.tls, None);
+            assert_eq!(s.request_timeout, Duration::from_secs(10));
+            assert_eq!(s.head_timeout, Duration::from_secs(5));
+            assert_eq!(s.max_connections_per_peer, 16);
+            assert!(
+                (64..=4096).contains(&s.max_connections),
+                "{}",
+                s.max_connections
+            );
             assert!(!format!("{s:?}").contains("cf-secret-token"));
+        });
+    }
+
+    #[test]
+    fn connection_limits_follow_memory_and_tasks_and_the_head_deadline_its_request() {
+        with_token(|raw| {
+            let limits = Limits {
+                memory_bytes: Some(128 << 20),
+                tasks: Some(1024),
+            };
+            let resolve = |f: &dyn Fn(&mut RawBroker)| {
+                let mut r = raw.clone();
+                f(&mut r);
+                Settings::resolve_with(&r, &Env::default(), &limits)
+            };
+            assert_eq!(resolve(&|_| {}).unwrap().max_connections, 960, "tasks - 64");
+            let set = resolve(&|r| r.max_connections = Some(500)).unwrap();
+            assert_eq!(set.max_connections, 500);
+            let above = resolve(&|r| r.max_connections = Some(4000)).unwrap();
+            assert_eq!(above.max_connections, 960, "never above the task limit");
+            let err = resolve(&|r| r.max_connections = Some(4097)).unwrap_err();
+            assert!(err.to_string().contains("broker.max_connections"), "{err}");
+            let err = resolve(&|r| r.max_connections_per_peer = Some(0)).unwrap_err();
+            assert!(
+                err.to_string().contains("max_connections_per_peer"),
+                "{err}"
+            );
+            let short = resolve(&|r| r.request_timeout = Some("3s".into())).unwrap();
+            assert_eq!(
+                short.head_timeout,
+                Duration::from_secs(3),
+                "at most the request's"
+            );
+            let err = resolve(&|r| r.head_timeout = Some("0s".into())).unwrap_err();
+            assert!(err.to_string().contains("broker.head_timeout"), "{err}");
         });
     }
 

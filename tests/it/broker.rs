@@ -14,9 +14,9 @@ use crate::support::stream_emulator::{
     cloudflare_error, CreationFault, StreamConfig, StreamEmulator,
 };
 
-const PATH: &str = "/generate-tus-upload-request";
-const CAM1: (&str, &str) = ("cam-1", "device-token-cam-1-Qx7vK2");
-const CAM2: (&str, &str) = ("cam-2", "device-token-cam-2-Jp3mW9");
+pub const PATH: &str = "/generate-tus-upload-request";
+pub const CAM1: (&str, &str) = ("cam-1", "device-token-cam-1-Qx7vK2");
+pub const CAM2: (&str, &str) = ("cam-2", "device-token-cam-2-Jp3mW9");
 const MAX_DURATION: u64 = 600;
 const URL_EXPIRY: u64 = 900;
 
@@ -33,25 +33,25 @@ fn device_line(device: (&str, &str)) -> String {
     format!("{} {}\n", device.0, sha256_hex(device.1))
 }
 
-fn bearer(device: (&str, &str)) -> String {
+pub fn bearer(device: (&str, &str)) -> String {
     format!("Bearer {}", device.1)
 }
 
 /// A running `ferry broker` in front of an emulator; killed on drop.
-struct Broker {
+pub struct Broker {
     child: Child,
-    addr: SocketAddr,
+    pub addr: SocketAddr,
     log: Arc<Mutex<Vec<String>>>,
     _scratch: Scratch,
 }
 
 impl Broker {
     /// Starts the broker for `emu` with `[broker]` keys `extra` added to its config file.
-    fn start(emu: &StreamEmulator, extra: &str) -> Broker {
+    pub fn start(emu: &StreamEmulator, extra: &str) -> Broker {
         Broker::start_logging(emu, extra, "info")
     }
 
-    fn start_logging(emu: &StreamEmulator, extra: &str, rust_log: &str) -> Broker {
+    pub fn start_logging(emu: &StreamEmulator, extra: &str, rust_log: &str) -> Broker {
         Broker::start_with(emu, extra, rust_log, None)
     }
 
@@ -116,13 +116,13 @@ impl Broker {
     }
 
     /// Everything the broker logged so far.
-    fn log(&self) -> String {
+    pub fn log(&self) -> String {
         self.log.lock().unwrap().join("\n")
     }
 
     /// Waits up to 10 s for a log line containing `needle` (a request's line follows its
     /// answer); panics with the log otherwise.
-    fn expect_log(&self, needle: &str) {
+    pub fn expect_log(&self, needle: &str) {
         let until = Instant::now() + Duration::from_secs(10);
         while !self.log().contains(needle) {
             assert!(
@@ -135,7 +135,7 @@ impl Broker {
     }
 
     /// Waits up to 10 s until the log holds `n` lines containing `needle`; panics otherwise.
-    fn expect_log_count(&self, needle: &str, n: usize) {
+    pub fn expect_log_count(&self, needle: &str, n: usize) {
         let until = Instant::now() + Duration::from_secs(10);
         while self.log().matches(needle).count() < n {
             assert!(
@@ -158,7 +158,7 @@ impl Broker {
     }
 
     /// `POST <path>` from `device` (if any) with `headers`.
-    fn post(&self, device: Option<(&str, &str)>, headers: &[(&str, &str)]) -> Reply {
+    pub fn post(&self, device: Option<(&str, &str)>, headers: &[(&str, &str)]) -> Reply {
         let auth = device.map(bearer);
         let mut all: Vec<(&str, &str)> = headers.to_vec();
         if let Some(a) = &auth {
@@ -214,28 +214,28 @@ fn broker_files(scratch: &Scratch, emu: &StreamEmulator, extra: &str) -> (PathBu
 
 /// An HTTP response as read off the wire.
 #[derive(Debug)]
-struct Reply {
-    status: u16,
-    headers: Vec<(String, String)>,
-    body: String,
-    raw: String,
+pub struct Reply {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: String,
+    pub raw: String,
 }
 
 impl Reply {
-    fn header(&self, name: &str) -> Option<&str> {
+    pub fn header(&self, name: &str) -> Option<&str> {
         self.headers
             .iter()
             .find(|(n, _)| n.eq_ignore_ascii_case(name))
             .map(|(_, v)| v.as_str())
     }
 
-    fn json(&self) -> serde_json::Value {
+    pub fn json(&self) -> serde_json::Value {
         serde_json::from_str(&self.body).unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.raw))
     }
 }
 
 /// One request on a fresh connection (`Connection: close`), read to the end.
-fn send(
+pub fn send(
     addr: SocketAddr,
     method: &str,
     target: &str,
@@ -248,7 +248,7 @@ fn send(
 }
 
 /// The same over TLS, trusting the test CA (`tests/fixtures/tls`).
-fn send_tls(addr: SocketAddr, method: &str, target: &str, headers: &[(&str, &str)]) -> Reply {
+pub fn send_tls(addr: SocketAddr, method: &str, target: &str, headers: &[(&str, &str)]) -> Reply {
     use rustls::pki_types::pem::PemObject;
     let ca = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tls/ca.pem");
     let mut roots = rustls::RootCertStore::empty();
@@ -269,7 +269,7 @@ fn send_tls(addr: SocketAddr, method: &str, target: &str, headers: &[(&str, &str
     exchange(tls, "localhost", method, target, headers, b"")
 }
 
-fn exchange(
+pub fn exchange(
     mut s: impl Read + Write,
     host: &str,
     method: &str,
@@ -293,7 +293,7 @@ fn exchange(
     parse_reply(&raw)
 }
 
-fn parse_reply(raw: &[u8]) -> Reply {
+pub fn parse_reply(raw: &[u8]) -> Reply {
     let text = String::from_utf8_lossy(raw).into_owned();
     let (head, body) = text
         .split_once("\r\n\r\n")
