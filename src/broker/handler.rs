@@ -2,7 +2,8 @@
 //!
 //! `POST <path>`: device token → `Upload-Length` → metadata → rate limit → Stream, answered
 //! 201 + `Location` (+ `Stream-Media-ID`), or 400/401/412/429 for the device's mistakes, and
-//! 502/504 when Stream refuses or does not answer. `OPTIONS <path>`: CORS preflight, or tus
+//! 502/504 when Stream refuses or does not answer within `api_timeout` (the whole exchange),
+//! 503 when earlier calls are still hanging ([`super::call`]). `OPTIONS <path>`: CORS preflight, or tus
 //! discovery without `Origin`. `GET /healthz`: the device tokens file's state ([`health`]).
 //! The API token goes into one header of one request to Stream;
 //! it is never put in an answer or a log line.
@@ -12,6 +13,7 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 
+use super::call::{CallError, Caller};
 use super::cors::Cors;
 use super::devices::Devices;
 use super::health;
@@ -62,7 +64,7 @@ pub(crate) struct Broker {
     devices: Devices,
     limits: RateLimits,
     cors: Cors,
-    transport: Box<dyn Transport>,
+    stream: Caller,
     clock: Arc<dyn Clock>,
 }
 
@@ -95,7 +97,7 @@ impl Broker {
             devices,
             limits: RateLimits::new(settings.urls_per_hour),
             cors: Cors::new(settings.allowed_origins.clone()),
-            transport,
+            stream: Caller::new(Arc::from(transport)),
             clock,
         })
     }
@@ -227,18 +229,41 @@ impl Broker {
             self.api_token.expose(),
             ask,
         );
-        let e = match self.transport.send(&req, None) {
+        // One deadline for the whole exchange, however the answer trickles in.
+        let e = match self.stream.call(&req, self.api_timeout) {
             Ok(resp) => return self.answer(device, stream::interpret(&req.url, &resp), req_body),
             Err(e) => e,
         };
-        let mut h = if e.kind == FailureKind::Timeout {
-            let secs = self.api_timeout.as_secs_f32();
-            let message = format!("Cloudflare Stream did not answer within {secs} s");
-            Handled::error(504, &message, Some(device))
-        } else {
-            Handled::error(502, "cannot reach Cloudflare Stream", Some(device))
+        let secs = self.api_timeout.as_secs_f32();
+        let late = format!("Cloudflare Stream did not answer within {secs} s");
+        let (mut h, note) = match e {
+            CallError::Deadline => (
+                Handled::error(504, &late, Some(device)),
+                "Stream: no whole answer by the deadline".to_string(),
+            ),
+            CallError::Transport(e) if e.kind == FailureKind::Timeout => (
+                Handled::error(504, &late, Some(device)),
+                format!("Stream: {e}"),
+            ),
+            CallError::Transport(e) => (
+                Handled::error(502, "cannot reach Cloudflare Stream", Some(device)),
+                format!("Stream: {e}"),
+            ),
+            CallError::Busy => {
+                let mut h = Handled::error(
+                    503,
+                    "Cloudflare Stream is not answering: try again later",
+                    Some(device),
+                );
+                h.response.set("Retry-After", secs.ceil().to_string());
+                let n = self.stream.late();
+                (
+                    h,
+                    format!("Stream: {n} calls past their deadline, no new call made"),
+                )
+            }
         };
-        h.note = Some(self.redact(&format!("Stream: {e}")));
+        h.note = Some(self.redact(&note));
         h
     }
 

@@ -22,9 +22,11 @@
 //! tokens, [`limit`] rate-limits them, [`cors`] answers browsers, [`health`] answers
 //! `GET /healthz` with the device tokens file's state; [`stream`] builds the
 //! Stream request and reads its answer (pure). Stream is called through
-//! [`crate::transport::Transport`]; nothing here touches the agent loop.
+//! [`crate::transport::Transport`], with a deadline on the whole exchange ([`call`]); nothing
+//! here touches the agent loop.
 
 pub(crate) mod args;
+mod call;
 mod closer;
 pub(crate) mod cors;
 pub(crate) mod devices;

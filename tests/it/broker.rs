@@ -733,6 +733,35 @@ fn broker_answers_504_when_stream_stalls() {
 }
 
 #[test]
+fn broker_answers_504_at_the_deadline_when_streams_answer_trickles() {
+    // A byte every 0.4 s: no single read times out (api_timeout is per read in the transport),
+    // the whole answer would take about two minutes. Before the overall deadline the device
+    // waited for all of it (408 s and 600 s in the audit).
+    let emu = StreamEmulator::start(StreamConfig::default());
+    let broker = Broker::start(&emu, "api_timeout = \"2s\"");
+    emu.set_creation_fault(Some(CreationFault::Trickle(Duration::from_millis(400))));
+    let t0 = Instant::now();
+    let r = broker.post(Some(CAM1), &[("Upload-Length", "10")]);
+    let took = t0.elapsed();
+    assert_eq!(r.status, 504, "{}", r.raw);
+    assert!(r.json()["error"]
+        .as_str()
+        .unwrap()
+        .contains("did not answer within 2 s"));
+    assert!(
+        took >= Duration::from_millis(1800) && took < Duration::from_secs(5),
+        "{took:?}"
+    );
+    broker.expect_log("504 device=cam-1");
+    // The late call goes on in the background; the next device is served at once.
+    emu.set_creation_fault(None);
+    let t1 = Instant::now();
+    let next = broker.post(Some(CAM2), &[("Upload-Length", "10")]);
+    assert_eq!(next.status, 201, "{}", next.raw);
+    assert!(t1.elapsed() < Duration::from_secs(2), "{:?}", t1.elapsed());
+}
+
+#[test]
 fn broker_answers_431_for_huge_headers() {
     let emu = StreamEmulator::start(StreamConfig::default());
     let broker = Broker::start(&emu, "");
