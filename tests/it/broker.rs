@@ -762,6 +762,36 @@ fn broker_answers_504_at_the_deadline_when_streams_answer_trickles() {
 }
 
 #[test]
+fn broker_answers_400_for_heads_a_strict_parser_refuses() {
+    let emu = StreamEmulator::start(StreamConfig::default());
+    let broker = Broker::start(&emu, "");
+    let auth = bearer(CAM1);
+    let post = |middle: &str| {
+        format!("POST {PATH} HTTP/1.1\r\n{middle}Authorization: {auth}\r\nUpload-Length: 10\r\nConnection: close\r\n\r\n")
+    };
+    for (head, why) in [
+        (
+            post("Host: b\r\nContent-Length: \u{a0}0\r\n"),
+            "bad Content-Length",
+        ),
+        (post("Host: b\r\nX-Note: a\rb\r\n"), "header value"),
+        (post(""), "Host header is missing"),
+        (post("Host: b\r\nHost: c\r\n"), "more than one Host"),
+    ] {
+        let mut s = TcpStream::connect(broker.addr).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+        s.write_all(head.as_bytes()).unwrap();
+        let mut raw = Vec::new();
+        s.read_to_end(&mut raw).unwrap();
+        let r = parse_reply(&raw);
+        assert_eq!(r.status, 400, "{head:?}: {}", r.raw);
+        let error = r.json()["error"].as_str().unwrap().to_string();
+        assert!(error.contains(why), "{head:?}: {error}");
+    }
+    assert!(emu.videos().is_empty(), "no request reached Stream");
+}
+
+#[test]
 fn broker_answers_431_for_huge_headers() {
     let emu = StreamEmulator::start(StreamConfig::default());
     let broker = Broker::start(&emu, "");
