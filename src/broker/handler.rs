@@ -8,8 +8,8 @@
 //! The API token goes into one header of one request to Stream;
 //! it is never put in an answer or a log line.
 
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
@@ -18,13 +18,17 @@ use super::cors::Cors;
 use super::devices::Devices;
 use super::health;
 use super::http::{Request, Response};
-use super::limit::{retry_after_secs, RateLimits};
+use super::limit::{retry_after_secs, RateLimits, STREAM_API_REQUESTS, STREAM_API_WINDOW};
 use super::settings::{ApiToken, Settings};
 use super::stream::{self, Answer, Ask};
 use crate::clock::Clock;
 use crate::error::{Error, Result};
 use crate::transport::{FailureKind, Transport};
 use crate::tus::TUS_RESUMABLE;
+
+/// The answer when Stream's account-wide API limit is reached.
+const STREAM_LIMIT_MESSAGE: &str =
+    "the Cloudflare Stream account's API limit is reached: try again after Retry-After";
 
 /// An answer and what the log line says about it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -63,6 +67,10 @@ pub(crate) struct Broker {
     api_timeout: Duration,
     devices: Devices,
     limits: RateLimits,
+    /// Stream's account-wide API limit, as the broker spends it.
+    account: RateLimits,
+    /// Until when Stream said (429) to make no calls.
+    stream_paused_until: Mutex<Option<Instant>>,
     cors: Cors,
     stream: Caller,
     clock: Arc<dyn Clock>,
@@ -96,6 +104,8 @@ impl Broker {
             api_timeout: settings.api_timeout,
             devices,
             limits: RateLimits::new(settings.urls_per_hour),
+            account: RateLimits::per_window(STREAM_API_REQUESTS, STREAM_API_WINDOW),
+            stream_paused_until: Mutex::new(None),
             cors: Cors::new(settings.allowed_origins.clone()),
             stream: Caller::new(Arc::from(transport)),
             clock,
@@ -192,14 +202,62 @@ impl Broker {
             Ok(ask) => ask,
             Err(message) => return Handled::error(400, &message, dev),
         };
-        if let Err(wait) = self.limits.take(&device, self.clock.now()) {
+        let now = self.clock.now();
+        if let Err(wait) = self.limits.take(&device, now) {
             let mut h = Handled::error(429, "too many upload URLs for this device", dev);
             h.response
                 .set("Retry-After", retry_after_secs(wait).to_string());
             return h;
         }
+        if let Err(wait) = self.take_account(now) {
+            self.limits.refund(&device);
+            let mut h = Handled::error(429, STREAM_LIMIT_MESSAGE, dev);
+            h.response
+                .set("Retry-After", retry_after_secs(wait).to_string());
+            h.note = Some("Stream's API limit reached (1,200 requests per 5 minutes)".into());
+            return h;
+        }
         let body = req.body_length().unwrap_or(0);
-        self.call_stream(&device, &ask, body)
+        let handled = self.call_stream(&device, &ask, body);
+        // Only URLs handed out count against the device.
+        if handled.response.status != 201 {
+            self.limits.refund(&device);
+        }
+        handled
+    }
+
+    /// One request's worth of Stream's account-wide API limit, unless Stream asked for a pause.
+    fn take_account(&self, now: Instant) -> std::result::Result<(), Duration> {
+        let paused = *self
+            .stream_paused_until
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        match paused {
+            Some(until) if until > now => Err(until - now),
+            _ => self.account.take("", now),
+        }
+    }
+
+    /// Stream answered 429 (its API limit): no call until its `Retry-After` (at most the
+    /// limit's window, 60 s without one); the device is told to come back then.
+    fn stream_said_429(&self, device: &str, resp: &crate::tus::Response) -> Handled {
+        let wait = resp
+            .header("Retry-After")
+            .and_then(|v| crate::backoff::parse_retry_after(v, self.clock.wall()))
+            .unwrap_or(Duration::from_secs(60))
+            .min(STREAM_API_WINDOW);
+        *self
+            .stream_paused_until
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = Some(self.clock.now() + wait);
+        let mut h = Handled::error(429, STREAM_LIMIT_MESSAGE, Some(device));
+        h.response
+            .set("Retry-After", retry_after_secs(wait).to_string());
+        h.note = Some(format!(
+            "Stream 429 (its API limit): no calls for {} s",
+            wait.as_secs()
+        ));
+        h
     }
 
     /// The device's request, checked: length and metadata; the message names the problem.
@@ -231,6 +289,7 @@ impl Broker {
         );
         // One deadline for the whole exchange, however the answer trickles in.
         let e = match self.stream.call(&req, self.api_timeout) {
+            Ok(resp) if resp.status == 429 => return self.stream_said_429(device, &resp),
             Ok(resp) => return self.answer(device, stream::interpret(&req.url, &resp), req_body),
             Err(e) => e,
         };
@@ -250,6 +309,7 @@ impl Broker {
                 format!("Stream: {e}"),
             ),
             CallError::Busy => {
+                self.account.refund(""); // no call was made
                 let mut h = Handled::error(
                     503,
                     "Cloudflare Stream is not answering: try again later",

@@ -697,6 +697,48 @@ fn broker_rate_limits_each_device_with_429_and_retry_after() {
 }
 
 #[test]
+fn broker_stream_outage_does_not_use_up_the_devices_hourly_allowance() {
+    // Before: each failed call counted, so after an outage devices got 429 for up to an hour.
+    let emu = StreamEmulator::start(StreamConfig::default());
+    let broker = Broker::start(&emu, "urls_per_hour = 2");
+    for _ in 0..3 {
+        emu.push_creation_fault(CreationFault::Status {
+            code: 500,
+            body: cloudflare_error(500, "internal error"),
+        });
+    }
+    let statuses: Vec<u16> = (0..6)
+        .map(|_| broker.post(Some(CAM1), &[("Upload-Length", "10")]).status)
+        .collect();
+    assert_eq!(statuses, [502, 502, 502, 201, 201, 429]);
+    assert_eq!(emu.videos().len(), 2);
+}
+
+#[test]
+fn broker_passes_streams_429_on_with_its_retry_after_and_pauses_calls() {
+    let emu = StreamEmulator::start(StreamConfig::default());
+    let broker = Broker::start(&emu, "");
+    emu.push_creation_fault(CreationFault::StatusWithHeaders {
+        code: 429,
+        headers: vec![("Retry-After".into(), "120".into())],
+        body: cloudflare_error(10013, "rate limited"),
+    });
+    let r = broker.post(Some(CAM1), &[("Upload-Length", "10")]);
+    assert_eq!(r.status, 429, "not a 502: {}", r.raw);
+    assert_eq!(r.header("Retry-After"), Some("120"));
+    let calls = emu.requests().len();
+    let r = broker.post(Some(CAM2), &[("Upload-Length", "10")]);
+    assert_eq!(r.status, 429, "{}", r.raw);
+    let wait: u64 = r.header("Retry-After").unwrap().parse().unwrap();
+    assert!((118..=120).contains(&wait), "{wait}");
+    assert_eq!(
+        emu.requests().len(),
+        calls,
+        "no call to Stream while it asked for a pause"
+    );
+}
+
+#[test]
 fn broker_turns_a_stream_refusal_into_502_with_streams_message() {
     let emu = StreamEmulator::start(StreamConfig::default());
     let broker = Broker::start(&emu, "");
