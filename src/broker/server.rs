@@ -25,8 +25,9 @@ use super::closer::Closer;
 use super::handler::{Broker, Handled};
 use super::health;
 use super::http::{self, ReadError, Request, Response};
+use super::limit::{retry_after_secs, RateLimits};
 use super::settings::Settings;
-use super::slots::{Refusal, Slot, Slots};
+use super::slots::{PeerKey, Refusal, Slot, Slots};
 use super::tally::Tally;
 use crate::clock::Clock;
 
@@ -36,6 +37,9 @@ const MAX_BODY_BYTES: u64 = 64 * 1024;
 const MAX_REQUESTS_PER_CONNECTION: usize = 100;
 /// Time to write an answer.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(15);
+/// Requests without a valid device token answered 401 per client address per minute (at once,
+/// then one every 6 s); beyond, 429.
+const AUTH_FAILURES_PER_MINUTE: u32 = 10;
 /// Time to send a TLS close_notify at the end of a connection.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(1);
 
@@ -57,6 +61,9 @@ struct Shared {
     refused: Tally,
     evicted: Tally,
     closer: Closer,
+    /// Requests without a valid device token, per client address.
+    auth_failures: RateLimits,
+    unauthenticated: Tally,
 }
 
 impl Server {
@@ -79,6 +86,11 @@ impl Server {
                 refused: Tally::default(),
                 evicted: Tally::default(),
                 closer: Closer::start(clock.clone()),
+                auth_failures: RateLimits::per_window(
+                    AUTH_FAILURES_PER_MINUTE,
+                    Duration::from_secs(60),
+                ),
+                unauthenticated: Tally::default(),
                 clock,
             }),
         }
@@ -211,19 +223,22 @@ fn answer_refusal(mut stream: TcpStream, shared: &Shared, status: u16, message: 
 /// connection, or to linger), when it could be had.
 struct Conn<'a> {
     peer: String,
+    /// The client address as the per-address limits count it.
+    peer_key: String,
     raw: Option<TcpStream>,
     slot: &'a Slot,
     deadline: Rc<Cell<Option<Instant>>>,
 }
 
 fn connection(tcp: TcpStream, shared: &Shared, slot: &Slot) {
-    let peer = tcp
-        .peer_addr()
-        .map_or_else(|_| "-".to_string(), |a| a.to_string());
+    let addr = tcp.peer_addr().ok();
+    let peer = addr.map_or_else(|| "-".to_string(), |a| a.to_string());
+    let peer_key = addr.map_or_else(|| "-".to_string(), |a| PeerKey::of(a.ip()).to_string());
     let _ = tcp.set_nodelay(true);
     let _ = tcp.set_write_timeout(Some(WRITE_TIMEOUT));
     let conn = Conn {
         peer,
+        peer_key,
         raw: tcp.try_clone().ok(),
         slot,
         deadline: Rc::new(Cell::new(Some(shared.clock.now() + shared.head_timeout))),
@@ -329,15 +344,28 @@ fn serve_requests(stream: impl Read + Write, conn: &Conn, shared: &Shared) -> En
         // Answering (the Stream call) and writing have their own limits.
         deadline.set(None);
         let started = shared.clock.now();
-        let handled = shared.broker.handle(&req);
-        let keep_alive = req.keep_alive() && n < MAX_REQUESTS_PER_CONNECTION;
+        let mut handled = shared.broker.handle(&req);
+        let mut keep_alive = req.keep_alive() && n < MAX_REQUESTS_PER_CONNECTION;
+        let unauthenticated = handled.response.status == 401;
+        if unauthenticated {
+            if let Err(wait) = shared.auth_failures.take(&conn.peer_key, started) {
+                // A guesser, or a device with a wrong token in a loop: back off, and make it
+                // connect again for each try (which the per-address limit also counts).
+                handled = backing_off(wait);
+                keep_alive = false;
+            }
+        }
         let written = http::write(
             reader.get_mut(),
             &handled.response,
             keep_alive,
             req.method == "HEAD",
         );
-        log_handled(peer, &req, &handled, shared.clock.now() - started);
+        if unauthenticated {
+            log_unauthenticated(shared, peer, &req, handled.response.status, started);
+        } else {
+            log_handled(peer, &req, &handled, shared.clock.now() - started);
+        }
         if written.is_err() || !keep_alive {
             return End::Close;
         }
@@ -400,6 +428,36 @@ fn drain_body(r: &mut impl Read, req: &Request) -> std::result::Result<(), (u16,
     match io::copy(&mut r.take(len), &mut io::sink()) {
         Ok(n) if n == len => Ok(()),
         _ => Err((400, "the request body did not arrive")),
+    }
+}
+
+/// The answer to a request without a valid device token from an address that is backing off.
+fn backing_off(wait: Duration) -> Handled {
+    let mut response = Response::json_error(
+        429,
+        "too many requests without a valid device token from your address",
+        serde_json::Value::Null,
+    );
+    response.set("Retry-After", retry_after_secs(wait).to_string());
+    Handled {
+        response,
+        device: None,
+        media_id: None,
+        note: None,
+    }
+}
+
+/// Requests without a valid device token are logged once per interval with their count, not
+/// once each: a client making thousands a second must not flood the journal.
+fn log_unauthenticated(shared: &Shared, peer: &str, req: &Request, status: u16, at: Instant) {
+    if let Some(n) = shared.unauthenticated.note(at) {
+        log::warn!(
+            "{n} request(s) refused for a missing or unknown device token since the last such \
+             line (the last: {peer} {} {} {status}; {AUTH_FAILURES_PER_MINUTE} a minute per \
+             address, then 429)",
+            req.method,
+            req.path()
+        );
     }
 }
 

@@ -284,3 +284,38 @@ fn broker_unfinished_tls_handshake_is_dropped_at_the_head_deadline() {
         );
     }
 }
+
+#[test]
+fn broker_unauthenticated_flood_backs_off_per_address_and_is_logged_once() {
+    // Before: every 401 wrote a log line (35,000 a second from one client thread flooded the
+    // journal) and nothing slowed the client down.
+    let emu = StreamEmulator::start(StreamConfig::default());
+    let broker = Broker::start(&emu, "");
+    let wrong = bearer(("x", "a-guessed-token"));
+    let guess = |from: &str| {
+        let s = connect_from(from, broker.addr);
+        let headers = [
+            ("Authorization", wrong.as_str()),
+            ("Upload-Length", "10"),
+            ("Tus-Resumable", "1.0.0"),
+        ];
+        exchange(s, &broker.addr.to_string(), "POST", PATH, &headers, b"")
+    };
+    let statuses: Vec<u16> = (0..200).map(|_| guess("127.0.0.2").status).collect();
+    assert_eq!(&statuses[..10], [401; 10], "ten a minute are answered 401");
+    assert!(statuses[10..].iter().all(|&s| s == 429), "{statuses:?}");
+    let r = guess("127.0.0.2");
+    let wait: u64 = r.header("Retry-After").unwrap().parse().unwrap();
+    assert!((1..=6).contains(&wait), "{wait}");
+    assert_eq!(r.header("Connection"), Some("close"));
+    // A valid device at the same address, and a guesser at another, are not held back.
+    assert_eq!(post_from("127.0.0.2", &broker).status, 201);
+    assert_eq!(guess("127.0.0.3").status, 401);
+    broker.expect_log("201 device=cam-1");
+    let log = broker.log();
+    let lines = log.matches("missing or unknown device token").count();
+    assert_eq!(lines, 1, "one line per 10 s, not one per request:\n{log}");
+    assert!(log.contains("1 request(s) refused for a missing or unknown device token"));
+    assert!(!log.contains("a-guessed-token"));
+    assert!(emu.videos().len() == 1, "no guess reached Stream");
+}
