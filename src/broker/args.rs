@@ -116,6 +116,7 @@ pub(crate) fn merge(base: RawBroker, over: RawBroker) -> RawBroker {
         max_connections_per_peer: over
             .max_connections_per_peer
             .or(base.max_connections_per_peer),
+        forced_metadata: over.forced_metadata.or(base.forced_metadata),
     }
 }
 

@@ -24,7 +24,7 @@ use super::stream::{self, Answer, Ask};
 use crate::clock::Clock;
 use crate::error::{Error, Result};
 use crate::transport::{FailureKind, Transport};
-use crate::tus::TUS_RESUMABLE;
+use crate::tus::{metadata, TUS_RESUMABLE};
 
 /// The answer when Stream's account-wide API limit is reached.
 const STREAM_LIMIT_MESSAGE: &str =
@@ -64,6 +64,7 @@ pub(crate) struct Broker {
     url_expiry: Duration,
     max_upload_length: u64,
     allowed_metadata: Vec<String>,
+    forced_metadata: Vec<metadata::Entry>,
     api_timeout: Duration,
     devices: Devices,
     limits: RateLimits,
@@ -101,6 +102,7 @@ impl Broker {
             url_expiry: settings.url_expiry,
             max_upload_length: settings.max_upload_length,
             allowed_metadata: settings.allowed_metadata.clone(),
+            forced_metadata: settings.forced_metadata.clone(),
             api_timeout: settings.api_timeout,
             devices,
             limits: RateLimits::new(settings.urls_per_hour),
@@ -272,6 +274,7 @@ impl Broker {
         let metadata = stream::metadata_for_stream(
             req.header("Upload-Metadata"),
             &self.allowed_metadata,
+            &self.forced_metadata,
             self.max_duration_seconds,
             expiry,
         )

@@ -75,6 +75,7 @@ fn env(name: &str, answers: Vec<std::result::Result<TusResponse, TransportError>
         url_expiry: Duration::from_secs(3600),
         max_upload_length: 1000,
         allowed_metadata: vec!["name".into()],
+        forced_metadata: vec![("requiresignedurls".into(), None)],
         allowed_origins: vec!["https://app.example".into()],
         urls_per_hour: 2,
         tls: None,
@@ -162,6 +163,8 @@ fn hands_out_a_one_time_url_with_the_brokers_metadata() {
         m,
         vec![
             ("name".to_string(), Some("clip".to_string())),
+            // broker.forced_metadata, whatever the device sent
+            ("requiresignedurls".to_string(), None),
             ("maxDurationSeconds".to_string(), Some("600".to_string())),
             // 2024-05-01T12:30:45Z + 1 h
             (

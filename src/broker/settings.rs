@@ -1,5 +1,6 @@
 //! The `[broker]` keys, checked: every default is here, and every error names its key.
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -83,6 +84,8 @@ pub(crate) struct Settings {
     pub max_upload_length: u64,
     /// `Upload-Metadata` keys passed on to Stream.
     pub allowed_metadata: Vec<String>,
+    /// `Upload-Metadata` entries set on every video, replacing the device's.
+    pub forced_metadata: Vec<metadata::Entry>,
     /// Origins allowed by CORS (`*` only if configured).
     pub allowed_origins: Vec<String>,
     /// One-time URLs per device per hour.
@@ -138,6 +141,7 @@ impl Settings {
             url_expiry: url_expiry(raw.url_expiry_seconds)?,
             max_upload_length: max_upload_length(raw.max_upload_length.as_deref())?,
             allowed_metadata: allowed_metadata(raw.allowed_metadata.as_deref())?,
+            forced_metadata: forced_metadata(raw.forced_metadata.as_ref())?,
             allowed_origins: allowed_origins(raw.allowed_origins.as_deref())?,
             urls_per_hour: match raw.urls_per_hour {
                 None => 60,
@@ -288,6 +292,24 @@ fn allowed_metadata(v: Option<&[String]>) -> Result<Vec<String>> {
         }
     }
     Ok(keys.to_vec())
+}
+
+/// `broker.forced_metadata`: valid keys, none of the broker's own; "" is a key without a value
+/// (`requiresignedurls`).
+fn forced_metadata(v: Option<&BTreeMap<String, String>>) -> Result<Vec<metadata::Entry>> {
+    let mut out = Vec::new();
+    for (k, value) in v.into_iter().flatten() {
+        metadata::validate_key(k)
+            .map_err(|e| Error::config(format!("broker.forced_metadata: {e}")))?;
+        if BROKER_KEYS.iter().any(|b| b.eq_ignore_ascii_case(k)) {
+            return Err(Error::config(format!(
+                "broker.forced_metadata: {k:?} is set by the broker (max_duration_seconds, \
+                 url_expiry_seconds)"
+            )));
+        }
+        out.push((k.clone(), (!value.is_empty()).then(|| value.clone())));
+    }
+    Ok(out)
 }
 
 fn allowed_origins(v: Option<&[String]>) -> Result<Vec<String>> {
@@ -455,6 +477,26 @@ mod tests {
             assert!(err(&|r| r.tls_cert = Some("/c".into())).contains("tls_key"));
             assert!(err(&|r| r.api_timeout = Some("0s".into())).contains("api_timeout"));
             assert!(err(&|r| r.max_connections = Some(0)).contains("max_connections"));
+            let forced = |k: &str| Some(BTreeMap::from([(k.to_string(), String::new())]));
+            assert!(err(&|r| r.forced_metadata = forced("Expiry")).contains("forced_metadata"));
+            assert!(err(&|r| r.forced_metadata = forced("a b")).contains("forced_metadata"));
+            let mut ok = raw.clone();
+            ok.forced_metadata = Some(BTreeMap::from([
+                ("requiresignedurls".to_string(), String::new()),
+                ("allowedorigins".to_string(), "app.example.com".to_string()),
+            ]));
+            assert_eq!(
+                Settings::resolve(&ok, &Env::default())
+                    .unwrap()
+                    .forced_metadata,
+                [
+                    (
+                        "allowedorigins".to_string(),
+                        Some("app.example.com".to_string())
+                    ),
+                    ("requiresignedurls".to_string(), None),
+                ]
+            );
         });
     }
 

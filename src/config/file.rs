@@ -81,6 +81,8 @@ pub(crate) struct RawBroker {
     pub max_connections: Option<usize>,
     /// Connections served at once for one client address (IPv6: one /64) (default 16).
     pub max_connections_per_peer: Option<usize>,
+    /// Upload-Metadata set on every video whatever the device sends ("" for a key alone).
+    pub forced_metadata: Option<BTreeMap<String, String>>,
 }
 
 /// `[spool]` keys.

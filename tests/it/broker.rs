@@ -739,6 +739,25 @@ fn broker_passes_streams_429_on_with_its_retry_after_and_pauses_calls() {
 }
 
 #[test]
+fn broker_forced_metadata_decides_video_privacy_not_the_device() {
+    let emu = StreamEmulator::start(StreamConfig::default());
+    let broker = Broker::start(
+        &emu,
+        "forced_metadata = { requiresignedurls = \"\", allowedorigins = \"app.example.com\" }",
+    );
+    let meta = metadata(&[("name", Some("clip")), ("allowedorigins", Some("*"))]);
+    let r = broker.post(
+        Some(CAM1),
+        &[("Upload-Length", "10"), ("Upload-Metadata", &meta)],
+    );
+    assert_eq!(r.status, 201, "{}", r.raw);
+    let video = emu.video(r.header("Stream-Media-ID").unwrap()).unwrap();
+    assert_eq!(video.meta("name"), Some(Some("clip")));
+    assert_eq!(video.meta("allowedorigins"), Some(Some("app.example.com")));
+    assert_eq!(video.meta("requiresignedurls"), Some(None));
+}
+
+#[test]
 fn broker_turns_a_stream_refusal_into_502_with_streams_message() {
     let emu = StreamEmulator::start(StreamConfig::default());
     let broker = Broker::start(&emu, "");
