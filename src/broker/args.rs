@@ -111,7 +111,12 @@ pub(crate) fn merge(base: RawBroker, over: RawBroker) -> RawBroker {
         tls_key: over.tls_key.or(base.tls_key),
         api_timeout: over.api_timeout.or(base.api_timeout),
         request_timeout: over.request_timeout.or(base.request_timeout),
+        head_timeout: over.head_timeout.or(base.head_timeout),
         max_connections: over.max_connections.or(base.max_connections),
+        max_connections_per_peer: over
+            .max_connections_per_peer
+            .or(base.max_connections_per_peer),
+        forced_metadata: over.forced_metadata.or(base.forced_metadata),
     }
 }
 

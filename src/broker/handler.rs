@@ -2,27 +2,33 @@
 //!
 //! `POST <path>`: device token → `Upload-Length` → metadata → rate limit → Stream, answered
 //! 201 + `Location` (+ `Stream-Media-ID`), or 400/401/412/429 for the device's mistakes, and
-//! 502/504 when Stream refuses or does not answer. `OPTIONS <path>`: CORS preflight, or tus
+//! 502/504 when Stream refuses or does not answer within `api_timeout` (the whole exchange),
+//! 503 when earlier calls are still hanging ([`super::call`]). `OPTIONS <path>`: CORS preflight, or tus
 //! discovery without `Origin`. `GET /healthz`: the device tokens file's state ([`health`]).
 //! The API token goes into one header of one request to Stream;
 //! it is never put in an answer or a log line.
 
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
+use super::call::{CallError, Caller};
 use super::cors::Cors;
 use super::devices::Devices;
 use super::health;
 use super::http::{Request, Response};
-use super::limit::{retry_after_secs, RateLimits};
+use super::limit::{retry_after_secs, RateLimits, STREAM_API_REQUESTS, STREAM_API_WINDOW};
 use super::settings::{ApiToken, Settings};
 use super::stream::{self, Answer, Ask};
 use crate::clock::Clock;
 use crate::error::{Error, Result};
 use crate::transport::{FailureKind, Transport};
-use crate::tus::TUS_RESUMABLE;
+use crate::tus::{metadata, TUS_RESUMABLE};
+
+/// The answer when Stream's account-wide API limit is reached.
+const STREAM_LIMIT_MESSAGE: &str =
+    "the Cloudflare Stream account's API limit is reached: try again after Retry-After";
 
 /// An answer and what the log line says about it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -58,11 +64,16 @@ pub(crate) struct Broker {
     url_expiry: Duration,
     max_upload_length: u64,
     allowed_metadata: Vec<String>,
+    forced_metadata: Vec<metadata::Entry>,
     api_timeout: Duration,
     devices: Devices,
     limits: RateLimits,
+    /// Stream's account-wide API limit, as the broker spends it.
+    account: RateLimits,
+    /// Until when Stream said (429) to make no calls.
+    stream_paused_until: Mutex<Option<Instant>>,
     cors: Cors,
-    transport: Box<dyn Transport>,
+    stream: Caller,
     clock: Arc<dyn Clock>,
 }
 
@@ -91,11 +102,14 @@ impl Broker {
             url_expiry: settings.url_expiry,
             max_upload_length: settings.max_upload_length,
             allowed_metadata: settings.allowed_metadata.clone(),
+            forced_metadata: settings.forced_metadata.clone(),
             api_timeout: settings.api_timeout,
             devices,
             limits: RateLimits::new(settings.urls_per_hour),
+            account: RateLimits::per_window(STREAM_API_REQUESTS, STREAM_API_WINDOW),
+            stream_paused_until: Mutex::new(None),
             cors: Cors::new(settings.allowed_origins.clone()),
-            transport,
+            stream: Caller::new(Arc::from(transport)),
             clock,
         })
     }
@@ -190,14 +204,62 @@ impl Broker {
             Ok(ask) => ask,
             Err(message) => return Handled::error(400, &message, dev),
         };
-        if let Err(wait) = self.limits.take(&device, self.clock.now()) {
+        let now = self.clock.now();
+        if let Err(wait) = self.limits.take(&device, now) {
             let mut h = Handled::error(429, "too many upload URLs for this device", dev);
             h.response
                 .set("Retry-After", retry_after_secs(wait).to_string());
             return h;
         }
+        if let Err(wait) = self.take_account(now) {
+            self.limits.refund(&device);
+            let mut h = Handled::error(429, STREAM_LIMIT_MESSAGE, dev);
+            h.response
+                .set("Retry-After", retry_after_secs(wait).to_string());
+            h.note = Some("Stream's API limit reached (1,200 requests per 5 minutes)".into());
+            return h;
+        }
         let body = req.body_length().unwrap_or(0);
-        self.call_stream(&device, &ask, body)
+        let handled = self.call_stream(&device, &ask, body);
+        // Only URLs handed out count against the device.
+        if handled.response.status != 201 {
+            self.limits.refund(&device);
+        }
+        handled
+    }
+
+    /// One request's worth of Stream's account-wide API limit, unless Stream asked for a pause.
+    fn take_account(&self, now: Instant) -> std::result::Result<(), Duration> {
+        let paused = *self
+            .stream_paused_until
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        match paused {
+            Some(until) if until > now => Err(until - now),
+            _ => self.account.take("", now),
+        }
+    }
+
+    /// Stream answered 429 (its API limit): no call until its `Retry-After` (at most the
+    /// limit's window, 60 s without one); the device is told to come back then.
+    fn stream_said_429(&self, device: &str, resp: &crate::tus::Response) -> Handled {
+        let wait = resp
+            .header("Retry-After")
+            .and_then(|v| crate::backoff::parse_retry_after(v, self.clock.wall()))
+            .unwrap_or(Duration::from_secs(60))
+            .min(STREAM_API_WINDOW);
+        *self
+            .stream_paused_until
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = Some(self.clock.now() + wait);
+        let mut h = Handled::error(429, STREAM_LIMIT_MESSAGE, Some(device));
+        h.response
+            .set("Retry-After", retry_after_secs(wait).to_string());
+        h.note = Some(format!(
+            "Stream 429 (its API limit): no calls for {} s",
+            wait.as_secs()
+        ));
+        h
     }
 
     /// The device's request, checked: length and metadata; the message names the problem.
@@ -212,6 +274,7 @@ impl Broker {
         let metadata = stream::metadata_for_stream(
             req.header("Upload-Metadata"),
             &self.allowed_metadata,
+            &self.forced_metadata,
             self.max_duration_seconds,
             expiry,
         )
@@ -227,18 +290,43 @@ impl Broker {
             self.api_token.expose(),
             ask,
         );
-        let e = match self.transport.send(&req, None) {
+        // One deadline for the whole exchange, however the answer trickles in.
+        let e = match self.stream.call(&req, self.api_timeout) {
+            Ok(resp) if resp.status == 429 => return self.stream_said_429(device, &resp),
             Ok(resp) => return self.answer(device, stream::interpret(&req.url, &resp), req_body),
             Err(e) => e,
         };
-        let mut h = if e.kind == FailureKind::Timeout {
-            let secs = self.api_timeout.as_secs_f32();
-            let message = format!("Cloudflare Stream did not answer within {secs} s");
-            Handled::error(504, &message, Some(device))
-        } else {
-            Handled::error(502, "cannot reach Cloudflare Stream", Some(device))
+        let secs = self.api_timeout.as_secs_f32();
+        let late = format!("Cloudflare Stream did not answer within {secs} s");
+        let (mut h, note) = match e {
+            CallError::Deadline => (
+                Handled::error(504, &late, Some(device)),
+                "Stream: no whole answer by the deadline".to_string(),
+            ),
+            CallError::Transport(e) if e.kind == FailureKind::Timeout => (
+                Handled::error(504, &late, Some(device)),
+                format!("Stream: {e}"),
+            ),
+            CallError::Transport(e) => (
+                Handled::error(502, "cannot reach Cloudflare Stream", Some(device)),
+                format!("Stream: {e}"),
+            ),
+            CallError::Busy => {
+                self.account.refund(""); // no call was made
+                let mut h = Handled::error(
+                    503,
+                    "Cloudflare Stream is not answering: try again later",
+                    Some(device),
+                );
+                h.response.set("Retry-After", secs.ceil().to_string());
+                let n = self.stream.late();
+                (
+                    h,
+                    format!("Stream: {n} calls past their deadline, no new call made"),
+                )
+            }
         };
-        h.note = Some(self.redact(&format!("Stream: {e}")));
+        h.note = Some(self.redact(&note));
         h
     }
 

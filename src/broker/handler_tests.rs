@@ -32,6 +32,7 @@ impl Transport for Scripted {
 struct Env {
     broker: Broker,
     seen: Arc<Mutex<Vec<crate::tus::Request>>>,
+    clock: Arc<ManualClock>,
     dir: std::path::PathBuf,
 }
 
@@ -74,12 +75,15 @@ fn env(name: &str, answers: Vec<std::result::Result<TusResponse, TransportError>
         url_expiry: Duration::from_secs(3600),
         max_upload_length: 1000,
         allowed_metadata: vec!["name".into()],
+        forced_metadata: vec![("requiresignedurls".into(), None)],
         allowed_origins: vec!["https://app.example".into()],
         urls_per_hour: 2,
         tls: None,
         api_timeout: Duration::from_secs(3),
         request_timeout: Duration::from_secs(10),
+        head_timeout: Duration::from_secs(5),
         max_connections: 4,
+        max_connections_per_peer: 2,
     };
     let seen = Arc::new(Mutex::new(Vec::new()));
     let transport = Scripted {
@@ -89,8 +93,13 @@ fn env(name: &str, answers: Vec<std::result::Result<TusResponse, TransportError>
     let clock = Arc::new(ManualClock::new(
         UNIX_EPOCH + Duration::from_secs(1_714_566_645),
     ));
-    let broker = Broker::new(&settings, Box::new(transport), clock).unwrap();
-    Env { broker, seen, dir }
+    let broker = Broker::new(&settings, Box::new(transport), clock.clone()).unwrap();
+    Env {
+        broker,
+        seen,
+        clock,
+        dir,
+    }
 }
 
 fn post(headers: &[(&str, &str)]) -> Request {
@@ -154,6 +163,8 @@ fn hands_out_a_one_time_url_with_the_brokers_metadata() {
         m,
         vec![
             ("name".to_string(), Some("clip".to_string())),
+            // broker.forced_metadata, whatever the device sent
+            ("requiresignedurls".to_string(), None),
             ("maxDurationSeconds".to_string(), Some("600".to_string())),
             // 2024-05-01T12:30:45Z + 1 h
             (
@@ -221,6 +232,82 @@ fn rate_limit_answers_429_with_retry_after() {
     let h = e.broker.handle(&req);
     assert_eq!(h.response.status, 429);
     assert_eq!(h.response.header("Retry-After"), Some("1800"));
+}
+
+#[test]
+fn failed_stream_calls_do_not_use_up_the_devices_allowance() {
+    // urls_per_hour = 2: an outage's 502 and 504 must not leave the device at 429.
+    let timeout = Err(TransportError {
+        kind: FailureKind::Timeout,
+        message: "timed out reading".into(),
+    });
+    let refused = Ok(TusResponse {
+        status: 500,
+        headers: vec![],
+        body: "oops".into(),
+    });
+    let e = env("refund", vec![timeout, refused, created("a"), created("b")]);
+    let req = post(&[AUTH, ("Upload-Length", "5")]);
+    let statuses: Vec<u16> = (0..5)
+        .map(|_| e.broker.handle(&req).response.status)
+        .collect();
+    assert_eq!(statuses, [504, 502, 201, 201, 429]);
+}
+
+#[test]
+fn streams_429_pauses_calls_until_its_retry_after() {
+    let limited = Ok(TusResponse {
+        status: 429,
+        headers: vec![("Retry-After".into(), "30".into())],
+        body: r#"{"success":false,"errors":[{"code":10000,"message":"rate limited"}]}"#.into(),
+    });
+    let e = env("stream-429", vec![limited, created("a")]);
+    let req = post(&[AUTH, ("Upload-Length", "5")]);
+    let h = e.broker.handle(&req);
+    assert_eq!(h.response.status, 429, "not a 502");
+    assert_eq!(h.response.header("Retry-After"), Some("30"));
+    e.clock.advance(Duration::from_secs(10));
+    let h = e.broker.handle(&req);
+    assert_eq!(h.response.status, 429);
+    assert_eq!(h.response.header("Retry-After"), Some("20"));
+    assert_eq!(e.seen.lock().unwrap().len(), 1, "no call while paused");
+    e.clock.advance(Duration::from_secs(20));
+    assert_eq!(e.broker.handle(&req).response.status, 201);
+    assert_eq!(e.seen.lock().unwrap().len(), 2);
+}
+
+#[test]
+fn streams_account_limit_is_kept_across_devices() {
+    // 1,200 calls in 5 minutes, however many devices ask (urls_per_hour is per device).
+    let e = env("account", vec![]);
+    for _ in 0..STREAM_API_REQUESTS {
+        e.broker.account.take("", e.clock.now()).unwrap();
+    }
+    let h = e.broker.handle(&post(&[AUTH, ("Upload-Length", "5")]));
+    assert_eq!(h.response.status, 429);
+    assert_eq!(h.response.header("Retry-After"), Some("1"));
+    assert!(
+        e.seen.lock().unwrap().is_empty(),
+        "no call beyond the limit"
+    );
+    // The device's own allowance was given back (urls_per_hour = 2).
+    let ok = || {
+        Ok(TusResponse {
+            status: 201,
+            headers: vec![("Location".into(), "https://u.example/tus/x".into())],
+            body: String::new(),
+        })
+    };
+    let e2 = env("account-2", vec![ok(), ok()]);
+    for _ in 0..STREAM_API_REQUESTS {
+        e2.broker.account.take("", e2.clock.now()).unwrap();
+    }
+    let req = post(&[AUTH, ("Upload-Length", "5")]);
+    assert_eq!(e2.broker.handle(&req).response.status, 429);
+    e2.clock.advance(Duration::from_secs(1));
+    assert_eq!(e2.broker.handle(&req).response.status, 201);
+    e2.clock.advance(Duration::from_secs(1));
+    assert_eq!(e2.broker.handle(&req).response.status, 201);
 }
 
 #[test]

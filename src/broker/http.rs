@@ -1,5 +1,6 @@
 //! HTTP/1.1 messages for the broker's small server: reading a request head within a size
-//! limit, and writing a response. Works on any `BufRead`/`Write`, so it is tested on bytes.
+//! limit (parsed by `httparse`), and writing a response. Works on any `BufRead`/`Write`, so it
+//! is tested on bytes.
 //!
 //! Only what the broker needs: no request bodies beyond a small `Content-Length` (read and
 //! dropped), no `Transfer-Encoding`, no pipelining guarantees beyond sequential keep-alive.
@@ -136,54 +137,52 @@ pub(crate) fn read_head(r: &mut impl BufRead) -> Result<Request, ReadError> {
     }
 }
 
+/// Parses a whole head (httparse), then what httparse leaves to the server: field values are
+/// UTF-8, trimmed of spaces and tabs only (never of Unicode whitespace), and there is exactly
+/// one `Host` (none is allowed in HTTP/1.0), as RFC 9112 §3.2 asks.
 fn parse_head(head: &[u8]) -> Result<Request, ReadError> {
-    let text = std::str::from_utf8(head).map_err(|_| ReadError::Bad("head is not UTF-8".into()))?;
-    let mut lines = text.split('\n').map(|l| l.strip_suffix('\r').unwrap_or(l));
-    let line = lines.next().unwrap_or_default();
-    let mut parts = line.split(' ');
-    let (Some(method), Some(target), Some(version), None) =
-        (parts.next(), parts.next(), parts.next(), parts.next())
-    else {
-        return Err(ReadError::Bad("bad request line".into()));
-    };
-    let http11 = match version {
-        "HTTP/1.1" => true,
-        "HTTP/1.0" => false,
-        _ => {
+    let mut fields = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut parsed = httparse::Request::new(&mut fields);
+    match parsed.parse(head) {
+        Ok(httparse::Status::Complete(n)) if n == head.len() => {}
+        Ok(_) => return Err(ReadError::Bad("malformed request head".into())),
+        Err(httparse::Error::TooManyHeaders) => return Err(ReadError::TooLarge),
+        Err(httparse::Error::Version) => {
             return Err(ReadError::Bad(
                 "only HTTP/1.0 and HTTP/1.1 are served".into(),
             ))
         }
-    };
-    if method.is_empty() || !method.bytes().all(is_token_byte) || target.is_empty() {
+        Err(e) => return Err(ReadError::Bad(format!("malformed request head: {e}"))),
+    }
+    let (Some(method), Some(target), Some(version)) = (parsed.method, parsed.path, parsed.version)
+    else {
         return Err(ReadError::Bad("bad request line".into()));
+    };
+    let mut headers = Vec::with_capacity(parsed.headers.len());
+    for field in parsed.headers.iter() {
+        let value = std::str::from_utf8(field.value)
+            .map_err(|_| ReadError::Bad(format!("the {} header is not UTF-8", field.name)))?;
+        headers.push((
+            field.name.to_string(),
+            value.trim_matches([' ', '\t']).to_string(),
+        ));
     }
-    let mut headers = Vec::new();
-    for line in lines.take_while(|l| !l.is_empty()) {
-        if line.starts_with([' ', '\t']) {
-            return Err(ReadError::Bad("folded header lines are not allowed".into()));
-        }
-        let (name, value) = line
-            .split_once(':')
-            .ok_or_else(|| ReadError::Bad("header line without a colon".into()))?;
-        if name.is_empty() || !name.bytes().all(is_token_byte) {
-            return Err(ReadError::Bad("bad header name".into()));
-        }
-        if headers.len() == MAX_HEADERS {
-            return Err(ReadError::TooLarge);
-        }
-        headers.push((name.to_string(), value.trim().to_string()));
-    }
-    Ok(Request {
+    let req = Request {
         method: method.to_string(),
         target: target.to_string(),
-        http11,
+        http11: version == 1,
         headers,
-    })
-}
-
-fn is_token_byte(b: u8) -> bool {
-    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
+    };
+    match req
+        .headers
+        .iter()
+        .filter(|(n, _)| n.eq_ignore_ascii_case("Host"))
+        .count()
+    {
+        0 if req.http11 => Err(ReadError::Bad("the Host header is missing".into())),
+        0 | 1 => Ok(req),
+        _ => Err(ReadError::Bad("more than one Host header".into())),
+    }
 }
 
 /// A response to write.
@@ -313,36 +312,101 @@ mod tests {
     fn bare_lf_http10_and_connection_tokens() {
         let req = read(b"GET / HTTP/1.0\nConnection: Keep-Alive\n\n").unwrap();
         assert!(!req.http11 && req.keep_alive());
-        let req = read(b"GET / HTTP/1.1\r\nConnection: x, close\r\n\r\n").unwrap();
+        let req = read(b"GET / HTTP/1.1\r\nHost: h\r\nConnection: x, close\r\n\r\n").unwrap();
         assert!(!req.keep_alive());
     }
 
     #[test]
     fn limits_and_malformed_heads() {
         let big = format!(
-            "GET / HTTP/1.1\r\nX: {}\r\n\r\n",
+            "GET / HTTP/1.1\r\nHost: h\r\nX: {}\r\n\r\n",
             "a".repeat(MAX_HEAD_BYTES)
         );
         assert!(matches!(read(big.as_bytes()), Err(ReadError::TooLarge)));
         let many: String = (0..=MAX_HEADERS).map(|i| format!("X{i}: 1\r\n")).collect();
-        let many = format!("GET / HTTP/1.1\r\n{many}\r\n");
+        let many = format!("GET / HTTP/1.1\r\nHost: h\r\n{many}\r\n");
         assert!(matches!(read(many.as_bytes()), Err(ReadError::TooLarge)));
         assert!(matches!(read(b""), Err(ReadError::Closed)));
         for bad in [
             &b"GET /\r\n\r\n"[..],
-            b"GET / HTTP/2\r\n\r\n",
-            b"GET  / HTTP/1.1\r\n\r\n",
-            b"GET / HTTP/1.1\r\nX: 1\r\n folded\r\n\r\n",
-            b"GET / HTTP/1.1\r\nNo colon\r\n\r\n",
-            b"GET / HTTP/1.1\r\nBad Name: 1\r\n\r\n",
+            b"GET / HTTP/2\r\nHost: h\r\n\r\n",
+            b"GET  / HTTP/1.1\r\nHost: h\r\n\r\n",
+            b"GET / HTTP/1.1\r\nHost: h\r\nX: 1\r\n folded\r\n\r\n",
+            b"GET / HTTP/1.1\r\nHost: h\r\nNo colon\r\n\r\n",
+            b"GET / HTTP/1.1\r\nHost: h\r\nBad Name: 1\r\n\r\n",
             b"GET / HTTP/1.1\r\nHost: h",
         ] {
             assert!(matches!(read(bad), Err(ReadError::Bad(_))), "{bad:?}");
         }
-        let te = read(b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n").unwrap();
+        let te = read(b"POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n").unwrap();
         assert!(matches!(te.body_length(), Err(ReadError::Unsupported(_))));
-        let cl = read(b"POST / HTTP/1.1\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n");
+        let cl =
+            read(b"POST / HTTP/1.1\r\nHost: h\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n");
         assert!(matches!(cl.unwrap().body_length(), Err(ReadError::Bad(_))));
+    }
+
+    /// Heads the old hand-written parser took (issue 15, item 5) and others a strict parser
+    /// must refuse: each is a 400, with what the message names.
+    #[test]
+    fn refuses_what_a_lenient_parser_let_through() {
+        for (head, names) in [
+            (
+                &b"GET / HTTP/1.1\r\nHost: h\r\nX: a\rb\r\n\r\n"[..],
+                "header value",
+            ),
+            (
+                b"GET / HTTP/1.1\r\nHost: h\r\nX: a\r\r\n\r\n",
+                "header value",
+            ),
+            (b"GET / HTTP/1.1\rHost: h\r\n\r\n", ""),
+            (
+                b"GET / HTTP/1.1\r\nHost: h\r\nX: a\x00b\r\n\r\n",
+                "header value",
+            ),
+            (
+                b"GET / HTTP/1.1\r\nHost: h\r\nX: a\x7fb\r\n\r\n",
+                "header value",
+            ),
+            (b"GET / HTTP/1.1\r\nHost : h\r\n\r\n", ""),
+            (b"GET / HTTP/1.1\r\n\r\n", "Host header is missing"),
+            (
+                b"GET / HTTP/1.1\r\nHost: a\r\nHost: a\r\n\r\n",
+                "more than one Host",
+            ),
+            (
+                b"GET / HTTP/1.0\r\nHost: a\r\nhost: b\r\n\r\n",
+                "more than one Host",
+            ),
+            (b"GET / HTTP/1.1\r\nHost: h\r\nX: \xff\r\n\r\n", "not UTF-8"),
+            (b"GET /a b HTTP/1.1\r\nHost: h\r\n\r\n", ""),
+            (b"G@T / HTTP/1.1\r\nHost: h\r\n\r\n", ""),
+            (
+                b"GET / HTTP/1.2\r\nHost: h\r\n\r\n",
+                "only HTTP/1.0 and HTTP/1.1",
+            ),
+        ] {
+            match read(head) {
+                Err(ReadError::Bad(m)) => assert!(m.contains(names), "{head:?}: {m}"),
+                other => panic!("{head:?}: {other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn trims_only_spaces_and_tabs() {
+        // U+00A0 (no-break space) before the digits: the old parser's trim() made this 5.
+        let nbsp = read("POST / HTTP/1.1\r\nHost: h\r\nContent-Length: \u{a0}5\r\n\r\n".as_bytes())
+            .unwrap();
+        assert_eq!(nbsp.header("Content-Length"), Some("\u{a0}5"));
+        assert!(matches!(nbsp.body_length(), Err(ReadError::Bad(_))));
+        let em = read("POST / HTTP/1.1\r\nHost: h\r\nUpload-Length: 5\u{2003}\r\n\r\n".as_bytes())
+            .unwrap();
+        assert_eq!(em.header("Upload-Length"), Some("5\u{2003}"));
+        let tabs = read(b"GET / HTTP/1.1\r\nHost:\t h \t\r\nX-Empty:\r\n\r\n").unwrap();
+        assert_eq!(tabs.header("host"), Some("h"));
+        assert_eq!(tabs.header("x-empty"), Some(""));
+        let http10 = read(b"GET / HTTP/1.0\r\n\r\n").unwrap();
+        assert!(!http10.http11, "HTTP/1.0 needs no Host");
     }
 
     #[test]

@@ -16,13 +16,18 @@
 //!
 //! Modules: [`args`] parses `ferry broker`'s flags; [`settings`] checks the `[broker]` keys;
 //! [`http`] reads and writes HTTP/1.1 messages and [`server`] runs the listener (a thread per
-//! connection, optional rustls); [`handler`] answers one request; [`devices`] checks device
+//! connection, optional rustls, deadlines), within [`slots`] (limits in all and per client
+//! address, sized by [`sizing`]), refusing through [`closer`] and logging floods through
+//! [`tally`]; [`handler`] answers one request; [`devices`] checks device
 //! tokens, [`limit`] rate-limits them, [`cors`] answers browsers, [`health`] answers
 //! `GET /healthz` with the device tokens file's state; [`stream`] builds the
 //! Stream request and reads its answer (pure). Stream is called through
-//! [`crate::transport::Transport`]; nothing here touches the agent loop.
+//! [`crate::transport::Transport`], with a deadline on the whole exchange ([`call`]); nothing
+//! here touches the agent loop.
 
 pub(crate) mod args;
+mod call;
+mod closer;
 pub(crate) mod cors;
 pub(crate) mod devices;
 pub(crate) mod handler;
@@ -31,7 +36,10 @@ pub(crate) mod http;
 pub(crate) mod limit;
 pub(crate) mod server;
 pub(crate) mod settings;
+mod sizing;
+mod slots;
 pub(crate) mod stream;
+mod tally;
 mod tls;
 
 use std::sync::atomic::{AtomicBool, Ordering};

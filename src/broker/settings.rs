@@ -1,9 +1,11 @@
 //! The `[broker]` keys, checked: every default is here, and every error names its key.
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use super::sizing::{Limits, MAX_CONNECTIONS, SPARE_TASKS};
 use super::stream::BROKER_KEYS;
 use crate::config::{parse_duration, parse_size, read_secret, Env, RawBroker};
 use crate::error::{Error, Result};
@@ -16,6 +18,9 @@ pub(crate) const DEFAULT_LISTEN: &str = "127.0.0.1:8787";
 pub(crate) const DEFAULT_PATH: &str = "/generate-tus-upload-request";
 /// Default `broker.api_base`: the agent's default too.
 pub(crate) use crate::stream::DEFAULT_API_BASE;
+/// Default `broker.max_connections_per_peer`: room for a few devices behind one NAT address,
+/// far from the whole server.
+pub(crate) const DEFAULT_MAX_CONNECTIONS_PER_PEER: usize = 16;
 /// Default `broker.allowed_metadata`: the keys Stream acts on (protocol.md §3.1), minus the
 /// two the broker sets itself.
 pub(crate) const DEFAULT_ALLOWED_METADATA: [&str; 7] = [
@@ -79,6 +84,8 @@ pub(crate) struct Settings {
     pub max_upload_length: u64,
     /// `Upload-Metadata` keys passed on to Stream.
     pub allowed_metadata: Vec<String>,
+    /// `Upload-Metadata` entries set on every video, replacing the device's.
+    pub forced_metadata: Vec<metadata::Entry>,
     /// Origins allowed by CORS (`*` only if configured).
     pub allowed_origins: Vec<String>,
     /// One-time URLs per device per hour.
@@ -89,13 +96,24 @@ pub(crate) struct Settings {
     pub api_timeout: Duration,
     /// A client's time to send a request (head and body), and the keep-alive idle time.
     pub request_timeout: Duration,
+    /// A client's time to send a request head, from its connection (TLS handshake included)
+    /// or, on a kept-alive connection, from the request's first byte; at most `request_timeout`.
+    pub head_timeout: Duration,
     /// Connections served at once.
     pub max_connections: usize,
+    /// Connections served at once for one client address (IPv6: one /64).
+    pub max_connections_per_peer: usize,
 }
 
 impl Settings {
-    /// Checks every key and reads the API token.
+    /// Checks every key and reads the API token; the default connection cap comes from this
+    /// machine's (and cgroup's) memory and task limits.
     pub(crate) fn resolve(raw: &RawBroker, env: &Env) -> Result<Self> {
+        Self::resolve_with(raw, env, &Limits::read())
+    }
+
+    /// [`Settings::resolve`] with the limits given.
+    pub(crate) fn resolve_with(raw: &RawBroker, env: &Env, limits: &Limits) -> Result<Self> {
         let listen = raw.listen.as_deref().unwrap_or(DEFAULT_LISTEN);
         let listen: SocketAddr = listen.parse().map_err(|_| {
             Error::config(format!(
@@ -108,6 +126,8 @@ impl Settings {
                 "broker.path = {path:?}: use an absolute path like {DEFAULT_PATH}"
             )));
         }
+        let request_timeout =
+            positive_duration(raw.request_timeout.as_deref(), "broker.request_timeout", 10)?;
         Ok(Self {
             listen,
             path,
@@ -121,6 +141,7 @@ impl Settings {
             url_expiry: url_expiry(raw.url_expiry_seconds)?,
             max_upload_length: max_upload_length(raw.max_upload_length.as_deref())?,
             allowed_metadata: allowed_metadata(raw.allowed_metadata.as_deref())?,
+            forced_metadata: forced_metadata(raw.forced_metadata.as_ref())?,
             allowed_origins: allowed_origins(raw.allowed_origins.as_deref())?,
             urls_per_hour: match raw.urls_per_hour {
                 None => 60,
@@ -129,21 +150,45 @@ impl Settings {
             },
             tls: tls(raw)?,
             api_timeout: positive_duration(raw.api_timeout.as_deref(), "broker.api_timeout", 30)?,
-            request_timeout: positive_duration(
-                raw.request_timeout.as_deref(),
-                "broker.request_timeout",
-                10,
-            )?,
-            max_connections: match raw.max_connections {
-                None => 64,
-                Some(n @ 1..=4096) => n,
+            request_timeout,
+            head_timeout: positive_duration(raw.head_timeout.as_deref(), "broker.head_timeout", 5)?
+                .min(request_timeout),
+            max_connections: max_connections(raw.max_connections, limits, raw.tls_cert.is_some())?,
+            max_connections_per_peer: match raw.max_connections_per_peer {
+                None => DEFAULT_MAX_CONNECTIONS_PER_PEER,
+                Some(n @ 1..=MAX_CONNECTIONS) => n,
                 Some(_) => {
-                    return Err(Error::config(
-                        "broker.max_connections must be between 1 and 4096",
-                    ))
+                    return Err(Error::config(format!(
+                        "broker.max_connections_per_peer must be between 1 and {MAX_CONNECTIONS}"
+                    )))
                 }
             },
         })
+    }
+}
+
+/// `broker.max_connections`: sized to `limits` unless set, and never above the task limit (a
+/// thread that cannot start would reset its connection instead of answering 503).
+fn max_connections(v: Option<usize>, limits: &Limits, tls: bool) -> Result<usize> {
+    let n = match v {
+        None => return Ok(limits.default_max_connections(tls)),
+        Some(n @ 1..=MAX_CONNECTIONS) => n,
+        Some(_) => {
+            return Err(Error::config(format!(
+                "broker.max_connections must be between 1 and {MAX_CONNECTIONS}"
+            )))
+        }
+    };
+    match limits.task_cap() {
+        Some(cap) if n > cap => {
+            log::warn!(
+                "broker.max_connections = {n} is above what the task limit allows (TasksMax= \
+                 or ulimit -u: {} tasks, {SPARE_TASKS} kept for the broker): serving {cap}",
+                limits.tasks.unwrap_or_default()
+            );
+            Ok(cap)
+        }
+        _ => Ok(n),
     }
 }
 
@@ -249,6 +294,24 @@ fn allowed_metadata(v: Option<&[String]>) -> Result<Vec<String>> {
     Ok(keys.to_vec())
 }
 
+/// `broker.forced_metadata`: valid keys, none of the broker's own; "" is a key without a value
+/// (`requiresignedurls`).
+fn forced_metadata(v: Option<&BTreeMap<String, String>>) -> Result<Vec<metadata::Entry>> {
+    let mut out = Vec::new();
+    for (k, value) in v.into_iter().flatten() {
+        metadata::validate_key(k)
+            .map_err(|e| Error::config(format!("broker.forced_metadata: {e}")))?;
+        if BROKER_KEYS.iter().any(|b| b.eq_ignore_ascii_case(k)) {
+            return Err(Error::config(format!(
+                "broker.forced_metadata: {k:?} is set by the broker (max_duration_seconds, \
+                 url_expiry_seconds)"
+            )));
+        }
+        out.push((k.clone(), (!value.is_empty()).then(|| value.clone())));
+    }
+    Ok(out)
+}
+
 fn allowed_origins(v: Option<&[String]>) -> Result<Vec<String>> {
     let mut out = Vec::new();
     for o in v.unwrap_or_default() {
@@ -325,7 +388,50 @@ mod tests {
             assert!(s.allowed_origins.is_empty());
             assert_eq!(s.urls_per_hour, 60);
             assert_eq!(s.tls, None);
+            assert_eq!(s.request_timeout, Duration::from_secs(10));
+            assert_eq!(s.head_timeout, Duration::from_secs(5));
+            assert_eq!(s.max_connections_per_peer, 16);
+            assert!(
+                (64..=4096).contains(&s.max_connections),
+                "{}",
+                s.max_connections
+            );
             assert!(!format!("{s:?}").contains("cf-secret-token"));
+        });
+    }
+
+    #[test]
+    fn connection_limits_follow_memory_and_tasks_and_the_head_deadline_its_request() {
+        with_token(|raw| {
+            let limits = Limits {
+                memory_bytes: Some(128 << 20),
+                tasks: Some(1024),
+            };
+            let resolve = |f: &dyn Fn(&mut RawBroker)| {
+                let mut r = raw.clone();
+                f(&mut r);
+                Settings::resolve_with(&r, &Env::default(), &limits)
+            };
+            assert_eq!(resolve(&|_| {}).unwrap().max_connections, 960, "tasks - 64");
+            let set = resolve(&|r| r.max_connections = Some(500)).unwrap();
+            assert_eq!(set.max_connections, 500);
+            let above = resolve(&|r| r.max_connections = Some(4000)).unwrap();
+            assert_eq!(above.max_connections, 960, "never above the task limit");
+            let err = resolve(&|r| r.max_connections = Some(4097)).unwrap_err();
+            assert!(err.to_string().contains("broker.max_connections"), "{err}");
+            let err = resolve(&|r| r.max_connections_per_peer = Some(0)).unwrap_err();
+            assert!(
+                err.to_string().contains("max_connections_per_peer"),
+                "{err}"
+            );
+            let short = resolve(&|r| r.request_timeout = Some("3s".into())).unwrap();
+            assert_eq!(
+                short.head_timeout,
+                Duration::from_secs(3),
+                "at most the request's"
+            );
+            let err = resolve(&|r| r.head_timeout = Some("0s".into())).unwrap_err();
+            assert!(err.to_string().contains("broker.head_timeout"), "{err}");
         });
     }
 
@@ -371,6 +477,26 @@ mod tests {
             assert!(err(&|r| r.tls_cert = Some("/c".into())).contains("tls_key"));
             assert!(err(&|r| r.api_timeout = Some("0s".into())).contains("api_timeout"));
             assert!(err(&|r| r.max_connections = Some(0)).contains("max_connections"));
+            let forced = |k: &str| Some(BTreeMap::from([(k.to_string(), String::new())]));
+            assert!(err(&|r| r.forced_metadata = forced("Expiry")).contains("forced_metadata"));
+            assert!(err(&|r| r.forced_metadata = forced("a b")).contains("forced_metadata"));
+            let mut ok = raw.clone();
+            ok.forced_metadata = Some(BTreeMap::from([
+                ("requiresignedurls".to_string(), String::new()),
+                ("allowedorigins".to_string(), "app.example.com".to_string()),
+            ]));
+            assert_eq!(
+                Settings::resolve(&ok, &Env::default())
+                    .unwrap()
+                    .forced_metadata,
+                [
+                    (
+                        "allowedorigins".to_string(),
+                        Some("app.example.com".to_string())
+                    ),
+                    ("requiresignedurls".to_string(), None),
+                ]
+            );
         });
     }
 

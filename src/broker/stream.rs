@@ -25,10 +25,12 @@ pub(crate) struct Ask {
 }
 
 /// The metadata to send: `client`'s entries whose key is in `allowed` (exact match), minus any
-/// spelling of the broker's own keys, then `maxDurationSeconds` and `expiry`.
+/// spelling of the broker's own keys and of the `forced` ones, then `forced` (the operator's
+/// `forced_metadata`), then `maxDurationSeconds` and `expiry`.
 pub(crate) fn metadata_for_stream(
     client: Option<&str>,
     allowed: &[String],
+    forced: &[Entry],
     max_duration_seconds: u64,
     expiry: SystemTime,
 ) -> Result<Vec<Entry>, MetadataError> {
@@ -40,7 +42,9 @@ pub(crate) fn metadata_for_stream(
         .into_iter()
         .filter(|(k, _)| allowed.iter().any(|a| a == k))
         .filter(|(k, _)| !BROKER_KEYS.iter().any(|b| b.eq_ignore_ascii_case(k)))
+        .filter(|(k, _)| !forced.iter().any(|(f, _)| f.eq_ignore_ascii_case(k)))
         .collect();
+    out.extend(forced.iter().cloned());
     out.push((
         "maxDurationSeconds".into(),
         Some(max_duration_seconds.to_string()),
@@ -194,7 +198,7 @@ mod tests {
             ("requiresignedurls".into(), None),
         ])
         .unwrap();
-        let m = metadata_for_stream(client.as_deref(), &allowed, 600, at(0)).unwrap();
+        let m = metadata_for_stream(client.as_deref(), &allowed, &[], 600, at(0)).unwrap();
         assert_eq!(
             m,
             vec![
@@ -207,7 +211,45 @@ mod tests {
                 ),
             ]
         );
-        assert!(metadata_for_stream(Some("name !!"), &allowed, 600, at(0)).is_err());
+        assert!(metadata_for_stream(Some("name !!"), &allowed, &[], 600, at(0)).is_err());
+    }
+
+    #[test]
+    fn forced_metadata_replaces_the_devices_whatever_its_spelling() {
+        let allowed: Vec<String> = [
+            "name",
+            "requiresignedurls",
+            "allowedorigins",
+            "RequireSignedURLs",
+        ]
+        .map(String::from)
+        .to_vec();
+        let forced = vec![
+            ("requiresignedurls".to_string(), None),
+            (
+                "allowedorigins".to_string(),
+                Some("app.example.com".to_string()),
+            ),
+        ];
+        let client = metadata::encode(&[
+            ("name".into(), Some("clip".into())),
+            ("allowedorigins".into(), Some("*".into())),
+            ("RequireSignedURLs".into(), Some("false".into())),
+        ])
+        .unwrap();
+        let m = metadata_for_stream(client.as_deref(), &allowed, &forced, 600, at(0)).unwrap();
+        assert_eq!(
+            m[..3],
+            [
+                ("name".to_string(), Some("clip".to_string())),
+                ("requiresignedurls".to_string(), None),
+                (
+                    "allowedorigins".to_string(),
+                    Some("app.example.com".to_string())
+                ),
+            ]
+        );
+        assert_eq!(m.len(), 5, "then maxDurationSeconds and expiry: {m:?}");
     }
 
     #[test]

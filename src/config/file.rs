@@ -75,8 +75,14 @@ pub(crate) struct RawBroker {
     pub api_timeout: Option<String>,
     /// How long a client may take to send a request, and keep an idle connection (default "10s").
     pub request_timeout: Option<String>,
-    /// Connections served at once; more are refused (default 64).
+    /// How long a client may take to send a request head, TLS handshake included (default "5s").
+    pub head_timeout: Option<String>,
+    /// Connections served at once; more are refused (default sized to memory).
     pub max_connections: Option<usize>,
+    /// Connections served at once for one client address (IPv6: one /64) (default 16).
+    pub max_connections_per_peer: Option<usize>,
+    /// Upload-Metadata set on every video whatever the device sends ("" for a key alone).
+    pub forced_metadata: Option<BTreeMap<String, String>>,
 }
 
 /// `[spool]` keys.

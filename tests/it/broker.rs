@@ -14,9 +14,9 @@ use crate::support::stream_emulator::{
     cloudflare_error, CreationFault, StreamConfig, StreamEmulator,
 };
 
-const PATH: &str = "/generate-tus-upload-request";
-const CAM1: (&str, &str) = ("cam-1", "device-token-cam-1-Qx7vK2");
-const CAM2: (&str, &str) = ("cam-2", "device-token-cam-2-Jp3mW9");
+pub const PATH: &str = "/generate-tus-upload-request";
+pub const CAM1: (&str, &str) = ("cam-1", "device-token-cam-1-Qx7vK2");
+pub const CAM2: (&str, &str) = ("cam-2", "device-token-cam-2-Jp3mW9");
 const MAX_DURATION: u64 = 600;
 const URL_EXPIRY: u64 = 900;
 
@@ -33,25 +33,25 @@ fn device_line(device: (&str, &str)) -> String {
     format!("{} {}\n", device.0, sha256_hex(device.1))
 }
 
-fn bearer(device: (&str, &str)) -> String {
+pub fn bearer(device: (&str, &str)) -> String {
     format!("Bearer {}", device.1)
 }
 
 /// A running `ferry broker` in front of an emulator; killed on drop.
-struct Broker {
+pub struct Broker {
     child: Child,
-    addr: SocketAddr,
+    pub addr: SocketAddr,
     log: Arc<Mutex<Vec<String>>>,
     _scratch: Scratch,
 }
 
 impl Broker {
     /// Starts the broker for `emu` with `[broker]` keys `extra` added to its config file.
-    fn start(emu: &StreamEmulator, extra: &str) -> Broker {
+    pub fn start(emu: &StreamEmulator, extra: &str) -> Broker {
         Broker::start_logging(emu, extra, "info")
     }
 
-    fn start_logging(emu: &StreamEmulator, extra: &str, rust_log: &str) -> Broker {
+    pub fn start_logging(emu: &StreamEmulator, extra: &str, rust_log: &str) -> Broker {
         Broker::start_with(emu, extra, rust_log, None)
     }
 
@@ -116,13 +116,13 @@ impl Broker {
     }
 
     /// Everything the broker logged so far.
-    fn log(&self) -> String {
+    pub fn log(&self) -> String {
         self.log.lock().unwrap().join("\n")
     }
 
     /// Waits up to 10 s for a log line containing `needle` (a request's line follows its
     /// answer); panics with the log otherwise.
-    fn expect_log(&self, needle: &str) {
+    pub fn expect_log(&self, needle: &str) {
         let until = Instant::now() + Duration::from_secs(10);
         while !self.log().contains(needle) {
             assert!(
@@ -135,7 +135,7 @@ impl Broker {
     }
 
     /// Waits up to 10 s until the log holds `n` lines containing `needle`; panics otherwise.
-    fn expect_log_count(&self, needle: &str, n: usize) {
+    pub fn expect_log_count(&self, needle: &str, n: usize) {
         let until = Instant::now() + Duration::from_secs(10);
         while self.log().matches(needle).count() < n {
             assert!(
@@ -158,7 +158,7 @@ impl Broker {
     }
 
     /// `POST <path>` from `device` (if any) with `headers`.
-    fn post(&self, device: Option<(&str, &str)>, headers: &[(&str, &str)]) -> Reply {
+    pub fn post(&self, device: Option<(&str, &str)>, headers: &[(&str, &str)]) -> Reply {
         let auth = device.map(bearer);
         let mut all: Vec<(&str, &str)> = headers.to_vec();
         if let Some(a) = &auth {
@@ -214,28 +214,28 @@ fn broker_files(scratch: &Scratch, emu: &StreamEmulator, extra: &str) -> (PathBu
 
 /// An HTTP response as read off the wire.
 #[derive(Debug)]
-struct Reply {
-    status: u16,
-    headers: Vec<(String, String)>,
-    body: String,
-    raw: String,
+pub struct Reply {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: String,
+    pub raw: String,
 }
 
 impl Reply {
-    fn header(&self, name: &str) -> Option<&str> {
+    pub fn header(&self, name: &str) -> Option<&str> {
         self.headers
             .iter()
             .find(|(n, _)| n.eq_ignore_ascii_case(name))
             .map(|(_, v)| v.as_str())
     }
 
-    fn json(&self) -> serde_json::Value {
+    pub fn json(&self) -> serde_json::Value {
         serde_json::from_str(&self.body).unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.raw))
     }
 }
 
 /// One request on a fresh connection (`Connection: close`), read to the end.
-fn send(
+pub fn send(
     addr: SocketAddr,
     method: &str,
     target: &str,
@@ -248,7 +248,7 @@ fn send(
 }
 
 /// The same over TLS, trusting the test CA (`tests/fixtures/tls`).
-fn send_tls(addr: SocketAddr, method: &str, target: &str, headers: &[(&str, &str)]) -> Reply {
+pub fn send_tls(addr: SocketAddr, method: &str, target: &str, headers: &[(&str, &str)]) -> Reply {
     use rustls::pki_types::pem::PemObject;
     let ca = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tls/ca.pem");
     let mut roots = rustls::RootCertStore::empty();
@@ -269,7 +269,7 @@ fn send_tls(addr: SocketAddr, method: &str, target: &str, headers: &[(&str, &str
     exchange(tls, "localhost", method, target, headers, b"")
 }
 
-fn exchange(
+pub fn exchange(
     mut s: impl Read + Write,
     host: &str,
     method: &str,
@@ -293,7 +293,7 @@ fn exchange(
     parse_reply(&raw)
 }
 
-fn parse_reply(raw: &[u8]) -> Reply {
+pub fn parse_reply(raw: &[u8]) -> Reply {
     let text = String::from_utf8_lossy(raw).into_owned();
     let (head, body) = text
         .split_once("\r\n\r\n")
@@ -697,6 +697,67 @@ fn broker_rate_limits_each_device_with_429_and_retry_after() {
 }
 
 #[test]
+fn broker_stream_outage_does_not_use_up_the_devices_hourly_allowance() {
+    // Before: each failed call counted, so after an outage devices got 429 for up to an hour.
+    let emu = StreamEmulator::start(StreamConfig::default());
+    let broker = Broker::start(&emu, "urls_per_hour = 2");
+    for _ in 0..3 {
+        emu.push_creation_fault(CreationFault::Status {
+            code: 500,
+            body: cloudflare_error(500, "internal error"),
+        });
+    }
+    let statuses: Vec<u16> = (0..6)
+        .map(|_| broker.post(Some(CAM1), &[("Upload-Length", "10")]).status)
+        .collect();
+    assert_eq!(statuses, [502, 502, 502, 201, 201, 429]);
+    assert_eq!(emu.videos().len(), 2);
+}
+
+#[test]
+fn broker_passes_streams_429_on_with_its_retry_after_and_pauses_calls() {
+    let emu = StreamEmulator::start(StreamConfig::default());
+    let broker = Broker::start(&emu, "");
+    emu.push_creation_fault(CreationFault::StatusWithHeaders {
+        code: 429,
+        headers: vec![("Retry-After".into(), "120".into())],
+        body: cloudflare_error(10013, "rate limited"),
+    });
+    let r = broker.post(Some(CAM1), &[("Upload-Length", "10")]);
+    assert_eq!(r.status, 429, "not a 502: {}", r.raw);
+    assert_eq!(r.header("Retry-After"), Some("120"));
+    let calls = emu.requests().len();
+    let r = broker.post(Some(CAM2), &[("Upload-Length", "10")]);
+    assert_eq!(r.status, 429, "{}", r.raw);
+    let wait: u64 = r.header("Retry-After").unwrap().parse().unwrap();
+    assert!((118..=120).contains(&wait), "{wait}");
+    assert_eq!(
+        emu.requests().len(),
+        calls,
+        "no call to Stream while it asked for a pause"
+    );
+}
+
+#[test]
+fn broker_forced_metadata_decides_video_privacy_not_the_device() {
+    let emu = StreamEmulator::start(StreamConfig::default());
+    let broker = Broker::start(
+        &emu,
+        "forced_metadata = { requiresignedurls = \"\", allowedorigins = \"app.example.com\" }",
+    );
+    let meta = metadata(&[("name", Some("clip")), ("allowedorigins", Some("*"))]);
+    let r = broker.post(
+        Some(CAM1),
+        &[("Upload-Length", "10"), ("Upload-Metadata", &meta)],
+    );
+    assert_eq!(r.status, 201, "{}", r.raw);
+    let video = emu.video(r.header("Stream-Media-ID").unwrap()).unwrap();
+    assert_eq!(video.meta("name"), Some(Some("clip")));
+    assert_eq!(video.meta("allowedorigins"), Some(Some("app.example.com")));
+    assert_eq!(video.meta("requiresignedurls"), Some(None));
+}
+
+#[test]
 fn broker_turns_a_stream_refusal_into_502_with_streams_message() {
     let emu = StreamEmulator::start(StreamConfig::default());
     let broker = Broker::start(&emu, "");
@@ -730,6 +791,65 @@ fn broker_answers_504_when_stream_stalls() {
         took >= Duration::from_millis(1800) && took < Duration::from_secs(6),
         "{took:?}"
     );
+}
+
+#[test]
+fn broker_answers_504_at_the_deadline_when_streams_answer_trickles() {
+    // A byte every 0.4 s: no single read times out (api_timeout is per read in the transport),
+    // the whole answer would take about two minutes. Before the overall deadline the device
+    // waited for all of it (408 s and 600 s in the audit).
+    let emu = StreamEmulator::start(StreamConfig::default());
+    let broker = Broker::start(&emu, "api_timeout = \"2s\"");
+    emu.set_creation_fault(Some(CreationFault::Trickle(Duration::from_millis(400))));
+    let t0 = Instant::now();
+    let r = broker.post(Some(CAM1), &[("Upload-Length", "10")]);
+    let took = t0.elapsed();
+    assert_eq!(r.status, 504, "{}", r.raw);
+    assert!(r.json()["error"]
+        .as_str()
+        .unwrap()
+        .contains("did not answer within 2 s"));
+    assert!(
+        took >= Duration::from_millis(1800) && took < Duration::from_secs(5),
+        "{took:?}"
+    );
+    broker.expect_log("504 device=cam-1");
+    // The late call goes on in the background; the next device is served at once.
+    emu.set_creation_fault(None);
+    let t1 = Instant::now();
+    let next = broker.post(Some(CAM2), &[("Upload-Length", "10")]);
+    assert_eq!(next.status, 201, "{}", next.raw);
+    assert!(t1.elapsed() < Duration::from_secs(2), "{:?}", t1.elapsed());
+}
+
+#[test]
+fn broker_answers_400_for_heads_a_strict_parser_refuses() {
+    let emu = StreamEmulator::start(StreamConfig::default());
+    let broker = Broker::start(&emu, "");
+    let auth = bearer(CAM1);
+    let post = |middle: &str| {
+        format!("POST {PATH} HTTP/1.1\r\n{middle}Authorization: {auth}\r\nUpload-Length: 10\r\nConnection: close\r\n\r\n")
+    };
+    for (head, why) in [
+        (
+            post("Host: b\r\nContent-Length: \u{a0}0\r\n"),
+            "bad Content-Length",
+        ),
+        (post("Host: b\r\nX-Note: a\rb\r\n"), "header value"),
+        (post(""), "Host header is missing"),
+        (post("Host: b\r\nHost: c\r\n"), "more than one Host"),
+    ] {
+        let mut s = TcpStream::connect(broker.addr).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+        s.write_all(head.as_bytes()).unwrap();
+        let mut raw = Vec::new();
+        s.read_to_end(&mut raw).unwrap();
+        let r = parse_reply(&raw);
+        assert_eq!(r.status, 400, "{head:?}: {}", r.raw);
+        let error = r.json()["error"].as_str().unwrap().to_string();
+        assert!(error.contains(why), "{head:?}: {error}");
+    }
+    assert!(emu.videos().is_empty(), "no request reached Stream");
 }
 
 #[test]

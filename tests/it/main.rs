@@ -18,6 +18,8 @@ mod support;
 mod arm;
 #[cfg(feature = "broker")]
 mod broker;
+#[cfg(feature = "broker")]
+mod broker_limits;
 mod crashpoint;
 mod daemon;
 mod fault_server;

@@ -105,6 +105,10 @@ pub enum CreationFault {
     },
     /// Say nothing for this long, then process the request (unless the client hung up).
     Stall(Duration),
+    /// Process the request, then send the answer one byte per interval (a link or a proxy
+    /// that trickles): each read of the client succeeds, the whole answer takes minutes. Stops
+    /// when the client hangs up or the emulator stops; the request's log shows no status.
+    Trickle(Duration),
 }
 
 /// Which listener a request arrived at.
@@ -649,19 +653,45 @@ impl Exchange<'_> {
                     return None;
                 }
             }
+            Some(CreationFault::Trickle(every)) => {
+                let answer = self.create_answer();
+                self.trickle(&answer, every);
+                return None;
+            }
             None => {}
         }
+        Some(self.create_answer())
+    }
+
+    /// Writes `reply`'s head and body a byte at a time, `every` apart.
+    fn trickle(&mut self, reply: &Response, every: Duration) {
+        let mut bytes = format!("HTTP/1.1 {} Trickled\r\n", reply.status);
+        for (name, value) in &reply.headers {
+            bytes.push_str(&format!("{name}: {value}\r\n"));
+        }
+        bytes.push_str(&format!("Content-Length: {}\r\n\r\n", reply.body.len()));
+        let mut bytes = bytes.into_bytes();
+        bytes.extend_from_slice(&reply.body);
+        let mut stream = self.http.conn().stream();
+        for b in bytes {
+            if self.shared.stop.is_set() || stream.write_all(&[b]).is_err() {
+                return;
+            }
+            self.shared.stop.sleep(every);
+        }
+    }
+
+    /// A creation's answer: 201 with the new video, or the error that stops it.
+    fn create_answer(&mut self) -> Response {
         let new = match self.creation_request() {
             Ok(new) => new,
-            Err(answer) => return Some(answer),
+            Err(answer) => return answer,
         };
         match self.shared.create_video(new) {
-            Ok(video) => Some(
-                tus(201)
-                    .header("Location", &video.upload_url)
-                    .header("stream-media-id", &video.uid),
-            ),
-            Err(e) => Some(api_error(500, 500, &format!("cannot store: {e}"))),
+            Ok(video) => tus(201)
+                .header("Location", &video.upload_url)
+                .header("stream-media-id", &video.uid),
+            Err(e) => api_error(500, 500, &format!("cannot store: {e}")),
         }
     }
 
