@@ -20,6 +20,7 @@ mod arm;
 mod broker;
 mod crashpoint;
 mod daemon;
+mod deadlines;
 mod fault_server;
 mod harness;
 mod hook;
