@@ -69,8 +69,9 @@ impl HttpSettings {
     pub(crate) fn send_body_limit(&self, len: u64) -> Option<Duration> {
         let rate = self.min_send_rate_bytes_per_sec;
         (rate > 0).then(|| {
-            let at_rate = Duration::from_secs_f64(len as f64 / rate as f64);
-            self.idle_timeout.saturating_add(at_rate)
+            let at_rate = Duration::try_from_secs_f64(len as f64 / rate as f64);
+            self.idle_timeout
+                .saturating_add(at_rate.unwrap_or(Duration::MAX))
         })
     }
 }
@@ -117,9 +118,9 @@ impl UreqTransport {
         })
     }
 
-    /// What made the last exchange that found one fail: the endpoint URL is wrong in a way no
-    /// retry mends (an `https://` URL whose port speaks plain HTTP). The upload logic reports
-    /// such a failure as a network error; `ferry upload` asks here to end with exit code 2.
+    /// Why the endpoint URL is wrong in a way no retry mends (an `https://` URL whose port
+    /// speaks plain HTTP), once an exchange has shown it. The upload logic reports such a
+    /// failure as a network error; `ferry upload` asks here, to end with exit code 2.
     pub(crate) fn endpoint_problem(&self) -> Option<String> {
         self.endpoint_problem
             .lock()

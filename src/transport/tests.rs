@@ -102,6 +102,11 @@ fn min_send_rate_0_sets_no_bound() {
         ..HttpSettings::default()
     };
     assert_eq!(settings.send_body_limit(1 << 30), None);
+    let one_byte = HttpSettings {
+        min_send_rate_bytes_per_sec: 1,
+        ..HttpSettings::default()
+    };
+    assert_eq!(one_byte.send_body_limit(u64::MAX), Some(Duration::MAX));
     let default = HttpSettings::default();
     assert_eq!(
         default.send_body_limit(6 << 20),
