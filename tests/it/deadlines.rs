@@ -27,7 +27,8 @@ fn wait_at_most(mut child: std::process::Child, limit: Duration) -> Output {
 
 /// The link freezes (the proxy stops forwarding and reading, both ways) 1 MiB into the
 /// traffic, in the middle of a 32 MiB PATCH, after the kernel buffers on the way are full.
-/// Before the fix the idle timeout was a per-`send` timeout that partial writes restarted.
+/// Before the fix the idle timeout was a per-`send` timeout that partial writes restarted:
+/// this test saw the freeze noticed after 6.1 s (3 × `idle_timeout`); now 2.3-2.4 s.
 #[test]
 fn a_link_that_goes_dead_mid_patch_is_noticed_within_idle_timeout() {
     const IDLE: Duration = Duration::from_secs(2);
@@ -80,8 +81,9 @@ fn a_link_that_goes_dead_mid_patch_is_noticed_within_idle_timeout() {
 }
 
 /// One byte every 100 ms: the idle timeout never fires, but the answer as a whole is late.
-/// Before the fix the 144-byte answer took 14 s to arrive, and a real server could go on for
-/// ever; now the exchange ends after response_timeout, is retried, and the upload completes.
+/// Without a deadline ferry waited for every byte of the answer (and a server could go on
+/// for ever); now the exchange ends after response_timeout, is retried, and the upload
+/// completes.
 #[test]
 fn a_server_that_trickles_its_answer_is_cut_off_after_response_timeout() {
     let server = TusServer::start(ServerConfig::default());
