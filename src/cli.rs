@@ -93,6 +93,8 @@ OPTIONS (each overrides the same key of the --config file):
     --auth-cross-origin      send credentials to other origins     [server.auth_cross_origin]
     --connect-timeout DUR    e.g. 15s                              [server.connect_timeout]
     --idle-timeout DUR       stalled-link detection, e.g. 30s      [server.idle_timeout]
+    --response-timeout DUR   limit for an answer, e.g. 60s         [server.response_timeout]
+    --min-send-rate RATE     slowest body send, bytes/s, e.g. 1KiB [server.min_send_rate]
     --max-attempts N         give up after N failed attempts in a row (0 = never)
     --give-up-after DUR      give up after DUR without progress (0 = never)
 
@@ -256,6 +258,8 @@ fn setting(
         "auth-cross-origin" => o.server.auth_cross_origin = Some(true),
         "connect-timeout" => o.server.connect_timeout = Some(text(p)?),
         "idle-timeout" => o.server.idle_timeout = Some(text(p)?),
+        "response-timeout" => o.server.response_timeout = Some(text(p)?),
+        "min-send-rate" => o.server.min_send_rate = Some(text(p)?),
         "max-attempts" => {
             let v = text(p)?;
             o.retry.max_attempts = Some(

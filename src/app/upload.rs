@@ -89,6 +89,15 @@ fn upload_with(
             }
             Err(e) => {
                 progress.finish();
+                if let Some(problem) = transport.endpoint_problem() {
+                    // The URL is wrong (https:// to a plain-HTTP port): every file would fail
+                    // alike, and only the configuration can mend it.
+                    drop(reporter);
+                    return Err(Error::config(format!(
+                        "server.endpoint {}: {problem}",
+                        crate::tus::url::redact(&config.upload.endpoint)
+                    )));
+                }
                 failed += 1;
                 log::error!("{e}");
             }

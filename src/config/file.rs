@@ -139,6 +139,10 @@ pub(crate) struct RawServer {
     pub connect_timeout: Option<String>,
     /// Idle timeout.
     pub idle_timeout: Option<String>,
+    /// Limit for the answer once a request is sent.
+    pub response_timeout: Option<String>,
+    /// Slowest average rate a request body may be sent at ("0" = no limit).
+    pub min_send_rate: Option<String>,
     /// Send credentials to other origins.
     pub auth_cross_origin: Option<bool>,
     /// `tus` (default), `cloudflare-stream` or `url-broker`.
@@ -213,6 +217,8 @@ impl Raw {
         take!(server.client_key);
         take!(server.connect_timeout);
         take!(server.idle_timeout);
+        take!(server.response_timeout);
+        take!(server.min_send_rate);
         take!(server.auth_cross_origin);
         take!(server.target);
         take!(server.capture_headers);

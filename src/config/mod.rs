@@ -19,6 +19,8 @@
 //! client_key = "/etc/ferry/client.key"
 //! connect_timeout = "15s"                       # resolve + TCP + TLS handshake
 //! idle_timeout = "30s"                          # no byte moved for this long = stalled link
+//! response_timeout = "60s"                      # the whole answer, once the request is sent
+//! min_send_rate = "1KiB"                        # a body may take idle_timeout + its size at this rate/s
 //! auth_cross_origin = false                     # send credentials to upload URLs on other origins
 //! target = "tus"                                # tus | cloudflare-stream | url-broker
 //! capture_headers = []                          # response headers to keep besides stream-media-id

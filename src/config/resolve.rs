@@ -71,13 +71,26 @@ impl Raw {
                 "server.idle_timeout",
                 http_defaults.idle_timeout,
             )?,
+            response_timeout: duration_or(
+                &s.response_timeout,
+                "server.response_timeout",
+                http_defaults.response_timeout,
+            )?,
+            min_send_rate_bytes_per_sec: match &s.min_send_rate {
+                None => http_defaults.min_send_rate_bytes_per_sec,
+                Some(t) => parse_size(t)
+                    .map_err(|e| Error::config(format!("server.min_send_rate: {e}")))?,
+            },
             ca_file: s.ca_file.clone(),
             client_cert: s.client_cert.clone(),
             client_key: s.client_key.clone(),
         };
-        if http.connect_timeout.is_zero() || http.idle_timeout.is_zero() {
+        if http.connect_timeout.is_zero()
+            || http.idle_timeout.is_zero()
+            || http.response_timeout.is_zero()
+        {
             return Err(Error::config(
-                "server.connect_timeout and server.idle_timeout must be above 0",
+                "server.connect_timeout, server.idle_timeout and server.response_timeout must be above 0",
             ));
         }
         let defaults = Settings::default();
@@ -118,6 +131,11 @@ impl Raw {
             Some(_) => Some(self.resolve_daemon(&state_dir)?),
             None => None,
         };
+        let mut http = http;
+        if let Some(d) = &daemon {
+            http.min_send_rate_bytes_per_sec =
+                min_send_rate_under_limit(http.min_send_rate_bytes_per_sec, d);
+        }
         Ok(Config {
             state_dir,
             upload,
@@ -135,6 +153,18 @@ impl Raw {
                 .default_state_dir()
                 .ok_or_else(|| Error::config("no state directory: give --state-dir DIR")),
         }
+    }
+}
+
+/// `min_send_rate`, lowered to half of each upload's share of `daemon.rate_limit`, so that our
+/// own rate limit never makes a body too slow to be sent. Both are fixed until a restart.
+fn min_send_rate_under_limit(min_rate: u64, d: &DaemonSettings) -> u64 {
+    match d.rate_limit_bytes_per_sec {
+        Some(limit) => {
+            let share = limit / u64::try_from(d.concurrency).unwrap_or(u64::MAX).max(1);
+            min_rate.min((share / 2).max(1))
+        }
+        None => min_rate,
     }
 }
 

@@ -203,3 +203,37 @@ fn stream_targets_build_the_endpoint_and_enforce_the_chunk_rules() {
         .contains("server.target"));
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[test]
+fn answer_deadline_and_send_rate_floor() {
+    let resolve = |extra: &str| {
+        from_toml(
+            &format!("state_dir = \"/s\"\n[server]\nendpoint = \"http://h/f/\"\n{extra}"),
+            "ferry.toml",
+        )
+        .and_then(|r| r.resolve(&Env::default()))
+    };
+    let c = resolve("").unwrap();
+    assert_eq!(c.http.response_timeout, Duration::from_secs(60));
+    assert_eq!(c.http.min_send_rate_bytes_per_sec, 1024);
+    let c = resolve("response_timeout = \"90s\"\nmin_send_rate = \"4KiB\"").unwrap();
+    assert_eq!(c.http.response_timeout, Duration::from_secs(90));
+    assert_eq!(c.http.min_send_rate_bytes_per_sec, 4096);
+    assert_eq!(
+        resolve("min_send_rate = \"0\"")
+            .unwrap()
+            .http
+            .min_send_rate_bytes_per_sec,
+        0
+    );
+    let err = resolve("response_timeout = \"0s\"")
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("server.response_timeout"), "{err}");
+    let err = resolve("min_send_rate = \"fast\"").unwrap_err().to_string();
+    assert!(err.contains("server.min_send_rate"), "{err}");
+    // Our own rate limit must never make a body too slow to send: the floor drops to half of
+    // each upload's share (2000 B/s over 2 uploads: 500 B/s).
+    let c = resolve("min_send_rate = \"4KiB\"\n[spool]\ndir = \"/sp\"\n[daemon]\nconcurrency = 2\nrate_limit = \"2000\"").unwrap();
+    assert_eq!(c.http.min_send_rate_bytes_per_sec, 500);
+}

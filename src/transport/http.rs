@@ -1,16 +1,28 @@
 //! The real transport: ureq over TCP, rustls (ring) for TLS, certificates always verified.
 //!
-//! Timeouts are per operation ("idle"), not per request: a 6 MiB chunk over 2 Mbit/s takes
-//! half a minute and is fine, while a link that stops moving bytes is detected within
-//! `idle_timeout` and the connection dropped. Redirects are not followed (tus defines none
-//! for creation, and following one could send a body or credentials somewhere unplanned).
+//! Deadlines, each a setting:
+//! - `connect_timeout` for resolving, TCP and the TLS handshake;
+//! - `idle_timeout` for a link that moves no data: a read that waits, and a write whose bytes
+//!   the kernel does not take (our own TCP layer, [`super::tcp`], also sets `TCP_USER_TIMEOUT`
+//!   a second later, so data the peer never acknowledges counts as no progress too);
+//! - `response_timeout` for the whole answer once the request is sent (head and the little of
+//!   the body we read), so a server that trickles one byte a second cannot hold us;
+//! - sending a body may take `idle_timeout` plus its length at `min_send_rate`, so a server
+//!   that reads slowly cannot hold us either, while a 6 MiB chunk over a slow link is fine.
+//!
+//! Redirects are not followed (tus defines none for creation, and following one could send a
+//! body or credentials somewhere unplanned).
 
 use std::io::Read;
 use std::path::PathBuf;
+use std::sync::Mutex;
 use std::time::Duration;
 
 use ureq::tls::{Certificate, ClientCert, PrivateKey, RootCerts, TlsConfig};
+use ureq::unversioned::resolver::DefaultResolver;
+use ureq::unversioned::transport::{ConnectProxyConnector, Connector, RustlsConnector};
 
+use super::tcp::{NotTls, TcpConnector};
 use super::{FailureKind, Transport, TransportError};
 use crate::error::{Error, Result};
 use crate::tus::{Body, Request, Response};
@@ -23,8 +35,12 @@ const MAX_RESPONSE_BODY_BYTES: u64 = 4096;
 pub(crate) struct HttpSettings {
     /// Limit for resolving and connecting (TCP and TLS handshake).
     pub connect_timeout: Duration,
-    /// Limit for any single read or write to make progress.
+    /// Limit for the link to make progress: a read to get a byte, sent bytes to be taken.
     pub idle_timeout: Duration,
+    /// Limit for the whole answer (head and body) once the request is sent.
+    pub response_timeout: Duration,
+    /// Sending a body may take `idle_timeout` plus its length at this rate; 0: no limit.
+    pub min_send_rate_bytes_per_sec: u64,
     /// PEM file with the CA certificates to trust instead of the public roots.
     pub ca_file: Option<PathBuf>,
     /// PEM file with a client certificate chain (mutual TLS).
@@ -38,6 +54,9 @@ impl Default for HttpSettings {
         Self {
             connect_timeout: Duration::from_secs(15),
             idle_timeout: Duration::from_secs(30),
+            response_timeout: Duration::from_secs(60),
+            // 1 KiB/s: a 6 MiB chunk may take 1 h 43 min; GPRS moves 2.5-5 KB/s.
+            min_send_rate_bytes_per_sec: 1024,
             ca_file: None,
             client_cert: None,
             client_key: None,
@@ -45,9 +64,24 @@ impl Default for HttpSettings {
     }
 }
 
+impl HttpSettings {
+    /// How long sending a body of `len` bytes may take; `None`: no limit.
+    pub(crate) fn send_body_limit(&self, len: u64) -> Option<Duration> {
+        let rate = self.min_send_rate_bytes_per_sec;
+        (rate > 0).then(|| {
+            let at_rate = Duration::try_from_secs_f64(len as f64 / rate as f64);
+            self.idle_timeout
+                .saturating_add(at_rate.unwrap_or(Duration::MAX))
+        })
+    }
+}
+
 /// ureq-backed [`Transport`].
 pub(crate) struct UreqTransport {
     agent: ureq::Agent,
+    settings: HttpSettings,
+    /// Set when an exchange showed that the endpoint URL itself is wrong.
+    endpoint_problem: Mutex<Option<String>>,
 }
 
 impl UreqTransport {
@@ -63,11 +97,35 @@ impl UreqTransport {
             .timeout_connect(Some(settings.connect_timeout))
             .timeout_per_read(Some(settings.idle_timeout))
             .timeout_per_write(Some(settings.idle_timeout))
+            // A request head is a few hundred bytes: idle_timeout is plenty for all of it.
+            .timeout_send_request(Some(settings.idle_timeout))
+            .timeout_recv_response(Some(settings.response_timeout))
+            .timeout_recv_body(Some(settings.response_timeout))
             .tls_config(tls_config(settings)?)
             .build();
+        // ureq's default chain with our TCP layer in place of its own (no SOCKS: the
+        // socks-proxy feature is off, as before).
+        let connector = ()
+            .chain(ConnectProxyConnector::default())
+            .chain(TcpConnector {
+                idle_timeout: settings.idle_timeout,
+            })
+            .chain(RustlsConnector::default());
         Ok(Self {
-            agent: config.new_agent(),
+            agent: ureq::Agent::with_parts(config, connector, DefaultResolver::default()),
+            settings: settings.clone(),
+            endpoint_problem: Mutex::new(None),
         })
+    }
+
+    /// Why the endpoint URL is wrong in a way no retry mends (an `https://` URL whose port
+    /// speaks plain HTTP), once an exchange has shown it. The upload logic reports such a
+    /// failure as a network error; `ferry upload` asks here, to end with exit code 2.
+    pub(crate) fn endpoint_problem(&self) -> Option<String> {
+        self.endpoint_problem
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
     }
 }
 
@@ -135,12 +193,18 @@ impl Transport for UreqTransport {
         for (name, value) in &req.headers {
             builder = builder.header(name, value);
         }
+        let peer = peer_of(&req.url);
         let result = match (req.body, body) {
             (Body::File { len, .. }, Some(reader)) => {
                 let http = builder
                     .header("Content-Length", len.to_string())
                     .body(ureq::SendBody::from_owned_reader(reader))
                     .map_err(bad_request)?;
+                let http = self
+                    .agent
+                    .configure_request(http)
+                    .timeout_send_body(self.settings.send_body_limit(len))
+                    .build();
                 self.agent.run(http)
             }
             (Body::File { .. }, None) => {
@@ -157,7 +221,7 @@ impl Transport for UreqTransport {
                 self.agent.run(builder.body(()).map_err(bad_request)?)
             }
         };
-        let mut resp = result.map_err(classify)?;
+        let mut resp = result.map_err(|e| self.failed(e, &peer, req))?;
         let headers = resp
             .headers()
             .iter()
@@ -183,6 +247,33 @@ impl Transport for UreqTransport {
     }
 }
 
+impl UreqTransport {
+    /// The [`TransportError`] for `e`, naming `peer`; remembers an endpoint problem.
+    fn failed(&self, e: ureq::Error, peer: &str, req: &Request) -> TransportError {
+        let err = classify(e, peer, &self.settings, req);
+        if err.kind == FailureKind::Endpoint {
+            *self
+                .endpoint_problem
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(err.message.clone());
+        }
+        err
+    }
+}
+
+/// `host:port` of an absolute URL, the port made explicit (`example.com:443`).
+fn peer_of(url: &str) -> String {
+    let Ok(uri) = url.parse::<ureq::http::Uri>() else {
+        return url.to_string();
+    };
+    let host = uri.host().unwrap_or_default();
+    let port = uri.port_u16().unwrap_or(match uri.scheme_str() {
+        Some(s) if s.eq_ignore_ascii_case("https") => 443,
+        _ => 80,
+    });
+    format!("{host}:{port}")
+}
+
 fn is_certificate_error(io: &std::io::Error) -> bool {
     io.kind() == std::io::ErrorKind::InvalidData
         && io.to_string().to_ascii_lowercase().contains("certificate")
@@ -200,8 +291,68 @@ fn bad_request(e: ureq::http::Error) -> TransportError {
     }
 }
 
-fn classify(e: ureq::Error) -> TransportError {
-    let kind = match &e {
+/// What a ureq error means for us, with a message that names `peer` (`host:port`) and, for a
+/// timeout, the setting that bounded it.
+fn classify(e: ureq::Error, peer: &str, s: &HttpSettings, req: &Request) -> TransportError {
+    let kind = kind_of(&e);
+    let detail = match &e {
+        ureq::Error::Timeout(t) => timeout_text(*t, s, req),
+        ureq::Error::Io(io) if io.kind() == std::io::ErrorKind::TimedOut => format!(
+            "the peer acknowledged nothing for {} (idle_timeout + 1 s): {io}",
+            secs(s.idle_timeout)
+        ),
+        ureq::Error::Io(io) if not_tls(io).is_some() => {
+            let what = not_tls(io).map(ToString::to_string).unwrap_or_default();
+            format!("{what}: use http:// in the endpoint, or fix the port")
+        }
+        _ => e.to_string(),
+    };
+    TransportError {
+        kind,
+        message: format!("{peer}: {detail}"),
+    }
+}
+
+fn not_tls(io: &std::io::Error) -> Option<&NotTls> {
+    io.get_ref().and_then(|e| e.downcast_ref::<NotTls>())
+}
+
+fn secs(d: Duration) -> String {
+    format!("{} s", d.as_secs_f64())
+}
+
+fn timeout_text(t: ureq::Timeout, s: &HttpSettings, req: &Request) -> String {
+    match t {
+        ureq::Timeout::Connect => format!(
+            "no connection within {} (connect_timeout)",
+            secs(s.connect_timeout)
+        ),
+        ureq::Timeout::PerRead | ureq::Timeout::PerWrite => format!(
+            "the link moved no data for {} (idle_timeout; {t})",
+            secs(s.idle_timeout)
+        ),
+        ureq::Timeout::RecvResponse | ureq::Timeout::RecvBody => format!(
+            "no complete answer within {} of sending the request (response_timeout)",
+            secs(s.response_timeout)
+        ),
+        ureq::Timeout::SendBody => {
+            let len = match req.body {
+                Body::File { len, .. } => len,
+                Body::Empty => 0,
+            };
+            let limit = s.send_body_limit(len).unwrap_or_default();
+            format!(
+                "sending {len} bytes took longer than {} (idle_timeout + the size at min_send_rate {} B/s)",
+                secs(limit),
+                s.min_send_rate_bytes_per_sec
+            )
+        }
+        other => format!("timeout: {other}"),
+    }
+}
+
+fn kind_of(e: &ureq::Error) -> FailureKind {
+    match e {
         ureq::Error::Timeout(_) | ureq::Error::BodyStalled => FailureKind::Timeout,
         ureq::Error::Io(io) if io.to_string().contains(crate::source::INTERRUPTED) => {
             FailureKind::Interrupted
@@ -212,6 +363,7 @@ fn classify(e: ureq::Error) -> TransportError {
         {
             FailureKind::Body
         }
+        ureq::Error::Io(io) if not_tls(io).is_some() => FailureKind::Endpoint,
         ureq::Error::Io(io)
             if io.kind() == std::io::ErrorKind::TimedOut
                 || io.kind() == std::io::ErrorKind::WouldBlock =>
@@ -238,9 +390,5 @@ fn classify(e: ureq::Error) -> TransportError {
         | ureq::Error::Pem(_)
         | ureq::Error::TlsRequired => FailureKind::Tls,
         _ => FailureKind::Protocol,
-    };
-    TransportError {
-        kind,
-        message: e.to_string(),
     }
 }

@@ -10,6 +10,7 @@ use std::io::Read;
 use crate::tus::{Request, Response};
 
 pub(crate) mod http;
+mod tcp;
 
 /// Sends requests.
 pub(crate) trait Transport: Send + Sync {
@@ -37,6 +38,9 @@ pub(crate) enum FailureKind {
     Protocol,
     /// We stopped sending because of a pause or shutdown.
     Interrupted,
+    /// The endpoint URL is wrong in a way no retry mends: `https://` to a port that answers
+    /// in plain HTTP. A configuration error.
+    Endpoint,
 }
 
 /// A request that got no usable answer.
@@ -51,7 +55,14 @@ pub(crate) struct TransportError {
 impl TransportError {
     /// True when retrying the same request later might work.
     pub(crate) fn is_transient(&self) -> bool {
-        !matches!(self.kind, FailureKind::Tls)
+        !matches!(self.kind, FailureKind::Tls | FailureKind::Endpoint)
+    }
+
+    /// True when the link failed (name lookup, connect refused or timed out, a TLS handshake
+    /// broken off, a reset, no progress within a deadline), not this file or our settings:
+    /// every upload through the same link would fail alike until it is back.
+    pub(crate) fn is_link_level(&self) -> bool {
+        matches!(self.kind, FailureKind::Timeout | FailureKind::Connection)
     }
 }
 
@@ -64,7 +75,11 @@ impl std::fmt::Display for TransportError {
             FailureKind::Body => "reading the file failed",
             FailureKind::Protocol => "bad HTTP answer",
             FailureKind::Interrupted => "interrupted",
+            FailureKind::Endpoint => "wrong endpoint",
         };
         write!(f, "{what}: {}", self.message)
     }
 }
+
+#[cfg(test)]
+mod tests;

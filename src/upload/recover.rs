@@ -78,7 +78,7 @@ impl Uploader<'_> {
             };
             return Ok(Step::Interrupted);
         }
-        if self.failure_scopes && matches!(e.kind, FailureKind::Connection | FailureKind::Timeout) {
+        if self.failure_scopes && e.is_link_level() {
             // The link, not this file: the daemon backs off the link and charges no attempt.
             f.phase = match next {
                 Phase::Send { .. } => Phase::Probe,

@@ -22,6 +22,7 @@ mod broker;
 mod broker_limits;
 mod crashpoint;
 mod daemon;
+mod deadlines;
 mod fault_server;
 mod harness;
 mod hook;

@@ -10,7 +10,8 @@
 //! A connection's states: waiting for a request head (keep-alive idle) → in the handler (body,
 //! after `100 Continue` when asked; answer, or by choice none) → waiting again, until either side
 //! closes, a read times out, or the server stops. A head that is not HTTP/1.x gets 400 and a
-//! close without reaching the handler.
+//! close without reaching the handler (at its first byte when that cannot start a method: a
+//! TLS handshake sent to this plain-HTTP server is answered at once, as Node does).
 #![allow(
     dead_code,
     reason = "each test uses a different part of the support code"
@@ -212,6 +213,16 @@ enum HeadError {
 
 /// Reads one request head; `Ok(None)` when the client closed the connection between requests.
 fn read_head(reader: &mut Reader) -> Result<Option<Request>, HeadError> {
+    // Like Node's parser (@tus/server), judge the first byte at once: a TLS ClientHello
+    // (0x16) gets its 400 now, instead of waiting for a line end that may never come.
+    match reader.fill_buf().map_err(|_| HeadError::Io)?.first() {
+        Some(b) if !(b.is_ascii_alphabetic() || b"\r\n".contains(b)) => {
+            return Err(HeadError::Malformed(format!(
+                "a request line cannot start with byte {b:#04x}"
+            )))
+        }
+        _ => {}
+    }
     let mut lines: Vec<String> = Vec::new();
     let mut total = 0usize;
     loop {
@@ -601,6 +612,14 @@ impl Response {
 }
 
 fn write_response(stream: &TcpStream, resp: &Response, head_request: bool) -> io::Result<()> {
+    let bytes = render(resp, head_request);
+    let mut writer = stream;
+    writer.write_all(&bytes)?;
+    writer.flush()
+}
+
+/// `resp` as the bytes on the wire (for a server that writes them its own way, e.g. slowly).
+pub fn render(resp: &Response, head_request: bool) -> Vec<u8> {
     let mut out = format!("HTTP/1.1 {} {}\r\n", resp.status, reason(resp.status));
     for (name, value) in &resp.headers {
         out.push_str(&format!("{name}: {value}\r\n"));
@@ -617,9 +636,7 @@ fn write_response(stream: &TcpStream, resp: &Response, head_request: bool) -> io
     if !head_request {
         bytes.extend_from_slice(&resp.body);
     }
-    let mut writer = stream;
-    writer.write_all(&bytes)?;
-    writer.flush()
+    bytes
 }
 
 fn reason(status: u16) -> &'static str {

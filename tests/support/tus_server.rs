@@ -139,6 +139,9 @@ pub enum Fault {
     StallBeforeResponse { dur: Duration },
     /// Stop reading the body after `after_bytes` for `dur`, then continue normally.
     StallMidBody { after_bytes: u64, dur: Duration },
+    /// Process the request fully (data stored, offset advanced), then write the answer one
+    /// byte every `every` (a server, or a middlebox, that holds a client by trickling).
+    TrickleResponse { every: Duration },
     /// Process the request fully (data stored, offset advanced), then close without answering.
     DropResponse,
     /// Delete the upload's state and data, then answer 404 (as will every later request). It
@@ -588,6 +591,7 @@ struct Hooks {
     cut_after: Option<u64>,
     stall_mid: Option<(u64, Duration)>,
     stall_before: Option<Duration>,
+    trickle: Option<Duration>,
     drop_response: bool,
 }
 
@@ -701,6 +705,7 @@ impl Exchange<'_> {
             Fault::CutAfter { bytes } => hooks.cut_after = Some(bytes),
             Fault::StallBeforeResponse { dur } => hooks.stall_before = Some(dur),
             Fault::StallMidBody { after_bytes, dur } => hooks.stall_mid = Some((after_bytes, dur)),
+            Fault::TrickleResponse { every } => hooks.trickle = Some(every),
             Fault::DropResponse => hooks.drop_response = true,
         }
         Ok(hooks)
@@ -779,6 +784,9 @@ impl Exchange<'_> {
             return self.end_without_reply(After::Drop);
         }
         let status = reply.status;
+        if let Some(every) = hooks.trickle {
+            return self.trickle(&reply, every);
+        }
         let Ok(after) = self.http.send(reply) else {
             return self.end_without_reply(After::Drop);
         };
@@ -786,6 +794,23 @@ impl Exchange<'_> {
         self.shared
             .finish_log(self.log_index, received, Some(status));
         after
+    }
+
+    /// Writes `reply` a byte at a time, `every` apart, then closes; stops when the client has
+    /// gone (or the server stops).
+    fn trickle(&self, reply: &Response, every: Duration) -> After {
+        let bytes = http1::render(reply, self.req().method == "HEAD");
+        let mut stream = self.http.conn().stream();
+        for byte in bytes {
+            if stream.write_all(&[byte]).is_err() || self.shared.stop.is_set() {
+                return self.end_without_reply(After::Drop);
+            }
+            self.shared.stop.sleep(every);
+        }
+        let received = self.http.body().received();
+        self.shared
+            .finish_log(self.log_index, received, Some(reply.status));
+        After::Close
     }
 
     fn end_without_reply(&self, after: After) -> After {

@@ -1,0 +1,157 @@
+//! The transport against real loopback sockets: deadlines, classification, messages.
+#![allow(
+    clippy::disallowed_methods,
+    reason = "these tests measure real time against real sockets and pace a slow server"
+)]
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener};
+use std::time::{Duration, Instant};
+
+use super::http::{HttpSettings, UreqTransport};
+use super::*;
+use crate::tus::request;
+
+fn failure(kind: FailureKind) -> TransportError {
+    TransportError {
+        kind,
+        message: "127.0.0.1:9: x".into(),
+    }
+}
+
+#[test]
+fn what_retrying_can_mend_and_what_is_the_link() {
+    use FailureKind::*;
+    let table = [
+        (Timeout, true, true),
+        (Connection, true, true),
+        (Tls, false, false),
+        (Endpoint, false, false),
+        (Body, true, false),
+        (Protocol, true, false),
+        (Interrupted, true, false),
+    ];
+    for (kind, transient, link) in table {
+        let e = failure(kind);
+        assert_eq!(e.is_transient(), transient, "{kind:?} transient");
+        assert_eq!(e.is_link_level(), link, "{kind:?} link-level");
+    }
+    assert_eq!(
+        failure(Endpoint).to_string(),
+        "wrong endpoint: 127.0.0.1:9: x"
+    );
+}
+
+/// A server that reads a request at `bytes_per_sec` (with a small receive buffer, so the
+/// kernel cannot take the body for it) and never answers.
+fn slow_reader(bytes_per_sec: usize) -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    socket2::SockRef::from(&listener)
+        .set_recv_buffer_size(64 * 1024)
+        .unwrap();
+    let addr = listener.local_addr().unwrap();
+    std::thread::spawn(move || {
+        let (mut conn, _) = listener.accept().unwrap();
+        let mut buf = vec![0u8; bytes_per_sec / 10];
+        while matches!(conn.read(&mut buf), Ok(n) if n > 0) {
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    });
+    addr
+}
+
+/// A reader of `len` zero bytes, as the body.
+fn zeros(len: u64) -> Option<Box<dyn Read + Send + 'static>> {
+    Some(Box::new(std::io::repeat(0).take(len)))
+}
+
+#[test]
+fn a_server_that_reads_the_body_slowly_is_cut_off_by_the_size_bound() {
+    let addr = slow_reader(128 * 1024);
+    let settings = HttpSettings {
+        idle_timeout: Duration::from_secs(1),
+        min_send_rate_bytes_per_sec: 2 << 20,
+        ..HttpSettings::default()
+    };
+    let len = 8 << 20;
+    // idle_timeout + 8 MiB at 2 MiB/s; at the server's pace the body would take 64 s.
+    assert_eq!(settings.send_body_limit(len), Some(Duration::from_secs(5)));
+    let transport = UreqTransport::new(&settings).unwrap();
+    let req = request::patch(&format!("http://{addr}/files/x"), 0, len, None);
+    let started = Instant::now();
+    let err = transport.send(&req, zeros(len)).unwrap_err();
+    let took = started.elapsed();
+    assert_eq!(err.kind, FailureKind::Timeout, "{err}");
+    assert!(err.is_transient());
+    assert!(
+        err.message.starts_with(&format!(
+            "{addr}: sending 8388608 bytes took longer than 5 s"
+        )),
+        "{err}"
+    );
+    assert!(
+        took >= Duration::from_millis(4800) && took < Duration::from_secs(8),
+        "{took:?}"
+    );
+}
+
+#[test]
+fn min_send_rate_0_sets_no_bound() {
+    let settings = HttpSettings {
+        min_send_rate_bytes_per_sec: 0,
+        ..HttpSettings::default()
+    };
+    assert_eq!(settings.send_body_limit(1 << 30), None);
+    let one_byte = HttpSettings {
+        min_send_rate_bytes_per_sec: 1,
+        ..HttpSettings::default()
+    };
+    assert_eq!(one_byte.send_body_limit(u64::MAX), Some(Duration::MAX));
+    let default = HttpSettings::default();
+    assert_eq!(
+        default.send_body_limit(6 << 20),
+        Some(Duration::from_secs(30 + 6 * 1024))
+    );
+}
+
+#[test]
+fn a_refused_connection_names_host_and_port() {
+    let closed = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = closed.local_addr().unwrap();
+    drop(closed);
+    let transport = UreqTransport::new(&HttpSettings::default()).unwrap();
+    let err = transport
+        .send(&request::head(&format!("http://{addr}/files/x")), None)
+        .unwrap_err();
+    assert_eq!(err.kind, FailureKind::Connection, "{err}");
+    assert!(err.is_link_level());
+    assert!(
+        err.to_string()
+            .starts_with(&format!("connection failed: {addr}: ")),
+        "{err}"
+    );
+    assert_eq!(transport.endpoint_problem(), None);
+}
+
+#[test]
+fn https_to_a_plain_http_port_is_an_endpoint_error() {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    std::thread::spawn(move || {
+        let (mut conn, _) = listener.accept().unwrap();
+        let mut hello = [0u8; 16];
+        let _ = conn.read(&mut hello);
+        let _ = conn.write_all(b"HTTP/1.1 400 Bad Request\r\nConnection: close\r\n\r\n");
+    });
+    let transport = UreqTransport::new(&HttpSettings::default()).unwrap();
+    let err = transport
+        .send(&request::head(&format!("https://{addr}/files/x")), None)
+        .unwrap_err();
+    assert_eq!(err.kind, FailureKind::Endpoint, "{err}");
+    assert!(!err.is_transient());
+    let want = format!(
+        "{addr}: this port speaks plain HTTP, not TLS: use http:// in the endpoint, or fix the port"
+    );
+    assert_eq!(err.message, want);
+    assert_eq!(transport.endpoint_problem(), Some(want));
+}
