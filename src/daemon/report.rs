@@ -205,10 +205,8 @@ impl Main<'_, '_> {
 
     /// Why uploads do not go on, when the link or the endpoint stops them all.
     fn blocked(&self, now: Instant) -> Option<String> {
-        let wall = self.parts.clock.wall();
         let in_secs = |t: Instant| t.saturating_duration_since(now).as_secs();
         if let Link::Down { probe_at, why, .. } = self.core.link() {
-            let _ = wall;
             return Some(format!(
                 "no answer from the server ({why}); trying again in {} s",
                 in_secs(*probe_at)
