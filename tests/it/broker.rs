@@ -774,11 +774,16 @@ fn broker_turns_a_stream_refusal_into_502_with_streams_message() {
     broker.expect_log(message);
 }
 
-#[test]
-fn broker_answers_504_when_stream_stalls() {
+/// Asks for a URL while Stream misbehaves as `fault` under `api_timeout = "2s"`: the device
+/// gets the documented 504 at the deadline (after 1.8 s, before `under`). Returns the broker
+/// first, so that it stops before the emulator.
+fn stream_fault_gives_504_at_the_deadline(
+    fault: CreationFault,
+    under: Duration,
+) -> (Broker, StreamEmulator) {
     let emu = StreamEmulator::start(StreamConfig::default());
     let broker = Broker::start(&emu, "api_timeout = \"2s\"");
-    emu.set_creation_fault(Some(CreationFault::Stall(Duration::from_secs(20))));
+    emu.set_creation_fault(Some(fault));
     let t0 = Instant::now();
     let r = broker.post(Some(CAM1), &[("Upload-Length", "10")]);
     let took = t0.elapsed();
@@ -788,8 +793,17 @@ fn broker_answers_504_when_stream_stalls() {
         .unwrap()
         .contains("did not answer within 2 s"));
     assert!(
-        took >= Duration::from_millis(1800) && took < Duration::from_secs(6),
+        took >= Duration::from_millis(1800) && took < under,
         "{took:?}"
+    );
+    (broker, emu)
+}
+
+#[test]
+fn broker_answers_504_when_stream_stalls() {
+    stream_fault_gives_504_at_the_deadline(
+        CreationFault::Stall(Duration::from_secs(20)),
+        Duration::from_secs(6),
     );
 }
 
@@ -798,20 +812,9 @@ fn broker_answers_504_at_the_deadline_when_streams_answer_trickles() {
     // A byte every 0.4 s: no single read times out (api_timeout is per read in the transport),
     // the whole answer would take about two minutes. Before the overall deadline the device
     // waited for all of it (408 s and 600 s in the audit).
-    let emu = StreamEmulator::start(StreamConfig::default());
-    let broker = Broker::start(&emu, "api_timeout = \"2s\"");
-    emu.set_creation_fault(Some(CreationFault::Trickle(Duration::from_millis(400))));
-    let t0 = Instant::now();
-    let r = broker.post(Some(CAM1), &[("Upload-Length", "10")]);
-    let took = t0.elapsed();
-    assert_eq!(r.status, 504, "{}", r.raw);
-    assert!(r.json()["error"]
-        .as_str()
-        .unwrap()
-        .contains("did not answer within 2 s"));
-    assert!(
-        took >= Duration::from_millis(1800) && took < Duration::from_secs(5),
-        "{took:?}"
+    let (broker, emu) = stream_fault_gives_504_at_the_deadline(
+        CreationFault::Trickle(Duration::from_millis(400)),
+        Duration::from_secs(5),
     );
     broker.expect_log("504 device=cam-1");
     // The late call goes on in the background; the next device is served at once.
