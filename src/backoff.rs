@@ -45,13 +45,16 @@ pub(crate) enum Decision {
     GiveUp,
 }
 
+/// `first` doubled per failure after the first (`failures` is 1-based), at most `max`.
+pub(crate) fn doubling(first: Duration, failures: u32, max: Duration) -> Duration {
+    let shift = failures.saturating_sub(1).min(31);
+    first.checked_mul(1u32 << shift).map_or(max, |d| d.min(max))
+}
+
 impl RetryPolicy {
     /// The ceiling of the delay before retry number `attempt` (1-based).
     pub(crate) fn ceiling(&self, attempt: u32) -> Duration {
-        let shift = attempt.saturating_sub(1).min(32);
-        self.initial_delay
-            .checked_mul(1u32 << shift.min(31))
-            .map_or(self.max_delay, |d| d.min(self.max_delay))
+        doubling(self.initial_delay, attempt, self.max_delay)
     }
 
     /// Full-jitter delay before retry `attempt`; `jitter` is uniform in [0, 1).

@@ -196,8 +196,7 @@ pub(crate) fn run(
 
 /// The delay before hook retry number `failures` (1-based): 5 s doubling, at most 10 min.
 pub(crate) fn retry_delay(failures: u32) -> Duration {
-    Duration::from_secs(5u64.saturating_mul(1 << failures.saturating_sub(1).min(7)))
-        .min(Duration::from_secs(600))
+    crate::backoff::doubling(Duration::from_secs(5), failures, Duration::from_secs(600))
 }
 
 /// Runs the hook for the completed upload recorded under `key`, counting the attempt in the

@@ -22,7 +22,7 @@
 use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant, SystemTime};
 
-use crate::backoff::Jitter;
+use crate::backoff::{doubling, Jitter};
 use crate::queue::Window;
 use crate::store::FileKey;
 
@@ -385,11 +385,7 @@ impl Schedule {
             Link::Down { failures, .. } => failures + 1,
             Link::Up => 1,
         };
-        let ceiling = self
-            .pacing
-            .link_first
-            .saturating_mul(1 << (failures - 1).min(16))
-            .min(self.pacing.link_max);
+        let ceiling = doubling(self.pacing.link_first, failures, self.pacing.link_max);
         // Full jitter between half and all of the ceiling: devices that lost the same cell
         // do not probe in step.
         let delay = ceiling.mul_f64(0.5 + 0.5 * self.jitter.next_unit());
@@ -406,11 +402,7 @@ impl Schedule {
             return;
         }
         let failures = self.hold.as_ref().map_or(0, |h| h.failures) + 1;
-        let wait = self
-            .pacing
-            .hold_first
-            .saturating_mul(1 << (failures - 1).min(16))
-            .min(self.pacing.hold_max);
+        let wait = doubling(self.pacing.hold_first, failures, self.pacing.hold_max);
         self.hold = Some(Hold {
             failures,
             until: now + wait,
