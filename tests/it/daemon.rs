@@ -67,6 +67,11 @@ impl Spool {
         c.output().unwrap()
     }
 
+    /// What `ferry status` prints.
+    pub(crate) fn status(&self) -> String {
+        String::from_utf8_lossy(&self.cmd(&["status"]).stdout).into_owned()
+    }
+
     pub(crate) fn log(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
@@ -318,7 +323,7 @@ fn pause_takes_effect_within_a_second_survives_a_restart_and_resume_finishes() {
     let after_pause = proxy.bytes_up();
     std::thread::sleep(Duration::from_millis(1500));
     assert_eq!(proxy.bytes_up(), after_pause, "nothing sent while paused");
-    let status = String::from_utf8_lossy(&sp.cmd(&["status"]).stdout).to_string();
+    let status = sp.status();
     assert!(status.contains("paused"), "{status}");
     sigterm(&child);
     assert!(child.wait().unwrap().success());
@@ -531,7 +536,7 @@ fn permanent_failures_go_to_the_failed_dir_with_a_sidecar() {
         "the status to show the failure",
         Duration::from_secs(10),
         || {
-            let status = String::from_utf8_lossy(&sp.cmd(&["status"]).stdout).to_string();
+            let status = sp.status();
             status.contains("rejected.mp4") && status.contains("415")
         },
     );
@@ -926,7 +931,7 @@ fn damaged_state_is_set_aside_and_the_spool_finishes(damage: Damage) {
                 .count()
                 == 6
     });
-    let status = String::from_utf8_lossy(&sp.cmd(&["status"]).stdout).to_string();
+    let status = sp.status();
     sigterm(&child);
     assert!(child.wait().unwrap().success(), "{}", sp.log());
     let log = sp.log();
@@ -960,7 +965,7 @@ fn damaged_state_is_set_aside_and_the_spool_finishes(damage: Damage) {
     sigterm(&child);
     assert!(child.wait().unwrap().success());
     assert_eq!(server.uploads().len(), 6, "{}", sp.log());
-    let status = String::from_utf8_lossy(&sp.cmd(&["status"]).stdout).to_string();
+    let status = sp.status();
     assert!(!status.contains("DAMAGED"), "{status}");
 }
 

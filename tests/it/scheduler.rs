@@ -12,10 +12,6 @@ use crate::support::tus_server::{Fault, ServerConfig, TusServer};
 
 const MIB: usize = 1024 * 1024;
 
-fn status(sp: &Spool) -> String {
-    String::from_utf8_lossy(&sp.cmd(&["status"]).stdout).into_owned()
-}
-
 fn status_json(sp: &Spool) -> serde_json::Value {
     let out = sp.cmd(&["status", "--json"]);
     serde_json::from_slice(&out.stdout).unwrap_or(serde_json::Value::Null)
@@ -70,7 +66,7 @@ fn resume_continues_the_interrupted_file_at_once_and_the_status_shows_it_while_p
         big["confirmed"].as_u64().unwrap_or(0) > 0 && big["size"] == 12 * MIB,
         "the paused file shows its confirmed bytes: {big}"
     );
-    assert!(status(&sp).contains("files: 2 paused"), "{}", status(&sp));
+    assert!(sp.status().contains("files: 2 paused"), "{}", sp.status());
     let paused_at = proxy.bytes_up();
     std::thread::sleep(Duration::from_millis(1000));
     assert_eq!(proxy.bytes_up(), paused_at, "nothing sent while paused");
@@ -84,7 +80,7 @@ fn resume_continues_the_interrupted_file_at_once_and_the_status_shows_it_while_p
         "the status to show big.bin uploading (it goes first, not the newer file)",
         Duration::from_secs(5),
         || {
-            let s = status(&sp);
+            let s = sp.status();
             s.lines()
                 .any(|l| l.contains("uploading") && l.contains("big.bin"))
                 && !s
@@ -150,7 +146,7 @@ fn one_files_trouble_does_not_hold_up_the_spool() {
         "the status to list the locked file with its error",
         Duration::from_secs(5),
         || {
-            status(&sp).lines().any(|l| {
+            sp.status().lines().any(|l| {
                 l.contains("locked.bin")
                     && (l.contains("backing off") || l.contains("uploading"))
                     && l.contains("423")
