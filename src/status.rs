@@ -89,7 +89,7 @@ pub(crate) struct FileStatus {
 }
 
 /// The states a listed file can be in, in the order the status shows them.
-pub(crate) const FILE_STATES: [&str; 10] = [
+pub(crate) const FILE_STATES: [&str; 11] = [
     "uploading",
     "waiting",
     "backing off",
@@ -98,6 +98,7 @@ pub(crate) const FILE_STATES: [&str; 10] = [
     "paused",
     "queued",
     "settling",
+    "hook",
     "after upload",
     "unknown",
 ];

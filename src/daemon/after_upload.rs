@@ -1,91 +1,103 @@
 //! What follows a complete upload: the hook (if configured), then delete, move or keep.
 //!
 //! Key idea: the record says Complete before any of this runs, so every step can be redone
-//! after a crash and none can cause a second upload. A failed hook is retried with a delay;
-//! a failed action is retried by a forced scan soon.
+//! after a crash and none can cause a second upload. The core decides when each runs (the
+//! hook first, each retried after a failure); this file carries them out.
 
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 
 use crate::durable;
-use crate::error::Error;
+use crate::error::{Error, Result};
 use crate::hook;
 use crate::spool;
 use crate::store::{FileKey, RecordState};
 
 use super::forget::FORGET_BATCH;
+use super::schedule::{Input, AFTER_UPLOAD_RETRY};
 use super::{AfterUpload, Main};
 
-/// How soon a failed after-upload action (delete, move) is tried again.
-const AFTER_UPLOAD_RETRY: Duration = Duration::from_secs(10);
-
 impl<'p, 'a> Main<'p, 'a> {
-    /// The server holds the whole file: run the hook (if any, and not yet done), then the
-    /// after-upload action.
-    pub(super) fn uploaded(&mut self, path: &Path, key: &FileKey, hook_done: bool) {
-        match &self.hooks {
-            Some(_) if !hook_done => {
-                if !self.hook_waiting.contains_key(key) {
-                    self.start_hook(key);
-                }
-            }
-            _ => {
-                if !(hook_done && self.settings.after_upload == AfterUpload::Keep) {
-                    self.after_upload(path, key);
-                }
-            }
+    /// A file whose upload completed before (found by a scan): the core runs what is left of
+    /// its finish, the hook (unless `hook_done`) and the after-upload action. A kept file
+    /// whose hook is done (or that has none) has nothing left.
+    pub(super) fn uploaded(&mut self, key: &FileKey, hook_done: bool) -> Result<()> {
+        if self.settings.after_upload == AfterUpload::Keep && (hook_done || self.hooks.is_none()) {
+            return Ok(());
         }
+        self.tell(Input::Complete {
+            key: key.clone(),
+            hook_done,
+        })
     }
 
-    pub(super) fn start_hook(&mut self, key: &FileKey) {
-        if let Some((tx, _)) = &self.hooks {
-            if tx.send(key.clone()).is_ok() {
-                let failures = self.hook_waiting.get(key).map_or(0, |w| w.1);
-                self.hook_waiting.insert(key.clone(), (None, failures));
-            }
+    /// Hands the hook of `key` to the hook thread (the core asked for it).
+    pub(super) fn start_hook(&mut self, key: &FileKey) -> Result<()> {
+        let sent = self
+            .hooks
+            .as_ref()
+            .is_some_and(|(tx, _)| tx.send(key.clone()).is_ok());
+        if !sent {
+            // No hook thread (none configured, or it ended): nothing to wait for.
+            return self.tell(Input::HookEnded {
+                key: key.clone(),
+                ok: true,
+            });
         }
+        Ok(())
     }
 
     pub(super) fn hook_finished(
         &mut self,
         key: &FileKey,
         result: std::result::Result<bool, hook::HookError>,
-    ) {
+    ) -> Result<()> {
         let path = key.path().to_path_buf();
-        match result {
+        let ok = match result {
+            Err(hook::HookError::NotComplete) => {
+                // Rewritten, and its new upload started, before this hook ran: the record
+                // now belongs to the new content, whose own hook runs once it is uploaded.
+                log::warn!(
+                    "{}: rewritten before its hook ran; the hook runs for the new content once that is uploaded",
+                    path.display()
+                );
+                true
+            }
             Ok(ran) => {
                 if ran {
                     log::info!("{}: hook done", path.display());
                 }
-                self.hook_waiting.remove(key);
-                // A new upload of the file (rewritten while this hook ran) may have completed
-                // meanwhile; its hook did not start while this one ran: start it now.
-                match self.parts.store.get(key) {
-                    Ok(Some(rec)) if rec.state == RecordState::Complete && !rec.hook.done => {
-                        self.start_hook(key)
-                    }
-                    _ => self.after_upload(&path, key),
-                }
+                true
             }
             Err(e) => {
-                let failures = self.hook_waiting.get(key).map_or(0, |w| w.1) + 1;
-                let delay = hook::retry_delay(failures);
+                let failures = self.core.finish_failures(key) + 1;
                 log::warn!(
                     "{}: hook failed ({e}); trying again in {} s",
                     path.display(),
-                    delay.as_secs()
+                    hook::retry_delay(failures).as_secs()
                 );
-                self.hook_waiting.insert(
-                    key.clone(),
-                    (Some(self.parts.clock.now() + delay), failures),
-                );
+                false
             }
-        }
+        };
+        self.tell(Input::HookEnded {
+            key: key.clone(),
+            ok,
+        })
+    }
+
+    /// Carries out the after-upload action of `key` (the core asked for it) and reports back.
+    pub(super) fn finish_upload(&mut self, key: &FileKey) -> Result<()> {
+        let path = key.path().to_path_buf();
+        let ok = self.after_upload(&path, key);
+        self.tell(Input::ActionEnded {
+            key: key.clone(),
+            ok,
+        })
     }
 
     /// Deletes, moves or keeps a file the server holds completely (invariant 1 holds: the
-    /// record says Complete only after the server confirmed offset == length).
-    fn after_upload(&mut self, path: &Path, key: &FileKey) {
+    /// record says Complete only after the server confirmed offset == length). False when
+    /// the action failed (the core tries it again soon).
+    fn after_upload(&mut self, path: &Path, key: &FileKey) -> bool {
         let store = self.parts.store;
         if !self.in_spool(path) {
             // A reload moved the spool while this file was uploaded: it is no longer ours to
@@ -95,7 +107,7 @@ impl<'p, 'a> Main<'p, 'a> {
                 path.display(),
                 self.settings.spool.dir.display()
             );
-            return;
+            return true;
         }
         if !matches!(self.settings.after_upload, AfterUpload::Keep)
             && !self.held_by_server(path, key)
@@ -108,7 +120,7 @@ impl<'p, 'a> Main<'p, 'a> {
                 path.display()
             );
             self.force_scan = true;
-            return;
+            return true;
         }
         let done = match &self.settings.after_upload {
             AfterUpload::Keep => Ok(()),
@@ -131,20 +143,19 @@ impl<'p, 'a> Main<'p, 'a> {
             if self.deleted.len() >= FORGET_BATCH {
                 self.forget_deleted()?;
             }
-            self.unqueue(key)
+            Ok(())
         });
-        if let Err(e) = result {
-            // The record stays Complete: a scan soon tries the action again, never the upload.
-            // It must be forced: a failed delete or move leaves the spool unchanged, and a scan
-            // of an unchanged spool is skipped.
-            log::error!(
-                "{}: uploaded, but the after-upload action failed: {e}; tried again in {} s",
-                path.display(),
-                AFTER_UPLOAD_RETRY.as_secs()
-            );
-            self.force_scan = true;
-            let soon = self.parts.clock.now() + AFTER_UPLOAD_RETRY;
-            self.next_rescan = self.next_rescan.min(soon);
+        match result {
+            Ok(()) => true,
+            Err(e) => {
+                // The record stays Complete: the action is tried again, never the upload.
+                log::error!(
+                    "{}: uploaded, but the after-upload action failed: {e}; tried again in {} s",
+                    path.display(),
+                    AFTER_UPLOAD_RETRY.as_secs()
+                );
+                false
+            }
         }
     }
 }

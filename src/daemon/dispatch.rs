@@ -17,10 +17,10 @@ use crate::progress::Progress;
 use crate::spool;
 use crate::store::FileKey;
 use crate::tus::url;
-use crate::upload::Step;
+use crate::upload::{Completed, Step};
 
 use super::schedule::{Action, Input, Link, Outcome};
-use super::{unix, Job, JobInfo, JobResult, Main, Stepped, Upload};
+use super::{unix, Job, JobInfo, Main, Stepped, Upload};
 
 /// After a TLS failure (a setting to fix, or the server's certificate), wait this long.
 const LINK_TROUBLE_PAUSE: Duration = Duration::from_secs(60);
@@ -78,6 +78,8 @@ impl<'p, 'a> Main<'p, 'a> {
                     self.consider(&path, false)?;
                 }
             }
+            Action::Hook(key) => self.start_hook(&key)?,
+            Action::AfterUpload(key) => self.finish_upload(&key)?,
         }
         Ok(())
     }
@@ -120,7 +122,11 @@ impl<'p, 'a> Main<'p, 'a> {
                 }
                 Outcome::EndpointRefused { status, message }
             }
-            Step::Done(c) => return self.ended(&key, JobResult::Done(c)),
+            Step::Done(c) => {
+                self.uploads.remove(&key);
+                self.completed(&key, &c);
+                Outcome::Done
+            }
             Step::Failed(e @ Error::Network { .. }) => {
                 // TLS settings (or the server's certificate) are wrong: not this file's fault.
                 // It stays in the spool; uploads wait, then try again.
@@ -133,7 +139,7 @@ impl<'p, 'a> Main<'p, 'a> {
                 })?;
                 return self.consider(key.path(), false);
             }
-            Step::Failed(e) => return self.ended(&key, JobResult::Failed(e)),
+            Step::Failed(e) => return self.ended(&key, e),
         };
         let was_down = *self.core.link() != Link::Up;
         self.tell(Input::Stepped {
@@ -148,8 +154,27 @@ impl<'p, 'a> Main<'p, 'a> {
         Ok(())
     }
 
-    /// The upload of `key` ended: the scheduler forgets it, the result decides what follows.
-    fn ended(&mut self, key: &FileKey, result: JobResult) -> Result<()> {
+    /// The upload of `key` completed: totals and the log line (the core runs what follows).
+    fn completed(&mut self, key: &FileKey, c: &Completed) {
+        let path = key.path();
+        self.totals.files_done += 1;
+        if !c.already && self.parts.store.damage().reset.is_some() && self.predates_start(path) {
+            self.totals_reuploaded += 1;
+        }
+        self.totals.last_success_unix = Some(unix(self.parts.clock.wall()));
+        let media = c
+            .media_id()
+            .map_or(String::new(), |m| format!(", media id {m}"));
+        log::info!(
+            "{}: uploaded, {} bytes, {}{media}",
+            path.display(),
+            c.length,
+            url::redact(&c.url)
+        );
+    }
+
+    /// The upload of `key` failed: the scheduler forgets it, the cause decides what follows.
+    fn ended(&mut self, key: &FileKey, result: Error) -> Result<()> {
         self.uploads.remove(key);
         self.tell(Input::Stepped {
             key: key.clone(),
@@ -159,31 +184,11 @@ impl<'p, 'a> Main<'p, 'a> {
         self.status_soon();
         let path = key.path().to_path_buf();
         match result {
-            JobResult::Done(c) => {
-                self.totals.files_done += 1;
-                if !c.already
-                    && self.parts.store.damage().reset.is_some()
-                    && self.predates_start(&path)
-                {
-                    self.totals_reuploaded += 1;
-                }
-                self.totals.last_success_unix = Some(unix(self.parts.clock.wall()));
-                let media = c
-                    .media_id()
-                    .map_or(String::new(), |m| format!(", media id {m}"));
-                log::info!(
-                    "{}: uploaded, {} bytes, {}{media}",
-                    path.display(),
-                    c.length,
-                    url::redact(&c.url)
-                );
-                self.uploaded(&path, key, false);
-            }
             // Cut before it started: it is still in the spool, offered again.
-            JobResult::Failed(Error::Interrupted) => self.consider(&path, false)?,
-            JobResult::Failed(e @ Error::State { .. }) => return Err(e),
-            JobResult::Failed(e @ Error::Source { .. }) => self.source_failed(&path, key, e)?,
-            JobResult::Failed(e) => {
+            Error::Interrupted => self.consider(&path, false)?,
+            e @ Error::State { .. } => return Err(e),
+            e @ Error::Source { .. } => self.source_failed(&path, key, e)?,
+            e => {
                 let status = match &e {
                     Error::Server { status, .. } => Some(*status),
                     _ => None,

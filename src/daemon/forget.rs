@@ -43,7 +43,9 @@ impl<'p, 'a> Main<'p, 'a> {
             .records()?
             .into_iter()
             .filter(|rec| {
-                !self.core.is_started(&rec.path) && rec.path.path().symlink_metadata().is_err()
+                !self.core.is_started(&rec.path)
+                    && !self.core.is_finishing(&rec.path)
+                    && rec.path.path().symlink_metadata().is_err()
             })
             .collect();
         if !sync_parents(vanished.iter().map(|rec| &rec.path)) {

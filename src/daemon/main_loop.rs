@@ -11,7 +11,6 @@ use std::time::{Duration, Instant};
 
 use crate::error::{Error, Result};
 use crate::status::PAUSE_MARKER;
-use crate::store::FileKey;
 use crate::tus::url;
 
 use super::scan::RESCAN_WITHOUT_WATCH;
@@ -103,17 +102,6 @@ impl<'p, 'a> Main<'p, 'a> {
             self.consider(&p, false)?;
         }
         self.dispatch()?;
-        if self.stopping.is_none() {
-            let due: Vec<FileKey> = self
-                .hook_waiting
-                .iter()
-                .filter(|(_, (d, _))| d.is_some_and(|d| d <= now))
-                .map(|(k, _)| k.clone())
-                .collect();
-            for key in due {
-                self.start_hook(&key);
-            }
-        }
         if now >= self.next_status {
             let state = self.state_name();
             self.write_status(state);
@@ -137,9 +125,6 @@ impl<'p, 'a> Main<'p, 'a> {
         }
         if let Some(t) = self.stopping {
             due = due.min(t + STOP_DEADLINE);
-        }
-        if let Some(h) = self.hook_waiting.values().filter_map(|(d, _)| *d).min() {
-            due = due.min(h);
         }
         if let Some(s) = self.core.next_due(self.parts.clock.now()) {
             due = due.min(s);
@@ -172,7 +157,7 @@ impl<'p, 'a> Main<'p, 'a> {
             Event::Signal(sig) => self.signal(sig)?,
             Event::NetworkChanged => self.tell(Input::NetworkChanged)?,
             Event::Stepped(report) => self.stepped(*report)?,
-            Event::HookFinished(key, result) => self.hook_finished(&key, result),
+            Event::HookFinished(key, result) => self.hook_finished(&key, result)?,
         }
         Ok(())
     }

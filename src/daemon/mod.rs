@@ -45,7 +45,7 @@ use crate::spool::SpoolRules;
 use crate::status::{FailedFile, Totals};
 use crate::store::{FileKey, Store};
 use crate::transport::Transport;
-use crate::upload::{Completed, FileUpload, Settings, Uploader};
+use crate::upload::{FileUpload, Settings, Uploader};
 
 use schedule::{Pacing, Schedule};
 use worker::{worker, Job, Stepped};
@@ -104,15 +104,6 @@ pub(crate) enum Event {
     Stepped(Box<Stepped>),
     /// The hook thread ran the hook of a file (`Ok(false)`: it had already run).
     HookFinished(FileKey, std::result::Result<bool, hook::HookError>),
-}
-
-/// How a file's upload ended.
-#[derive(Debug)]
-pub(crate) enum JobResult {
-    /// The server holds the whole file.
-    Done(Completed),
-    /// The file cannot be uploaded.
-    Failed(Error),
 }
 
 /// The real parts the daemon works with.
@@ -251,8 +242,6 @@ struct Main<'p, 'a> {
     ready_sent: bool,
     /// The hook thread's job channel and stop flag, when a hook is configured.
     hooks: Option<(Sender<FileKey>, Arc<AtomicBool>)>,
-    /// Files whose hook is running (`None`) or waiting to retry (due, failures so far).
-    hook_waiting: HashMap<FileKey, (Option<Instant>, u32)>,
     /// A full scan must run at the next tick (start, events, refill, reload, unreadable files).
     force_scan: bool,
     last_status_write: Instant,
@@ -287,7 +276,8 @@ impl<'p, 'a> Main<'p, 'a> {
                 QUEUE_WINDOW,
                 Pacing::within(parts.upload.retry.max_delay),
                 seed.rotate_left(17),
-            ),
+            )
+            .with_hook(parts.hook.is_some()),
             settings,
             interrupt,
             jobs,
@@ -303,7 +293,6 @@ impl<'p, 'a> Main<'p, 'a> {
             last_status_line: String::new(),
             ready_sent: false,
             hooks: None,
-            hook_waiting: HashMap::new(),
             force_scan: true,
             last_status_write: now,
             watch_ok: true,

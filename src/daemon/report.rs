@@ -12,7 +12,7 @@ use crate::durable;
 use crate::status::{self, FailedFile, FileStatus, Snapshot, Totals};
 use crate::tus::url;
 
-use super::schedule::{Blocked, FileState, FileView, Link};
+use super::schedule::{Blocked, FileState, FileView, Link, Stage};
 use super::{unix, Main};
 
 /// Status snapshots while uploading; and at least this often when idle.
@@ -112,16 +112,6 @@ impl<'p, 'a> Main<'p, 'a> {
             state: "settling".into(),
             ..FileStatus::default()
         }));
-        let mut hooks: Vec<_> = self.hook_waiting.iter().collect();
-        hooks.sort_by(|a, b| a.0.cmp(b.0));
-        files.extend(hooks.into_iter().map(|(k, (due, failures))| FileStatus {
-            path: k.to_string(),
-            state: "after upload".into(),
-            attempts: *failures,
-            next_retry_unix:
-                due.map(|d| unix(self.parts.clock.wall() + d.saturating_duration_since(now))),
-            ..FileStatus::default()
-        }));
         let mut failed: Vec<FailedFile> = self.recent_failed.iter().cloned().collect();
         if let Ok(kept) = self.parts.store.failed() {
             let shown: HashSet<String> = failed.iter().map(|f| f.path.clone()).collect();
@@ -167,6 +157,9 @@ impl Main<'_, '_> {
     fn file_status(&mut self, view: &FileView, now: Instant) -> FileStatus {
         let state = match (view.state, view.blocked) {
             (FileState::Stepping, _) => "uploading",
+            (FileState::Finishing { stage, retry_at }, _) => {
+                return self.finishing_status(view, stage, retry_at, now)
+            }
             (_, Some(Blocked::Paused)) => "paused",
             (_, Some(Blocked::Link)) => "waiting for the link",
             (_, Some(Blocked::Endpoint)) => "held",
@@ -201,6 +194,28 @@ impl Main<'_, '_> {
         status.next_retry_unix = u.info.next_retry.map(unix);
         status.last_error = u.info.last_error.clone();
         status
+    }
+
+    /// A completed file whose hook or after-upload action is left.
+    fn finishing_status(
+        &self,
+        view: &FileView,
+        stage: Stage,
+        retry_at: Option<Instant>,
+        now: Instant,
+    ) -> FileStatus {
+        let state = match stage {
+            Stage::Hook => "hook",
+            Stage::Action => "after upload",
+        };
+        let wall = self.parts.clock.wall();
+        FileStatus {
+            path: view.key.to_string(),
+            state: state.into(),
+            attempts: self.core.finish_failures(&view.key),
+            next_retry_unix: retry_at.map(|t| unix(wall + t.saturating_duration_since(now))),
+            ..FileStatus::default()
+        }
     }
 
     /// Why uploads do not go on, when the link or the endpoint stops them all.

@@ -150,8 +150,7 @@ impl<'p, 'a> Main<'p, 'a> {
         if let Some(rec) = &record {
             if rec.state == RecordState::Complete && rec.identity == identity {
                 // Uploaded before a crash or restart: hook and action not yet done (or kept).
-                self.uploaded(path, key, rec.hook.done);
-                return Ok(());
+                return self.uploaded(key, rec.hook.done);
             }
         }
         if let Some(f) = store.get_failed(key)? {

@@ -17,7 +17,10 @@
 //!
 //! File states: `Queued` (ready, not started in this run) → `Stepping` (a worker runs one
 //! step) → `Ready` (started, waits for a worker) or `BackingOff` (until a due instant) → … →
-//! ended (done or failed: the shell takes it from there and the core forgets it).
+//! done → `Finishing` (the hook, then the after-upload action, each retried until it
+//! succeeds) → forgotten; or failed (the shell takes it from there and the core forgets it).
+//! The after-upload action (delete or move) is only ever asked for a file whose upload
+//! reported done for the content the core last heard of, after its hook succeeded.
 
 use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant, SystemTime};
@@ -75,6 +78,9 @@ impl Default for Pacing {
         }
     }
 }
+/// How soon a failed after-upload action (delete, move) is tried again.
+pub(crate) const AFTER_UPLOAD_RETRY: Duration = Duration::from_secs(10);
+
 /// Started uploads that may wait between steps (open files, a few bytes each) beyond the
 /// workers: past this, no new file starts until some end.
 const STARTED_MAX_EXTRA: usize = 64;
@@ -93,6 +99,23 @@ pub(crate) enum FileState {
         /// When it may step again.
         until: Instant,
     },
+    /// The server holds all of it: its hook or after-upload action runs (`retry_at: None`)
+    /// or waits to be tried again.
+    Finishing {
+        /// Which of the two.
+        stage: Stage,
+        /// When a failed run is tried again.
+        retry_at: Option<Instant>,
+    },
+}
+
+/// What is left to do for a file the server holds completely.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Stage {
+    /// The after-upload hook.
+    Hook,
+    /// The after-upload action (delete, move, keep).
+    Action,
 }
 
 /// How one step of a file ended, as far as scheduling goes.
@@ -116,7 +139,10 @@ pub(crate) enum Outcome {
     },
     /// Pause or shutdown cut it: it keeps its place.
     Interrupted,
-    /// The upload ended (done, or failed): the core forgets the file.
+    /// The server holds all of it: the hook (if any), then the after-upload action.
+    Done,
+    /// The upload ended without completing (failed, or its source went): the core forgets
+    /// the file.
     Ended,
 }
 
@@ -136,6 +162,14 @@ pub(crate) enum Input {
         /// Found by a full scan (counts for the queue's refill).
         by_scan: bool,
     },
+    /// A file whose upload completed before (a restart, or a retry of its action): what is
+    /// left is its hook (unless `hook_done`) and its after-upload action.
+    Complete {
+        /// The file.
+        key: FileKey,
+        /// Its hook already succeeded.
+        hook_done: bool,
+    },
     /// A file left the spool, changed, or is no longer to be uploaded.
     Gone(FileKey),
     /// A step ended; `has_url` tells whether the file now has an upload URL.
@@ -153,6 +187,20 @@ pub(crate) enum Input {
     Stop,
     /// The kernel announced a route, address or link change.
     NetworkChanged,
+    /// A run of a file's hook ([`Action::Hook`]) ended.
+    HookEnded {
+        /// The file.
+        key: FileKey,
+        /// It succeeded (or had already).
+        ok: bool,
+    },
+    /// A file's after-upload action ([`Action::AfterUpload`]) ended.
+    ActionEnded {
+        /// The file.
+        key: FileKey,
+        /// It was carried out (or found nothing left to do); false: try again later.
+        ok: bool,
+    },
 }
 
 /// What the shell is to do.
@@ -164,6 +212,10 @@ pub(crate) enum Action {
     Interrupt(bool),
     /// Forget the started upload of this file (it is gone, or no longer the core's).
     Drop(FileKey),
+    /// Run the after-upload hook of this completed file, then report [`Input::HookEnded`].
+    Hook(FileKey),
+    /// Delete, move or keep this completed file, then report [`Input::ActionEnded`].
+    AfterUpload(FileKey),
 }
 
 /// The link to the server.
@@ -203,6 +255,21 @@ struct Started {
     has_url: bool,
 }
 
+/// A file the server holds completely, on its way out.
+#[derive(Debug, Clone)]
+struct Finish {
+    stage: Stage,
+    /// `None` while the shell runs the stage; else when to run it again.
+    retry_at: Option<Instant>,
+    /// Failed runs of the stage so far.
+    failures: u32,
+    /// A newer content of the file completed meanwhile: run the whole finish again for it.
+    again: bool,
+    /// A newer content of the file is to be uploaded: this one's action must not run (it
+    /// would delete or move the new content).
+    superseded: bool,
+}
+
 /// The scheduler's state.
 #[derive(Debug)]
 pub(crate) struct Schedule {
@@ -219,6 +286,10 @@ pub(crate) struct Schedule {
     hold: Option<Hold>,
     pacing: Pacing,
     jitter: Jitter,
+    /// A hook runs before each after-upload action.
+    hook: bool,
+    /// Completed files whose hook or action is left.
+    finishing: HashMap<FileKey, Finish>,
 }
 
 /// How the status shows a file.
@@ -259,7 +330,15 @@ impl Schedule {
             hold: None,
             pacing,
             jitter: Jitter::new(seed),
+            hook: false,
+            finishing: HashMap::new(),
         }
+    }
+
+    /// The same core with an after-upload hook that must succeed before each action.
+    pub(crate) fn with_hook(mut self, hook: bool) -> Self {
+        self.hook = hook;
+        self
     }
 
     /// Takes in what happened at `now`; returns what must be done at once (interrupts, drops).
@@ -276,6 +355,10 @@ impl Schedule {
                 by_scan,
             } => {
                 if !self.started.contains_key(&key) {
+                    if let Some(f) = self.finishing.get_mut(&key) {
+                        // New content of a completed file: its old action must not touch it.
+                        f.superseded = true;
+                    }
                     if has_url {
                         self.queued_with_url.insert(key.clone());
                     } else {
@@ -284,6 +367,21 @@ impl Schedule {
                     self.queue.offer(&key, mtime, by_scan);
                 }
             }
+            Input::Complete { key, hook_done } => {
+                if self.started.contains_key(&key) || self.finishing.contains_key(&key) {
+                    return Vec::new();
+                }
+                self.queue.remove(&key);
+                self.queued_with_url.remove(&key);
+                let stage = if self.hook && !hook_done {
+                    Stage::Hook
+                } else {
+                    Stage::Action
+                };
+                return self.finish(key, stage);
+            }
+            Input::HookEnded { key, ok } => return self.stage_ended(key, Stage::Hook, ok, now),
+            Input::ActionEnded { key, ok } => return self.stage_ended(key, Stage::Action, ok, now),
             Input::Gone(key) => return self.gone(key),
             Input::Stepped {
                 key,
@@ -296,7 +394,10 @@ impl Schedule {
                         _ => Vec::new(),
                     };
                 }
-                self.stepped(key, outcome, has_url, now)
+                if outcome == Outcome::Done {
+                    return self.done(key);
+                }
+                self.stepped(key, outcome, has_url, now);
             }
             Input::Pause(paused) => {
                 if paused != self.paused {
@@ -319,6 +420,92 @@ impl Schedule {
             }
         }
         Vec::new()
+    }
+
+    /// The upload of `key` completed: its hook (if any), then its action.
+    fn done(&mut self, key: FileKey) -> Vec<Action> {
+        if self.started.remove(&key).is_none() {
+            return Vec::new();
+        }
+        // A completed answer came back: the link works, and the endpoint takes uploads.
+        self.link = Link::Up;
+        let first = if self.hook {
+            Stage::Hook
+        } else {
+            Stage::Action
+        };
+        match self.finishing.get_mut(&key) {
+            // The finish of an older content runs: the new one's follows when it ends.
+            Some(f) => {
+                f.again = true;
+                f.superseded = false;
+                Vec::new()
+            }
+            None => self.finish(key, first),
+        }
+    }
+
+    /// Starts `stage` of a completed file now (or, while stopping, leaves it for the next start).
+    fn finish(&mut self, key: FileKey, stage: Stage) -> Vec<Action> {
+        let run = !self.stopping;
+        let f = self.finishing.entry(key.clone()).or_insert(Finish {
+            stage,
+            retry_at: None,
+            failures: 0,
+            again: false,
+            superseded: false,
+        });
+        f.stage = stage;
+        if stage == Stage::Action && f.superseded {
+            // The file holds new content now: this action would delete or move that. The
+            // new content finishes on its own after its upload.
+            self.finishing.remove(&key);
+            return Vec::new();
+        }
+        if !run {
+            // The record says Complete: the next start finishes it.
+            self.finishing.remove(&key);
+            return Vec::new();
+        }
+        f.retry_at = None;
+        vec![stage_action(stage, key)]
+    }
+
+    /// A run of `stage` of `key` ended.
+    fn stage_ended(&mut self, key: FileKey, stage: Stage, ok: bool, now: Instant) -> Vec<Action> {
+        let Some(f) = self.finishing.get_mut(&key) else {
+            return Vec::new();
+        };
+        if f.stage != stage || f.retry_at.is_some() {
+            return Vec::new();
+        }
+        if !ok {
+            f.failures += 1;
+            let delay = match stage {
+                Stage::Hook => crate::hook::retry_delay(f.failures),
+                Stage::Action => AFTER_UPLOAD_RETRY,
+            };
+            f.retry_at = Some(now + delay);
+            return Vec::new();
+        }
+        f.failures = 0;
+        if f.again {
+            // Newer content completed while this ran: its finish starts from the top.
+            f.again = false;
+            let first = if self.hook {
+                Stage::Hook
+            } else {
+                Stage::Action
+            };
+            return self.finish(key, first);
+        }
+        match stage {
+            Stage::Hook => self.finish(key, Stage::Action),
+            Stage::Action => {
+                self.finishing.remove(&key);
+                Vec::new()
+            }
+        }
     }
 
     fn gone(&mut self, key: FileKey) -> Vec<Action> {
@@ -348,7 +535,8 @@ impl Schedule {
         match outcome {
             Outcome::Continue | Outcome::Interrupted => {}
             Outcome::Wait(d) => file.state = FileState::BackingOff { until: now + d },
-            Outcome::Ended => {
+            // A completed upload goes through `done`; here as a plain end for completeness.
+            Outcome::Ended | Outcome::Done => {
                 self.started.remove(&key);
             }
             Outcome::LinkDown(why) => {
@@ -370,7 +558,10 @@ impl Schedule {
             }
         }
         // An answer came back (or the file ended on its own terms): the link works.
-        if !matches!(outcome, Outcome::Interrupted | Outcome::Ended) {
+        if !matches!(
+            outcome,
+            Outcome::Interrupted | Outcome::Ended | Outcome::Done
+        ) {
             self.link = Link::Up;
         }
         if created {
@@ -416,7 +607,22 @@ impl Schedule {
     /// The steps to run now (at most the free workers' worth).
     pub(crate) fn poll(&mut self, now: Instant) -> Vec<Action> {
         let mut actions = Vec::new();
-        if self.paused || self.stopping {
+        if self.stopping {
+            return actions;
+        }
+        // Hooks and actions send no upload bytes: they go on while paused.
+        let mut due: Vec<(&FileKey, &Finish)> = self
+            .finishing
+            .iter()
+            .filter(|(_, f)| f.retry_at.is_some_and(|t| now >= t))
+            .collect();
+        due.sort_by(|a, b| a.0.cmp(b.0));
+        let due: Vec<(FileKey, Stage)> =
+            due.into_iter().map(|(k, f)| (k.clone(), f.stage)).collect();
+        for (key, stage) in due {
+            actions.extend(self.finish(key, stage));
+        }
+        if self.paused {
             return actions;
         }
         let mut stepping = self.stepping();
@@ -495,7 +701,17 @@ impl Schedule {
             Link::Up => None,
         };
         let hold = self.hold.as_ref().map(|h| h.until);
-        backoffs.chain(link).chain(hold).filter(|t| *t > now).min()
+        let finishing = self
+            .finishing
+            .values()
+            .filter(|_| !self.stopping)
+            .filter_map(|f| f.retry_at);
+        backoffs
+            .chain(link)
+            .chain(hold)
+            .chain(finishing)
+            .filter(|t| *t > now)
+            .min()
     }
 
     /// Steps running now.
@@ -514,6 +730,16 @@ impl Schedule {
     /// True while the file's upload started (a worker, or waiting between steps).
     pub(crate) fn is_started(&self, key: &FileKey) -> bool {
         self.started.contains_key(key)
+    }
+
+    /// True while the file's hook or after-upload action is left to do.
+    pub(crate) fn is_finishing(&self, key: &FileKey) -> bool {
+        self.finishing.contains_key(key)
+    }
+
+    /// Failed runs of the file's hook or action so far.
+    pub(crate) fn finish_failures(&self, key: &FileKey) -> u32 {
+        self.finishing.get(key).map_or(0, |f| f.failures)
     }
 
     /// True while uploads are paused.
@@ -555,8 +781,18 @@ impl Schedule {
                 self.queued_with_url.contains(k),
             )
         });
+        let mut finishing: Vec<_> = self.finishing.iter().collect();
+        finishing.sort_by(|a, b| a.0.cmp(b.0));
+        let finishing = finishing.into_iter().map(|(k, f)| {
+            let state = FileState::Finishing {
+                stage: f.stage,
+                retry_at: f.retry_at,
+            };
+            (k.clone(), state, true)
+        });
         started
             .chain(queued)
+            .chain(finishing)
             .map(|(key, state, has_url)| FileView {
                 blocked: self.blocked(state, has_url, now),
                 key,
@@ -566,7 +802,7 @@ impl Schedule {
     }
 
     fn blocked(&self, state: FileState, has_url: bool, now: Instant) -> Option<Blocked> {
-        if state == FileState::Stepping {
+        if matches!(state, FileState::Stepping | FileState::Finishing { .. }) {
             None
         } else if self.paused {
             Some(Blocked::Paused)
@@ -589,6 +825,13 @@ impl Schedule {
         }
         let started: Vec<FileKey> = self.started.keys().filter(|k| !keep(k)).cloned().collect();
         started.into_iter().flat_map(|k| self.gone(k)).collect()
+    }
+}
+
+fn stage_action(stage: Stage, key: FileKey) -> Action {
+    match stage {
+        Stage::Hook => Action::Hook(key),
+        Stage::Action => Action::AfterUpload(key),
     }
 }
 

@@ -33,14 +33,38 @@ thread_local! {
 struct File {
     len: u64,
     mtime: SystemTime,
+    /// Bumped each time the file is rewritten.
+    version: u32,
     in_spool: bool,
 }
 
-/// What the server holds of one file.
-#[derive(Default, Clone)]
-struct Upload {
-    created: bool,
+/// What the state store holds for a file (the real daemon's sled record).
+#[derive(Clone, Debug)]
+struct Record {
+    /// The content it describes.
+    version: u32,
+    /// Its upload on the server, once created.
+    upload: Option<usize>,
+    complete: bool,
+    hook_done: bool,
+}
+
+/// One upload on the server.
+struct ServerUpload {
+    name: String,
+    version: u32,
     offset: u64,
+    /// The server lost it (expired, or a 404/410 after a redeploy).
+    lost: bool,
+    /// Terminated by ferry because its source changed.
+    terminated: bool,
+}
+
+/// Work in flight in the shell: a worker's step, or the hook thread's run.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+enum Work {
+    Step(String),
+    Hook(String),
 }
 
 struct World {
@@ -49,15 +73,19 @@ struct World {
     start: Instant,
     core: Schedule,
     concurrency: usize,
+    hook: bool,
     files: BTreeMap<String, File>,
-    server: HashMap<String, Upload>,
-    /// Steps in flight: when each ends.
-    in_flight: BTreeMap<(Instant, String), ()>,
+    records: HashMap<String, Record>,
+    uploads: Vec<ServerUpload>,
+    /// Work in flight: when each ends (a sequence number keeps equal instants apart).
+    in_flight: BTreeMap<(Instant, u64), Work>,
+    seq: u64,
     paused: bool,
     link_up: bool,
     refusing: bool,
     locked: HashSet<String>,
-    done: HashSet<String>,
+    /// Files the after-upload action deleted.
+    deleted: HashSet<String>,
     trace_all: bool,
 }
 
@@ -65,21 +93,25 @@ impl World {
     fn new(seed: u64, trace_all: bool) -> Self {
         let mut rng = Jitter::new(seed);
         let concurrency = 1 + (rng.next_unit() * 3.0) as usize;
+        let hook = rng.next_unit() < 0.5;
         let now = ManualClock::new(UNIX_EPOCH).now();
         Self {
-            core: Schedule::new(concurrency, 8, Pacing::default(), seed ^ 0x5eed),
+            core: Schedule::new(concurrency, 8, Pacing::default(), seed ^ 0x5eed).with_hook(hook),
             rng,
             now,
             start: now,
             concurrency,
+            hook,
             files: BTreeMap::new(),
-            server: HashMap::new(),
+            records: HashMap::new(),
+            uploads: Vec::new(),
             in_flight: BTreeMap::new(),
+            seq: 0,
             paused: false,
             link_up: true,
             refusing: false,
             locked: HashSet::new(),
-            done: HashSet::new(),
+            deleted: HashSet::new(),
             trace_all,
         }
     }
@@ -97,7 +129,7 @@ impl World {
         TRACE.with(|tr| {
             let mut tr = tr.borrow_mut();
             tr.push(line);
-            if tr.len() > 40 {
+            if tr.len() > 60 {
                 tr.remove(0);
             }
         });
@@ -118,16 +150,34 @@ impl World {
             .unwrap_or_default()
     }
 
+    fn busy(&self, work: &Work) -> bool {
+        self.in_flight.values().any(|w| w == work)
+    }
+
+    fn schedule(&mut self, took: Duration, work: Work) {
+        self.seq += 1;
+        self.in_flight.insert((self.now + took, self.seq), work);
+    }
+
+    /// What the shell's scan tells the core about one spool file (as `scan::ready` does).
     fn offer(&mut self, name: &str) {
         let f = &self.files[name];
-        if !f.in_spool || self.done.contains(name) {
+        if !f.in_spool || self.core.is_started(&Self::key(name)) {
             return;
         }
-        let input = Input::Ready {
-            key: Self::key(name),
-            mtime: f.mtime,
-            has_url: self.server.get(name).is_some_and(|u| u.created),
-            by_scan: false,
+        let (version, mtime) = (f.version, f.mtime);
+        let rec = self.records.get(name).filter(|r| r.version == version);
+        let input = match rec {
+            Some(r) if r.complete => Input::Complete {
+                key: Self::key(name),
+                hook_done: r.hook_done,
+            },
+            _ => Input::Ready {
+                key: Self::key(name),
+                mtime,
+                has_url: rec.is_some_and(|r| r.upload.is_some()),
+                by_scan: false,
+            },
         };
         self.handle(input);
     }
@@ -142,58 +192,158 @@ impl World {
     fn run(&mut self, actions: Vec<Action>) {
         for a in actions {
             match a {
-                Action::Step(key) => {
-                    let name = Self::name(&key);
-                    assert!(!self.paused, "a step was handed out while paused");
-                    assert!(
-                        self.files.get(&name).is_some_and(|f| f.in_spool),
-                        "{name} is stepped but not in the spool"
-                    );
-                    assert!(
-                        !self.done.contains(&name),
-                        "{name} is stepped after it ended"
-                    );
-                    let creates = !self.server.get(&name).is_some_and(|u| u.created);
-                    if let (true, Some(hold)) = (creates, self.core.hold()) {
-                        assert!(
-                            self.now >= hold.until,
-                            "{name} creates while creations are held"
-                        );
-                        let other = self
-                            .in_flight
-                            .keys()
-                            .any(|(_, n)| !self.server.get(n).is_some_and(|u| u.created));
-                        assert!(!other, "two creations probe a held endpoint at once");
-                    }
-                    let took = Duration::from_millis(5 + (self.rng.next_unit() * 3000.0) as u64);
-                    self.in_flight.insert((self.now + took, name), ());
-                    assert!(
-                        self.in_flight.len() <= self.concurrency,
-                        "{} steps in flight with {} workers",
-                        self.in_flight.len(),
-                        self.concurrency
-                    );
-                }
+                Action::Step(key) => self.start_step(Self::name(&key)),
                 Action::Interrupt(on) => assert_eq!(on, self.paused, "interrupt flag"),
                 Action::Drop(_) => {}
+                Action::Hook(key) => {
+                    let name = Self::name(&key);
+                    assert!(self.hook, "a hook run without a hook configured");
+                    assert!(
+                        !self.busy(&Work::Hook(name.clone())),
+                        "two runs of {name}'s hook at once"
+                    );
+                    let took = Duration::from_millis(5 + (self.rng.next_unit() * 2000.0) as u64);
+                    self.schedule(took, Work::Hook(name));
+                }
+                Action::AfterUpload(key) => self.after_upload(Self::name(&key)),
             }
         }
     }
 
-    /// What a step of `name` ends with, as the simulated server and link decide.
+    fn start_step(&mut self, name: String) {
+        assert!(!self.paused, "a step was handed out while paused");
+        assert!(
+            self.files.get(&name).is_some_and(|f| f.in_spool),
+            "{name} is stepped but not in the spool"
+        );
+        assert!(
+            !self.deleted.contains(&name),
+            "{name} is stepped after its action deleted it"
+        );
+        assert!(
+            !self.busy(&Work::Step(name.clone())),
+            "two steps of {name} at once"
+        );
+        let creates = self.step_creates(&name);
+        if let (true, Some(hold)) = (creates, self.core.hold()) {
+            assert!(
+                self.now >= hold.until,
+                "{name} creates while creations are held"
+            );
+            let other = self.in_flight.values().any(|w| match w {
+                Work::Step(n) => self.step_creates(n),
+                Work::Hook(_) => false,
+            });
+            assert!(!other, "two creations probe a held endpoint at once");
+        }
+        let took = Duration::from_millis(5 + (self.rng.next_unit() * 3000.0) as u64);
+        self.schedule(took, Work::Step(name));
+        let steps = self
+            .in_flight
+            .values()
+            .filter(|w| matches!(w, Work::Step(_)))
+            .count();
+        assert!(
+            steps <= self.concurrency,
+            "{steps} steps in flight with {} workers",
+            self.concurrency
+        );
+    }
+
+    /// Whether a step of `name` would send a creation (POST) now, as `step_outcome` decides.
+    fn step_creates(&self, name: &str) -> bool {
+        let version = self.files[name].version;
+        match self.records.get(name) {
+            Some(r) if r.version == version => r.upload.is_none() && !r.complete,
+            // New content: an unfinished old upload is terminated first (a step of its own).
+            Some(r) if !r.complete && r.upload.is_some() => false,
+            _ => true,
+        }
+    }
+
+    /// The shell's after-upload action (delete), with the one promise that matters most
+    /// checked first: the core never asks to delete a file whose current content the server
+    /// does not hold completely, nor before its hook succeeded. (The real shell checks the
+    /// file's identity again before it deletes; this one does not, so that the core's
+    /// decisions are what is tested.)
+    fn after_upload(&mut self, name: String) {
+        let key = Self::key(&name);
+        let f = &self.files[&name];
+        if f.in_spool {
+            let rec = self.records.get(&name).cloned();
+            let held = rec.as_ref().and_then(|r| {
+                let u = &self.uploads[r.upload?];
+                (r.complete
+                    && r.version == f.version
+                    && u.version == f.version
+                    && u.offset == f.len
+                    && !u.lost)
+                    .then_some(r)
+            });
+            let Some(rec) = held else {
+                panic!("the action would delete {name} (version {}), which the server does not hold completely: record {rec:?}", f.version);
+            };
+            assert!(
+                !self.hook || rec.hook_done,
+                "the action would delete {name} before its hook succeeded"
+            );
+        }
+        let ok = !(self.faulty() && self.chance(0.15));
+        if ok && self.files[&name].in_spool {
+            if let Some(f) = self.files.get_mut(&name) {
+                f.in_spool = false;
+            }
+            self.deleted.insert(name.clone());
+        }
+        self.log(format!("action on {name}: ok {ok}"));
+        self.handle(Input::ActionEnded { key, ok });
+    }
+
+    /// What a step of `name` ends with, as the uploader, the simulated server and the link
+    /// decide it.
     fn step_outcome(&mut self, name: &str) -> (Outcome, bool) {
-        let len = self.files[name].len;
-        let upload = self.server.get(name).cloned().unwrap_or_default();
-        if !self.files[name].in_spool {
-            return (Outcome::Ended, upload.created); // the source vanished under it
+        let f = &self.files[name];
+        let (len, version, in_spool) = (f.len, f.version, f.in_spool);
+        let rec = self.records.get(name).cloned();
+        let has_url = rec
+            .as_ref()
+            .is_some_and(|r| r.version == version && r.upload.is_some());
+        if !in_spool {
+            return (Outcome::Ended, has_url); // the source vanished under it
         }
         if self.paused && self.chance(0.7) {
-            return (Outcome::Interrupted, upload.created);
+            return (Outcome::Interrupted, has_url);
         }
         if !self.link_up {
-            return (Outcome::LinkDown("refused".into()), upload.created);
+            return (Outcome::LinkDown("refused".into()), has_url);
         }
-        if !upload.created {
+        let rec = match rec {
+            // Completed before (its answer was lost): the uploader says so again.
+            Some(r) if r.version == version && r.complete => return (Outcome::Done, true),
+            Some(r) if r.version == version => r,
+            old => {
+                // New content (or none yet): an unfinished old upload is terminated, a new
+                // record starts.
+                let old_url = old.filter(|r| !r.complete).and_then(|r| r.upload);
+                if let Some(u) = old_url {
+                    self.uploads[u].terminated = true;
+                }
+                let fresh = Record {
+                    version,
+                    upload: None,
+                    complete: false,
+                    hook_done: false,
+                };
+                let step_spent = old_url.is_some();
+                self.records.insert(name.to_string(), fresh.clone());
+                if step_spent {
+                    // This step went on the DELETE of the old upload; the next one creates.
+                    return (Outcome::Continue, false);
+                }
+                fresh
+            }
+        };
+        let Some(id) = rec.upload else {
             if self.refusing {
                 let refused = Outcome::EndpointRefused {
                     status: 404,
@@ -201,14 +351,25 @@ impl World {
                 };
                 return (refused, false);
             }
-            self.server.insert(
-                name.to_string(),
-                Upload {
-                    created: true,
-                    offset: 0,
-                },
-            );
+            self.uploads.push(ServerUpload {
+                name: name.to_string(),
+                version,
+                offset: 0,
+                lost: false,
+                terminated: false,
+            });
+            let id = self.uploads.len() - 1;
+            if let Some(r) = self.records.get_mut(name) {
+                r.upload = Some(id);
+            }
             return (Outcome::Continue, true);
+        };
+        if self.uploads[id].lost {
+            // 404 on HEAD: the server lost it; the record drops the URL, the next step creates.
+            if let Some(r) = self.records.get_mut(name) {
+                r.upload = None;
+            }
+            return (Outcome::Continue, false);
         }
         if self.locked.contains(name) {
             return (Outcome::Wait(Duration::from_secs(2)), true);
@@ -216,33 +377,55 @@ impl World {
         if self.faulty() && self.chance(0.05) {
             return (Outcome::Wait(Duration::from_millis(500)), true);
         }
-        let u = self.server.get_mut(name).expect("created");
-        u.offset = (u.offset + CHUNK).min(len);
-        if u.offset == len {
-            (Outcome::Ended, true)
+        self.send_chunk(id, len);
+        if self.uploads[id].offset == len {
+            if let Some(r) = self.records.get_mut(name) {
+                r.complete = true;
+            }
+            (Outcome::Done, true)
         } else {
             (Outcome::Continue, true)
         }
     }
 
-    fn finish_step(&mut self, name: String) {
-        let (outcome, has_url) = self.step_outcome(&name);
-        let ended = outcome == Outcome::Ended;
-        if ended && self.files[&name].in_spool {
-            let u = &self.server[&name];
-            assert_eq!(
-                u.offset, self.files[&name].len,
-                "{name} ended before the server held all of it"
-            );
-            self.done.insert(name.clone());
-        }
-        self.handle(Input::Stepped {
-            key: Self::key(&name),
-            outcome,
-            has_url,
+    /// The server takes one chunk of upload `id`; no second upload of the same content may
+    /// hold data beside it (unless the server lost that one, or ferry terminated it).
+    fn send_chunk(&mut self, id: usize, len: u64) {
+        let (name, version) = (self.uploads[id].name.clone(), self.uploads[id].version);
+        let twin = self.uploads.iter().enumerate().any(|(i, u)| {
+            i != id && u.name == name && u.version == version && u.offset > 0 && !u.lost
         });
-        if ended && !self.files[&name].in_spool {
-            self.offer(&name);
+        assert!(!twin, "{name} version {version} is uploaded twice");
+        let u = &mut self.uploads[id];
+        u.offset = (u.offset + CHUNK).min(len);
+    }
+
+    fn finish_work(&mut self, work: Work) {
+        match work {
+            Work::Step(name) => {
+                let (outcome, has_url) = self.step_outcome(&name);
+                self.handle(Input::Stepped {
+                    key: Self::key(&name),
+                    outcome,
+                    has_url,
+                });
+            }
+            Work::Hook(name) => {
+                let ok = !(self.faulty() && self.chance(0.2));
+                // As hook::run_recorded: it runs for the record as it is now; a record of new
+                // content not yet complete ends it as "not complete", which the shell takes as
+                // done (the new content's hook runs after its own upload).
+                if let Some(r) = self.records.get_mut(&name) {
+                    if r.complete && ok {
+                        r.hook_done = true;
+                    }
+                }
+                self.log(format!("hook of {name}: ok {ok}"));
+                self.handle(Input::HookEnded {
+                    key: Self::key(&name),
+                    ok,
+                });
+            }
         }
     }
 
@@ -262,41 +445,76 @@ impl World {
                     File {
                         len,
                         mtime,
+                        version: 0,
                         in_spool: true,
                     },
                 );
                 self.offer(&name);
             }
-        } else if r < 0.32 && faulty {
+        } else if r < 0.30 && faulty {
             if let Some(name) = self.pick_file() {
+                self.log(format!("{name} vanishes"));
                 if let Some(f) = self.files.get_mut(&name) {
                     f.in_spool = false;
                 }
-                self.server.remove(&name);
                 self.handle(Input::Gone(Self::key(&name)));
             }
-        } else if r < 0.42 && faulty {
+        } else if r < 0.36 && faulty {
+            // Rewritten in place (a writer that ignores the rename rule).
+            if let Some(name) = self.pick_file() {
+                let len = 1 + (self.rng.next_unit() * 40.0) as u64;
+                if let Some(f) = self.files.get_mut(&name) {
+                    f.version += 1;
+                    f.len = len;
+                    f.mtime += Duration::from_secs(1);
+                }
+                self.log(format!("{name} rewritten"));
+                // A started upload finds out at its next step; otherwise the scan offers it.
+                self.offer(&name);
+            }
+        } else if r < 0.39 && faulty {
+            // The server loses one upload (expiry, a redeploy that lost its store).
+            let live: Vec<usize> = (0..self.uploads.len())
+                .filter(|i| !self.uploads[*i].lost && !self.uploads[*i].terminated)
+                .collect();
+            if !live.is_empty() {
+                let i =
+                    live[((self.rng.next_unit() * live.len() as f64) as usize).min(live.len() - 1)];
+                self.log(format!(
+                    "server loses upload {i} of {}",
+                    self.uploads[i].name
+                ));
+                self.uploads[i].lost = true;
+                if let Some(r) = self.records.values_mut().find(|r| r.upload == Some(i)) {
+                    if r.complete {
+                        // Lost after completion: the record still says complete, and the
+                        // file's action may go on (the server held all of it once).
+                        self.uploads[i].lost = false;
+                    }
+                }
+            }
+        } else if r < 0.47 && faulty {
             let paused = !self.paused;
             self.paused = paused;
             self.handle(Input::Pause(paused));
-        } else if r < 0.52 && faulty {
+        } else if r < 0.55 && faulty {
             self.link_up = !self.link_up;
             self.log(format!("link up: {}", self.link_up));
             if self.link_up && self.chance(0.5) {
                 self.handle(Input::NetworkChanged);
             }
-        } else if r < 0.58 && faulty {
+        } else if r < 0.61 && faulty {
             self.refusing = !self.refusing;
             self.log(format!("refusing: {}", self.refusing));
-        } else if r < 0.64 && faulty {
+        } else if r < 0.66 && faulty {
             if let Some(name) = self.pick_file() {
                 if !self.locked.insert(name.clone()) {
                     self.locked.remove(&name);
                 }
             }
-        } else if r < 0.67 && faulty {
+        } else if r < 0.69 && faulty {
             self.restart();
-        } else if r < 0.72 {
+        } else if r < 0.74 {
             self.scan();
         }
     }
@@ -314,7 +532,7 @@ impl World {
         let names: Vec<String> = self
             .files
             .iter()
-            .filter(|(n, f)| f.in_spool && !self.done.contains(*n))
+            .filter(|(_, f)| f.in_spool)
             .map(|(n, _)| n.clone())
             .collect();
         if names.is_empty() {
@@ -324,13 +542,55 @@ impl World {
         names.get(i.min(names.len() - 1)).cloned()
     }
 
-    /// The daemon restarts: steps in flight are lost (their bytes may have reached the server),
-    /// a new core gets every file still in the spool, the pause marker survives.
+    /// The daemon restarts (a crash, a power cut): work in flight is lost, though a step's
+    /// request may have reached the server and a hook may have run; a new core gets every
+    /// file still in the spool; the pause marker survives.
     fn restart(&mut self) {
         self.log("restart".into());
-        self.in_flight.clear();
+        let lost: Vec<Work> = std::mem::take(&mut self.in_flight).into_values().collect();
+        for work in lost {
+            match work {
+                Work::Step(name) => {
+                    let version = self.files[&name].version;
+                    let rec = self.records.get(&name).cloned();
+                    match rec.filter(|r| r.version == version) {
+                        // A creation's POST may have reached the server: an upload with no
+                        // data whose URL no record holds (admitted: no byte of it is sent).
+                        None | Some(Record { upload: None, .. }) => {
+                            if self.chance(0.5) {
+                                self.uploads.push(ServerUpload {
+                                    name: name.clone(),
+                                    version,
+                                    offset: 0,
+                                    lost: false,
+                                    terminated: false,
+                                });
+                            }
+                        }
+                        // A PATCH may have reached the server.
+                        Some(Record {
+                            upload: Some(id),
+                            complete: false,
+                            ..
+                        }) if !self.uploads[id].lost && self.chance(0.5) => {
+                            let len = self.files[&name].len;
+                            self.send_chunk(id, len);
+                        }
+                        Some(_) => {}
+                    }
+                }
+                Work::Hook(name) => {
+                    if self.chance(0.5) {
+                        if let Some(r) = self.records.get_mut(&name).filter(|r| r.complete) {
+                            r.hook_done = true;
+                        }
+                    }
+                }
+            }
+        }
         let seed = (self.rng.next_unit() * 1e9) as u64;
-        self.core = Schedule::new(self.concurrency, 8, Pacing::default(), seed);
+        self.core =
+            Schedule::new(self.concurrency, 8, Pacing::default(), seed).with_hook(self.hook);
         let paused = self.paused;
         if paused {
             self.handle(Input::Pause(true));
@@ -345,10 +605,11 @@ impl World {
             .into_iter()
             .map(|v| v.key)
             .collect();
-        for (name, _) in self.in_flight.keys().map(|(t, n)| (n, t)) {
+        for work in self.in_flight.values() {
+            let (Work::Step(name) | Work::Hook(name)) = work;
             assert!(
                 listed.contains(&Self::key(name)),
-                "{name} steps but is not in the status"
+                "{work:?} runs but {name} is not in the status"
             );
         }
     }
@@ -373,8 +634,8 @@ fn run_seed(seed: u64, trace_all: bool) -> Result<(), String> {
                 .max(w.now);
             w.now = t;
             if next_step == Some(t) {
-                let ((_, name), ()) = w.in_flight.pop_first().expect("a step");
-                w.finish_step(name);
+                let (_, work) = w.in_flight.pop_first().expect("work in flight");
+                w.finish_work(work);
             } else if t == random_at {
                 if w.faulty() {
                     w.random_event(&mut n_files);
@@ -405,12 +666,17 @@ fn run_seed(seed: u64, trace_all: bool) -> Result<(), String> {
         let left: Vec<&String> = w
             .files
             .iter()
-            .filter(|(n, f)| f.in_spool && !w.done.contains(*n))
+            .filter(|(_, f)| f.in_spool)
             .map(|(n, _)| n)
             .collect();
         assert!(
             left.is_empty(),
-            "after {CALM:?} of calm these files never finished: {left:?}"
+            "after {CALM:?} of calm these files are still in the spool: {left:?}"
+        );
+        let known = w.core.files(w.now);
+        assert!(
+            known.is_empty(),
+            "after {CALM:?} of calm the core still knows {known:?}"
         );
         w
     }));

@@ -354,3 +354,98 @@ fn started_uploads_waiting_between_steps_are_bounded() {
         .count();
     assert_eq!(started, 1 + STARTED_MAX_EXTRA);
 }
+
+fn hooked() -> Sim {
+    let mut s = Sim::new(1);
+    s.core = Schedule::new(1, 100, Pacing::default(), 7).with_hook(true);
+    s
+}
+
+#[test]
+fn the_hook_runs_before_the_after_upload_action_and_a_failed_one_is_retried() {
+    let mut s = hooked();
+    s.ready("a", 1, false);
+    assert_eq!(s.poll(), ["a"]);
+    assert_eq!(
+        s.stepped("a", Outcome::Done, true),
+        [Action::Hook(key("a"))],
+        "the hook first, not the action"
+    );
+    assert!(s
+        .handle(Input::HookEnded {
+            key: key("a"),
+            ok: false
+        })
+        .is_empty());
+    let retry = s.core.next_due(s.now).expect("a retry is due");
+    assert!(retry > s.now, "the retry waits");
+    assert!(matches!(
+        s.view("a").state,
+        FileState::Finishing {
+            stage: Stage::Hook,
+            retry_at: Some(_)
+        }
+    ));
+    s.now = retry;
+    assert_eq!(s.core.poll(s.now), [Action::Hook(key("a"))]);
+    assert_eq!(
+        s.handle(Input::HookEnded {
+            key: key("a"),
+            ok: true
+        }),
+        [Action::AfterUpload(key("a"))]
+    );
+    assert!(s
+        .handle(Input::ActionEnded {
+            key: key("a"),
+            ok: true
+        })
+        .is_empty());
+    assert!(s.core.files(s.now).is_empty(), "done and forgotten");
+}
+
+#[test]
+fn content_rewritten_while_its_hook_ran_is_never_deleted_by_the_old_action() {
+    let mut s = hooked();
+    s.ready("a", 1, false);
+    s.poll();
+    s.stepped("a", Outcome::Done, true);
+    // The camera writes the same name again while the hook of the first content runs.
+    s.ready("a", 2, false);
+    assert!(
+        s.handle(Input::HookEnded {
+            key: key("a"),
+            ok: true
+        })
+        .is_empty(),
+        "no action for the old content: the file holds new content"
+    );
+    assert_eq!(s.poll(), ["a"], "the new content is uploaded");
+    assert_eq!(
+        s.stepped("a", Outcome::Done, true),
+        [Action::Hook(key("a"))]
+    );
+}
+
+#[test]
+fn a_failed_after_upload_action_is_tried_again_without_a_rescan() {
+    let mut s = Sim::new(1);
+    s.ready("a", 1, false);
+    s.poll();
+    assert_eq!(
+        s.stepped("a", Outcome::Done, true),
+        [Action::AfterUpload(key("a"))]
+    );
+    s.handle(Input::ActionEnded {
+        key: key("a"),
+        ok: false,
+    });
+    assert_eq!(s.core.next_due(s.now), Some(s.now + AFTER_UPLOAD_RETRY));
+    s.handle(Input::Pause(true));
+    s.advance(AFTER_UPLOAD_RETRY);
+    assert_eq!(
+        s.core.poll(s.now),
+        [Action::AfterUpload(key("a"))],
+        "an action sends no upload bytes: it goes on while paused"
+    );
+}
