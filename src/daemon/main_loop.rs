@@ -17,8 +17,11 @@ use super::scan::RESCAN_WITHOUT_WATCH;
 use super::schedule::Input;
 use super::{Event, Main};
 
-/// Shutdown must finish within this, whatever the link does (systemd's stop timeout is longer).
-const STOP_DEADLINE: Duration = Duration::from_millis(4500);
+/// Steps still running this long after a stop have their connections shut down.
+const STOP_DEADLINE: Duration = Duration::from_millis(4000);
+/// After that, a step that still has not reported is stuck outside its connection (a name
+/// lookup): the process exits without it (systemd's stop timeout is far longer).
+const LAST_RESORT: Duration = Duration::from_secs(3);
 
 impl<'p, 'a> Main<'p, 'a> {
     pub(super) fn run(&mut self, events: &Receiver<Event>) -> Result<()> {
@@ -39,15 +42,26 @@ impl<'p, 'a> Main<'p, 'a> {
             if self.core.stopped() {
                 break;
             }
-            if self
+            let late = self
                 .stopping
-                .is_some_and(|t| self.parts.clock.now() >= t + STOP_DEADLINE)
-            {
-                log::warn!("{} uploads did not stop in time; exiting anyway (nothing is lost: they resume on the next start)", self.core.stepping());
+                .map(|t| self.parts.clock.now().saturating_duration_since(t));
+            if late.is_some_and(|l| l >= STOP_DEADLINE) && !self.cut_connections {
+                // A worker may sit in a read for up to the idle timeout; waiting for it would
+                // break the promise to stop within 5 s. Shutting the connections down ends
+                // those reads at once; every checkpoint is already on disk.
+                log::warn!(
+                    "{} uploads did not stop in time; closing their connections (nothing is lost: they resume on the next start)",
+                    self.core.stepping()
+                );
+                self.parts.transport.shut_down();
+                self.cut_connections = true;
+            }
+            if late.is_some_and(|l| l >= STOP_DEADLINE + LAST_RESORT) {
+                // Only a thread stuck outside any connection (a name lookup the system
+                // resolver will not give up) gets here.
+                log::warn!("{} uploads are stuck outside their connections; exiting anyway (nothing is lost)", self.core.stepping());
                 self.write_status("stopped");
                 self.parts.notifier.send("STATUS=stopped");
-                // A worker may sit in a read for up to the idle timeout; waiting for it would
-                // break the promise to stop within 5 s. Every checkpoint is already on disk.
                 std::process::exit(0);
             }
             let wait = self
@@ -124,7 +138,12 @@ impl<'p, 'a> Main<'p, 'a> {
             due = due.min(*s);
         }
         if let Some(t) = self.stopping {
-            due = due.min(t + STOP_DEADLINE);
+            let next = if self.cut_connections {
+                STOP_DEADLINE + LAST_RESORT
+            } else {
+                STOP_DEADLINE
+            };
+            due = due.min(t + next);
         }
         if let Some(s) = self.core.next_due(self.parts.clock.now()) {
             due = due.min(s);

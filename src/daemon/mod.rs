@@ -233,6 +233,8 @@ struct Main<'p, 'a> {
     settling: HashMap<PathBuf, Instant>,
     refused: HashSet<PathBuf>,
     stopping: Option<Instant>,
+    /// The stop deadline passed and the transport's connections were shut down.
+    cut_connections: bool,
     spool_missing: bool,
     rescan_every: Duration,
     next_rescan: Instant,
@@ -285,6 +287,7 @@ impl<'p, 'a> Main<'p, 'a> {
             settling: HashMap::new(),
             refused: HashSet::new(),
             stopping: None,
+            cut_connections: false,
             spool_missing: false,
             rescan_every,
             next_rescan: now,

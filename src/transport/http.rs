@@ -245,6 +245,11 @@ impl Transport for UreqTransport {
             body: String::from_utf8_lossy(&raw).into_owned(),
         })
     }
+
+    fn shut_down(&self) {
+        // Shuts the sockets of this agent's connections (ours register in tcp.rs).
+        self.agent.clone().shutdown();
+    }
 }
 
 impl UreqTransport {

@@ -21,6 +21,11 @@ pub(crate) trait Transport: Send + Sync {
         req: &Request,
         body: Option<Box<dyn Read + Send + 'static>>,
     ) -> Result<Response, TransportError>;
+
+    /// Ends every exchange in flight at once (reads and writes blocked in other threads
+    /// return an error) and refuses new ones: for a shutdown that must not wait out a
+    /// timeout. For good: the transport is not used again.
+    fn shut_down(&self) {}
 }
 
 /// Why no answer came back.
