@@ -3,7 +3,7 @@
 //! file's trouble does not hold up the spool, an endpoint that refuses creations fails no
 //! file, and a reload that moves the spool leaves the old one alone.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crate::daemon::Spool;
 use crate::harness::{assert_same_bytes, random_bytes, server_behind_proxy, sigterm, wait_until};
@@ -252,4 +252,77 @@ fn a_reload_that_moves_the_spool_leaves_the_old_one_alone() {
         "a file of the old spool is neither deleted nor changed"
     );
     assert_eq!(server.uploads().len(), 2, "first.bin and new.bin only");
+}
+
+/// Finding 5: after a long outage each file's own backoff (full jitter up to `max_delay`, 2
+/// minutes by default) could leave ferry idle for a minute or more on a link that was back.
+/// Now the link backs off on its own, one probe at a time, and the probe cap (15 s) bounds
+/// the wait after the link returns, whatever the retry policy; no file is charged an attempt.
+#[test]
+fn after_a_long_outage_the_link_is_used_again_within_the_probe_cap() {
+    let (server, proxy) = server_behind_proxy(ProxyPlan {
+        refuse: true,
+        ..ProxyPlan::default()
+    });
+    let sp = Spool::new("sched-outage", &proxy.rewrite(&server.endpoint()), "");
+    // The shipped retry policy (1 s doubling to 2 minutes), not the tests' fast one.
+    let text = std::fs::read_to_string(&sp.config)
+        .unwrap()
+        .replace("initial_delay = \"20ms\"", "initial_delay = \"1s\"")
+        .replace("max_delay = \"200ms\"", "max_delay = \"2m\"");
+    std::fs::write(&sp.config, text).unwrap();
+    let mut child = sp.start();
+    sp.drop_file("a.bin", 200_000, 51);
+    sp.drop_file("b.bin", 200_000, 52);
+    // Long enough for a per-file backoff to have grown past 30 s.
+    std::thread::sleep(Duration::from_secs(40));
+    let status = status_json(&sp);
+    let probes = proxy.connections();
+    proxy.set_plan(ProxyPlan::default());
+    let back = Instant::now();
+    wait_until(
+        "a request after the link came back",
+        Duration::from_secs(40),
+        || !server.requests().is_empty(),
+    );
+    let idle = back.elapsed();
+    wait_until("both files uploaded", Duration::from_secs(30), || {
+        sp.spool_files().is_empty()
+    });
+    sigterm(&child);
+    child.wait().unwrap();
+    assert!(
+        idle < Duration::from_secs(16),
+        "the first request came {idle:?} after the link returned (probe cap 15 s)"
+    );
+    // 1, 2, 4, 8, then every 15 s at most (each delay jittered to half of it at least).
+    assert!(
+        (3..=20).contains(&probes),
+        "{probes} connections in 40 s of outage: one probe at a time, backing off"
+    );
+    let blocked = status["blocked"].as_str().unwrap_or_default();
+    assert!(
+        blocked.contains("no answer from the server"),
+        "the status says why nothing moves: {status}"
+    );
+    for f in status["files"].as_array().into_iter().flatten() {
+        assert_eq!(f["attempts"], 0, "no file is charged for the link: {f}");
+    }
+    for (name, seed) in [("a.bin", 51), ("b.bin", 52)] {
+        let id = server
+            .uploads()
+            .into_iter()
+            .find(|u| {
+                u.metadata
+                    .iter()
+                    .any(|(k, v)| k == "filename" && v.as_deref() == Some(name))
+            })
+            .map(|u| u.id)
+            .unwrap_or_else(|| panic!("{name} was uploaded"));
+        assert_same_bytes(
+            &server.upload_bytes(&id),
+            &random_bytes(200_000, seed),
+            name,
+        );
+    }
 }
