@@ -34,7 +34,7 @@ pub(crate) struct Snapshot {
     pub endpoint: String,
     /// Files waiting to start (those beyond the listed queue included).
     pub queued: u64,
-    /// Every file the daemon knows (settling, queued, started, after upload), each with its
+    /// Every file the daemon knows (settling, queued, started, hook, after upload), each with its
     /// state. Named `active` in snapshots of older versions.
     #[serde(alias = "active")]
     pub files: Vec<FileStatus>,
