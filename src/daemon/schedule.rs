@@ -435,11 +435,16 @@ impl Schedule {
             Stage::Action
         };
         match self.finishing.get_mut(&key) {
-            // The finish of an older content runs: the new one's follows when it ends.
-            Some(f) => {
+            // The finish of an older content runs now: the new one's follows when it ends.
+            Some(f) if f.retry_at.is_none() => {
                 f.again = true;
                 f.superseded = false;
                 Vec::new()
+            }
+            // It waits to be retried: what is left to do is the new content's whole finish.
+            Some(_) => {
+                self.finishing.remove(&key);
+                self.finish(key, first)
             }
             None => self.finish(key, first),
         }
@@ -479,6 +484,17 @@ impl Schedule {
         if f.stage != stage || f.retry_at.is_some() {
             return Vec::new();
         }
+        if f.again {
+            // Newer content completed while this ran: whatever this run did for the old
+            // content, the new one's finish starts from the top.
+            self.finishing.remove(&key);
+            let first = if self.hook {
+                Stage::Hook
+            } else {
+                Stage::Action
+            };
+            return self.finish(key, first);
+        }
         if !ok {
             f.failures += 1;
             let delay = match stage {
@@ -489,16 +505,6 @@ impl Schedule {
             return Vec::new();
         }
         f.failures = 0;
-        if f.again {
-            // Newer content completed while this ran: its finish starts from the top.
-            f.again = false;
-            let first = if self.hook {
-                Stage::Hook
-            } else {
-                Stage::Action
-            };
-            return self.finish(key, first);
-        }
         match stage {
             Stage::Hook => self.finish(key, Stage::Action),
             Stage::Action => {

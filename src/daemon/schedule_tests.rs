@@ -449,3 +449,34 @@ fn a_failed_after_upload_action_is_tried_again_without_a_rescan() {
         "an action sends no upload bytes: it goes on while paused"
     );
 }
+
+/// Found by the simulation: a file rewritten while its after-upload action waited to be
+/// retried; the new content's upload completed, and the old action's retry then deleted the
+/// new content before its hook ran.
+#[test]
+fn new_content_completed_while_the_old_action_waits_gets_its_own_hook_first() {
+    let mut s = hooked();
+    s.ready("a", 1, false);
+    s.poll();
+    s.stepped("a", Outcome::Done, true);
+    s.handle(Input::HookEnded {
+        key: key("a"),
+        ok: true,
+    });
+    s.handle(Input::ActionEnded {
+        key: key("a"),
+        ok: false,
+    });
+    s.ready("a", 2, false);
+    assert_eq!(s.poll(), ["a"]);
+    assert_eq!(
+        s.stepped("a", Outcome::Done, true),
+        [Action::Hook(key("a"))],
+        "the new content's finish starts with its hook"
+    );
+    s.advance(AFTER_UPLOAD_RETRY);
+    assert!(
+        s.core.poll(s.now).is_empty(),
+        "the old action's retry is gone"
+    );
+}
