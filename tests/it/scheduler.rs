@@ -326,3 +326,121 @@ fn after_a_long_outage_the_link_is_used_again_within_the_probe_cap() {
         );
     }
 }
+
+/// A network namespace of our own with `lo` up, removed on drop. Needs root.
+struct Netns(String);
+
+impl Netns {
+    fn new(tag: &str) -> Netns {
+        let name = format!("ferry-{tag}-{}", std::process::id());
+        let ns = Netns(name);
+        ns.ip(&["netns", "add", &ns.0], false);
+        ns.ip(&["link", "set", "lo", "up"], true);
+        ns
+    }
+
+    /// Runs `ip ARGS` (inside the namespace when `inside`); panics with what to do if it fails.
+    fn ip(&self, args: &[&str], inside: bool) {
+        let mut c = std::process::Command::new("ip");
+        if inside {
+            c.args(["netns", "exec", &self.0, "ip"]);
+        }
+        let out = c.args(args).output().expect("run ip (iproute2)");
+        assert!(
+            out.status.success(),
+            "ip {args:?} failed: {} (this test needs root and iproute2, as CI has: it makes a network namespace)",
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("ip")
+            .args(["netns", "delete", &self.0])
+            .status();
+    }
+}
+
+/// The kernel's announcement that a link is up probes the link at once: `lo` of a network
+/// namespace of our own (with @tus/server and ferry in it) goes down, ferry's probes back off,
+/// and when `lo` comes back the upload goes on within a second or two instead of waiting out
+/// the probe delay.
+#[test]
+fn a_network_change_probes_the_link_at_once() {
+    let ns = Netns::new("nc");
+    let ns_name: &'static str = Box::leak(ns.0.clone().into_boxed_str());
+    let peer = crate::support::peers::Peer::node_tus_server(crate::support::peers::NodeOpts {
+        netns: Some(ns_name),
+        ..Default::default()
+    });
+    let sp = Spool::new("sched-netns", &peer.endpoint(), "");
+    // The shipped retry policy and a short connect timeout: probes are short, their delays long.
+    let text = std::fs::read_to_string(&sp.config)
+        .unwrap()
+        .replace("initial_delay = \"20ms\"", "initial_delay = \"1s\"")
+        .replace("max_delay = \"200ms\"", "max_delay = \"2m\"")
+        .replace("connect_timeout = \"5s\"", "connect_timeout = \"1s\"");
+    std::fs::write(&sp.config, text).unwrap();
+    ns.ip(&["link", "set", "lo", "down"], true);
+    let mut argv = vec![
+        "ip".to_string(),
+        "netns".into(),
+        "exec".into(),
+        ns.0.clone(),
+    ];
+    argv.extend(crate::harness::ferry_argv());
+    argv.extend(["run".into(), "--config".into()]);
+    argv.push(sp.config.display().to_string());
+    let log = std::fs::File::create(&sp.log).unwrap();
+    let mut child = crate::harness::Daemon(
+        crate::harness::loopback_command(&argv)
+            .stdout(std::process::Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap(),
+    );
+    sp.drop_file("a.bin", 100_000, 61);
+    // Wait until the next probe is at least 6 s away, as the status says right after a probe.
+    let mut next_probe_in = 0;
+    wait_until(
+        "the link's probes to back off to 6 s or more",
+        Duration::from_secs(90),
+        || {
+            let status = status_json(&sp);
+            let blocked = status["blocked"].as_str().unwrap_or_default();
+            let updated = status["updated_unix"].as_u64().unwrap_or(0);
+            let secs = blocked
+                .split("trying again in ")
+                .nth(1)
+                .and_then(|t| t.split(' ').next())
+                .and_then(|n| n.parse::<u64>().ok())
+                .unwrap_or(0);
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_secs();
+            next_probe_in = (updated + secs).saturating_sub(now);
+            next_probe_in >= 6
+        },
+    );
+    assert!(
+        sp.spool_files().len() == 1 && peer.upload_count() == 0,
+        "nothing went through a link that was down"
+    );
+    ns.ip(&["link", "set", "lo", "up"], true);
+    let back = Instant::now();
+    wait_until(
+        "the upload after lo came up",
+        Duration::from_secs(30),
+        || sp.spool_files().is_empty(),
+    );
+    let took = back.elapsed();
+    sigterm(&child);
+    child.wait().unwrap();
+    assert!(
+        took < Duration::from_secs(3),
+        "uploaded {took:?} after lo came up; the next probe was due in {next_probe_in} s: the network change did not probe at once\n{}",
+        sp.log()
+    );
+}

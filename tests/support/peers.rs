@@ -38,6 +38,8 @@ pub struct NodeOpts {
     /// FileStore expiration: uploads older than this answer HEAD and PATCH with 410 Gone.
     /// `None` = never expire.
     pub expire_ms: Option<u64>,
+    /// Run it in this network namespace (`ip netns exec`; needs root).
+    pub netns: Option<&'static str>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -85,7 +87,14 @@ impl Peer {
         let data_dir = root.join("data");
         fs::create_dir(&data_dir).expect("create peer data dir");
 
-        let mut cmd = Command::new(&node);
+        let mut cmd = match opts.netns {
+            Some(ns) => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", ns]).arg(&node);
+                c
+            }
+            None => Command::new(&node),
+        };
         cmd.arg(&script)
             .args(["--port", "0", "--dir"])
             .arg(&data_dir);
