@@ -486,8 +486,10 @@ impl Schedule {
         }
         if f.again {
             // Newer content completed while this ran: whatever this run did for the old
-            // content, the new one's finish starts from the top.
-            self.finishing.remove(&key);
+            // content, the new one's finish starts from the top (still superseded if the
+            // file was rewritten once more since).
+            f.again = false;
+            f.failures = 0;
             let first = if self.hook {
                 Stage::Hook
             } else {

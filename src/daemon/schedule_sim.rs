@@ -74,6 +74,7 @@ struct World {
     start: Instant,
     core: Schedule,
     concurrency: usize,
+    window: usize,
     hook: bool,
     files: BTreeMap<String, File>,
     records: HashMap<String, Record>,
@@ -97,9 +98,14 @@ impl World {
         let mut rng = Jitter::new(seed);
         let concurrency = 1 + (rng.next_unit() * 4.0) as usize;
         let hook = rng.next_unit() < 0.5;
+        // A small queue window makes refill scans frequent, a large one (the daemon's) rare:
+        // a file the core lost track of must not hide behind the scans.
+        let window = if rng.next_unit() < 0.5 { 8 } else { 1024 };
         let now = ManualClock::new(UNIX_EPOCH).now();
         Self {
-            core: Schedule::new(concurrency, 8, Pacing::default(), seed ^ 0x5eed).with_hook(hook),
+            core: Schedule::new(concurrency, window, Pacing::default(), seed ^ 0x5eed)
+                .with_hook(hook),
+            window,
             rng,
             now,
             start: now,
@@ -215,7 +221,10 @@ impl World {
                         .get(&name)
                         .filter(|r| r.complete)
                         .and_then(|r| r.upload);
-                    let took = Duration::from_millis(5 + (self.rng.next_unit() * 2000.0) as u64);
+                    // Most hooks are quick; some (a thumbnail upload) take long enough for a
+                    // rewritten file's new content to be uploaded meanwhile.
+                    let longest = if self.chance(0.3) { 20_000.0 } else { 2000.0 };
+                    let took = Duration::from_millis(5 + (self.rng.next_unit() * longest) as u64);
                     self.schedule(took, Work::Hook(name, upload));
                 }
                 Action::AfterUpload(key) => self.after_upload(Self::name(&key)),
@@ -634,8 +643,8 @@ impl World {
             }
         }
         let seed = (self.rng.next_unit() * 1e9) as u64;
-        self.core =
-            Schedule::new(self.concurrency, 8, Pacing::default(), seed).with_hook(self.hook);
+        self.core = Schedule::new(self.concurrency, self.window, Pacing::default(), seed)
+            .with_hook(self.hook);
         let paused = self.paused;
         if paused {
             self.handle(Input::Pause(true));

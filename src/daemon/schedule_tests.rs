@@ -480,3 +480,35 @@ fn new_content_completed_while_the_old_action_waits_gets_its_own_hook_first() {
         "the old action's retry is gone"
     );
 }
+
+/// Found by the simulation: new content completed while the old content's hook ran, and the
+/// file was rewritten once more before that hook ended; the restarted finish forgot the last
+/// rewrite and its action deleted content the server did not hold.
+#[test]
+fn a_third_content_written_while_the_second_waits_for_the_first_hook_is_not_deleted() {
+    let mut s = hooked();
+    s.ready("a", 1, false);
+    s.poll();
+    s.stepped("a", Outcome::Done, true); // content 1: its hook runs
+    s.ready("a", 2, false); // content 2
+    assert_eq!(s.poll(), ["a"]);
+    assert!(s.stepped("a", Outcome::Done, true).is_empty()); // content 2 waits for the hook
+    s.ready("a", 3, false); // content 3
+    assert_eq!(
+        s.handle(Input::HookEnded {
+            key: key("a"),
+            ok: true
+        }),
+        [Action::Hook(key("a"))],
+        "content 2's hook runs"
+    );
+    assert!(
+        s.handle(Input::HookEnded {
+            key: key("a"),
+            ok: true
+        })
+        .is_empty(),
+        "but no action: the file holds content 3 now"
+    );
+    assert_eq!(s.poll(), ["a"], "content 3 is uploaded");
+}
