@@ -831,6 +831,12 @@ impl Schedule {
             self.queue.remove(&key);
             self.queued_with_url.remove(&key);
         }
+        // A finish waiting for a retry is forgotten (a scan of the spool it is in now finds
+        // the complete record again); a hook that runs may end, but no action follows it.
+        self.finishing.retain(|k, f| {
+            f.superseded |= !keep(k);
+            keep(k) || f.retry_at.is_none()
+        });
         let started: Vec<FileKey> = self.started.keys().filter(|k| !keep(k)).cloned().collect();
         started.into_iter().flat_map(|k| self.gone(k)).collect()
     }

@@ -3,9 +3,10 @@
 //!
 //! Each seed makes a random world: files appear, vanish and come back; steps take random
 //! times; the server answers 5xx and 423 to single uploads, the link drops and returns, the
-//! endpoint refuses creations for a while, the operator pauses, resumes, restarts the daemon
-//! (a new core, the files offered again with what the server holds) and the kernel
-//! announces network changes. After a fault horizon the world turns calm, and every file
+//! endpoint refuses creations for a while, the server loses uploads, files are rewritten,
+//! hooks and after-upload actions fail, the operator pauses, resumes, reloads with the spool
+//! moved away and back, restarts the daemon (a new core, the files offered again with what
+//! the store and the server hold) and the kernel announces network changes. After a fault horizon the world turns calm, and every file
 //! still in the spool must then complete within a bounded simulated time.
 //!
 //! `FERRY_SIM_SEEDS=N` runs N seeds (default 2000); `FERRY_SIM_SEED=S` replays one seed and
@@ -90,6 +91,8 @@ struct World {
     deleted: HashSet<String>,
     /// The spool changed since the last scan.
     spool_changed: bool,
+    /// A reload moved `spool.dir` away: the files are outside the daemon's spool.
+    moved: bool,
     trace_all: bool,
 }
 
@@ -122,6 +125,7 @@ impl World {
             locked: HashSet::new(),
             deleted: HashSet::new(),
             spool_changed: false,
+            moved: false,
             trace_all,
         }
     }
@@ -172,7 +176,7 @@ impl World {
     /// What the shell's scan tells the core about one spool file (as `scan::ready` does).
     fn offer(&mut self, name: &str) {
         let f = &self.files[name];
-        if !f.in_spool || self.core.is_started(&Self::key(name)) {
+        if !f.in_spool || self.moved || self.core.is_started(&Self::key(name)) {
             return;
         }
         let (version, mtime) = (f.version, f.mtime);
@@ -234,6 +238,10 @@ impl World {
 
     fn start_step(&mut self, name: String) {
         assert!(!self.paused, "a step was handed out while paused");
+        assert!(
+            !self.moved,
+            "{name} is stepped after a reload moved the spool away from it"
+        );
         assert!(
             self.files.get(&name).is_some_and(|f| f.in_spool),
             "{name} is stepped but not in the spool"
@@ -301,6 +309,10 @@ impl World {
     /// decisions are what is tested.)
     fn after_upload(&mut self, name: String) {
         let key = Self::key(&name);
+        assert!(
+            !self.moved,
+            "the action would touch {name} after a reload moved the spool away from it"
+        );
         let f = &self.files[&name];
         if f.in_spool {
             let rec = self.records.get(&name).cloned();
@@ -540,9 +552,24 @@ impl World {
             }
         } else if r < 0.69 && faulty {
             self.restart();
-        } else if r < 0.74 && self.spool_changed {
+        } else if r < 0.77 && faulty {
+            self.reload();
+        } else if r < 0.80 && self.spool_changed {
             // A scan of an unchanged spool is skipped (as the real shell does while inotify
             // works): a file the core lost track of would stay stranded.
+            self.scan();
+        }
+    }
+
+    /// SIGHUP with `spool.dir` changed: away from the files (the new spool is empty), or
+    /// back to them.
+    fn reload(&mut self) {
+        self.moved = !self.moved;
+        self.log(format!("reload: spool moved away {}", self.moved));
+        if self.moved {
+            let actions = self.core.retain(|_| false);
+            self.run(actions);
+        } else {
             self.scan();
         }
     }
@@ -702,6 +729,9 @@ fn run_seed(seed: u64, trace_all: bool) -> Result<(), String> {
                     w.link_up = true;
                     w.refusing = false;
                     w.locked.clear();
+                    if w.moved {
+                        w.reload();
+                    }
                 }
             }
             let actions = w.core.poll(w.now);
