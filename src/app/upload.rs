@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::{closed, print_line};
-use crate::cli::UploadArgs;
+use crate::cli::{UploadArgs, Verbosity};
 use crate::clock::{random_seed, Clock, SystemClock};
 use crate::config::{self, Env, Raw};
 use crate::error::{Error, Result};
@@ -17,7 +17,7 @@ use crate::store::{FileKey, Store};
 use crate::transport::http::UreqTransport;
 use crate::upload::Uploader;
 
-pub(super) fn upload(args: UploadArgs, env: &Env) -> Result<i32> {
+pub(super) fn upload(args: UploadArgs, verbosity: Verbosity, env: &Env) -> Result<i32> {
     let file = match &args.config {
         Some(path) => config::load(path)?,
         None => Raw::default(),
@@ -25,12 +25,13 @@ pub(super) fn upload(args: UploadArgs, env: &Env) -> Result<i32> {
     let config = file.merge(args.overrides.clone()).resolve(env)?;
     let transport = UreqTransport::new(&config.http)?;
     let store = Store::open(&config.state_dir)?;
-    let result = upload_with(&args, &config, &transport, &store);
+    let result = upload_with(&args, verbosity, &config, &transport, &store);
     closed(store, result)
 }
 
 fn upload_with(
     args: &UploadArgs,
+    verbosity: Verbosity,
     config: &config::Config,
     transport: &UreqTransport,
     store: &Store,
@@ -50,7 +51,8 @@ fn upload_with(
     let reporter = Reporter::start(
         progress.clone(),
         clock.clone(),
-        std::io::stderr().is_terminal(),
+        // -q: no live line (and the log lines that replace it off a terminal are info lines).
+        verbosity > Verbosity::Quiet && std::io::stderr().is_terminal(),
         Duration::from_secs(5),
     );
     let mut failed = 0;

@@ -1,0 +1,147 @@
+//! The front door (issue 13): help on every command, usage errors that point at the right
+//! help page, `-q`/`-v`, and the messages and exit codes a new user meets first.
+
+use std::process::Output;
+
+use crate::harness::{ferry, finished, stderr, upload, Scratch};
+use crate::support::tus_server::{ServerConfig, TusServer};
+
+/// `ferry ARGS`, waited for.
+fn run(args: &[&str]) -> Output {
+    ferry().args(args).output().unwrap()
+}
+
+/// `ferry ARGS` without `RUST_LOG` (which wins over `-q`/`-v`), waited for.
+fn run_without_rust_log(args: &[&str]) -> Output {
+    ferry().env_remove("RUST_LOG").args(args).output().unwrap()
+}
+
+fn stdout(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[test]
+fn every_command_takes_help_and_prints_it_to_stdout() {
+    let mut commands = vec!["upload", "run", "status", "pause", "resume", "check-config"];
+    if cfg!(feature = "broker") {
+        commands.push("broker");
+    }
+    for cmd in commands {
+        for flag in ["--help", "-h"] {
+            let out = run(&[cmd, flag]);
+            let text = stdout(&out);
+            assert_eq!(
+                out.status.code(),
+                Some(0),
+                "ferry {cmd} {flag}: {}",
+                stderr(&out)
+            );
+            assert!(
+                text.contains(&format!("USAGE:\n    ferry {cmd} ")) && text.contains("EXIT:"),
+                "ferry {cmd} {flag}:\n{text}"
+            );
+            assert!(
+                stderr(&out).is_empty(),
+                "ferry {cmd} {flag}: {}",
+                stderr(&out)
+            );
+        }
+    }
+    for args in [&["--help"][..], &["-h"], &["help"]] {
+        let out = run(args);
+        assert_eq!(out.status.code(), Some(0));
+        assert!(stdout(&out).contains("ferry COMMAND --help"), "{args:?}");
+    }
+    let version = run(&["--version"]);
+    assert_eq!(version.status.code(), Some(0));
+    assert!(stdout(&version).starts_with("ferry "));
+}
+
+#[test]
+fn ferry_alone_prints_the_usage_to_stderr_and_exits_2() {
+    let out = run(&[]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stdout(&out).is_empty());
+    assert!(stderr(&out).contains("USAGE:"), "{}", stderr(&out));
+}
+
+#[test]
+fn usage_mistakes_are_usage_errors_that_point_at_the_help() {
+    for (args, says) in [
+        (
+            &["upload"][..],
+            "usage error: no files given; see `ferry upload --help`",
+        ),
+        (
+            &["upload", "--chunksize", "1MiB", "a"],
+            "usage error: unknown option --chunksize; see `ferry upload --help`",
+        ),
+        (
+            &["uplaod", "a"],
+            "usage error: unknown command \"uplaod\" (did you mean \"upload\"?); see `ferry --help`",
+        ),
+        (
+            &["status", "--state-dir"],
+            "usage error: missing argument for option '--state-dir'; see `ferry status --help`",
+        ),
+    ] {
+        let out = run(args);
+        let err = stderr(&out);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {err}");
+        assert!(err.contains(says), "{args:?}: {err}");
+        assert!(!err.contains("configuration error"), "{args:?}: {err}");
+    }
+}
+
+#[test]
+fn quiet_says_only_errors_and_verbose_shows_ferrys_debug_lines_only() {
+    let server = TusServer::start(ServerConfig::default());
+    let s = Scratch::new("verbosity");
+    let cfg = s.config(&server.endpoint(), "");
+    let state = s.state();
+    let upload_args = |flag: &str, name: &str| {
+        let file = s.file(name, 70_000, 1);
+        vec![
+            "upload".to_string(),
+            flag.to_string(),
+            "--config".into(),
+            cfg.display().to_string(),
+            file.display().to_string(),
+        ]
+    };
+    let quiet = upload_args("-q", "q.bin");
+    let out = run_without_rust_log(&quiet.iter().map(String::as_str).collect::<Vec<_>>());
+    assert_eq!(finished(&out).len(), 1);
+    assert!(stderr(&out).is_empty(), "-q: {}", stderr(&out));
+
+    let verbose = upload_args("-v", "v.bin");
+    let out = run_without_rust_log(&verbose.iter().map(String::as_str).collect::<Vec<_>>());
+    assert_eq!(finished(&out).len(), 1);
+    let err = stderr(&out);
+    assert!(
+        err.contains("DEBUG] PATCH "),
+        "-v shows each request:\n{err}"
+    );
+    assert!(err.contains("INFO ]"), "{err}");
+    // sled's recovery and ureq's call states are not ferry's story.
+    for internal in ["Call<", "lsn", "Resolved:", "PoolKey"] {
+        assert!(!err.contains(internal), "-v shows {internal:?}:\n{err}");
+    }
+    // RUST_LOG names a library: then it is shown.
+    let named = upload_args("-v", "n.bin");
+    let out = ferry()
+        .env("RUST_LOG", "debug,ureq=debug")
+        .args(&named)
+        .output()
+        .unwrap();
+    assert_eq!(finished(&out).len(), 1);
+    assert!(stderr(&out).contains("Call<"), "{}", stderr(&out));
+    assert!(state.exists());
+    // Without -q the same command logs; the plain default is info.
+    let plain = upload(&cfg, &[], &[&s.file("p.bin", 10, 2)]);
+    assert!(
+        stderr(&plain).contains("complete, 10 bytes"),
+        "{}",
+        stderr(&plain)
+    );
+}
