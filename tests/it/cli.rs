@@ -145,3 +145,32 @@ fn quiet_says_only_errors_and_verbose_shows_ferrys_debug_lines_only() {
         stderr(&plain)
     );
 }
+
+/// The shipped example says sizes may be written `262144`: integers are bytes (sizes) and
+/// seconds (durations); a count in quotes is refused in words, naming the key and line.
+#[test]
+fn integer_sizes_and_durations_work_and_a_quoted_count_is_explained() {
+    let server = TusServer::start(ServerConfig::default());
+    let s = Scratch::new("integers");
+    let file = s.file("a.bin", 300_000, 3);
+    let cfg = s.config(
+        &server.endpoint(),
+        "give_up_after = 600\n[upload]\nchunk_size = 131072",
+    );
+    assert_eq!(finished(&upload(&cfg, &[], &[&file])).len(), 1);
+    let patches = server
+        .requests()
+        .iter()
+        .filter(|r| r.method == "PATCH")
+        .count();
+    assert_eq!(patches, 3, "300000 bytes in chunks of 131072");
+
+    let cfg = s.config(&server.endpoint(), "max_attempts = \"3\"");
+    let out = upload(&cfg, &[], &[&file]);
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("max_attempts = \"3\"") && err.contains("expected a whole number such as 3"),
+        "{err}"
+    );
+}
