@@ -30,7 +30,7 @@ OPTIONS (each overrides the same key of the --config file, shown in brackets):
     --stream-api-token-file PATH   API token file or credential:NAME [stream.api_token_file]
     --state-dir DIR          where upload state is kept; default $STATE_DIRECTORY, else
                              $XDG_STATE_HOME/ferry, else ~/.local/state/ferry  [state_dir]
-    --chunk-size SIZE        bytes per PATCH; default 6MiB
+    --chunk-size SIZE        bytes per PATCH, at least 64KiB; default 6MiB
                                                                    [upload.chunk_size]
     --header 'Name: value'   extra request header (repeatable)     [server.headers]
     --header-file Name=PATH  header whose value is read from PATH or credential:NAME

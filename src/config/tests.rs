@@ -272,3 +272,26 @@ fn integer_sizes_and_durations_mean_bytes_and_seconds() {
         "{e}"
     );
 }
+
+/// Issue 13: `--chunk-size 1` was taken, and a 3 KB file took 9 s, one byte per request.
+#[test]
+fn a_chunk_below_64_kib_is_refused() {
+    let resolve = |chunk: &str| {
+        from_toml(
+            &format!("state_dir=\"/s\"\n[server]\nendpoint = \"http://h/\"\n[upload]\nchunk_size = {chunk}"),
+            "t",
+        )
+        .and_then(|r| r.resolve(&Env::default()))
+    };
+    for small in ["1", "\"0\"", "65535", "\"63KiB\""] {
+        let e = resolve(small).unwrap_err().to_string();
+        assert!(
+            e.contains("upload.chunk_size") && e.contains("below the smallest chunk, 64KiB"),
+            "{small}: {e}"
+        );
+    }
+    assert_eq!(
+        resolve("\"64KiB\"").unwrap().upload.chunk_size_bytes,
+        65_536
+    );
+}

@@ -40,7 +40,7 @@ mod settings;
 mod terminate;
 mod transfer;
 
-pub(crate) use settings::{ChecksumMode, Header, Settings};
+pub(crate) use settings::{ChecksumMode, Header, Settings, MIN_CHUNK_BYTES};
 
 /// What to do next with a file.
 #[derive(Debug)]

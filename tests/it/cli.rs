@@ -174,3 +174,20 @@ fn integer_sizes_and_durations_work_and_a_quoted_count_is_explained() {
         "{err}"
     );
 }
+
+/// `--chunk-size 1` sent one byte per request (a 3 KB file took 9 s): below 64 KiB it is a
+/// configuration error, before anything is sent.
+#[test]
+fn a_tiny_chunk_size_is_refused_before_anything_is_sent() {
+    let server = TusServer::start(ServerConfig::default());
+    let s = Scratch::new("tiny-chunk");
+    let cfg = s.config(&server.endpoint(), "");
+    let out = upload(&cfg, &["--chunk-size", "1"], &[&s.file("a.bin", 3000, 1)]);
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("upload.chunk_size = \"1\" is below the smallest chunk, 64KiB"),
+        "{err}"
+    );
+    assert!(server.requests().is_empty());
+}
