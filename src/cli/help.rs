@@ -94,7 +94,8 @@ USAGE:
 EXAMPLE:
     ferry upload --endpoint https://tus.example.com/files/ a.mp4 b.mp4
 
-EXIT: 0 success, 1 some file failed or a runtime error, 2 usage or configuration error.
+EXIT: 0 success, 1 some file failed or a runtime error, 2 usage or configuration error;
+`ferry status`: 3 when no daemon is running.
 "
 );
 
@@ -170,7 +171,9 @@ USAGE:
 EXAMPLE:
     ferry status --config /etc/ferry/ferry.toml
 
-EXIT: 0 the status was read, 2 usage or configuration error (also when it cannot be read).
+EXIT: 0 a daemon is running on the state directory; 3 no daemon is running (what it last
+recorded is still printed), as with `systemctl is-active`; 1 the status cannot be read; 2 usage
+or configuration error.
 "
 );
 
@@ -183,7 +186,7 @@ USAGE:
     ferry pause [OPTIONS]
 
 Writes a marker into the state directory: a running daemon stops sending within a second, and
-a daemon started later starts paused.
+a daemon started later starts paused. Without a running daemon it says so, and writes it.
 
 ",
     state_options!(),
@@ -205,6 +208,7 @@ USAGE:
     ferry resume [OPTIONS]
 
 Removes the pause marker from the state directory: a running daemon resumes within a second.
+Without a running daemon it says so, and removes it.
 
 ",
     state_options!(),

@@ -191,3 +191,39 @@ fn a_tiny_chunk_size_is_refused_before_anything_is_sent() {
     );
     assert!(server.requests().is_empty());
 }
+
+/// Without a daemon on the state directory, `ferry status` exits 3 (like `systemctl
+/// is-active`), and `pause`/`resume` say so and still set or clear the marker.
+#[test]
+fn without_a_daemon_status_exits_3_and_pause_warns_but_sets_the_marker() {
+    let s = Scratch::new("no-daemon");
+    let state = s.state().display().to_string();
+    let status = run(&["status", "--state-dir", &state]);
+    assert_eq!(status.status.code(), Some(3), "{}", stderr(&status));
+    assert!(
+        stderr(&status).contains(&format!("no ferry daemon has run on {state}")),
+        "{}",
+        stderr(&status)
+    );
+    let json = run(&["status", "--json", "--state-dir", &state]);
+    assert_eq!(json.status.code(), Some(3));
+
+    let pause = run(&["pause", "--state-dir", &state]);
+    assert_eq!(pause.status.code(), Some(0), "{}", stderr(&pause));
+    assert!(
+        stderr(&pause).contains(&format!(
+            "no ferry daemon is running on {state}; it will start paused"
+        )),
+        "{}",
+        stderr(&pause)
+    );
+    assert!(s.state().join("paused").exists());
+    let resume = run(&["resume", "--state-dir", &state]);
+    assert_eq!(resume.status.code(), Some(0), "{}", stderr(&resume));
+    assert!(
+        stderr(&resume).contains("; it will start uploading"),
+        "{}",
+        stderr(&resume)
+    );
+    assert!(!s.state().join("paused").exists());
+}
