@@ -61,6 +61,8 @@ pub(crate) struct UploadArgs {
     pub overrides: Raw,
     /// `--cancel`: terminate the uploads of the files instead.
     pub cancel: bool,
+    /// `--force`: with `--cancel`, terminate complete uploads too.
+    pub force: bool,
     /// Files to upload.
     pub files: Vec<PathBuf>,
 }
@@ -257,6 +259,7 @@ fn parse_upload(p: &mut lexopt::Parser, verbosity: &mut Verbosity) -> Result<Opt
         match arg {
             Long("help") | Short('h') => return Ok(None),
             Long("cancel") => a.cancel = true,
+            Long("force") => a.force = true,
             Value(file) => a.files.push(file.into()),
             Long(name) => {
                 let name = name.to_string();
@@ -269,6 +272,9 @@ fn parse_upload(p: &mut lexopt::Parser, verbosity: &mut Verbosity) -> Result<Opt
     }
     if a.files.is_empty() {
         return Err(Error::usage("no files given", hint));
+    }
+    if a.force && !a.cancel {
+        return Err(Error::usage("--force goes with --cancel only", hint));
     }
     Ok(Some(a))
 }

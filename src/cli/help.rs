@@ -106,12 +106,16 @@ ferry upload: upload files to a tus server, each to completion
 
 USAGE:
     ferry upload [OPTIONS] FILE...
-    ferry upload --cancel [OPTIONS] FILE...
+    ferry upload --cancel [--force] [OPTIONS] FILE...
 
 Running the same command again (after Ctrl-C, kill -9, a cut link or a reboot) resumes each
-file at the byte the server holds; the upload URLs are kept in the state directory.
+file at the byte the server holds; the upload URLs are kept in the state directory. A symbolic
+link named here is followed to the regular file it points to.
 
-    --cancel                 terminate the files' uploads on the server and forget them
+    --cancel                 terminate the files' unfinished uploads on the server and
+                             forget them
+    --force                  with --cancel: also terminate complete uploads (which deletes
+                             the server's copy)
 ",
     server_options!(),
     output_options!(),
@@ -123,7 +127,8 @@ OUTPUT: one line per finished file on stdout: <path><TAB><upload URL>[<TAB><medi
 third field when the server named the video: Cloudflare Stream's stream-media-id); progress
 and messages on stderr.
 EXIT: 0 every file complete, 1 some file failed or a runtime error, 2 usage or configuration
-error.
+error. Ctrl-C stops at the next read, says how to resume and ends by SIGINT, as without ferry's
+handler (130 in a shell); a second Ctrl-C ends it at once.
 "
 );
 

@@ -6,6 +6,7 @@
 
 use super::{lock, unix, FileUpload, Phase, Step, Uploader, MIN_CHUNK_BYTES};
 use crate::error::{Error, Result};
+use crate::progress::human_bytes;
 use crate::stream;
 use crate::transport::FailureKind;
 use crate::tus::response::{self, Sent};
@@ -33,6 +34,14 @@ impl Uploader<'_> {
             Outcome::Offset { offset, expires } => {
                 if let Some(e) = expires {
                     self.set_expiry(f, e)?;
+                }
+                if std::mem::take(&mut f.resuming) {
+                    log::info!(
+                        "{}: resuming {} at {} (server offset)",
+                        f.path().display(),
+                        url::redact(&rec.upload_url),
+                        human_bytes(offset)
+                    );
                 }
                 self.advanced(f, offset)?;
                 Ok(Step::Continue)

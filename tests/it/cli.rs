@@ -2,9 +2,15 @@
 //! help page, `-q`/`-v`, and the messages and exit codes a new user meets first.
 
 use std::process::Output;
+use std::time::Duration;
 
-use crate::harness::{ferry, finished, stderr, upload, Scratch};
-use crate::support::tus_server::{ServerConfig, TusServer};
+use crate::harness::{
+    ferry, finished, server_behind_proxy, signal, spawn_upload, stderr, upload, wait_until, Scratch,
+};
+use crate::support::flaky_proxy::ProxyPlan;
+use crate::support::tus_server::{Fault, ServerConfig, TusServer};
+
+const MIB: u64 = 1024 * 1024;
 
 /// `ferry ARGS`, waited for.
 fn run(args: &[&str]) -> Output {
@@ -226,4 +232,116 @@ fn without_a_daemon_status_exits_3_and_pause_warns_but_sets_the_marker() {
         stderr(&resume)
     );
     assert!(!s.state().join("paused").exists());
+}
+
+/// Issue 13: Ctrl-C said nothing, and a rerun resumed without saying where. Now Ctrl-C stops,
+/// says how to resume and still ends by SIGINT (130 in a shell, as before); the rerun says
+/// where it resumes, by the server's offset.
+#[test]
+fn ctrl_c_says_how_to_resume_and_the_rerun_says_where_it_resumes() {
+    use std::os::unix::process::ExitStatusExt;
+    let (server, proxy) = server_behind_proxy(ProxyPlan {
+        throttle_bytes_per_sec: Some(2 * MIB),
+        ..ProxyPlan::default()
+    });
+    let s = Scratch::new("ctrl-c");
+    let f = s.file("a.bin", 8 * MIB as usize, 5);
+    let cfg = s.config(
+        &proxy.rewrite(&server.endpoint()),
+        "[upload]\nchunk_size = \"1MiB\"",
+    );
+    let child = spawn_upload(&cfg, &[], &[&f]);
+    wait_until("upload progress", Duration::from_secs(30), || {
+        server.uploads().first().is_some_and(|u| u.offset >= MIB)
+    });
+    signal(&child, "INT");
+    let out = child.wait_with_output().unwrap();
+    let err = stderr(&out);
+    assert_eq!(
+        out.status.signal(),
+        Some(2),
+        "ended by SIGINT, as before: {err}"
+    );
+    assert!(
+        err.contains("interrupted: run the same command again to resume"),
+        "{err}"
+    );
+    let held = server.uploads()[0].offset;
+    assert!(held < 8 * MIB, "interrupted mid-file");
+    proxy.set_plan(ProxyPlan::default());
+    let again = upload(&cfg, &[], &[&f]);
+    let err = stderr(&again);
+    let url = &finished(&again)[0].1;
+    let at = format!(
+        "{}: resuming {url} at {:.1} MiB (server offset)",
+        f.display(),
+        held as f64 / MIB as f64
+    );
+    assert!(err.contains(&at), "want {at:?} in:\n{err}");
+    assert_eq!(server.uploads().len(), 1, "the same upload");
+}
+
+/// Issue 13: a 404 on POST printed two identical lines that named no file.
+#[test]
+fn every_per_file_error_names_its_file() {
+    let server = TusServer::start(ServerConfig::default());
+    let s = Scratch::new("names");
+    let (a, b) = (s.file("a.bin", 10, 1), s.file("b.bin", 10, 2));
+    for _ in 0..2 {
+        server.push_fault(
+            "POST",
+            Fault::Status {
+                code: 404,
+                body: "no such endpoint".into(),
+            },
+        );
+    }
+    let cfg = s.config(&server.endpoint(), "");
+    let out = upload(&cfg, &["--max-attempts", "1"], &[&a, &b]);
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    for f in [&a, &b] {
+        let line = err
+            .lines()
+            .find(|l| l.contains("ERROR") && l.contains(&f.display().to_string()));
+        assert!(
+            line.is_some_and(|l| l.contains("404") && l.contains("no such endpoint")),
+            "no error line names {}:\n{err}",
+            f.display()
+        );
+    }
+}
+
+/// Issue 13: `--cancel` deleted a completed upload without a word. It is refused (the server's
+/// copy would go) unless `--force`, and then said per file.
+#[test]
+fn cancel_of_a_complete_upload_needs_force_and_says_so() {
+    let server = TusServer::start(ServerConfig::default());
+    let s = Scratch::new("cancel-done");
+    let f = s.file("a.bin", 1000, 4);
+    let cfg = s.config(&server.endpoint(), "");
+    finished(&upload(&cfg, &[], &[&f]));
+    let refused = upload(&cfg, &["--cancel"], &[&f]);
+    let err = stderr(&refused);
+    assert_eq!(refused.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains(&format!("{}: its upload", f.display()))
+            && err.contains("is complete: the server holds all of it, and --cancel would delete it there; add --force to do so"),
+        "{err}"
+    );
+    assert!(!server.uploads()[0].deleted);
+    let forced = upload(&cfg, &["--cancel", "--force"], &[&f]);
+    let err = stderr(&forced);
+    assert_eq!(forced.status.code(), Some(0), "{err}");
+    assert!(
+        err.contains(&format!(
+            "{}: the server already held all of it; its upload",
+            f.display()
+        )) && err.contains("was terminated (--force) and forgotten"),
+        "{err}"
+    );
+    assert!(server.uploads()[0].deleted);
+    let misuse = upload(&cfg, &["--force"], &[&f]);
+    assert_eq!(misuse.status.code(), Some(2));
+    assert!(stderr(&misuse).contains("--force goes with --cancel only"));
 }
