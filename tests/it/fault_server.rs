@@ -566,11 +566,13 @@ fn a_second_process_on_the_same_state_dir_is_refused_clearly() {
     first.kill().unwrap();
     first.wait().unwrap();
     assert_eq!(second.status.code(), Some(1));
-    assert!(
-        stderr(&second).contains("in use by another ferry process"),
-        "{}",
-        stderr(&second)
+    // Issue 13: it says which process and what to do.
+    let want = format!(
+        "state directory {}: is in use by another ferry process (pid {}, `ferry upload`); one process per state directory: wait for it to end, stop it, or give this command its own --state-dir",
+        s.state().display(),
+        first.id()
     );
+    assert!(stderr(&second).contains(&want), "{}", stderr(&second));
 }
 
 #[test]
