@@ -109,7 +109,7 @@ pub(super) fn check_config(args: &CommonArgs, env: &Env) -> Result<i32> {
         )));
     }
     print_line(&format!(
-        "spool       {} (after upload: {:?}, failed: {})",
+        "spool       {} (after upload: {}, failed: {})",
         d.spool.dir.display(),
         d.after_upload,
         d.failed_dir

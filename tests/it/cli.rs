@@ -345,3 +345,33 @@ fn cancel_of_a_complete_upload_needs_force_and_says_so() {
     assert_eq!(misuse.status.code(), Some(2));
     assert!(stderr(&misuse).contains("--force goes with --cancel only"));
 }
+
+/// Issue 13: no Rust `Debug` in messages: check-config and the daemon's start line said
+/// `after upload: Move("/…/done")`.
+#[test]
+fn the_after_upload_action_is_said_in_words() {
+    let s = Scratch::new("words");
+    let spool = s.dir.join("files");
+    let done = s.dir.join("done");
+    let cfg = s.config("http://127.0.0.1:9/files/", "");
+    let out = ferry()
+        .arg("check-config")
+        .arg("--config")
+        .arg(&cfg)
+        .arg("--spool")
+        .arg(&spool)
+        .arg("--after-upload")
+        .arg(format!("move:{}", done.display()))
+        .output()
+        .unwrap();
+    let text = stdout(&out);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert!(
+        text.contains(&format!(
+            "(after upload: move to {}, failed: kept in place)",
+            done.display()
+        )),
+        "{text}"
+    );
+    assert!(!text.contains("Move("), "{text}");
+}
