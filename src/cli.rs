@@ -136,7 +136,7 @@ pub(crate) fn parse(args: impl IntoIterator<Item = std::ffi::OsString>) -> Resul
 const OVERVIEW_HINT: &str = "ferry --help";
 
 /// The verbosity after `arg` when it is `-q` or `-v`.
-pub(crate) fn output_option(arg: &lexopt::Arg<'_>, now: Verbosity) -> Option<Verbosity> {
+fn output_option(arg: &lexopt::Arg<'_>, now: Verbosity) -> Option<Verbosity> {
     match arg {
         Short('q') | Long("quiet") => Some(Verbosity::Quiet),
         Short('v') | Long("verbose") => Some(now.louder()),
@@ -229,7 +229,13 @@ fn edit_distance(a: &str, b: &str) -> usize {
 
 #[cfg(feature = "broker")]
 fn broker(p: &mut lexopt::Parser, verbosity: &mut Verbosity) -> Result<Command> {
-    let a = crate::broker::args::parse(p, verbosity)?;
+    let a = crate::broker::args::parse(p, &mut |arg| match output_option(arg, *verbosity) {
+        Some(v) => {
+            *verbosity = v;
+            true
+        }
+        None => false,
+    })?;
     Ok(if a.help {
         Command::Help(crate::broker::args::USAGE)
     } else {
@@ -540,6 +546,11 @@ mod tests {
 
     #[test]
     fn quiet_and_verbose_anywhere() {
+        #[cfg(feature = "broker")]
+        assert_eq!(
+            verbosity(&["broker", "-v", "--listen", "x"]),
+            Verbosity::Debug
+        );
         assert_eq!(verbosity(&["upload", "f"]), Verbosity::Normal);
         assert_eq!(verbosity(&["-q", "upload", "f"]), Verbosity::Quiet);
         assert_eq!(verbosity(&["upload", "--quiet", "f"]), Verbosity::Quiet);

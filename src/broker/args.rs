@@ -4,7 +4,6 @@ use std::path::PathBuf;
 
 use lexopt::prelude::*;
 
-use crate::cli::Verbosity;
 use crate::config::RawBroker;
 use crate::error::{Error, Result};
 
@@ -64,13 +63,16 @@ impl BrokerArgs {
 /// Where the usage of `ferry broker` is shown.
 const HINT: &str = "ferry broker --help";
 
-/// Parses the arguments after `ferry broker`; `-q`/`-v` change `verbosity`.
-pub(crate) fn parse(p: &mut lexopt::Parser, verbosity: &mut Verbosity) -> Result<BrokerArgs> {
+/// Parses the arguments after `ferry broker`. `shared` takes the options every command has
+/// (`-q`, `-v`) first: true when it took `arg`.
+pub(crate) fn parse(
+    p: &mut lexopt::Parser,
+    shared: &mut dyn FnMut(&lexopt::Arg<'_>) -> bool,
+) -> Result<BrokerArgs> {
     let mut a = BrokerArgs::default();
     let o = &mut a.overrides;
     while let Some(arg) = p.next().map_err(usage)? {
-        if let Some(v) = crate::cli::output_option(&arg, *verbosity) {
-            *verbosity = v;
+        if shared(&arg) {
             continue;
         }
         match arg {
@@ -147,7 +149,7 @@ mod tests {
 
     fn parse_str(args: &[&str]) -> Result<BrokerArgs> {
         let mut p = lexopt::Parser::from_args(args.iter().map(std::ffi::OsString::from));
-        parse(&mut p, &mut Verbosity::Normal)
+        parse(&mut p, &mut |_| false)
     }
 
     #[test]
@@ -195,11 +197,19 @@ mod tests {
     }
 
     #[test]
-    fn quiet_and_verbose_are_taken_like_everywhere() {
-        let mut p = lexopt::Parser::from_args(["-vv", "--listen", "127.0.0.1:1"]);
-        let mut v = Verbosity::Normal;
-        parse(&mut p, &mut v).unwrap();
-        assert_eq!(v, Verbosity::Trace);
+    fn the_shared_options_are_left_to_the_caller() {
+        let mut p = lexopt::Parser::from_args(["-v", "--listen", "127.0.0.1:1", "-q"]);
+        let mut seen = 0;
+        let a = parse(&mut p, &mut |arg| {
+            let shared = matches!(arg, Short('v' | 'q'));
+            seen += usize::from(shared);
+            shared
+        })
+        .unwrap();
+        assert_eq!(
+            (seen, a.overrides.listen.as_deref()),
+            (2, Some("127.0.0.1:1"))
+        );
     }
 
     #[test]
