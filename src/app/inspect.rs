@@ -35,7 +35,7 @@ pub(super) fn show_status(args: &CommonArgs, json: bool, env: &Env) -> Result<i3
             })
         }
     };
-    let alive = is_running(snap.pid);
+    let alive = is_running(&dir, snap.pid);
     if json {
         let mut value = serde_json::to_value(&snap).unwrap_or_default();
         value["running"] = serde_json::Value::Bool(alive);
@@ -50,14 +50,17 @@ pub(super) fn show_status(args: &CommonArgs, json: bool, env: &Env) -> Result<i3
     Ok(if alive { 0 } else { NOT_RUNNING })
 }
 
-/// True when process `pid` is a ferry (the daemon that wrote a status snapshot).
-fn is_running(pid: u32) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/comm")).is_ok_and(|c| c.trim() == "ferry")
+/// True when the daemon that wrote a status snapshot, process `pid`, still runs on `dir`: it
+/// holds the state store open, or (when the lock cannot be told) `pid` is a ferry. The lock
+/// also tells a ferry run by an emulator (qemu-user), whose process name is the emulator's.
+fn is_running(dir: &Path, pid: u32) -> bool {
+    crate::store::holder(dir) == Some(pid)
+        || std::fs::read_to_string(format!("/proc/{pid}/comm")).is_ok_and(|c| c.trim() == "ferry")
 }
 
 /// True when a daemon runs on `dir`: its status snapshot names a live ferry.
 fn daemon_runs_on(dir: &Path) -> bool {
-    crate::status::read(dir).is_ok_and(|snap| is_running(snap.pid))
+    crate::status::read(dir).is_ok_and(|snap| is_running(dir, snap.pid))
 }
 
 pub(super) fn set_paused(args: &CommonArgs, paused: bool, env: &Env) -> Result<i32> {

@@ -12,11 +12,16 @@ use std::path::Path;
 /// The commands whose name is worth showing after `ferry`.
 const COMMANDS: [&str; 4] = ["upload", "run", "check-config", "broker"];
 
-/// "pid 4242, `ferry upload`" for the process that locks `file`, if it can be told.
-pub(super) fn describe(file: &Path) -> Option<String> {
+/// The pid of the process that locks `file`, if it can be told.
+pub(super) fn owner(file: &Path) -> Option<u32> {
     let meta = std::fs::metadata(file).ok()?;
     let locks = std::fs::read_to_string("/proc/locks").ok()?;
-    let pid = lock_owner(&locks, meta.dev(), meta.ino())?;
+    lock_owner(&locks, meta.dev(), meta.ino())
+}
+
+/// "pid 4242, `ferry upload`" for the process that locks `file`, if it can be told.
+pub(super) fn describe(file: &Path) -> Option<String> {
+    let pid = owner(file)?;
     let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
     Some(match command(&cmdline) {
         Some(cmd) => format!("pid {pid}, `{cmd}`"),

@@ -230,10 +230,20 @@ fn is_lock_error(io: &std::io::Error) -> bool {
     io.kind() == std::io::ErrorKind::WouldBlock || io.to_string().contains("lock")
 }
 
+/// The pid of the process that holds the store in `dir` open, if any and if it can be told
+/// (Linux's `/proc/locks`): how `ferry status` knows a daemon runs on a state directory.
+pub(crate) fn holder(dir: &Path) -> Option<u32> {
+    holder::owner(&lock_file(dir))
+}
+
+/// The file sled locks while a process has the store open.
+fn lock_file(dir: &Path) -> PathBuf {
+    dir.join("db").join("db")
+}
+
 /// The problem of a state directory another process holds, naming that process if it can.
 fn in_use(dir: &Path) -> String {
-    let who = holder::describe(&dir.join("db").join("db"))
-        .map_or(String::new(), |who| format!(" ({who})"));
+    let who = holder::describe(&lock_file(dir)).map_or(String::new(), |who| format!(" ({who})"));
     format!(
         "is in use by another ferry process{who}; one process per state directory: wait for it to end, stop it, or give this command its own --state-dir"
     )

@@ -68,6 +68,7 @@ fn survives_reopen_and_refuses_a_second_process_view() {
             "{e}"
         );
         assert!(e.to_string().contains("its own --state-dir"), "{e}");
+        assert_eq!(super::holder(&dir), Some(std::process::id()));
     }
     let s = reopen(&dir);
     assert_eq!(s.get(&"/x".into()).unwrap(), Some(record("/x")));
