@@ -5,7 +5,14 @@ use std::path::PathBuf;
 /// Everything that can stop ferry or fail a file.
 #[derive(Debug)]
 pub(crate) enum Error {
-    /// The command line or config file is wrong: the user must fix it.
+    /// The command line is wrong (unknown command or option, no files): the user must fix it.
+    Usage {
+        /// What is wrong.
+        problem: String,
+        /// Where the right usage is shown, e.g. `ferry upload --help`.
+        help: &'static str,
+    },
+    /// The config file or a setting's value is wrong: the user must fix it.
     Config(String),
     /// A file to upload cannot be used (missing, not a regular file, changed, unreadable).
     Source {
@@ -64,6 +71,7 @@ pub(crate) enum Error {
 impl std::fmt::Display for Error {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
+            Self::Usage { problem, help } => write!(f, "usage error: {problem}; see `{help}`"),
             Self::Config(m) => write!(f, "configuration error: {m}"),
             Self::Source { path, problem } => write!(f, "{}: {problem}", path.display()),
             Self::State { dir, problem } => {
@@ -116,6 +124,14 @@ impl Error {
         Self::Config(msg.into())
     }
 
+    /// Shorthand for a usage error; `help` is the command that shows the right usage.
+    pub(crate) fn usage(problem: impl Into<String>, help: &'static str) -> Self {
+        Self::Usage {
+            problem: problem.into(),
+            help,
+        }
+    }
+
     /// Shorthand for a source-file error.
     pub(crate) fn source_file(path: impl Into<PathBuf>, problem: impl Into<String>) -> Self {
         Self::Source {
@@ -132,11 +148,11 @@ impl Error {
         }
     }
 
-    /// The process exit code for this error when it ends a command: 2 for a configuration
-    /// error (which a restart cannot fix), 1 for everything else.
+    /// The process exit code for this error when it ends a command: 2 for a usage or
+    /// configuration error (which a restart cannot fix), 1 for everything else.
     pub(crate) fn exit_code(&self) -> i32 {
         match self {
-            Self::Config(_) => 2,
+            Self::Usage { .. } | Self::Config(_) => 2,
             _ => 1,
         }
     }
@@ -152,6 +168,12 @@ mod tests {
     #[test]
     fn only_configuration_errors_stop_systemd_from_restarting() {
         assert_eq!(Error::config("x").exit_code(), 2);
+        let usage = Error::usage("no files given", "ferry upload --help");
+        assert_eq!(usage.exit_code(), 2);
+        assert_eq!(
+            usage.to_string(),
+            "usage error: no files given; see `ferry upload --help`"
+        );
         let internal = Error::Internal("upload threads ended unexpectedly".into());
         assert_eq!(internal.exit_code(), 1);
         assert!(internal.to_string().contains("a bug in ferry"));

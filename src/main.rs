@@ -1,6 +1,5 @@
-//! `ferry`: set up logging, run the command line, exit with its code.
+//! `ferry`: run the command line (which sets up logging), exit with its code.
 
 fn main() {
-    ferry::app::init_logging();
     std::process::exit(ferry::app::run(std::env::args_os().skip(1)));
 }

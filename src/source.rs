@@ -4,6 +4,10 @@
 //! and the opened descriptor is checked to be that same file (so a path swapped for a symlink
 //! between the check and the open is caught). Its identity (device, inode, size, mtime) is
 //! compared again before every chunk: a file that changed is never silently mixed (invariant 4).
+//!
+//! One exception, which the daemon never uses: a symbolic link named on `ferry upload`'s command
+//! line is the user's explicit choice (curl and rclone follow those too), so
+//! [`follow_named_link`] resolves it to its target before the target is opened as above.
 
 use std::fs::File;
 use std::io::Read;
@@ -70,6 +74,33 @@ impl Identity {
     }
 }
 
+/// Symbolic links followed before giving up (the kernel's own limit is 40).
+const MAX_LINK_HOPS: usize = 40;
+
+/// The file a path given on the command line names: itself, or, when it is a symbolic link,
+/// the link's final target (relative targets taken from the link's directory; the directories
+/// on the way are kept as written, so the file keeps the state key it has under that path).
+/// Only for paths the user named explicitly: the daemon never follows links (invariant 6).
+pub(crate) fn follow_named_link(path: &Path) -> Result<PathBuf> {
+    let mut at = path.to_path_buf();
+    for _ in 0..MAX_LINK_HOPS {
+        match std::fs::symlink_metadata(&at) {
+            Ok(m) if m.file_type().is_symlink() => {
+                let target = std::fs::read_link(&at).map_err(|e| {
+                    Error::source_file(path, format!("cannot read the symbolic link: {e}"))
+                })?;
+                at = at.parent().map_or(target.clone(), |dir| dir.join(&target));
+            }
+            // Not a link (or missing): `Source::open` says what is wrong with it.
+            _ => return Ok(at),
+        }
+    }
+    Err(Error::source_file(
+        path,
+        format!("is a symbolic link that leads through more than {MAX_LINK_HOPS} links"),
+    ))
+}
+
 /// An open file to upload.
 #[derive(Debug)]
 pub(crate) struct Source {
@@ -86,7 +117,7 @@ impl Source {
         let kind = meta.file_type();
         if kind.is_symlink() {
             return Err(err(
-                "is a symbolic link; ferry uploads only regular files and never follows links"
+                "is a symbolic link; ferry uploads only regular files and never follows links in a spool"
                     .into(),
             ));
         }

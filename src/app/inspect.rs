@@ -1,18 +1,41 @@
 //! The commands that look at or steer a running daemon through its state directory:
 //! `ferry status`, `ferry pause`/`resume` and `ferry check-config`.
 
+use std::io::ErrorKind;
+use std::path::Path;
+
 use super::{load, print_line};
 use crate::cli::CommonArgs;
 use crate::clock::{Clock, SystemClock};
 use crate::config::Env;
 use crate::error::{Error, Result};
+use crate::status::ReadError;
 use crate::transport::http::UreqTransport;
+
+/// `ferry status`'s exit code when no daemon runs on the state directory, like
+/// `systemctl is-active`'s: a script can tell "not running" from "cannot tell" (1, 2).
+const NOT_RUNNING: i32 = 3;
 
 pub(super) fn show_status(args: &CommonArgs, json: bool, env: &Env) -> Result<i32> {
     let dir = load(args)?.state_dir(env)?;
-    let snap = crate::status::read(&dir).map_err(|e| Error::config(e.to_string()))?;
-    let alive = std::fs::read_to_string(format!("/proc/{}/comm", snap.pid))
-        .is_ok_and(|c| c.trim() == "ferry");
+    let snap = match crate::status::read(&dir) {
+        Ok(snap) => snap,
+        Err(ReadError::Missing { source, .. }) if source.kind() == ErrorKind::NotFound => {
+            log::warn!(
+                "no ferry daemon has run on {} (it has no {}); is `ferry run` using this state directory?",
+                dir.display(),
+                crate::status::SNAPSHOT_FILE
+            );
+            return Ok(NOT_RUNNING);
+        }
+        Err(e) => {
+            return Err(Error::State {
+                dir,
+                problem: format!("cannot read the daemon's status: {e}"),
+            })
+        }
+    };
+    let alive = is_running(&dir, snap.pid);
     if json {
         let mut value = serde_json::to_value(&snap).unwrap_or_default();
         value["running"] = serde_json::Value::Bool(alive);
@@ -24,7 +47,20 @@ pub(super) fn show_status(args: &CommonArgs, json: bool, env: &Env) -> Result<i3
             .map_or(0, |d| d.as_secs());
         print!("{}", crate::status::render_text(&snap, alive, now));
     }
-    Ok(0)
+    Ok(if alive { 0 } else { NOT_RUNNING })
+}
+
+/// True when the daemon that wrote a status snapshot, process `pid`, still runs on `dir`: it
+/// holds the state store open, or (when the lock cannot be told) `pid` is a ferry. The lock
+/// also tells a ferry run by an emulator (qemu-user), whose process name is the emulator's.
+fn is_running(dir: &Path, pid: u32) -> bool {
+    crate::store::holder(dir) == Some(pid)
+        || std::fs::read_to_string(format!("/proc/{pid}/comm")).is_ok_and(|c| c.trim() == "ferry")
+}
+
+/// True when a daemon runs on `dir`: its status snapshot names a live ferry.
+fn daemon_runs_on(dir: &Path) -> bool {
+    crate::status::read(dir).is_ok_and(|snap| is_running(dir, snap.pid))
 }
 
 pub(super) fn set_paused(args: &CommonArgs, paused: bool, env: &Env) -> Result<i32> {
@@ -46,6 +82,13 @@ pub(super) fn set_paused(args: &CommonArgs, paused: bool, env: &Env) -> Result<i
     } else {
         crate::durable::remove_file(&marker).map_err(io)?;
         print_line("resumed");
+    }
+    if !daemon_runs_on(&dir) {
+        let then = if paused { "paused" } else { "uploading" };
+        log::warn!(
+            "no ferry daemon is running on {}; it will start {then}",
+            dir.display()
+        );
     }
     Ok(0)
 }
@@ -69,7 +112,7 @@ pub(super) fn check_config(args: &CommonArgs, env: &Env) -> Result<i32> {
         )));
     }
     print_line(&format!(
-        "spool       {} (after upload: {:?}, failed: {})",
+        "spool       {} (after upload: {}, failed: {})",
         d.spool.dir.display(),
         d.after_upload,
         d.failed_dir

@@ -10,17 +10,21 @@ mod upload;
 use std::io::Write;
 use std::path::Path;
 
-use crate::cli::{Command, CommonArgs, DEFAULT_CONFIG, USAGE};
+use crate::cli::{help, Command, CommonArgs, Verbosity, DEFAULT_CONFIG};
 use crate::config::{Env, Raw};
 use crate::error::Result;
 use crate::store::Store;
 
 pub use logging::init_logging;
 
-/// Runs a command line (without the program name); returns the exit code.
+/// Runs a command line (without the program name) with logging set up by its `-q`/`-v`
+/// (unless it was set up already); returns the exit code.
 pub fn run(args: impl IntoIterator<Item = std::ffi::OsString>) -> i32 {
     let env = Env::from_process();
-    match crate::cli::parse(args).and_then(|cmd| dispatch(cmd, &env)) {
+    let cli = crate::cli::parse(args);
+    let verbosity = cli.as_ref().map_or(Verbosity::Normal, |c| c.verbosity);
+    logging::init(verbosity, &env);
+    match cli.and_then(|cli| dispatch(cli.command, verbosity, &env)) {
         Ok(code) => code,
         Err(e) => {
             log::error!("{e}");
@@ -29,17 +33,21 @@ pub fn run(args: impl IntoIterator<Item = std::ffi::OsString>) -> i32 {
     }
 }
 
-fn dispatch(cmd: Command, env: &Env) -> Result<i32> {
+fn dispatch(cmd: Command, verbosity: Verbosity, env: &Env) -> Result<i32> {
     match cmd {
-        Command::Help => {
-            print!("{USAGE}");
+        Command::Help(page) => {
+            print!("{page}");
             Ok(0)
+        }
+        Command::Bare => {
+            eprint!("{}", help::OVERVIEW);
+            Ok(2)
         }
         Command::Version => {
             println!("ferry {}", env!("CARGO_PKG_VERSION"));
             Ok(0)
         }
-        Command::Upload(args) => upload::upload(*args, env),
+        Command::Upload(args) => upload::upload(*args, verbosity, env),
         Command::Run(args) => run::run_daemon(&args, env),
         Command::Status(args, json) => inspect::show_status(&args, json, env),
         Command::Pause(args) => inspect::set_paused(&args, true, env),

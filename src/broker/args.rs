@@ -60,11 +60,21 @@ impl BrokerArgs {
     }
 }
 
-/// Parses the arguments after `ferry broker`.
-pub(crate) fn parse(p: &mut lexopt::Parser) -> Result<BrokerArgs> {
+/// Where the usage of `ferry broker` is shown.
+const HINT: &str = "ferry broker --help";
+
+/// Parses the arguments after `ferry broker`. `shared` takes the options every command has
+/// (`-q`, `-v`) first: true when it took `arg`.
+pub(crate) fn parse(
+    p: &mut lexopt::Parser,
+    shared: &mut dyn FnMut(&lexopt::Arg<'_>) -> bool,
+) -> Result<BrokerArgs> {
     let mut a = BrokerArgs::default();
     let o = &mut a.overrides;
     while let Some(arg) = p.next().map_err(usage)? {
+        if shared(&arg) {
+            continue;
+        }
         match arg {
             Long("help") | Short('h') => a.help = true,
             Long("config") => a.config = Some(p.value().map_err(usage)?.into()),
@@ -81,11 +91,7 @@ pub(crate) fn parse(p: &mut lexopt::Parser) -> Result<BrokerArgs> {
             Long("url-expiry-seconds") => {
                 o.url_expiry_seconds = Some(number(p, "--url-expiry-seconds")?)
             }
-            Long(name) => {
-                return Err(Error::config(format!(
-                    "unknown option --{name} for ferry broker; try `ferry broker --help`"
-                )))
-            }
+            Long(name) => return Err(Error::usage(format!("unknown option --{name}"), HINT)),
             other => return Err(usage(other.unexpected())),
         }
     }
@@ -123,18 +129,18 @@ pub(crate) fn merge(base: RawBroker, over: RawBroker) -> RawBroker {
 fn number(p: &mut lexopt::Parser, flag: &str) -> Result<u64> {
     let v = text(p)?;
     v.parse()
-        .map_err(|_| Error::config(format!("{flag} {v:?}: not a whole number")))
+        .map_err(|_| Error::usage(format!("{flag} {v:?}: not a whole number"), HINT))
 }
 
 fn text(p: &mut lexopt::Parser) -> Result<String> {
     p.value()
         .map_err(usage)?
         .into_string()
-        .map_err(|v| Error::config(format!("{v:?} is not valid UTF-8")))
+        .map_err(|v| Error::usage(format!("{} is not valid UTF-8", v.to_string_lossy()), HINT))
 }
 
 fn usage(e: lexopt::Error) -> Error {
-    Error::config(format!("{e}; try `ferry broker --help`"))
+    Error::usage(e.to_string(), HINT)
 }
 
 #[cfg(test)]
@@ -143,7 +149,7 @@ mod tests {
 
     fn parse_str(args: &[&str]) -> Result<BrokerArgs> {
         let mut p = lexopt::Parser::from_args(args.iter().map(std::ffi::OsString::from));
-        parse(&mut p)
+        parse(&mut p, &mut |_| false)
     }
 
     #[test]
@@ -181,10 +187,29 @@ mod tests {
     #[test]
     fn bad_flags_are_named() {
         let e = |args: &[&str]| parse_str(args).unwrap_err().to_string();
-        assert!(e(&["--bogus"]).contains("--bogus"));
+        assert_eq!(
+            e(&["--bogus"]),
+            "usage error: unknown option --bogus; see `ferry broker --help`"
+        );
         assert!(e(&["--max-duration-seconds", "ten"]).contains("--max-duration-seconds"));
         assert!(e(&["stray"]).contains("stray"));
         assert!(parse_str(&["--help"]).unwrap().help);
+    }
+
+    #[test]
+    fn the_shared_options_are_left_to_the_caller() {
+        let mut p = lexopt::Parser::from_args(["-v", "--listen", "127.0.0.1:1", "-q"]);
+        let mut seen = 0;
+        let a = parse(&mut p, &mut |arg| {
+            let shared = matches!(arg, Short('v' | 'q'));
+            seen += usize::from(shared);
+            shared
+        })
+        .unwrap();
+        assert_eq!(
+            (seen, a.overrides.listen.as_deref()),
+            (2, Some("127.0.0.1:1"))
+        );
     }
 
     #[test]

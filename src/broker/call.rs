@@ -112,10 +112,9 @@ fn log_late(url: &str, result: &Result<Response, TransportError>) {
              created then is left to expire unused",
             r.status
         ),
-        Err(e) => log::info!(
-            "Stream call past its deadline ended without an answer ({:?}, POST {path})",
-            e.kind
-        ),
+        Err(e) => {
+            log::info!("Stream call past its deadline ended without an answer ({e}, POST {path})")
+        }
     }
 }
 

@@ -59,10 +59,6 @@ const STOP_GRACE: Duration = Duration::from_secs(5);
 
 /// Runs `ferry broker` until SIGTERM or SIGINT; returns the exit code.
 pub(crate) fn run(args: BrokerArgs, env: &Env) -> Result<i32> {
-    if args.help {
-        print!("{}", args::USAGE);
-        return Ok(0);
-    }
     // At trace level the HTTP client dumps the raw bytes it sends, Authorization included.
     if log::max_level() > log::LevelFilter::Debug {
         log::set_max_level(log::LevelFilter::Debug);

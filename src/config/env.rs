@@ -22,6 +22,8 @@ pub(crate) struct Env {
     pub watchdog: Option<Duration>,
     /// Stderr is the stream systemd connected to journald (`$JOURNAL_STREAM`).
     pub journald: bool,
+    /// `$RUST_LOG`: the log filter, which wins over `-q`/`-v`.
+    pub rust_log: Option<String>,
 }
 
 impl Env {
@@ -40,6 +42,7 @@ impl Env {
             notify_socket: var("NOTIFY_SOCKET"),
             watchdog: watchdog(var("WATCHDOG_USEC"), var("WATCHDOG_PID")),
             journald: var("JOURNAL_STREAM").is_some_and(|v| is_stderr(&v)),
+            rust_log: var("RUST_LOG").map(|v| v.to_string_lossy().into_owned()),
         }
     }
 

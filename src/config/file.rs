@@ -1,11 +1,14 @@
 //! The config file's keys as serde structs: every key optional, one doc line each, so that
 //! command-line flags can fill or override them ([`Raw::merge`]). Nothing here checks a value:
-//! that is [`super::resolve`]'s job.
+//! that is [`super::resolve`]'s job. Sizes, durations and counts are read by [`super::values`]
+//! (integers taken, wrong types refused in words).
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use serde::Deserialize;
+
+use super::values;
 
 /// The config file's keys; every field optional so that flags can fill or override them.
 #[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
@@ -56,30 +59,39 @@ pub(crate) struct RawBroker {
     /// File with one `<device name> <sha256 hex of its token>` per line.
     pub device_tokens_file: Option<PathBuf>,
     /// maxDurationSeconds set on every video.
+    #[serde(default, deserialize_with = "values::count")]
     pub max_duration_seconds: Option<u64>,
     /// Lifetime of a one-time URL in seconds (Stream: 120 to 21600).
+    #[serde(default, deserialize_with = "values::count")]
     pub url_expiry_seconds: Option<u64>,
     /// Largest Upload-Length accepted.
+    #[serde(default, deserialize_with = "values::size")]
     pub max_upload_length: Option<String>,
     /// Upload-Metadata keys passed on to Stream.
     pub allowed_metadata: Option<Vec<String>>,
     /// Browser origins allowed by CORS (none unless configured; "*" only if listed).
     pub allowed_origins: Option<Vec<String>>,
     /// One-time URLs per device per hour.
+    #[serde(default, deserialize_with = "values::count")]
     pub urls_per_hour: Option<u32>,
     /// TLS certificate chain (PEM) to serve HTTPS.
     pub tls_cert: Option<PathBuf>,
     /// TLS private key (PEM).
     pub tls_key: Option<PathBuf>,
     /// How long Stream may take to answer before the device gets 504 (default "30s").
+    #[serde(default, deserialize_with = "values::duration")]
     pub api_timeout: Option<String>,
     /// How long a client may take to send a request, and keep an idle connection (default "10s").
+    #[serde(default, deserialize_with = "values::duration")]
     pub request_timeout: Option<String>,
     /// How long a client may take to send a request head, TLS handshake included (default "5s").
+    #[serde(default, deserialize_with = "values::duration")]
     pub head_timeout: Option<String>,
     /// Connections served at once; more are refused (default sized to memory).
+    #[serde(default, deserialize_with = "values::count")]
     pub max_connections: Option<usize>,
     /// Connections served at once for one client address (IPv6: one /64) (default 16).
+    #[serde(default, deserialize_with = "values::count")]
     pub max_connections_per_peer: Option<usize>,
     /// Upload-Metadata set on every video whatever the device sends ("" for a key alone).
     pub forced_metadata: Option<BTreeMap<String, String>>,
@@ -96,12 +108,14 @@ pub(crate) struct RawSpool {
     /// File name patterns never uploaded (replaces the defaults).
     pub ignore: Option<Vec<String>>,
     /// A file written to within this time is not picked up by a scan.
+    #[serde(default, deserialize_with = "values::duration")]
     pub settle_time: Option<String>,
     /// `delete`, `keep` or `move:DIR`.
     pub after_upload: Option<String>,
     /// Where permanently failed files go (with a `.ferry-error.json` sidecar); unset: kept in place.
     pub failed_dir: Option<PathBuf>,
     /// Full rescan interval (events cover the rest).
+    #[serde(default, deserialize_with = "values::duration")]
     pub rescan_interval: Option<String>,
 }
 
@@ -110,8 +124,10 @@ pub(crate) struct RawSpool {
 #[serde(deny_unknown_fields)]
 pub(crate) struct RawDaemon {
     /// Files uploaded at once.
+    #[serde(default, deserialize_with = "values::count")]
     pub concurrency: Option<usize>,
     /// Upload rate limit in bytes per second ("0" = none), e.g. "250KB".
+    #[serde(default, deserialize_with = "values::size")]
     pub rate_limit: Option<String>,
     /// Prometheus textfile to write metrics to.
     pub metrics_file: Option<PathBuf>,
@@ -136,12 +152,16 @@ pub(crate) struct RawServer {
     /// Client private key.
     pub client_key: Option<PathBuf>,
     /// Connect timeout.
+    #[serde(default, deserialize_with = "values::duration")]
     pub connect_timeout: Option<String>,
     /// Idle timeout.
+    #[serde(default, deserialize_with = "values::duration")]
     pub idle_timeout: Option<String>,
     /// Limit for the answer once a request is sent.
+    #[serde(default, deserialize_with = "values::duration")]
     pub response_timeout: Option<String>,
     /// Slowest average rate a request body may be sent at ("0" = no limit).
+    #[serde(default, deserialize_with = "values::size")]
     pub min_send_rate: Option<String>,
     /// Send credentials to other origins.
     pub auth_cross_origin: Option<bool>,
@@ -158,6 +178,7 @@ pub(crate) struct RawHook {
     /// Program and arguments, e.g. `["/usr/local/bin/notify-upload", "--quiet"]` (no shell).
     pub command: Option<Vec<String>>,
     /// A run taking longer is killed and retried later (default 60 s).
+    #[serde(default, deserialize_with = "values::duration")]
     pub timeout: Option<String>,
 }
 
@@ -178,6 +199,7 @@ pub(crate) struct RawStream {
 #[serde(deny_unknown_fields)]
 pub(crate) struct RawUpload {
     /// Bytes per PATCH, e.g. "6MiB".
+    #[serde(default, deserialize_with = "values::size")]
     pub chunk_size: Option<String>,
     /// auto | off | sha1 | sha256.
     pub checksum: Option<String>,
@@ -195,12 +217,16 @@ pub(crate) struct RawUpload {
 #[serde(deny_unknown_fields)]
 pub(crate) struct RawRetry {
     /// First backoff ceiling.
+    #[serde(default, deserialize_with = "values::duration")]
     pub initial_delay: Option<String>,
     /// Backoff cap.
+    #[serde(default, deserialize_with = "values::duration")]
     pub max_delay: Option<String>,
     /// 0 = unlimited.
+    #[serde(default, deserialize_with = "values::count")]
     pub max_attempts: Option<u32>,
     /// "0s" = never.
+    #[serde(default, deserialize_with = "values::duration")]
     pub give_up_after: Option<String>,
 }
 

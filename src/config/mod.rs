@@ -69,6 +69,7 @@ pub(crate) mod resolve;
 #[cfg(test)]
 mod tests;
 pub(crate) mod units;
+mod values;
 
 use std::path::{Path, PathBuf};
 

@@ -21,7 +21,7 @@ use crate::stream::{self, Target, MEDIA_ID_HEADER};
 use crate::transport::http::HttpSettings;
 use crate::tus::checksum::Algorithm;
 use crate::tus::{metadata, url};
-use crate::upload::{ChecksumMode, Header, Settings};
+use crate::upload::{ChecksumMode, Header, Settings, MIN_CHUNK_BYTES};
 
 /// `hook.timeout` when unset.
 const HOOK_TIMEOUT: Duration = Duration::from_secs(60);
@@ -280,8 +280,10 @@ fn chunk_size(v: &Option<String>) -> Result<u64> {
         return Ok(Settings::default().chunk_size_bytes);
     };
     let n = parse_size(text).map_err(|e| Error::config(format!("upload.chunk_size: {e}")))?;
-    if n == 0 {
-        return Err(Error::config("upload.chunk_size must be above 0"));
+    if n < MIN_CHUNK_BYTES {
+        return Err(Error::config(format!(
+            "upload.chunk_size = {text:?} is below the smallest chunk, 64KiB (each chunk is one request, so tiny chunks only add round trips); the default 6MiB suits most links"
+        )));
     }
     Ok(n)
 }

@@ -75,7 +75,7 @@ fn errors_name_the_key() {
             .to_string()
     };
     assert!(err("[server]\nendpiont = \"x\"").contains("endpiont"));
-    assert!(err("[upload]\nchunk_size = 5").contains("chunk_size"));
+    assert!(err("[upload]\nchunk_size = 1.5").contains("chunk_size"));
     assert!(err("state_dir=\"/s\"\n[server]\nendpoint = \"ftp://x\"").contains("server.endpoint"));
     assert!(err(
         "state_dir=\"/s\"\n[server]\nendpoint = \"http://h/\"\n[upload]\nchecksum = \"md5\""
@@ -236,4 +236,62 @@ fn answer_deadline_and_send_rate_floor() {
     // each upload's share (2000 B/s over 2 uploads: 500 B/s).
     let c = resolve("min_send_rate = \"4KiB\"\n[spool]\ndir = \"/sp\"\n[daemon]\nconcurrency = 2\nrate_limit = \"2000\"").unwrap();
     assert_eq!(c.http.min_send_rate_bytes_per_sec, 500);
+}
+
+/// Issue 13: the shipped example said sizes may be `262144`, yet an integer was refused
+/// ("expected a string"); and a count written as a string said "expected u32".
+#[test]
+fn integer_sizes_and_durations_mean_bytes_and_seconds() {
+    let resolve = |extra: &str| {
+        from_toml(
+            &format!("state_dir=\"/s\"\n[server]\nendpoint = \"http://h/\"\n{extra}"),
+            "t",
+        )
+        .and_then(|r| r.resolve(&Env::default()))
+    };
+    let ints = resolve("idle_timeout = 45\nmin_send_rate = 2048\n[upload]\nchunk_size = 262144\n[retry]\nmax_delay = 90\nmax_attempts = 4").unwrap();
+    let texts = resolve("idle_timeout = \"45s\"\nmin_send_rate = \"2KiB\"\n[upload]\nchunk_size = \"256KiB\"\n[retry]\nmax_delay = \"90s\"\nmax_attempts = 4").unwrap();
+    assert_eq!(ints, texts);
+    assert_eq!(ints.upload.chunk_size_bytes, 262_144);
+    assert_eq!(ints.http.idle_timeout, Duration::from_secs(45));
+    let err = |extra: &str| resolve(extra).unwrap_err().to_string();
+    let e = err("[retry]\nmax_attempts = \"3\"");
+    assert!(
+        e.contains("max_attempts") && e.contains("expected a whole number such as 3"),
+        "{e}"
+    );
+    assert!(!e.contains("u32"), "{e}");
+    let e = err("[upload]\nchunk_size = 6.5");
+    assert!(
+        e.contains("chunk_size") && e.contains("a size such as \"6MiB\""),
+        "{e}"
+    );
+    let e = err("connect_timeout = \"soon\"");
+    assert!(
+        e.contains("server.connect_timeout") && e.contains("30s"),
+        "{e}"
+    );
+}
+
+/// Issue 13: `--chunk-size 1` was taken, and a 3 KB file took 9 s, one byte per request.
+#[test]
+fn a_chunk_below_64_kib_is_refused() {
+    let resolve = |chunk: &str| {
+        from_toml(
+            &format!("state_dir=\"/s\"\n[server]\nendpoint = \"http://h/\"\n[upload]\nchunk_size = {chunk}"),
+            "t",
+        )
+        .and_then(|r| r.resolve(&Env::default()))
+    };
+    for small in ["1", "\"0\"", "65535", "\"63KiB\""] {
+        let e = resolve(small).unwrap_err().to_string();
+        assert!(
+            e.contains("upload.chunk_size") && e.contains("below the smallest chunk, 64KiB"),
+            "{small}: {e}"
+        );
+    }
+    assert_eq!(
+        resolve("\"64KiB\"").unwrap().upload.chunk_size_bytes,
+        65_536
+    );
 }

@@ -31,7 +31,7 @@ impl<'p, 'a> Main<'p, 'a> {
         }
         self.tell(Input::Pause(paused))?;
         log::info!(
-            "watching {} -> {} (after upload: {:?}, {} at once)",
+            "watching {} -> {} (after upload: {}, {} at once)",
             self.settings.spool.dir.display(),
             url::redact(&self.parts.upload.endpoint),
             self.settings.after_upload,

@@ -64,6 +64,17 @@ pub(crate) enum AfterUpload {
     Move(PathBuf),
 }
 
+/// For people: `delete`, `keep`, `move to /var/spool/ferry-done`.
+impl std::fmt::Display for AfterUpload {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Delete => f.write_str("delete"),
+            Self::Keep => f.write_str("keep"),
+            Self::Move(dir) => write!(f, "move to {}", dir.display()),
+        }
+    }
+}
+
 /// Settings of `ferry run` beyond those of an upload.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct DaemonSettings {

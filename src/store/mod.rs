@@ -22,7 +22,8 @@
 //! are uploaded again, which is the only safe thing left to do.
 //!
 //! Files: `record` (what a record holds and how it is read), `commit` (durability: sync, group
-//! commit, poisoning), `damage` (moving damaged state aside); this file the [`Store`] API.
+//! commit, poisoning), `damage` (moving damaged state aside), `holder` (who holds the lock);
+//! this file the [`Store`] API.
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicU64;
@@ -33,6 +34,7 @@ use crate::error::{Error, Result};
 
 mod commit;
 mod damage;
+mod holder;
 mod key;
 mod record;
 #[cfg(test)]
@@ -228,6 +230,25 @@ fn is_lock_error(io: &std::io::Error) -> bool {
     io.kind() == std::io::ErrorKind::WouldBlock || io.to_string().contains("lock")
 }
 
+/// The pid of the process that holds the store in `dir` open, if any and if it can be told
+/// (Linux's `/proc/locks`): how `ferry status` knows a daemon runs on a state directory.
+pub(crate) fn holder(dir: &Path) -> Option<u32> {
+    holder::owner(&lock_file(dir))
+}
+
+/// The file sled locks while a process has the store open.
+fn lock_file(dir: &Path) -> PathBuf {
+    dir.join("db").join("db")
+}
+
+/// The problem of a state directory another process holds, naming that process if it can.
+fn in_use(dir: &Path) -> String {
+    let who = holder::describe(&lock_file(dir)).map_or(String::new(), |who| format!(" ({who})"));
+    format!(
+        "is in use by another ferry process{who}; one process per state directory: wait for it to end, stop it, or give this command its own --state-dir"
+    )
+}
+
 fn state_err(dir: &Path, problem: String) -> Error {
     Error::State {
         dir: dir.to_path_buf(),
@@ -246,9 +267,7 @@ fn io_err(dir: &Path, what: &str, e: std::io::Error) -> Error {
 
 fn sled_err(dir: &Path, e: sled::Error) -> Error {
     let problem = match e {
-        sled::Error::Io(io) if is_lock_error(&io) => {
-            "is in use by another ferry process (one process per state directory)".to_string()
-        }
+        sled::Error::Io(io) if is_lock_error(&io) => in_use(dir),
         // sled sometimes wraps the OS error in a custom one: match the kind, not the errno.
         sled::Error::Io(io)
             if io.kind() == std::io::ErrorKind::StorageFull || io.raw_os_error() == Some(28) =>

@@ -61,9 +61,14 @@ fn survives_reopen_and_refuses_a_second_process_view() {
             .err()
             .expect("a second open must be refused");
         assert!(
-            e.to_string().contains("in use by another ferry process"),
+            e.to_string().contains(&format!(
+                "is in use by another ferry process (pid {}",
+                std::process::id()
+            )),
             "{e}"
         );
+        assert!(e.to_string().contains("its own --state-dir"), "{e}");
+        assert_eq!(super::holder(&dir), Some(std::process::id()));
     }
     let s = reopen(&dir);
     assert_eq!(s.get(&"/x".into()).unwrap(), Some(record("/x")));

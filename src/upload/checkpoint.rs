@@ -42,6 +42,7 @@ impl Uploader<'_> {
             f.best_offset = rec.offset;
             f.after_discover = Phase::Probe;
             f.record = Some(rec);
+            f.resuming = true;
         }
         Ok(())
     }
@@ -82,6 +83,7 @@ impl Uploader<'_> {
             url::redact(&record.upload_url)
         );
         f.record = Some(record);
+        f.resuming = false;
         f.best_offset = 0;
         self.advanced(f, offset)?;
         Ok(Step::Continue)

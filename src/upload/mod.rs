@@ -40,7 +40,7 @@ mod settings;
 mod terminate;
 mod transfer;
 
-pub(crate) use settings::{ChecksumMode, Header, Settings};
+pub(crate) use settings::{ChecksumMode, Header, Settings, MIN_CHUNK_BYTES};
 
 /// What to do next with a file.
 #[derive(Debug)]
@@ -118,6 +118,8 @@ pub(crate) struct FileUpload {
     restarts: u32,
     last_error: Option<String>,
     progress: Arc<Progress>,
+    /// The upload was begun by an earlier run: the first offset the server tells is said.
+    resuming: bool,
 }
 
 impl FileUpload {
@@ -228,10 +230,14 @@ impl<'a> Uploader<'a> {
         }
     }
 
-    /// Uploads one file to completion (or failure), waiting out backoffs on the clock.
+    /// Uploads one file to completion (or failure), waiting out backoffs on the clock; stops
+    /// with [`Error::Interrupted`] once the interrupt flag is set.
     pub(crate) fn upload(&self, path: &Path, progress: Arc<Progress>) -> Result<Completed> {
         let mut file = self.start(path, progress)?;
         loop {
+            if self.wake.load(std::sync::atomic::Ordering::SeqCst) {
+                return Err(Error::Interrupted);
+            }
             match self.step(&mut file) {
                 Step::Continue => {}
                 Step::Wait(d) => self.clock.sleep(d, &self.wake),
@@ -267,6 +273,7 @@ impl<'a> Uploader<'a> {
             restarts: 0,
             last_error: None,
             progress,
+            resuming: false,
         };
         self.adopt_record(&mut file)?;
         file.progress.begin(

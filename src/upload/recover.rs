@@ -144,7 +144,11 @@ impl Uploader<'_> {
     pub(super) fn refused(&self, target: &str, resp: &Response, outcome: Outcome) -> Error {
         let message = match outcome {
             Outcome::Fail { why, .. } => why,
-            other => format!("unexpected answer {other:?} ({})", resp.message()),
+            // A tus answer that does not fit the request (a HEAD answered as a creation).
+            _ => format!(
+                "an answer that does not fit the request ({})",
+                resp.message()
+            ),
         };
         Error::Server {
             url: url::redact(target).into(),

@@ -8,8 +8,17 @@ use std::path::Path;
 
 use super::{FileUpload, Phase, Step, Uploader};
 use crate::error::{Error, Result};
-use crate::store::FileKey;
+use crate::store::{FileKey, RecordState};
 use crate::tus::{request, response, url, Outcome};
+
+/// An upload that `--cancel` terminated.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Cancelled {
+    /// Its URL.
+    pub url: String,
+    /// The server held the whole file (terminated with `--force`).
+    pub complete: bool,
+}
 
 impl Uploader<'_> {
     /// `Terminate`: DELETE the upload of a file that changed, at best effort, then create anew.
@@ -50,7 +59,9 @@ impl Uploader<'_> {
     }
 
     /// Terminates the upload of `path` on the server and forgets it (`ferry upload --cancel`).
-    pub(crate) fn cancel(&self, path: &Path) -> Result<String> {
+    /// A complete upload is the server's copy of the whole file: it is terminated only with
+    /// `force`, so that a cancel meant for an unfinished upload never deletes a finished one.
+    pub(crate) fn cancel(&self, path: &Path, force: bool) -> Result<Cancelled> {
         let key = FileKey::for_path(path)?;
         let Some(rec) = self.store.get(&key)? else {
             return Err(Error::source_file(
@@ -58,13 +69,26 @@ impl Uploader<'_> {
                 "has no upload recorded in this state directory; nothing to cancel",
             ));
         };
+        let complete = rec.state == RecordState::Complete;
+        if complete && !force {
+            return Err(Error::source_file(
+                path,
+                format!(
+                    "its upload {} is complete: the server holds all of it, and --cancel would delete it there; add --force to do so",
+                    url::redact(&rec.upload_url)
+                ),
+            ));
+        }
         let outcome = self
             .send_scoped(&rec.endpoint, request::delete(&rec.upload_url), None)
             .map(|r| (response::deleted(&r), r));
         match outcome {
             Ok((Outcome::Gone { .. }, _)) => {
                 self.store.remove(&key)?;
-                Ok(rec.upload_url)
+                Ok(Cancelled {
+                    url: rec.upload_url,
+                    complete,
+                })
             }
             Ok((_, resp)) => Err(Error::Server {
                 url: url::redact(&rec.upload_url).into(),

@@ -507,7 +507,29 @@ fn cancel_terminates_and_forgets() {
     let sc = Scenario::new("cancel", &data(10));
     sc.cut_after_create();
     let del = sc.script(vec![status(Method::Delete, 204)]);
-    assert_eq!(sc.uploader(&del).cancel(&sc.file).unwrap(), URL);
+    assert_eq!(sc.uploader(&del).cancel(&sc.file, false).unwrap().url, URL);
+    assert_eq!(sc.store.get(&sc.key).unwrap(), None);
+}
+
+/// Issue 13: `--cancel` deleted uploads that had completed without a word; a complete upload
+/// is the server's copy of the file, terminated only with `--force`, and said so.
+#[test]
+fn cancel_of_a_complete_upload_needs_force() {
+    let sc = Scenario::new("cancel-done", &data(5));
+    sc.run_ok(vec![options(), created(URL), patch(5)]);
+    let nothing = sc.script(vec![]);
+    let err = sc.uploader(&nothing).cancel(&sc.file, false).unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("is complete: the server holds all of it"),
+        "{err}"
+    );
+    assert!(err.to_string().contains("--force"), "{err}");
+    assert!(nothing.seen().is_empty(), "nothing sent without --force");
+    assert!(sc.store.get(&sc.key).unwrap().is_some(), "record kept");
+    let del = sc.script(vec![status(Method::Delete, 204)]);
+    let done = sc.uploader(&del).cancel(&sc.file, true).unwrap();
+    assert!(done.complete);
     assert_eq!(sc.store.get(&sc.key).unwrap(), None);
 }
 

@@ -4,15 +4,13 @@
 //! advances to the offset it proves or goes back to `Probe`. A 413 halves the chunk (within
 //! Stream's rules for Stream targets) and the uploader keeps that limit for later files.
 
-use super::{lock, unix, FileUpload, Phase, Step, Uploader};
+use super::{lock, unix, FileUpload, Phase, Step, Uploader, MIN_CHUNK_BYTES};
 use crate::error::{Error, Result};
+use crate::progress::human_bytes;
 use crate::stream;
 use crate::transport::FailureKind;
 use crate::tus::response::{self, Sent};
 use crate::tus::{request, url, Outcome, Response};
-
-/// Smallest chunk that a 413 may shrink us to.
-const MIN_CHUNK_BYTES: u64 = 64 * 1024;
 
 impl Uploader<'_> {
     /// `Probe`: HEAD asks the server's offset (invariant 3); an expired URL is not asked.
@@ -36,6 +34,14 @@ impl Uploader<'_> {
             Outcome::Offset { offset, expires } => {
                 if let Some(e) = expires {
                     self.set_expiry(f, e)?;
+                }
+                if std::mem::take(&mut f.resuming) {
+                    log::info!(
+                        "{}: resuming {} at {} (server offset)",
+                        f.path().display(),
+                        url::redact(&rec.upload_url),
+                        human_bytes(offset)
+                    );
                 }
                 self.advanced(f, offset)?;
                 Ok(Step::Continue)

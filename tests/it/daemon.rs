@@ -319,14 +319,33 @@ fn pause_takes_effect_within_a_second_survives_a_restart_and_resume_finishes() {
     });
     let out = sp.cmd(&["pause"]);
     assert!(out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!err.contains("no ferry daemon"), "the daemon runs: {err}");
     std::thread::sleep(Duration::from_millis(1000));
     let after_pause = proxy.bytes_up();
     std::thread::sleep(Duration::from_millis(1500));
     assert_eq!(proxy.bytes_up(), after_pause, "nothing sent while paused");
-    let status = sp.status();
-    assert!(status.contains("paused"), "{status}");
+    let status = sp.cmd(&["status"]);
+    let text = String::from_utf8_lossy(&status.stdout);
+    assert!(text.contains("paused"), "{text}");
+    assert_eq!(status.status.code(), Some(0), "a daemon runs: {text}");
     sigterm(&child);
     assert!(child.wait().unwrap().success());
+    // Issue 13: without a daemon, status exits 3 (still saying what it knows) and pause warns.
+    let status = sp.cmd(&["status"]);
+    let text = String::from_utf8_lossy(&status.stdout);
+    assert_eq!(status.status.code(), Some(3), "{text}");
+    assert!(text.contains("not running (last state: stopped)"), "{text}");
+    let again = sp.cmd(&["pause"]);
+    let err = String::from_utf8_lossy(&again.stderr);
+    assert!(again.status.success(), "{err}");
+    assert!(
+        err.contains(&format!(
+            "no ferry daemon is running on {}; it will start paused",
+            sp.s.state().display()
+        )),
+        "{err}"
+    );
     let mut child = sp.start();
     std::thread::sleep(Duration::from_millis(1500));
     assert_eq!(

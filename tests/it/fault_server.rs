@@ -487,23 +487,52 @@ fn cancel_terminates_the_upload_and_forgets_it() {
     );
 }
 
+/// Issue 13: a symbolic link named on the command line is the user's choice (curl and rclone
+/// follow those): it is followed to its regular file, and the line names the link as given. A
+/// link to something else, a dangling link and a missing file are refused, each by name, and
+/// the other files still upload. (The daemon never follows links: daemon.rs.)
 #[test]
-fn symlinks_and_missing_files_are_refused_and_others_still_upload() {
+fn a_named_symlink_is_followed_to_its_file_and_bad_ones_are_refused_by_name() {
     let server = TusServer::start(ServerConfig::default());
     let s = Scratch::new("links");
     let real = s.file("real.bin", 10, 1);
     let link = s.dir.join("files/link.bin");
-    std::os::unix::fs::symlink(&real, &link).unwrap();
+    std::os::unix::fs::symlink("real.bin", &link).unwrap();
+    let to_dir = s.dir.join("files/dir-link");
+    std::os::unix::fs::symlink(&s.dir, &to_dir).unwrap();
+    let dangling = s.dir.join("files/dangling.bin");
+    std::os::unix::fs::symlink("gone.bin", &dangling).unwrap();
     let cfg = s.config(&server.endpoint(), "");
     let missing = s.dir.join("files/missing.bin");
-    let out = upload(&cfg, &[], &[&link, &missing, &real]);
+    let out = upload(&cfg, &[], &[&link, &to_dir, &dangling, &missing]);
     assert_eq!(out.status.code(), Some(1));
     let err = stderr(&out);
     assert!(
-        err.contains("symbolic link") && err.contains("does not exist"),
+        err.contains(&format!(
+            "{}: a symbolic link; uploading its target {}",
+            link.display(),
+            real.display()
+        )),
         "{err}"
     );
-    assert_eq!(String::from_utf8_lossy(&out.stdout).lines().count(), 1);
+    assert!(err.contains("files/gone.bin: does not exist"), "{err}");
+    assert!(err.contains("missing.bin: does not exist"), "{err}");
+    assert!(err.contains("is not a regular file"), "{err}");
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    let lines: Vec<_> = stdout.lines().collect();
+    assert_eq!(lines.len(), 1, "{stdout}");
+    assert!(
+        lines[0].starts_with(&format!("{}\t", link.display())),
+        "{stdout}"
+    );
+    assert_eq!(server.uploads().len(), 1);
+    // The link and its target are one file: the target alone is already complete.
+    let again = upload(&cfg, &[], &[&real]);
+    assert!(
+        stderr(&again).contains("(already complete)"),
+        "{}",
+        stderr(&again)
+    );
     assert_eq!(server.uploads().len(), 1);
 }
 
@@ -537,11 +566,13 @@ fn a_second_process_on_the_same_state_dir_is_refused_clearly() {
     first.kill().unwrap();
     first.wait().unwrap();
     assert_eq!(second.status.code(), Some(1));
-    assert!(
-        stderr(&second).contains("in use by another ferry process"),
-        "{}",
-        stderr(&second)
+    // Issue 13: it says which process and what to do.
+    let want = format!(
+        "state directory {}: is in use by another ferry process (pid {}, `ferry upload`); one process per state directory: wait for it to end, stop it, or give this command its own --state-dir",
+        s.state().display(),
+        first.id()
     );
+    assert!(stderr(&second).contains(&want), "{}", stderr(&second));
 }
 
 #[test]
