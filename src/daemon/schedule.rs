@@ -368,7 +368,14 @@ impl Schedule {
                 }
             }
             Input::Complete { key, hook_done } => {
-                if self.started.contains_key(&key) || self.finishing.contains_key(&key) {
+                if let Some(f) = self.finishing.get_mut(&key) {
+                    // Its record is complete for the content the file holds now: the file
+                    // is back in the spool (a reload moved it away and back), so its action
+                    // is due again when the running stage ends.
+                    f.superseded = false;
+                    return Vec::new();
+                }
+                if self.started.contains_key(&key) {
                     return Vec::new();
                 }
                 self.queue.remove(&key);

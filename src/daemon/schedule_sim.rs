@@ -24,6 +24,8 @@ use std::cell::RefCell;
 /// Faults stop after this much simulated time; then every file must finish within `CALM`.
 const FAULT_HORIZON: Duration = Duration::from_secs(1800);
 const CALM: Duration = Duration::from_secs(1800);
+/// The most a file's upload and finish take once faults stop (a dozen steps of at most 3 s).
+const PER_FILE: Duration = Duration::from_secs(40);
 const CHUNK: u64 = 4;
 
 thread_local! {
@@ -69,6 +71,22 @@ enum Work {
     Hook(String, Option<usize>),
 }
 
+/// Kinds of fault; each world has a random subset of them (so that rarer combinations, such
+/// as many files waiting on a refusing endpoint with a steady link, are not drowned out).
+const VANISH: u32 = 0;
+const REWRITE: u32 = 1;
+const LOSS: u32 = 2;
+const PAUSE: u32 = 3;
+const LINK: u32 = 4;
+const REFUSAL: u32 = 5;
+const LOCK: u32 = 6;
+const RESTART: u32 = 7;
+const RELOAD: u32 = 8;
+const ACTION_FAILS: u32 = 9;
+const HOOK_FAILS: u32 = 10;
+const SERVER_ERRORS: u32 = 11;
+const KINDS: u32 = 12;
+
 struct World {
     rng: Jitter,
     now: Instant,
@@ -76,6 +94,8 @@ struct World {
     core: Schedule,
     concurrency: usize,
     window: usize,
+    /// The kinds of fault this world has (bit per kind).
+    faults: u32,
     hook: bool,
     files: BTreeMap<String, File>,
     records: HashMap<String, Record>,
@@ -104,11 +124,20 @@ impl World {
         // A small queue window makes refill scans frequent, a large one (the daemon's) rare:
         // a file the core lost track of must not hide behind the scans.
         let window = if rng.next_unit() < 0.5 { 8 } else { 1024 };
+        // A quarter of the worlds have every kind of fault, the others a random half of them.
+        let faults = if rng.next_unit() < 0.25 {
+            (1 << KINDS) - 1
+        } else {
+            (0..KINDS)
+                .filter(|_| rng.next_unit() < 0.5)
+                .fold(0, |m, k| m | (1 << k))
+        };
         let now = ManualClock::new(UNIX_EPOCH).now();
         Self {
             core: Schedule::new(concurrency, window, Pacing::default(), seed ^ 0x5eed)
                 .with_hook(hook),
             window,
+            faults,
             rng,
             now,
             start: now,
@@ -151,6 +180,11 @@ impl World {
 
     fn faulty(&self) -> bool {
         self.now - self.start < FAULT_HORIZON
+    }
+
+    /// Whether this world has faults of `kind` now (before the fault horizon).
+    fn fault(&self, kind: u32) -> bool {
+        self.faulty() && self.faults & (1 << kind) != 0
     }
 
     fn key(name: &str) -> FileKey {
@@ -333,7 +367,7 @@ impl World {
                 "the action would delete {name} before its hook succeeded"
             );
         }
-        let ok = !(self.faulty() && self.chance(0.15));
+        let ok = !(self.fault(ACTION_FAILS) && self.chance(0.15));
         if ok && self.files[&name].in_spool {
             if let Some(f) = self.files.get_mut(&name) {
                 f.in_spool = false;
@@ -420,7 +454,7 @@ impl World {
         if self.locked.contains(name) {
             return (Outcome::Wait(Duration::from_secs(2)), true);
         }
-        if self.faulty() && self.chance(0.05) {
+        if self.fault(SERVER_ERRORS) && self.chance(0.05) {
             return (Outcome::Wait(Duration::from_millis(500)), true);
         }
         self.send_chunk(id, len);
@@ -459,7 +493,7 @@ impl World {
             Work::Hook(name, upload) => {
                 // A run with no completed upload to run for ends as "not complete", which the
                 // shell takes as done (the new content's hook runs after its own upload).
-                let ok = upload.is_none() || !(self.faulty() && self.chance(0.2));
+                let ok = upload.is_none() || !(self.fault(HOOK_FAILS) && self.chance(0.2));
                 // As hook::run_recorded: success is recorded only if the record still names
                 // the upload the run was for.
                 if let Some(r) = self.records.get_mut(&name) {
@@ -478,11 +512,10 @@ impl World {
 
     fn random_event(&mut self, n_files: &mut usize) {
         let r = self.rng.next_unit();
-        let faulty = self.faulty();
         if r < 0.25 {
             let burst = 1 + (self.rng.next_unit() * 4.0) as usize;
             self.burst(burst, n_files);
-        } else if r < 0.30 && faulty {
+        } else if r < 0.30 && self.fault(VANISH) {
             if let Some(name) = self.pick_file() {
                 self.log(format!("{name} vanishes"));
                 self.spool_changed = true;
@@ -491,7 +524,7 @@ impl World {
                 }
                 self.handle(Input::Gone(Self::key(&name)));
             }
-        } else if r < 0.36 && faulty {
+        } else if r < 0.36 && self.fault(REWRITE) {
             // Rewritten in place (a writer that ignores the rename rule).
             if let Some(name) = self.pick_file() {
                 let len = 1 + (self.rng.next_unit() * 40.0) as u64;
@@ -505,7 +538,7 @@ impl World {
                 // A started upload finds out at its next step; otherwise the scan offers it.
                 self.offer(&name);
             }
-        } else if r < 0.39 && faulty {
+        } else if r < 0.39 && self.fault(LOSS) {
             // The server loses one upload (expiry, a redeploy that lost its store).
             let live: Vec<usize> = (0..self.uploads.len())
                 .filter(|i| !self.uploads[*i].lost && !self.uploads[*i].terminated)
@@ -526,17 +559,17 @@ impl World {
                     }
                 }
             }
-        } else if r < 0.47 && faulty {
+        } else if r < 0.47 && self.fault(PAUSE) {
             let paused = !self.paused;
             self.paused = paused;
             self.handle(Input::Pause(paused));
-        } else if r < 0.55 && faulty {
+        } else if r < 0.55 && self.fault(LINK) {
             self.link_up = !self.link_up;
             self.log(format!("link up: {}", self.link_up));
             if self.link_up && self.chance(0.5) {
                 self.handle(Input::NetworkChanged);
             }
-        } else if r < 0.61 && faulty {
+        } else if r < 0.61 && self.fault(REFUSAL) {
             self.refusing = !self.refusing;
             self.log(format!("refusing: {}", self.refusing));
             if self.refusing {
@@ -544,15 +577,15 @@ impl World {
                 let burst = 2 + (self.rng.next_unit() * 5.0) as usize;
                 self.burst(burst, n_files);
             }
-        } else if r < 0.66 && faulty {
+        } else if r < 0.66 && self.fault(LOCK) {
             if let Some(name) = self.pick_file() {
                 if !self.locked.insert(name.clone()) {
                     self.locked.remove(&name);
                 }
             }
-        } else if r < 0.69 && faulty {
+        } else if r < 0.69 && self.fault(RESTART) {
             self.restart();
-        } else if r < 0.77 && faulty {
+        } else if r < 0.77 && self.fault(RELOAD) {
             self.reload();
         } else if r < 0.80 && self.spool_changed {
             // A scan of an unchanged spool is skipped (as the real shell does while inotify
@@ -701,8 +734,17 @@ fn run_seed(seed: u64, trace_all: bool) -> Result<(), String> {
     let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
         let mut w = World::new(seed, trace_all);
         let mut n_files = 0;
-        let end = w.start + FAULT_HORIZON + CALM;
+        let mut end = w.start + FAULT_HORIZON + CALM;
+        let mut calm = None;
         while w.now < end {
+            if calm.is_none() && !w.faulty() {
+                // What the spool holds when the faults stop must fit in the calm time: each
+                // file needs at most a dozen steps of at most 3 s each, on `concurrency` workers.
+                let pending = w.files.values().filter(|f| f.in_spool).count() as u32;
+                let work = PER_FILE * pending / w.concurrency as u32;
+                calm = Some(CALM.max(work));
+                end = w.now + CALM.max(work);
+            }
             // The next thing to happen: a step ending, the core's due time, or a random event.
             let next_step = w.in_flight.keys().next().map(|(t, _)| *t);
             let next_due = w.core.next_due(w.now);
@@ -755,12 +797,12 @@ fn run_seed(seed: u64, trace_all: bool) -> Result<(), String> {
             .collect();
         assert!(
             left.is_empty(),
-            "after {CALM:?} of calm these files are still in the spool: {left:?}"
+            "after {calm:?} of calm these files are still in the spool: {left:?}"
         );
         let known = w.core.files(w.now);
         assert!(
             known.is_empty(),
-            "after {CALM:?} of calm the core still knows {known:?}"
+            "after {calm:?} of calm the core still knows {known:?}"
         );
         w
     }));

@@ -512,3 +512,26 @@ fn a_third_content_written_while_the_second_waits_for_the_first_hook_is_not_dele
     );
     assert_eq!(s.poll(), ["a"], "content 3 is uploaded");
 }
+
+/// Found by the simulation: a reload moved the spool away while a file's hook ran and then
+/// back; the file's action never ran, and it stayed in the spool for good.
+#[test]
+fn a_file_whose_spool_was_moved_away_and_back_while_its_hook_ran_is_finished() {
+    let mut s = hooked();
+    s.ready("a", 1, false);
+    s.poll();
+    s.stepped("a", Outcome::Done, true);
+    assert!(s.core.retain(|_| false).is_empty(), "the hook runs on");
+    // Back: the scan finds the file with its complete record.
+    s.handle(Input::Complete {
+        key: key("a"),
+        hook_done: false,
+    });
+    assert_eq!(
+        s.handle(Input::HookEnded {
+            key: key("a"),
+            ok: true
+        }),
+        [Action::AfterUpload(key("a"))]
+    );
+}
