@@ -25,61 +25,16 @@
 use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant, SystemTime};
 
-use crate::backoff::{doubling, Jitter};
+use crate::backoff::Jitter;
 use crate::queue::Window;
 use crate::store::FileKey;
 
-/// The first delay after the link failed; it doubles per failed probe up to [`LINK_PROBE_MAX`].
-const LINK_PROBE_FIRST: Duration = Duration::from_secs(1);
-/// The longest wait between two probes of a link that gives no answer: short, so that a link
-/// that came back is used within seconds.
-pub(crate) const LINK_PROBE_MAX: Duration = Duration::from_secs(15);
-/// The first hold of creations after the endpoint refused one; doubles up to [`HOLD_MAX`].
-const HOLD_FIRST: Duration = Duration::from_secs(30);
-/// The longest hold of creations.
-const HOLD_MAX: Duration = Duration::from_secs(300);
+mod finish;
+mod pacing;
 
-/// How long the link and the endpoint are left alone after they fail: each doubles from its
-/// first delay up to its ceiling.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct Pacing {
-    /// First wait before probing a link that gave no answer.
-    pub link_first: Duration,
-    /// Longest wait between link probes.
-    pub link_max: Duration,
-    /// First hold of creations after the endpoint refused one.
-    pub hold_first: Duration,
-    /// Longest hold of creations.
-    pub hold_max: Duration,
-}
-
-impl Pacing {
-    /// The defaults (1 s to 15 s for the link, 30 s to 5 min for the endpoint), shortened
-    /// where the retry policy's longest delay is shorter: nothing waits longer than a file's
-    /// own backoff would.
-    pub(crate) fn within(max_delay: Duration) -> Self {
-        let max_delay = max_delay.max(Duration::from_millis(10));
-        Self {
-            link_first: LINK_PROBE_FIRST.min(max_delay),
-            link_max: LINK_PROBE_MAX.min(max_delay),
-            hold_first: HOLD_FIRST.min(max_delay),
-            hold_max: HOLD_MAX.max(max_delay),
-        }
-    }
-}
-
-impl Default for Pacing {
-    fn default() -> Self {
-        Self {
-            link_first: LINK_PROBE_FIRST,
-            link_max: LINK_PROBE_MAX,
-            hold_first: HOLD_FIRST,
-            hold_max: HOLD_MAX,
-        }
-    }
-}
-/// How soon a failed after-upload action (delete, move) is tried again.
-pub(crate) const AFTER_UPLOAD_RETRY: Duration = Duration::from_secs(10);
+use finish::Finish;
+pub(crate) use finish::AFTER_UPLOAD_RETRY;
+pub(crate) use pacing::Pacing;
 
 /// Started uploads that may wait between steps (open files, a few bytes each) beyond the
 /// workers: past this, no new file starts until some end.
@@ -255,21 +210,6 @@ struct Started {
     has_url: bool,
 }
 
-/// A file the server holds completely, on its way out.
-#[derive(Debug, Clone)]
-struct Finish {
-    stage: Stage,
-    /// `None` while the shell runs the stage; else when to run it again.
-    retry_at: Option<Instant>,
-    /// Failed runs of the stage so far.
-    failures: u32,
-    /// A newer content of the file completed meanwhile: run the whole finish again for it.
-    again: bool,
-    /// A newer content of the file is to be uploaded: this one's action must not run (it
-    /// would delete or move the new content).
-    superseded: bool,
-}
-
 /// The scheduler's state.
 #[derive(Debug)]
 pub(crate) struct Schedule {
@@ -429,100 +369,6 @@ impl Schedule {
         Vec::new()
     }
 
-    /// The upload of `key` completed: its hook (if any), then its action.
-    fn done(&mut self, key: FileKey) -> Vec<Action> {
-        if self.started.remove(&key).is_none() {
-            return Vec::new();
-        }
-        // A completed answer came back: the link works, and the endpoint takes uploads.
-        self.link = Link::Up;
-        let first = if self.hook {
-            Stage::Hook
-        } else {
-            Stage::Action
-        };
-        match self.finishing.get_mut(&key) {
-            // The finish of an older content runs now: the new one's follows when it ends.
-            Some(f) if f.retry_at.is_none() => {
-                f.again = true;
-                f.superseded = false;
-                Vec::new()
-            }
-            // It waits to be retried: what is left to do is the new content's whole finish.
-            Some(_) => {
-                self.finishing.remove(&key);
-                self.finish(key, first)
-            }
-            None => self.finish(key, first),
-        }
-    }
-
-    /// Starts `stage` of a completed file now (or, while stopping, leaves it for the next start).
-    fn finish(&mut self, key: FileKey, stage: Stage) -> Vec<Action> {
-        let run = !self.stopping;
-        let f = self.finishing.entry(key.clone()).or_insert(Finish {
-            stage,
-            retry_at: None,
-            failures: 0,
-            again: false,
-            superseded: false,
-        });
-        f.stage = stage;
-        if stage == Stage::Action && f.superseded {
-            // The file holds new content now: this action would delete or move that. The
-            // new content finishes on its own after its upload.
-            self.finishing.remove(&key);
-            return Vec::new();
-        }
-        if !run {
-            // The record says Complete: the next start finishes it.
-            self.finishing.remove(&key);
-            return Vec::new();
-        }
-        f.retry_at = None;
-        vec![stage_action(stage, key)]
-    }
-
-    /// A run of `stage` of `key` ended.
-    fn stage_ended(&mut self, key: FileKey, stage: Stage, ok: bool, now: Instant) -> Vec<Action> {
-        let Some(f) = self.finishing.get_mut(&key) else {
-            return Vec::new();
-        };
-        if f.stage != stage || f.retry_at.is_some() {
-            return Vec::new();
-        }
-        if f.again {
-            // Newer content completed while this ran: whatever this run did for the old
-            // content, the new one's finish starts from the top (still superseded if the
-            // file was rewritten once more since).
-            f.again = false;
-            f.failures = 0;
-            let first = if self.hook {
-                Stage::Hook
-            } else {
-                Stage::Action
-            };
-            return self.finish(key, first);
-        }
-        if !ok {
-            f.failures += 1;
-            let delay = match stage {
-                Stage::Hook => crate::hook::retry_delay(f.failures),
-                Stage::Action => AFTER_UPLOAD_RETRY,
-            };
-            f.retry_at = Some(now + delay);
-            return Vec::new();
-        }
-        f.failures = 0;
-        match stage {
-            Stage::Hook => self.finish(key, Stage::Action),
-            Stage::Action => {
-                self.finishing.remove(&key);
-                Vec::new()
-            }
-        }
-    }
-
     fn gone(&mut self, key: FileKey) -> Vec<Action> {
         self.queue.remove(&key);
         self.queued_with_url.remove(&key);
@@ -582,41 +428,6 @@ impl Schedule {
         if created {
             self.hold = None;
         }
-    }
-
-    fn link_failed(&mut self, why: String, now: Instant) {
-        let failures = match &self.link {
-            // A step that was in flight when the link went down: not a probe of its own.
-            Link::Down { probe_at, .. } if now < *probe_at => return,
-            Link::Down { failures, .. } => failures + 1,
-            Link::Up => 1,
-        };
-        let ceiling = doubling(self.pacing.link_first, failures, self.pacing.link_max);
-        // Full jitter between half and all of the ceiling: devices that lost the same cell
-        // do not probe in step.
-        let delay = ceiling.mul_f64(0.5 + 0.5 * self.jitter.next_unit());
-        self.link = Link::Down {
-            failures,
-            probe_at: now + delay,
-            why,
-        };
-    }
-
-    fn endpoint_refused(&mut self, status: u16, message: String, now: Instant) {
-        // Several files refused at once count as one refusal.
-        if self.hold.as_ref().is_some_and(|h| now < h.until) {
-            return;
-        }
-        let failures = self.hold.as_ref().map_or(0, |h| h.failures) + 1;
-        let wait = doubling(self.pacing.hold_first, failures, self.pacing.hold_max);
-        self.hold = Some(Hold {
-            failures,
-            until: now + wait,
-            status,
-            message,
-        });
-        // An answer came: the link itself works.
-        self.link = Link::Up;
     }
 
     /// The steps to run now (at most the free workers' worth).
@@ -747,16 +558,6 @@ impl Schedule {
         self.started.contains_key(key)
     }
 
-    /// True while the file's hook or after-upload action is left to do.
-    pub(crate) fn is_finishing(&self, key: &FileKey) -> bool {
-        self.finishing.contains_key(key)
-    }
-
-    /// Failed runs of the file's hook or action so far.
-    pub(crate) fn finish_failures(&self, key: &FileKey) -> u32 {
-        self.finishing.get(key).map_or(0, |f| f.failures)
-    }
-
     /// True while uploads are paused.
     pub(crate) fn paused(&self) -> bool {
         self.paused
@@ -849,17 +650,8 @@ impl Schedule {
     }
 }
 
-fn stage_action(stage: Stage, key: FileKey) -> Action {
-    match stage {
-        Stage::Hook => Action::Hook(key),
-        Stage::Action => Action::AfterUpload(key),
-    }
-}
-
 #[cfg(test)]
-#[path = "schedule_tests.rs"]
 mod tests;
 
 #[cfg(test)]
-#[path = "schedule_sim.rs"]
 mod sim;

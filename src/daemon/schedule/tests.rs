@@ -2,6 +2,7 @@
 
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use super::pacing::{HOLD_FIRST, HOLD_MAX, LINK_PROBE_FIRST, LINK_PROBE_MAX};
 use super::*;
 use crate::clock::Clock;
 
