@@ -1,7 +1,7 @@
-//! The layering rules of DESIGN.md that grep can check, checked on src/ as it is: a third-party
-//! crate named outside its one module, I/O in the pure layers, or an import circle between
-//! top-level modules fails here (clippy.toml's disallowed-methods hold the rules on time, sleep
-//! and the environment).
+//! The layering rules (src/lib.rs, CONTRIBUTING.md "Layout") that grep can check, checked on
+//! src/ as it is: a third-party crate named outside its one module, I/O in the pure layers, or an
+//! import circle between top-level modules fails here (clippy.toml's disallowed-methods hold the
+//! rules on time, sleep and the environment).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
