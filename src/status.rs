@@ -34,6 +34,10 @@ pub(crate) struct Snapshot {
     pub endpoint: String,
     /// Files waiting to start (those beyond the listed queue included).
     pub queued: u64,
+    /// Of those, how many are not listed in `files` (beyond the queue's window). Absent in
+    /// snapshots of older versions.
+    #[serde(default)]
+    pub queued_unlisted: Option<u64>,
     /// Every file the daemon knows (settling, queued, started, hook, after upload), each with its
     /// state. Named `active` in snapshots of older versions.
     #[serde(alias = "active")]
@@ -223,7 +227,11 @@ pub(crate) fn render_text(s: &Snapshot, alive: bool, now_unix: u64) -> String {
     } else {
         counts.join(", ")
     };
-    let beyond = s.queued.saturating_sub(listed_queued);
+    // A queued file is listed as paused, held or waiting for the link when that is why it
+    // waits: only the daemon knows which listed files are queued ones.
+    let beyond = s
+        .queued_unlisted
+        .unwrap_or(s.queued.saturating_sub(listed_queued));
     let beyond = if beyond > 0 {
         format!(" (+{beyond} more queued in the spool)")
     } else {
@@ -418,6 +426,23 @@ mod tests {
             },
             ..Snapshot::default()
         }
+    }
+
+    #[test]
+    fn queued_files_shown_as_waiting_for_the_link_are_not_counted_twice() {
+        let file = |p: &str| FileStatus {
+            path: p.into(),
+            state: "waiting for the link".into(),
+            ..FileStatus::default()
+        };
+        let s = Snapshot {
+            queued: 2,
+            queued_unlisted: Some(0),
+            files: vec![file("/spool/a"), file("/spool/b")],
+            ..Snapshot::default()
+        };
+        let t = render_text(&s, true, 100);
+        assert!(t.contains("files: 2 waiting for the link\n"), "{t}");
     }
 
     #[test]

@@ -102,7 +102,12 @@ impl<'p, 'a> Main<'p, 'a> {
 
     fn snapshot(&mut self, state: &str, now: Instant) -> Snapshot {
         let mut files = Vec::new();
-        for view in self.core.files(now) {
+        let views = self.core.files(now);
+        let listed_queued = views
+            .iter()
+            .filter(|v| v.state == FileState::Queued)
+            .count() as u64;
+        for view in views {
             files.push(self.file_status(&view, now));
         }
         let mut settling: Vec<_> = self.settling.keys().collect();
@@ -143,6 +148,7 @@ impl<'p, 'a> Main<'p, 'a> {
             spool: self.settings.spool.dir.display().to_string(),
             endpoint: url::redact(&self.parts.upload.endpoint).to_string(),
             queued: self.core.waiting(),
+            queued_unlisted: Some(self.core.waiting().saturating_sub(listed_queued)),
             files,
             blocked: self.blocked(now),
             failed,
