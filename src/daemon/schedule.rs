@@ -104,9 +104,11 @@ pub(crate) enum Outcome {
     Wait(Duration),
     /// No answer from the server's host: the link backs off.
     LinkDown(String),
-    /// The link answers, but TLS refused (a setting or the server's certificate): the link is
-    /// held this long, and the file is offered again as new.
-    LinkRefused(Duration),
+    /// The server answers, but not as the settings expect (TLS refused: a setting or the
+    /// server's certificate; a plain-HTTP port at an `https://` URL): retrying cannot mend it,
+    /// so every upload is held like a refused endpoint (the hold doubling from `hold_first` to
+    /// `hold_max`), and the file is offered again as new. The text says why.
+    LinkRefused(String),
     /// The endpoint refuses creations.
     EndpointRefused {
         /// HTTP status.
@@ -171,7 +173,8 @@ pub(crate) enum Action {
 pub(crate) enum Link {
     /// Answers came back.
     Up,
-    /// No answer: probe (one step) at `probe_at`.
+    /// No answer, or answers only a setting can mend (`refused`): probe (one step) at
+    /// `probe_at`.
     Down {
         /// Failed probes in a row.
         failures: u32,
@@ -179,6 +182,9 @@ pub(crate) enum Link {
         probe_at: Instant,
         /// The last failure.
         why: String,
+        /// The server answered, but not as the settings expect (TLS refused, a plain-HTTP
+        /// port at an `https://` endpoint): a setting to fix, so uploads are held, not waiting.
+        refused: bool,
     },
 }
 
@@ -239,7 +245,8 @@ pub(crate) enum Blocked {
     Paused,
     /// The link gives no answer.
     Link,
-    /// The endpoint refuses creations and the file needs one.
+    /// The endpoint refuses creations and the file needs one, or the server answers every
+    /// request in a way only a setting can mend.
     Endpoint,
 }
 
@@ -355,13 +362,9 @@ impl Schedule {
                 self.link_failed(why, now);
                 return;
             }
-            Outcome::LinkRefused(wait) => {
+            Outcome::LinkRefused(why) => {
                 self.started.remove(&key);
-                self.link = Link::Down {
-                    failures: 0,
-                    probe_at: now + wait,
-                    why: "TLS refused".into(),
-                };
+                self.link_refused(why, now);
                 return;
             }
             Outcome::EndpointRefused { status, message } => {
@@ -393,6 +396,27 @@ impl Schedule {
             failures,
             probe_at: now + delay,
             why,
+            refused: false,
+        };
+    }
+
+    fn link_refused(&mut self, why: String, now: Instant) {
+        let failures = match &self.link {
+            // Several files refused at once count as one refusal.
+            Link::Down { probe_at, .. } if now < *probe_at => return,
+            Link::Down {
+                failures,
+                refused: true,
+                ..
+            } => failures + 1,
+            _ => 1,
+        };
+        let wait = doubling(self.pacing.hold_first, failures, self.pacing.hold_max);
+        self.link = Link::Down {
+            failures,
+            probe_at: now + wait,
+            why,
+            refused: true,
         };
     }
 
@@ -570,8 +594,12 @@ impl Schedule {
             None
         } else if self.paused {
             Some(Blocked::Paused)
-        } else if matches!(self.link, Link::Down { .. }) {
-            Some(Blocked::Link)
+        } else if let Link::Down { refused, .. } = self.link {
+            Some(if refused {
+                Blocked::Endpoint
+            } else {
+                Blocked::Link
+            })
         } else if !has_url && self.hold.as_ref().is_some_and(|h| now < h.until) {
             Some(Blocked::Endpoint)
         } else {
