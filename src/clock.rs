@@ -1,8 +1,8 @@
 //! Time: the only place that reads the clock or sleeps, so that everything else can be tested
-//! with a `ManualClock` (tests) and no real waiting.
+//! with a `ManualClock` (tests and the broker's fuzz target) and no real waiting.
 
 use std::sync::atomic::{AtomicBool, Ordering};
-#[cfg(test)]
+#[cfg(any(test, all(fuzzing, feature = "broker")))]
 use std::sync::Mutex;
 use std::time::{Duration, Instant, SystemTime};
 
@@ -45,7 +45,7 @@ impl Clock for SystemClock {
     }
 }
 
-#[cfg(test)]
+#[cfg(any(test, all(fuzzing, feature = "broker")))]
 /// A clock that moves only when slept on: sleeping advances it instantly.
 #[derive(Debug)]
 pub(crate) struct ManualClock {
@@ -56,7 +56,7 @@ pub(crate) struct ManualClock {
     pub sleeps: Mutex<Vec<Duration>>,
 }
 
-#[cfg(test)]
+#[cfg(any(test, all(fuzzing, feature = "broker")))]
 impl ManualClock {
     /// A clock at `wall` wall-clock time.
     pub(crate) fn new(wall: SystemTime) -> Self {
@@ -82,6 +82,7 @@ impl ManualClock {
     }
 
     /// The sleeps asked for so far.
+    #[cfg(test)]
     pub(crate) fn sleeps(&self) -> Vec<Duration> {
         self.sleeps
             .lock()
@@ -90,7 +91,7 @@ impl ManualClock {
     }
 }
 
-#[cfg(test)]
+#[cfg(any(test, all(fuzzing, feature = "broker")))]
 impl Clock for ManualClock {
     fn now(&self) -> Instant {
         self.start + self.elapsed()

@@ -51,6 +51,8 @@
 //! - `tus`: the tus 1.0 protocol without I/O; `backoff`: the retry schedule, pure.
 //! - `clock`: the only reader of time and the only sleeper; `error`: one error type.
 //! - `broker` (feature `broker`): `ferry broker`, the one-time upload URL service.
+//! - `fuzzing` (only under `cargo fuzz`, `--cfg fuzzing`): the fuzz targets' entry points
+//!   (`fuzz/`, docs/fuzzing.md).
 
 pub mod app;
 pub(crate) mod backoff;
@@ -62,6 +64,9 @@ pub(crate) mod config;
 pub(crate) mod daemon;
 pub(crate) mod durable;
 pub(crate) mod error;
+#[cfg(fuzzing)]
+#[doc(hidden)]
+pub mod fuzzing;
 pub(crate) mod hook;
 pub(crate) mod netwatch;
 pub(crate) mod notify;

@@ -507,4 +507,15 @@ mod tests {
         std::fs::remove_dir_all(&dir).unwrap();
         assert!(read(&dir).unwrap_err().to_string().contains("ferry run"));
     }
+
+    /// The stored_record fuzz target's snapshot seed is one `ferry status` reads (a change of
+    /// the format fails here until fuzz/corpus/stored_record/seed-status-snapshot follows).
+    #[test]
+    fn the_fuzz_seed_is_a_snapshot_ferry_status_reads() {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("fuzz/corpus/stored_record/seed-status-snapshot");
+        let s: Snapshot = serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap();
+        assert_eq!((s.files.len(), s.failed.len(), s.queued), (2, 1, 3));
+        assert!(render_text(&s, true, 1_779_271_260).contains("next retry in 30 s"));
+    }
 }

@@ -10,7 +10,6 @@
 use std::path::Path;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::Duration;
 
 use crate::error::{Error, Result};
 use crate::progress::Progress;
@@ -21,9 +20,6 @@ use crate::upload::{Completed, Step};
 
 use super::schedule::{Action, Input, Link, Outcome};
 use super::{unix, Job, JobInfo, Main, Stepped, Upload};
-
-/// After a TLS failure (a setting to fix, or the server's certificate), wait this long.
-const LINK_TROUBLE_PAUSE: Duration = Duration::from_secs(60);
 
 impl<'p, 'a> Main<'p, 'a> {
     /// Hands the steps the scheduler decides on to the workers.
@@ -128,15 +124,25 @@ impl<'p, 'a> Main<'p, 'a> {
                 Outcome::Done
             }
             Step::Failed(e @ Error::Network { .. }) => {
-                // TLS settings (or the server's certificate) are wrong: not this file's fault.
-                // It stays in the spool; uploads wait, then try again.
-                log::error!("{e}; uploads wait {} s", LINK_TROUBLE_PAUSE.as_secs());
+                // TLS settings (or the server's certificate) are wrong, or the endpoint's
+                // scheme is: not this file's fault. It stays in the spool; uploads are held,
+                // then tried again.
                 self.uploads.remove(&key);
+                let before = self.core.link().clone();
                 self.tell(Input::Stepped {
                     key: key.clone(),
-                    outcome: Outcome::LinkRefused(LINK_TROUBLE_PAUSE),
+                    outcome: Outcome::LinkRefused(e.to_string()),
                     has_url,
                 })?;
+                // One line per hold (files refused at once share one).
+                let link = self.core.link();
+                if let (true, Link::Down { probe_at, .. }) = (*link != before, link) {
+                    let wait = probe_at.saturating_duration_since(self.parts.clock.now());
+                    log::error!(
+                        "{e}; no file is failed, uploads are held and tried again in {} s",
+                        wait.as_secs()
+                    );
+                }
                 return self.consider(key.path(), false);
             }
             Step::Failed(e) => return self.ended(&key, e),

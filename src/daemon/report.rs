@@ -227,6 +227,15 @@ impl Main<'_, '_> {
     /// Why uploads do not go on, when the link or the endpoint stops them all.
     fn blocked(&self, now: Instant) -> Option<String> {
         let in_secs = |t: Instant| t.saturating_duration_since(now).as_secs();
+        if let Link::Down {
+            probe_at,
+            why,
+            refused: true,
+            ..
+        } = self.core.link()
+        {
+            return Some(format!("{why}; trying again in {} s", in_secs(*probe_at)));
+        }
         if let Link::Down { probe_at, why, .. } = self.core.link() {
             return Some(format!(
                 "no answer from the server ({why}); trying again in {} s",

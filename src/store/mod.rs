@@ -217,6 +217,18 @@ impl Store {
     }
 }
 
+/// A file record's bytes read as [`Store::get`] reads them (for the fuzz targets).
+#[cfg(fuzzing)]
+pub(crate) fn decode_record(raw: &[u8]) -> std::result::Result<FileRecord, String> {
+    decode(raw)
+}
+
+/// A failure record's bytes read as [`Store::get_failed`] reads them (for the fuzz targets).
+#[cfg(fuzzing)]
+pub(crate) fn decode_failed_record(raw: &[u8]) -> std::result::Result<FailedRecord, String> {
+    decode_failed(raw)
+}
+
 fn open_sled(path: &Path) -> sled::Result<sled::Db> {
     sled::Config::new()
         .path(path)

@@ -287,3 +287,58 @@ fn sets_aside_records_of_another_version() {
         .unwrap()
         .is_some());
 }
+
+/// The stored_record fuzz target's seeds are records exactly as this version writes them, so
+/// the fuzzer starts from the real format; a change of the format fails here until the seeds
+/// in fuzz/corpus/stored_record/ are written again (the message shows the new bytes).
+#[test]
+fn the_fuzz_seeds_are_records_as_this_version_writes_them() {
+    let mut captured = std::collections::BTreeMap::new();
+    captured.insert(
+        "stream-media-id".to_string(),
+        "90c68cb5cd4fd5350b1962279c90bec0".to_string(),
+    );
+    let identity = |ino, size, mtime_sec, mtime_nsec| Identity {
+        dev: 45826,
+        ino,
+        size,
+        mtime_sec,
+        mtime_nsec,
+    };
+    let file = FileRecord {
+        version: RECORD_VERSION,
+        path: "/var/spool/ferry/cam01-20260520-100000.mp4".into(),
+        identity: identity(131_074, 104_857_600, 1_779_271_200, 123_456_789),
+        endpoint:
+            "https://api.cloudflare.com/client/v4/accounts/023e105f4ecef8ad9ca31a8372d0c353/stream"
+                .into(),
+        upload_url:
+            "https://upload.videodelivery.net/tus/90c68cb5cd4fd5350b1962279c90bec0?tusv2=true"
+                .into(),
+        offset: 50_331_648,
+        expires_unix: Some(1_779_274_800),
+        created_unix: 1_779_271_205,
+        updated_unix: 1_779_271_260,
+        state: RecordState::Uploading,
+        captured,
+        hook: Default::default(),
+    };
+    let failed = FailedRecord {
+        path: "/var/spool/ferry/cam01-20260520-090000.mp4".into(),
+        identity: identity(131_070, 2_097_152, 1_779_267_600, 0),
+        status: Some(413),
+        message: "HTTP 413: the upload is larger than the server's Tus-Max-Size".into(),
+        failed_unix: 1_779_267_700,
+    };
+    let seeds = Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/corpus/stored_record");
+    for (name, written) in [
+        ("seed-file-record", serde_json::to_string(&file).unwrap()),
+        (
+            "seed-failed-record",
+            serde_json::to_string(&failed).unwrap(),
+        ),
+    ] {
+        let seed = std::fs::read_to_string(seeds.join(name)).unwrap();
+        assert_eq!(seed, written, "fuzz/corpus/stored_record/{name}");
+    }
+}

@@ -308,7 +308,7 @@ fn classify(e: ureq::Error, peer: &str, s: &HttpSettings, req: &Request) -> Tran
         ),
         ureq::Error::Io(io) if not_tls(io).is_some() => {
             let what = not_tls(io).map(ToString::to_string).unwrap_or_default();
-            format!("{what}: use http:// in the endpoint, or fix the port")
+            format!("{what}: use http:// or the TLS port")
         }
         _ => e.to_string(),
     };

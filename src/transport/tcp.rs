@@ -317,9 +317,9 @@ impl NotTls {
 impl std::fmt::Display for NotTls {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         if self.plain_http {
-            write!(f, "this port speaks plain HTTP, not TLS")
+            write!(f, "the endpoint speaks plain HTTP")
         } else {
-            write!(f, "this port answers with something that is not TLS")
+            write!(f, "the endpoint answers with something that is not TLS")
         }
     }
 }

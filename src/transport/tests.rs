@@ -149,9 +149,7 @@ fn https_to_a_plain_http_port_is_an_endpoint_error() {
         .unwrap_err();
     assert_eq!(err.kind, FailureKind::Endpoint, "{err}");
     assert!(!err.is_transient());
-    let want = format!(
-        "{addr}: this port speaks plain HTTP, not TLS: use http:// in the endpoint, or fix the port"
-    );
+    let want = format!("{addr}: the endpoint speaks plain HTTP: use http:// or the TLS port");
     assert_eq!(err.message, want);
     assert_eq!(transport.endpoint_problem(), Some(want));
 }

@@ -41,7 +41,9 @@ pub fn parse(value: &str) -> Option<SystemTime> {
     let [h, m, s] = hms.as_slice() else {
         return None;
     };
-    if !(1..=31).contains(&day) || *h > 23 || *m > 59 || *s > 60 || year < 1970 {
+    // Four digits at most (RFC 9110's `year = 4DIGIT`): a longer year overflowed the
+    // arithmetic below, a panic from one header of a server's answer.
+    if !(1..=31).contains(&day) || *h > 23 || *m > 59 || *s > 60 || !(1970..=9999).contains(&year) {
         return None;
     }
     let days = days_from_civil(year, month, day);
@@ -146,6 +148,26 @@ mod tests {
         ] {
             assert_eq!(parse(bad), None, "{bad:?}");
         }
+    }
+
+    /// Found by the http_date fuzz target: an `Upload-Expires` or `Retry-After` with a long
+    /// year overflowed (a multiplication, or the `SystemTime` addition), a panic in the upload.
+    #[test]
+    fn a_year_of_more_than_four_digits_is_not_a_date() {
+        for bad in [
+            "Sun, 06 Nov 300000000000 08:49:37 GMT",
+            "Sun, 06 Nov 99999999999999999 08:49:37 GMT",
+            "Sun, 06 Nov 18446744073709551615 08:49:37 GMT",
+            "Sun Nov  6 08:49:37 300000000000",
+            "Su% Nov  6 08:49:37 11911111111111919", // the fuzzer's own input, shortened
+            "Sun, 06 Nov 10000 08:49:37 GMT",
+        ] {
+            assert_eq!(parse(bad), None, "{bad:?}");
+        }
+        assert_eq!(
+            parse("Fri, 31 Dec 9999 23:59:59 GMT"),
+            Some(at(253_402_300_799))
+        );
     }
 
     #[test]

@@ -458,6 +458,15 @@ mod tests {
         assert!(is_retry(&created(&portal, EP, plain)));
         let bad = resp(201, &[("Location", "ftp://x/1")], "");
         assert!(matches!(created(&bad, EP, plain), Outcome::Fail { .. }));
+        // Found by fuzzing: a Location no request can go to failed every request after it.
+        let unsendable = resp(201, &[("Location", "/files/a b")], "");
+        let Outcome::Fail { why, .. } = created(&unsendable, EP, plain) else {
+            panic!()
+        };
+        assert!(
+            why.contains("unusable Location") && why.contains("%20"),
+            "{why}"
+        );
     }
 
     #[test]

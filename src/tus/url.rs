@@ -136,7 +136,8 @@ pub fn same_origin(a: &str, b: &str) -> bool {
     matches!((origin(a), origin(b)), (Ok(x), Ok(y)) if x == y)
 }
 
-/// Resolves `location` (absolute, protocol-relative or relative) against `base` (the request URL).
+/// Resolves `location` (absolute, protocol-relative or relative) against `base` (the request
+/// URL); the result passes [`validate`].
 pub fn resolve(base: &str, location: &str) -> Result<String, UrlError> {
     let location = location.trim();
     let b = split(base)?;
@@ -170,6 +171,9 @@ pub fn resolve(base: &str, location: &str) -> Result<String, UrlError> {
     if b.scheme.eq_ignore_ascii_case("https") && r.scheme.eq_ignore_ascii_case("http") {
         return Err(UrlError::Downgrade(resolved));
     }
+    // A URL no request can be sent to (a raw space or non-ASCII byte, a bad port) is refused
+    // here, by name, instead of being stored and failing every request to it.
+    validate(&resolved)?;
     let _ = b.query; // the base query never carries over to a new path (RFC 3986 §5.2.2)
     Ok(resolved)
 }
@@ -257,6 +261,30 @@ mod tests {
         assert!(matches!(resolve(BASE, ""), Err(UrlError::NotHttp(_))));
         assert!(matches!(resolve("files/", "/x"), Err(UrlError::NotHttp(_))));
         assert!(validate("http://user@host/x").is_err());
+    }
+
+    /// Found by the tus_response fuzz target: a `Location` with a character no URL holds (here
+    /// a non-ASCII one, as a server's raw bytes arrive) resolved to a URL that was stored and
+    /// then refused by the HTTP library at every request, retried forever.
+    #[test]
+    fn a_location_no_request_can_go_to_is_refused() {
+        let base = "http://tus.example.com/files/";
+        for (loc, c) in [
+            ("https://tus.example.\u{e9}om/files/", '\u{e9}'),
+            ("/files/a b", ' '),
+            ("x\u{7f}", '\u{7f}'),
+            ("//h/\"q\"", '"'),
+        ] {
+            assert!(
+                matches!(resolve(base, loc), Err(UrlError::BadChar { c: got, .. }) if got == c),
+                "{loc:?}: {:?}",
+                resolve(base, loc)
+            );
+        }
+        assert!(matches!(
+            resolve(base, "http://h:70000/files/1"),
+            Err(UrlError::BadPort { .. })
+        ));
     }
 
     #[test]

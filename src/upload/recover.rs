@@ -89,9 +89,14 @@ impl Uploader<'_> {
             return Ok(Step::LinkDown(why));
         }
         if !e.is_transient() {
+            let problem = match e.kind {
+                // https:// to a port that answers without TLS: the URL is wrong, not the CA.
+                FailureKind::Endpoint => format!("configuration error: {}", e.message),
+                _ => format!("{e}; check ca_file / client_cert settings"),
+            };
             return Err(Error::Network {
                 url: url::redact(&target).into(),
-                problem: format!("{e}; check ca_file / client_cert settings"),
+                problem,
             });
         }
         self.retry_later(f, e.to_string(), None, next)

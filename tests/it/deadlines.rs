@@ -1,12 +1,15 @@
 //! End to end: every exchange has a deadline (issue 15, items 7-9). A link that goes dead
 //! mid-PATCH is noticed within `idle_timeout`, a server that trickles its answer is cut off
-//! after `response_timeout`, and a wrong endpoint is a configuration error naming `host:port`.
+//! after `response_timeout`, and a wrong endpoint is a configuration error naming `host:port`
+//! (`ferry upload` exits 2; `ferry run` holds uploads and says why).
 
 use std::process::Output;
 use std::time::{Duration, Instant};
 
+use crate::daemon::Spool;
 use crate::harness::{
-    assert_same_bytes, finished, server_behind_proxy, spawn_upload, stderr, upload, Scratch,
+    assert_same_bytes, finished, server_behind_proxy, sigterm, spawn_upload, stderr, upload,
+    wait_until, Scratch,
 };
 use crate::support::flaky_proxy::ProxyPlan;
 use crate::support::tus_server::{Fault, ServerConfig, TusServer};
@@ -170,4 +173,52 @@ fn a_connection_failure_names_host_and_port() {
     for line in refusals {
         assert!(line.contains(&addr.to_string()), "{line}");
     }
+}
+
+/// `ferry run` with `https://` to a plain-HTTP port: a configuration problem, said so in the
+/// log and in `ferry status` (naming `host:port`, without the misleading "check ca_file"),
+/// while the file stays in the spool, unfailed, and uploads are held with a doubling wait
+/// instead of being retried without end. The server, fixed, would be tried again.
+#[test]
+fn ferry_run_holds_uploads_to_a_plain_http_port_and_says_it_is_a_configuration_error() {
+    let server = TusServer::start(ServerConfig::default());
+    let endpoint = server.endpoint().replacen("http://", "https://", 1);
+    let sp = Spool::new("run-https-to-http", &endpoint, "");
+    let f = sp.drop_file("a.bin", 1000, 35);
+    let daemon = sp.start();
+    let addr = server.addr().to_string();
+    let mut status = String::new();
+    wait_until(
+        "the file held in ferry status",
+        Duration::from_secs(15),
+        || {
+            status = sp.status();
+            status.contains("plain HTTP") && status.contains("  held ")
+        },
+    );
+    // Holds of 200 ms (retry.max_delay), then 400 ms, 800 ms, 1.6 s...: a few tries in 3 s.
+    std::thread::sleep(Duration::from_secs(3));
+    sigterm(&daemon.0);
+    let log = sp.log();
+    assert!(
+        status.contains(&format!(
+            "{addr}: the endpoint speaks plain HTTP: use http:// or the TLS port"
+        )),
+        "{status}"
+    );
+    assert!(status.contains("configuration error"), "{status}");
+    assert!(
+        status.contains("done 0, failed 0,"),
+        "no file failed:\n{status}"
+    );
+    let tries = log.lines().filter(|l| l.contains("plain HTTP")).count();
+    assert!((1..=6).contains(&tries), "{tries} tries in ~3.5 s:\n{log}");
+    assert!(log.contains("configuration error"), "{log}");
+    assert!(log.contains("uploads are held"), "{log}");
+    assert!(!log.contains("ca_file"), "{log}");
+    assert!(f.exists(), "the file stays in the spool");
+    assert!(
+        server.requests().is_empty(),
+        "only handshakes reached the server"
+    );
 }

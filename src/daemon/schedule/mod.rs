@@ -82,9 +82,11 @@ pub(crate) enum Outcome {
     Wait(Duration),
     /// No answer from the server's host: the link backs off.
     LinkDown(String),
-    /// The link answers, but TLS refused (a setting or the server's certificate): the link is
-    /// held this long, and the file is offered again as new.
-    LinkRefused(Duration),
+    /// The server answers, but not as the settings expect (TLS refused: a setting or the
+    /// server's certificate; a plain-HTTP port at an `https://` URL): retrying cannot mend it,
+    /// so every upload is held like a refused endpoint (the hold doubling from `hold_first` to
+    /// `hold_max`), and the file is offered again as new. The text says why.
+    LinkRefused(String),
     /// The endpoint refuses creations.
     EndpointRefused {
         /// HTTP status.
@@ -178,7 +180,8 @@ pub(crate) enum Action {
 pub(crate) enum Link {
     /// Answers came back.
     Up,
-    /// No answer: probe (one step) at `probe_at`.
+    /// No answer, or answers only a setting can mend (`refused`): probe (one step) at
+    /// `probe_at`.
     Down {
         /// Failed probes in a row.
         failures: u32,
@@ -186,6 +189,9 @@ pub(crate) enum Link {
         probe_at: Instant,
         /// The last failure.
         why: String,
+        /// The server answered, but not as the settings expect (TLS refused, a plain-HTTP
+        /// port at an `https://` endpoint): a setting to fix, so uploads are held, not waiting.
+        refused: bool,
     },
 }
 
@@ -250,7 +256,8 @@ pub(crate) enum Blocked {
     Paused,
     /// The link gives no answer.
     Link,
-    /// The endpoint refuses creations and the file needs one.
+    /// The endpoint refuses creations and the file needs one, or the server answers every
+    /// request in a way only a setting can mend.
     Endpoint,
 }
 
@@ -404,13 +411,9 @@ impl Schedule {
                 self.link_failed(why, now);
                 return;
             }
-            Outcome::LinkRefused(wait) => {
+            Outcome::LinkRefused(why) => {
                 self.started.remove(&key);
-                self.link = Link::Down {
-                    failures: 0,
-                    probe_at: now + wait,
-                    why: "TLS refused".into(),
-                };
+                self.link_refused(why, now);
                 return;
             }
             Outcome::EndpointRefused { status, message } => {
@@ -622,8 +625,12 @@ impl Schedule {
             None
         } else if self.paused {
             Some(Blocked::Paused)
-        } else if matches!(self.link, Link::Down { .. }) {
-            Some(Blocked::Link)
+        } else if let Link::Down { refused, .. } = self.link {
+            Some(if refused {
+                Blocked::Endpoint
+            } else {
+                Blocked::Link
+            })
         } else if !has_url && self.hold.as_ref().is_some_and(|h| now < h.until) {
             Some(Blocked::Endpoint)
         } else {

@@ -77,6 +77,29 @@ impl Schedule {
             failures,
             probe_at: now + delay,
             why,
+            refused: false,
+        };
+    }
+
+    /// The server answered, but not as the settings expect (TLS refused, a plain-HTTP port at
+    /// an `https://` URL): every upload is held like a refused endpoint.
+    pub(super) fn link_refused(&mut self, why: String, now: Instant) {
+        let failures = match &self.link {
+            // Several files refused at once count as one refusal.
+            Link::Down { probe_at, .. } if now < *probe_at => return,
+            Link::Down {
+                failures,
+                refused: true,
+                ..
+            } => failures + 1,
+            _ => 1,
+        };
+        let wait = doubling(self.pacing.hold_first, failures, self.pacing.hold_max);
+        self.link = Link::Down {
+            failures,
+            probe_at: now + wait,
+            why,
+            refused: true,
         };
     }
 

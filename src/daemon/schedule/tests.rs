@@ -204,6 +204,35 @@ fn a_repeated_refusal_holds_longer_up_to_five_minutes() {
     assert_eq!(holds, [30, 60, 120, 240, 300, 300]);
 }
 
+/// A server that answers only as a setting can mend (TLS refused, a plain-HTTP port at an
+/// `https://` endpoint) holds every upload, resumes too, shown as held, the hold doubling like
+/// an endpoint refusal's (it was one minute, again and again without end).
+#[test]
+fn a_refusal_only_a_setting_mends_holds_every_upload_longer_each_time() {
+    let mut s = Sim::new(1);
+    s.ready("a", 1, true);
+    let mut holds = Vec::new();
+    for _ in 0..6 {
+        assert_eq!(s.poll(), ["a"]);
+        let refused = Outcome::LinkRefused("configuration error: plain HTTP".into());
+        s.stepped("a", refused, true);
+        s.ready("a", 1, true); // the shell offers the file again
+        assert_eq!(s.view("a").blocked, Some(Blocked::Endpoint));
+        assert!(s.poll().is_empty(), "held");
+        let Link::Down {
+            probe_at,
+            refused: true,
+            ..
+        } = s.core.link().clone()
+        else {
+            panic!("{:?}", s.core.link())
+        };
+        holds.push((probe_at - s.now).as_secs());
+        s.advance(probe_at - s.now);
+    }
+    assert_eq!(holds, [30, 60, 120, 240, 300, 300]);
+}
+
 #[test]
 fn a_link_that_comes_back_is_used_within_seconds_after_a_long_outage() {
     let mut s = Sim::new(2);
