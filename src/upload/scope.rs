@@ -4,7 +4,7 @@
 //! secret files) go only to the origin of the endpoint they were configured for; an upload
 //! URL on another origin (Stream's, a broker's) gets them only with `auth_cross_origin`.
 
-use super::{FileUpload, Header, Uploader};
+use super::{FileUpload, Header, Settings, Uploader};
 use crate::transport::TransportError;
 use crate::tus::{url, Request, Response};
 
@@ -50,18 +50,24 @@ impl Uploader<'_> {
     }
 
     fn scope_headers(&self, endpoint: &str, req: &mut Request) {
-        let cross = !url::same_origin(&req.url, endpoint);
-        for h in &self.settings.headers {
-            if cross && h.is_credential() && !self.settings.auth_cross_origin {
-                log::debug!(
-                    "not sending {} to {}, another origin",
-                    h.name,
-                    url::redact(&req.url)
-                );
-                continue;
-            }
-            req.set(&h.name, h.value.clone());
-        }
-        log::debug!("{} {}", req.method.as_str(), url::redact(&req.url));
+        scope_headers(self.settings, endpoint, req);
     }
+}
+
+/// Sets the configured headers on `req`; credentials only when `req` goes to `endpoint`'s
+/// origin, unless `auth_cross_origin` is set. (Also for `ferry check-config --probe`.)
+pub(crate) fn scope_headers(settings: &Settings, endpoint: &str, req: &mut Request) {
+    let cross = !url::same_origin(&req.url, endpoint);
+    for h in &settings.headers {
+        if cross && h.is_credential() && !settings.auth_cross_origin {
+            log::debug!(
+                "not sending {} to {}, another origin",
+                h.name,
+                url::redact(&req.url)
+            );
+            continue;
+        }
+        req.set(&h.name, h.value.clone());
+    }
+    log::debug!("{} {}", req.method.as_str(), url::redact(&req.url));
 }
