@@ -27,8 +27,8 @@ pub(crate) enum Command {
     Pause(Box<CommonArgs>),
     /// `ferry resume`.
     Resume(Box<CommonArgs>),
-    /// `ferry check-config`.
-    CheckConfig(Box<CommonArgs>),
+    /// `ferry check-config [--probe]`.
+    CheckConfig(Box<CommonArgs>, bool),
     /// `ferry broker [OPTIONS]`: the one-time upload URL service.
     #[cfg(feature = "broker")]
     Broker(Box<crate::broker::BrokerArgs>),
@@ -157,16 +157,16 @@ fn command(p: &mut lexopt::Parser, name: &str, verbosity: &mut Verbosity) -> Res
             let Some((page, hint)) = daemon_help(name) else {
                 return Err(unknown_command(name));
             };
-            let Some((a, json)) = parse_common(p, name, hint, verbosity)? else {
+            let Some((a, flag)) = parse_common(p, name, hint, verbosity)? else {
                 return Ok(Command::Help(page));
             };
             let a = Box::new(a);
             Ok(match name {
                 "run" => Command::Run(a),
-                "status" => Command::Status(a, json),
+                "status" => Command::Status(a, flag),
                 "pause" => Command::Pause(a),
                 "resume" => Command::Resume(a),
-                _ => Command::CheckConfig(a),
+                _ => Command::CheckConfig(a, flag),
             })
         }
     }
@@ -285,8 +285,9 @@ fn parse_upload(p: &mut lexopt::Parser, verbosity: &mut Verbosity) -> Result<Opt
     Ok(Some(a))
 }
 
-/// Options of the daemon commands: the args and whether `--json` was given; `None` for
-/// `--help`. `hint` shows the command's usage.
+/// Options of the daemon commands: the args and whether the command's own flag was given
+/// (`status --json`, `check-config --probe`); `None` for `--help`. `hint` shows the command's
+/// usage.
 fn parse_common(
     p: &mut lexopt::Parser,
     cmd: &str,
@@ -294,7 +295,7 @@ fn parse_common(
     verbosity: &mut Verbosity,
 ) -> Result<Option<(CommonArgs, bool)>> {
     let mut a = CommonArgs::default();
-    let mut json = false;
+    let mut flag = false;
     while let Some(arg) = p.next().map_err(|e| usage(e, hint))? {
         if let Some(v) = output_option(&arg, *verbosity) {
             *verbosity = v;
@@ -302,7 +303,8 @@ fn parse_common(
         }
         match arg {
             Long("help") | Short('h') => return Ok(None),
-            Long("json") if cmd == "status" => json = true,
+            Long("json") if cmd == "status" => flag = true,
+            Long("probe") if cmd == "check-config" => flag = true,
             Long("spool") => a.overrides.spool.dir = Some(path(p, hint)?),
             Long("after-upload") => a.overrides.spool.after_upload = Some(text(p, hint)?),
             Long("failed-dir") => a.overrides.spool.failed_dir = Some(path(p, hint)?),
@@ -315,7 +317,7 @@ fn parse_common(
             other => return Err(usage(other.unexpected(), hint)),
         }
     }
-    Ok(Some((a, json)))
+    Ok(Some((a, flag)))
 }
 
 fn unknown_option(name: &str, hint: &'static str) -> Error {
@@ -597,7 +599,15 @@ mod tests {
         ));
         assert!(matches!(
             parse_str(&["check-config"]).unwrap(),
-            Command::CheckConfig(_)
+            Command::CheckConfig(_, false)
         ));
+        assert!(matches!(
+            parse_str(&["check-config", "--probe"]).unwrap(),
+            Command::CheckConfig(_, true)
+        ));
+        assert!(
+            parse_str(&["status", "--probe"]).is_err(),
+            "--probe is check-config's"
+        );
     }
 }

@@ -25,13 +25,16 @@ pub(crate) fn spawn(tx: Sender<Event>) {
         .name("netwatch".into())
         .spawn(move || {
             if let Err(e) = watch(&tx) {
-                log::debug!(
-                    "no network change events ({e}); a dead link is probed on a timer only"
+                // Not silent: the shipped unit once forbade netlink and nobody noticed.
+                log::warn!(
+                    "no network change events ({e}); a dead link is probed every few seconds only (a service sandbox must allow AF_NETLINK for the network's return to be noticed at once)"
                 );
             }
         });
     if let Err(e) = spawned {
-        log::debug!("cannot start the network watcher: {e}");
+        log::warn!(
+            "cannot start the network watcher: {e}; a dead link is probed every few seconds only"
+        );
     }
 }
 

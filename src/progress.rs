@@ -1,8 +1,11 @@
 //! Progress of the current file, shared between the uploader and whoever displays it.
 //!
-//! The uploader moves the position (server-confirmed offsets, and bytes handed to the socket
-//! as the body streams); a [`Reporter`] thread draws a live line on a terminal or writes a log
-//! line every few seconds otherwise.
+//! Key idea: the position is what the server has, never what was merely handed over: the offset
+//! the server confirmed, plus the bytes of the body in flight that the peer's kernel
+//! acknowledged ([`Delivery`]). Bytes taken by a socket buffer are not counted, and the last
+//! byte counts only when the server confirms it, so 100 % means the server holds the file. A
+//! [`Reporter`] thread draws a live line on a terminal or writes a log line every few seconds
+//! otherwise; the rate is an exponential average over [`RATE_WINDOW`].
 
 use std::io::Write;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -10,13 +13,25 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use crate::clock::Clock;
+use crate::transport::Delivery;
+
+/// The time constant of the rate's exponential average. Cellular uplinks swing from second to
+/// second; 8 s keeps the ETA steady and still follows a lasting change within half a minute.
+pub(crate) const RATE_WINDOW: Duration = Duration::from_secs(8);
+/// An ETA is shown once the rate has been watched this long.
+const ETA_AFTER: Duration = Duration::from_secs(2);
 
 /// Counters for the file being uploaded.
 #[derive(Debug, Default)]
 pub(crate) struct Progress {
     name: Mutex<String>,
     total: AtomicU64,
-    position: Arc<AtomicU64>,
+    /// The offset the server confirmed (or at which the body in flight starts).
+    confirmed: AtomicU64,
+    /// Body bytes handed to the transport since `confirmed`: a cap on the acknowledged count.
+    handed: Arc<AtomicU64>,
+    /// What the peer acknowledged of the body in flight.
+    delivery: Arc<Delivery>,
     active: AtomicBool,
 }
 
@@ -25,26 +40,39 @@ impl Progress {
     pub(crate) fn begin(&self, name: &str, total: u64, position: u64) {
         *self.name.lock().unwrap_or_else(|e| e.into_inner()) = name.to_string();
         self.total.store(total, Ordering::Relaxed);
-        self.position.store(position, Ordering::Relaxed);
+        self.set_position(position);
         self.active.store(true, Ordering::Relaxed);
     }
 
-    /// Sets the position (a confirmed offset, or the start of a chunk).
+    /// Sets the position to an offset the server confirmed, or to where the next body starts.
     pub(crate) fn set_position(&self, offset: u64) {
-        self.position.store(offset, Ordering::Relaxed);
+        // Forget the body first: a reader in between sees too little, never too much.
+        self.handed.store(0, Ordering::Relaxed);
+        self.delivery.forget();
+        self.confirmed.store(offset, Ordering::Relaxed);
     }
 
-    /// The counter that body readers add sent bytes to.
+    /// The counter that body readers add the bytes they hand over to.
     pub(crate) fn counter(&self) -> Arc<AtomicU64> {
-        self.position.clone()
+        self.handed.clone()
     }
 
-    /// (position, total size) of the current file.
+    /// What the transport tells of the body in flight.
+    pub(crate) fn delivery(&self) -> &Arc<Delivery> {
+        &self.delivery
+    }
+
+    /// (position, total size) of the current file; the position is below the total until the
+    /// server confirmed the last byte.
     pub(crate) fn position_and_total(&self) -> (u64, u64) {
-        (
-            self.position.load(Ordering::Relaxed),
-            self.total.load(Ordering::Relaxed),
-        )
+        let confirmed = self.confirmed.load(Ordering::Relaxed);
+        let total = self.total.load(Ordering::Relaxed);
+        if confirmed >= total {
+            return (confirmed, total);
+        }
+        let handed = self.handed.load(Ordering::Relaxed);
+        let in_flight = self.delivery.acked().unwrap_or(0).min(handed);
+        (confirmed.saturating_add(in_flight).min(total - 1), total)
     }
 
     /// The file is done.
@@ -55,11 +83,8 @@ impl Progress {
     fn snapshot(&self) -> Option<(String, u64, u64)> {
         self.active.load(Ordering::Relaxed).then(|| {
             let name = self.name.lock().unwrap_or_else(|e| e.into_inner()).clone();
-            (
-                name,
-                self.position.load(Ordering::Relaxed),
-                self.total.load(Ordering::Relaxed),
-            )
+            let (position, total) = self.position_and_total();
+            (name, position, total)
         })
     }
 }
@@ -83,7 +108,7 @@ impl Reporter {
         let thread = std::thread::spawn(move || {
             // Sample often (for a steady rate); draw live, or log every `log_every`.
             let tick = Duration::from_millis(250);
-            let mut rate = Rate::default();
+            let (mut rate, mut shown) = (Rate::default(), String::new());
             let mut last_log = clock.now();
             while !flag.load(Ordering::Relaxed) {
                 clock.sleep(tick, &flag);
@@ -91,8 +116,12 @@ impl Reporter {
                     rate = Rate::default();
                     continue;
                 };
+                if name != shown {
+                    (rate, shown) = (Rate::default(), name.clone());
+                }
                 let now = clock.now();
-                let line = render(&name, pos, total, rate.update(&name, pos, now));
+                rate.update(pos, now);
+                let line = render(&name, pos, total, rate.settled());
                 if live {
                     let _ = write!(std::io::stderr(), "\r\x1b[2K{line}");
                 } else if now.saturating_duration_since(last_log) >= log_every {
@@ -120,56 +149,76 @@ impl Drop for Reporter {
     }
 }
 
-/// A smoothed transfer rate.
-#[derive(Debug, Default)]
-struct Rate {
-    name: String,
+/// A transfer rate: an exponential average over [`RATE_WINDOW`], whatever the sampling rhythm.
+#[derive(Debug, Default, Clone)]
+pub(crate) struct Rate {
     last: Option<(Instant, u64)>,
-    bytes_per_sec: f64,
+    /// The weighted sum of samples, and the weight it holds: under 1 while few windows have
+    /// passed, and dividing by it makes the early rate the plain average so far instead of one
+    /// dragged toward zero.
+    sum: f64,
+    weight: f64,
+    watched: Duration,
 }
 
 impl Rate {
-    fn update(&mut self, name: &str, pos: u64, now: Instant) -> f64 {
-        if self.name != name {
-            *self = Rate {
-                name: name.to_string(),
-                ..Rate::default()
-            };
-        }
+    /// Takes the position `pos` at `now`; returns bytes per second.
+    pub(crate) fn update(&mut self, pos: u64, now: Instant) -> f64 {
         if let Some((t, p)) = self.last {
-            let dt = now.saturating_duration_since(t).as_secs_f64();
-            if dt > 0.0 {
-                let sample = pos.saturating_sub(p) as f64 / dt;
-                self.bytes_per_sec = if self.bytes_per_sec == 0.0 {
-                    sample
-                } else {
-                    0.9 * self.bytes_per_sec + 0.1 * sample
-                };
+            let dt = now.saturating_duration_since(t);
+            if dt.is_zero() {
+                return self.bytes_per_sec();
             }
+            // A position that went back (a chunk sent again) is a pause, not a negative rate.
+            let sample = pos.saturating_sub(p) as f64 / dt.as_secs_f64();
+            let keep = (-dt.as_secs_f64() / RATE_WINDOW.as_secs_f64()).exp();
+            self.sum = keep * self.sum + (1.0 - keep) * sample;
+            self.weight = keep * self.weight + (1.0 - keep);
+            self.watched += dt;
         }
         self.last = Some((now, pos));
-        self.bytes_per_sec
+        self.bytes_per_sec()
+    }
+
+    /// Bytes per second; 0 before two positions were taken.
+    pub(crate) fn bytes_per_sec(&self) -> f64 {
+        if self.weight > 0.0 {
+            self.sum / self.weight
+        } else {
+            0.0
+        }
+    }
+
+    /// The rate once it has been watched long enough for an ETA, else `None`.
+    pub(crate) fn settled(&self) -> Option<f64> {
+        (self.watched >= ETA_AFTER).then(|| self.bytes_per_sec())
     }
 }
 
-/// One progress line: name, bytes, percent, rate and ETA.
-pub(crate) fn render(name: &str, pos: u64, total: u64, bytes_per_sec: f64) -> String {
-    let pct = if total == 0 {
-        100.0
+/// One progress line: name, bytes, percent (100 % only when all is there), rate and ETA once
+/// the rate is known.
+pub(crate) fn render(name: &str, pos: u64, total: u64, bytes_per_sec: Option<f64>) -> String {
+    // Rounded down: 99.96 % is not "100.0%".
+    let permille = if total == 0 {
+        1000
     } else {
-        pos as f64 * 100.0 / total as f64
+        (u128::from(pos.min(total)) * 1000 / u128::from(total)) as u64
     };
-    let eta = if bytes_per_sec >= 1.0 {
-        let secs = (total.saturating_sub(pos) as f64 / bytes_per_sec) as u64;
-        format!("{}:{:02}:{:02}", secs / 3600, secs / 60 % 60, secs % 60)
-    } else {
-        "--:--:--".to_string()
+    let (rate, eta) = match bytes_per_sec {
+        Some(r) if r >= 1.0 => {
+            let secs = (total.saturating_sub(pos) as f64 / r) as u64;
+            let eta = format!("{}:{:02}:{:02}", secs / 3600, secs / 60 % 60, secs % 60);
+            (human_bytes(r as u64), eta)
+        }
+        Some(_) => ("0 B".to_string(), "--:--:--".to_string()),
+        None => ("--".to_string(), "--:--:--".to_string()),
     };
     format!(
-        "{name}: {} / {} ({pct:.1}%) {}/s ETA {eta}",
+        "{name}: {} / {} ({}.{}%) {rate}/s ETA {eta}",
         human_bytes(pos),
         human_bytes(total),
-        human_bytes(bytes_per_sec as u64)
+        permille / 10,
+        permille % 10
     )
 }
 
@@ -200,23 +249,74 @@ mod tests {
                 "a.mp4",
                 512 * 1024 * 1024,
                 1024 * 1024 * 1024,
-                1024.0 * 1024.0
+                Some(1024.0 * 1024.0)
             ),
             "a.mp4: 512.0 MiB / 1.0 GiB (50.0%) 1.0 MiB/s ETA 0:08:32"
         );
         assert_eq!(
-            render("e", 0, 0, 0.0),
+            render("e", 0, 0, Some(0.0)),
             "e: 0 B / 0 B (100.0%) 0 B/s ETA --:--:--"
+        );
+        assert_eq!(
+            render("s", 10, 100, None),
+            "s: 10 B / 100 B (10.0%) --/s ETA --:--:--"
         );
     }
 
     #[test]
-    fn rate_smooths_and_resets_per_file() {
+    fn a_byte_short_is_not_a_hundred_percent() {
+        let total = 8 * 1024 * 1024;
+        assert!(render("f", total - 1, total, None).contains("(99.9%)"));
+        assert!(render("f", total, total, None).contains("(100.0%)"));
+    }
+
+    fn at(secs: f64) -> Instant {
+        #[allow(
+            clippy::disallowed_methods,
+            reason = "a fixed origin for the arithmetic"
+        )]
+        let t0 = Instant::now();
+        t0 + Duration::from_secs_f64(secs)
+    }
+
+    #[test]
+    fn the_rate_is_the_plain_average_at_first_and_steady_through_a_stall() {
+        let t0 = at(0.0);
         let mut r = Rate::default();
-        let t = crate::clock::SystemClock.now();
-        assert_eq!(r.update("a", 0, t), 0.0);
-        assert_eq!(r.update("a", 1000, t + Duration::from_secs(1)), 1000.0);
-        assert_eq!(r.update("a", 1000, t + Duration::from_secs(2)), 900.0);
-        assert_eq!(r.update("b", 5, t + Duration::from_secs(3)), 0.0);
+        assert_eq!(r.update(0, t0), 0.0);
+        assert_eq!(r.settled(), None);
+        let first = r.update(1000, t0 + Duration::from_secs(1));
+        assert!((first - 1000.0).abs() < 1e-6, "{first}");
+        // 1000 B/s sampled four times a second for 20 s, then one second of nothing (a
+        // cellular stall): the rate dips by about 1/8, not to zero.
+        let mut pos = 1000;
+        let mut t = t0 + Duration::from_secs(1);
+        for _ in 0..80 {
+            t += Duration::from_millis(250);
+            pos += 250;
+            r.update(pos, t);
+        }
+        let steady = r.settled().unwrap();
+        assert!((steady - 1000.0).abs() < 1.0, "{steady}");
+        for _ in 0..4 {
+            t += Duration::from_millis(250);
+            r.update(pos, t);
+        }
+        let dipped = r.bytes_per_sec();
+        assert!((860.0..900.0).contains(&dipped), "{dipped}");
+        // A position that goes back is no negative rate.
+        assert!(r.update(0, t + Duration::from_secs(1)) > 0.0);
+    }
+
+    #[test]
+    fn the_position_is_below_the_total_until_the_server_confirms_it() {
+        let p = Progress::default();
+        p.begin("f", 100, 0);
+        p.counter().fetch_add(100, Ordering::Relaxed);
+        assert_eq!(p.position_and_total(), (0, 100), "handed over is not sent");
+        p.set_position(60);
+        assert_eq!(p.position_and_total(), (60, 100));
+        p.set_position(100);
+        assert_eq!(p.position_and_total(), (100, 100));
     }
 }

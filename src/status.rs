@@ -77,12 +77,13 @@ pub(crate) struct FileStatus {
     pub state: String,
     /// Size in bytes (0 until its upload starts).
     pub size: u64,
-    /// Bytes sent so far.
+    /// Bytes the server has: those it confirmed, and those of the chunk in flight that its
+    /// side of the connection acknowledged; below `size` until the server confirmed the last.
     pub position: u64,
     /// Bytes the server confirmed it holds.
     #[serde(default)]
     pub confirmed: u64,
-    /// Recent rate.
+    /// The rate of `position`, averaged over the last several seconds.
     pub bytes_per_sec: f64,
     /// Failed attempts since the last progress.
     pub attempts: u32,

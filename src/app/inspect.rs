@@ -1,5 +1,6 @@
 //! The commands that look at or steer a running daemon through its state directory:
-//! `ferry status`, `ferry pause`/`resume` and `ferry check-config`.
+//! `ferry status`, `ferry pause`/`resume` and `ferry check-config` (its `--probe` is in
+//! [`super::probe`]).
 
 use std::io::ErrorKind;
 use std::path::Path;
@@ -7,7 +8,7 @@ use std::path::Path;
 use super::{load, print_line};
 use crate::cli::CommonArgs;
 use crate::clock::{Clock, SystemClock};
-use crate::config::Env;
+use crate::config::{Config, Env};
 use crate::error::{Error, Result};
 use crate::status::ReadError;
 use crate::transport::http::UreqTransport;
@@ -93,7 +94,9 @@ pub(super) fn set_paused(args: &CommonArgs, paused: bool, env: &Env) -> Result<i
     Ok(0)
 }
 
-pub(super) fn check_config(args: &CommonArgs, env: &Env) -> Result<i32> {
+/// `ferry check-config [--probe]`: validates the configuration; with `probe`, also asks the
+/// endpoint ([`super::probe`]).
+pub(super) fn check_config(args: &CommonArgs, probe: bool, env: &Env) -> Result<i32> {
     let config = load(args)?.resolve(env)?;
     UreqTransport::new(&config.http)?;
     print_line(&format!(
@@ -101,9 +104,18 @@ pub(super) fn check_config(args: &CommonArgs, env: &Env) -> Result<i32> {
         crate::tus::url::redact(&config.upload.endpoint)
     ));
     print_line(&format!("state_dir   {}", config.state_dir.display()));
+    show_spool(&config)?;
+    print_line("configuration OK");
+    if probe {
+        return super::probe::probe(&config);
+    }
+    Ok(0)
+}
+
+fn show_spool(config: &Config) -> Result<()> {
     let Some(d) = &config.daemon else {
         print_line("spool       not set: `ferry upload` works, `ferry run` needs spool.dir");
-        return Ok(0);
+        return Ok(());
     };
     if !d.spool.dir.is_dir() {
         return Err(Error::config(format!(
@@ -119,6 +131,5 @@ pub(super) fn check_config(args: &CommonArgs, env: &Env) -> Result<i32> {
             .as_ref()
             .map_or("kept in place".into(), |f| f.display().to_string())
     ));
-    print_line("configuration OK");
-    Ok(0)
+    Ok(())
 }

@@ -229,7 +229,7 @@ EXIT: 0 resumed, 1 the marker cannot be removed, 2 usage or configuration error.
 /// `ferry check-config --help`.
 pub(crate) const CHECK_CONFIG: &str = concat!(
     "\
-ferry check-config: validate the configuration without uploading anything
+ferry check-config: validate the configuration; with --probe, ask the endpoint too
 
 USAGE:
     ferry check-config [OPTIONS]
@@ -237,14 +237,22 @@ USAGE:
 Reads /etc/ferry/ferry.toml when no --config is given and that file exists, checks every key
 and reads the secret files, then prints the endpoint, state and spool directories.
 
+    --probe      also ask the endpoint, with the configured credentials and TLS settings:
+                 reachable (host:port), TLS, tus version, extensions, max size, and whether
+                 these credentials may create uploads. Leaves nothing on the server: a 1-byte
+                 test upload is created only where the server supports termination, and
+                 deleted at once; Cloudflare Stream gets OPTIONS only; a URL broker is asked
+                 its /healthz (a creation would spend a one-time URL)
+
 DAEMON OPTIONS: --spool DIR, --after-upload ACTION, --failed-dir DIR (see `ferry run --help`)
 ",
     server_options!(),
     output_options!(),
     "
 EXAMPLE:
-    ferry check-config --config /etc/ferry/ferry.toml
+    ferry check-config --config /etc/ferry/ferry.toml --probe
 
-EXIT: 0 the configuration is valid, 1 a runtime error, 2 usage or configuration error.
+EXIT: 0 the configuration is valid (and the probe passed), 1 a runtime error, 2 usage or
+configuration error, 4 the configuration is valid but the endpoint failed the probe.
 "
 );

@@ -12,7 +12,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use crate::error::{Error, Result};
-use crate::progress::Progress;
+use crate::progress::{Progress, Rate};
 use crate::spool;
 use crate::store::FileKey;
 use crate::tus::url;
@@ -47,12 +47,11 @@ impl<'p, 'a> Main<'p, 'a> {
     pub(super) fn act(&mut self, action: Action) -> Result<()> {
         match action {
             Action::Step(key) => {
-                let now = self.parts.clock.now();
                 let upload = self.uploads.entry(key.clone()).or_insert_with(|| Upload {
                     file: None,
                     progress: Arc::new(Progress::default()),
                     info: JobInfo::default(),
-                    rate: (now, 0, 0.0),
+                    rate: Rate::default(),
                 });
                 upload.info.next_retry = None;
                 let job = Job {

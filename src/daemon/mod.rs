@@ -39,7 +39,7 @@ use crate::clock::{random_seed, Clock};
 use crate::error::{Error, Result};
 use crate::hook::{self, HookSettings};
 use crate::notify::Notifier;
-use crate::progress::Progress;
+use crate::progress::{Progress, Rate};
 use crate::ratelimit::RateLimiter;
 use crate::spool::SpoolRules;
 use crate::status::{FailedFile, Totals};
@@ -147,7 +147,7 @@ struct Upload {
     file: Option<FileUpload>,
     progress: Arc<Progress>,
     info: JobInfo,
-    rate: (Instant, u64, f64),
+    rate: Rate,
 }
 
 /// What the status shows of an upload beyond its bytes.

@@ -2,7 +2,8 @@
 //!
 //! Key idea: the snapshot is written at most about once a second while uploading (and every
 //! 30 s when idle), not per file; per-file rates are smoothed between writes. The same
-//! snapshot feeds `ferry status` and the Prometheus textfile.
+//! snapshot feeds `ferry status` and the Prometheus textfile. Positions and rates are those of
+//! [`crate::progress`]: bytes the server has, averaged over its window.
 
 use std::collections::HashSet;
 use std::sync::atomic::Ordering;
@@ -182,20 +183,11 @@ impl Main<'_, '_> {
             return status;
         };
         let (position, size) = u.progress.position_and_total();
-        let dt = now.saturating_duration_since(u.rate.0).as_secs_f64();
-        if dt >= 0.5 {
-            let sample = position.saturating_sub(u.rate.1) as f64 / dt;
-            let smoothed = if u.rate.2 == 0.0 {
-                sample
-            } else {
-                0.7 * u.rate.2 + 0.3 * sample
-            };
-            u.rate = (now, position, smoothed);
-        }
+        let rate = u.rate.update(position, now);
         status.size = size;
         status.position = position;
         status.confirmed = u.info.confirmed;
-        status.bytes_per_sec = if state == "uploading" { u.rate.2 } else { 0.0 };
+        status.bytes_per_sec = if state == "uploading" { rate } else { 0.0 };
         status.attempts = u.info.attempts;
         status.next_retry_unix = u.info.next_retry.map(unix);
         status.last_error = u.info.last_error.clone();

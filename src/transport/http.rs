@@ -15,7 +15,7 @@
 
 use std::io::Read;
 use std::path::PathBuf;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use ureq::tls::{Certificate, ClientCert, PrivateKey, RootCerts, TlsConfig};
@@ -23,7 +23,7 @@ use ureq::unversioned::resolver::DefaultResolver;
 use ureq::unversioned::transport::{ConnectProxyConnector, Connector, RustlsConnector};
 
 use super::tcp::{NotTls, TcpConnector};
-use super::{FailureKind, Transport, TransportError};
+use super::{Delivery, FailureKind, Transport, TransportError};
 use crate::error::{Error, Result};
 use crate::tus::{Body, Request, Response};
 
@@ -244,6 +244,15 @@ impl Transport for UreqTransport {
             headers,
             body: String::from_utf8_lossy(&raw).into_owned(),
         })
+    }
+
+    fn send_watched(
+        &self,
+        req: &Request,
+        body: Option<Box<dyn Read + Send + 'static>>,
+        delivery: &Arc<Delivery>,
+    ) -> std::result::Result<Response, TransportError> {
+        super::delivery::watching(delivery, || self.send(req, body))
     }
 
     fn shut_down(&self) {

@@ -6,11 +6,16 @@
 //! the protocol layer as values; only failures to get any answer are [`TransportError`]s.
 
 use std::io::Read;
+use std::sync::Arc;
 
 use crate::tus::{Request, Response};
 
+mod delivery;
 pub(crate) mod http;
+mod sockdiag;
 mod tcp;
+
+pub(crate) use delivery::Delivery;
 
 /// Sends requests.
 pub(crate) trait Transport: Send + Sync {
@@ -21,6 +26,18 @@ pub(crate) trait Transport: Send + Sync {
         req: &Request,
         body: Option<Box<dyn Read + Send + 'static>>,
     ) -> Result<Response, TransportError>;
+
+    /// Sends `req` as [`Transport::send`] does, telling `delivery` how much of the body the
+    /// peer has acknowledged as it goes. A transport that cannot tell leaves it empty.
+    fn send_watched(
+        &self,
+        req: &Request,
+        body: Option<Box<dyn Read + Send + 'static>>,
+        delivery: &Arc<Delivery>,
+    ) -> Result<Response, TransportError> {
+        delivery.forget();
+        self.send(req, body)
+    }
 
     /// Ends every exchange in flight at once (reads and writes blocked in other threads
     /// return an error) and refuses new ones: for a shutdown that must not wait out a

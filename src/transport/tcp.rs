@@ -14,12 +14,16 @@
 //!   blocked write first, with an error that names the setting (the kernel's abort reaches a
 //!   blocked `send` as a bare `EPIPE` at times).
 //!
+//! The socket also counts the bytes written to it, so that [`super::delivery`] can tell how
+//! many of a body the peer acknowledged.
+//!
 //! Reads need no such care: a read returns as soon as any byte arrives, so the per-read timeout
 //! already measures silence. The first bytes an `https` connection receives must be a TLS
 //! record; a plain-HTTP answer there is reported as [`NotTls`], a setting to fix.
 
 use std::io::{self, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpStream};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
@@ -29,6 +33,7 @@ use ureq::unversioned::transport::{
 };
 use ureq::Timeout;
 
+use super::delivery;
 use crate::clock::{Clock, SystemClock};
 
 /// The longest a blocked write waits before we look at the clock again.
@@ -69,7 +74,7 @@ impl<In: Transport> Connector<In> for TcpConnector {
             details.config.output_buffer_size(),
         );
         let transport = TcpTransport {
-            socket: Arc::new(Socket(stream)),
+            socket: Arc::new(Socket::new(stream)),
             buffers,
             read_timeout: None,
             expect_tls: details.needs_tls(),
@@ -124,14 +129,48 @@ fn set_user_timeout(stream: &TcpStream, after: Duration) {
     let _ = (stream, after);
 }
 
-/// The socket, shared (weakly) with ureq's shutdown handle.
+/// The socket, shared (weakly) with ureq's shutdown handle and a [`delivery::Delivery`].
 #[derive(Debug)]
-struct Socket(TcpStream);
+pub(super) struct Socket {
+    stream: TcpStream,
+    /// Bytes written since the connection opened.
+    written: AtomicU64,
+    /// (local, peer) addresses, when the system told them.
+    ends: Option<(SocketAddr, SocketAddr)>,
+}
+
+impl Socket {
+    fn new(stream: TcpStream) -> Self {
+        let ends = stream.local_addr().ok().zip(stream.peer_addr().ok());
+        Self {
+            stream,
+            written: AtomicU64::new(0),
+            ends,
+        }
+    }
+
+    /// Bytes written since the connection opened.
+    pub(super) fn written(&self) -> u64 {
+        self.written.load(Ordering::Relaxed)
+    }
+
+    /// (local, peer) addresses.
+    pub(super) fn ends(&self) -> Option<(SocketAddr, SocketAddr)> {
+        self.ends
+    }
+
+    /// `SO_SNDBUF`: the most the kernel holds unacknowledged for this socket (about).
+    pub(super) fn send_buffer_size(&self) -> io::Result<u64> {
+        socket2::SockRef::from(&self.stream)
+            .send_buffer_size()
+            .map(|n| n as u64)
+    }
+}
 
 impl ShutdownHandle for Socket {
     fn shutdown(&self) {
         // An error means the socket is already closed.
-        let _ = self.0.shutdown(Shutdown::Both);
+        let _ = self.stream.shutdown(Shutdown::Both);
     }
 }
 
@@ -213,8 +252,15 @@ impl Transport for TcpTransport {
         }
         let clock = SystemClock;
         let mut deadline = WriteDeadline::new(timeout, clock.now());
+        if !matches!(
+            timeout.reason,
+            Timeout::Resolve | Timeout::Connect | Timeout::SendRequest
+        ) {
+            // Past the connection set-up and the request head: body bytes.
+            delivery::body_starts(&self.socket);
+        }
         let mut sent = 0;
-        let socket = &self.socket.0;
+        let socket = &self.socket.stream;
         while sent < amount {
             let slice_start = clock.now();
             let wait = deadline
@@ -225,6 +271,7 @@ impl Transport for TcpTransport {
                 Ok(0) => return Err(io::Error::from(io::ErrorKind::WriteZero).into()),
                 Ok(n) => {
                     sent += n;
+                    self.socket.written.fetch_add(n as u64, Ordering::Relaxed);
                     // The bytes went in at some moment of this slice: count from its start.
                     deadline.progress = slice_start;
                 }
@@ -243,7 +290,7 @@ impl Transport for TcpTransport {
         let wait = timeout.not_zero().map(|d| *d);
         let clock = SystemClock;
         let started = clock.now();
-        let socket = &self.socket.0;
+        let socket = &self.socket.stream;
         let input = self.buffers.input_append_buf();
         let n = loop {
             if wait != self.read_timeout {
@@ -278,7 +325,7 @@ impl Transport for TcpTransport {
     }
 
     fn is_open(&mut self) -> bool {
-        probe(&self.socket.0).unwrap_or(false)
+        probe(&self.socket.stream).unwrap_or(false)
     }
 }
 

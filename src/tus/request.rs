@@ -15,6 +15,8 @@ pub enum Method {
     Patch,
     /// Termination.
     Delete,
+    /// Not tus: `ferry check-config --probe` asks a URL broker's health with it.
+    Get,
 }
 
 impl Method {
@@ -26,6 +28,7 @@ impl Method {
             Self::Head => "HEAD",
             Self::Patch => "PATCH",
             Self::Delete => "DELETE",
+            Self::Get => "GET",
         }
     }
 }
@@ -150,6 +153,11 @@ pub fn patch(url: &str, offset: u64, len: u64, checksum: Option<String>) -> Requ
 /// `DELETE <upload>`: terminate an upload.
 pub fn delete(url: &str) -> Request {
     Request::new(Method::Delete, url)
+}
+
+/// `GET <url>`: not tus; a health check.
+pub fn get(url: &str) -> Request {
+    Request::new(Method::Get, url)
 }
 
 #[cfg(test)]

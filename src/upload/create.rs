@@ -103,7 +103,11 @@ impl Uploader<'_> {
             }
             Body::Empty => None,
         };
-        let resp = match self.send_scoped(&self.settings.endpoint, req, body) {
+        let sent_with = match body {
+            Some(body) => self.send_body(f, req, body),
+            None => self.send_scoped(&self.settings.endpoint, req, None),
+        };
+        let resp = match sent_with {
             Ok(r) => r,
             Err(e) => return self.transport_failure(f, e, Phase::Create),
         };

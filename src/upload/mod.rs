@@ -40,6 +40,7 @@ mod settings;
 mod terminate;
 mod transfer;
 
+pub(crate) use scope::scope_headers;
 pub(crate) use settings::{ChecksumMode, Header, Settings, MIN_CHUNK_BYTES};
 
 /// What to do next with a file.

@@ -4,7 +4,7 @@
 //! secret files) go only to the origin of the endpoint they were configured for; an upload
 //! URL on another origin (Stream's, a broker's) gets them only with `auth_cross_origin`.
 
-use super::{Header, Uploader};
+use super::{FileUpload, Header, Settings, Uploader};
 use crate::transport::TransportError;
 use crate::tus::{url, Request, Response};
 
@@ -24,6 +24,19 @@ impl Uploader<'_> {
         self.send_scoped(&self.settings.endpoint, req, None)
     }
 
+    /// Sends `req` with `body` and the configured headers (as [`Self::send_scoped`]); the
+    /// body's acknowledged bytes go to `f`'s progress.
+    pub(super) fn send_body(
+        &self,
+        f: &FileUpload,
+        mut req: Request,
+        body: Box<dyn std::io::Read + Send>,
+    ) -> std::result::Result<Response, TransportError> {
+        self.scope_headers(&self.settings.endpoint, &mut req);
+        self.transport
+            .send_watched(&req, Some(body), f.progress.delivery())
+    }
+
     /// Sends `req` with the configured headers; credentials only to `endpoint`'s origin unless
     /// `auth_cross_origin` is set.
     pub(super) fn send_scoped(
@@ -32,19 +45,29 @@ impl Uploader<'_> {
         mut req: Request,
         body: Option<Box<dyn std::io::Read + Send>>,
     ) -> std::result::Result<Response, TransportError> {
-        let cross = !url::same_origin(&req.url, endpoint);
-        for h in &self.settings.headers {
-            if cross && h.is_credential() && !self.settings.auth_cross_origin {
-                log::debug!(
-                    "not sending {} to {}, another origin",
-                    h.name,
-                    url::redact(&req.url)
-                );
-                continue;
-            }
-            req.set(&h.name, h.value.clone());
-        }
-        log::debug!("{} {}", req.method.as_str(), url::redact(&req.url));
+        self.scope_headers(endpoint, &mut req);
         self.transport.send(&req, body)
     }
+
+    fn scope_headers(&self, endpoint: &str, req: &mut Request) {
+        scope_headers(self.settings, endpoint, req);
+    }
+}
+
+/// Sets the configured headers on `req`; credentials only when `req` goes to `endpoint`'s
+/// origin, unless `auth_cross_origin` is set. (Also for `ferry check-config --probe`.)
+pub(crate) fn scope_headers(settings: &Settings, endpoint: &str, req: &mut Request) {
+    let cross = !url::same_origin(&req.url, endpoint);
+    for h in &settings.headers {
+        if cross && h.is_credential() && !settings.auth_cross_origin {
+            log::debug!(
+                "not sending {} to {}, another origin",
+                h.name,
+                url::redact(&req.url)
+            );
+            continue;
+        }
+        req.set(&h.name, h.value.clone());
+    }
+    log::debug!("{} {}", req.method.as_str(), url::redact(&req.url));
 }

@@ -81,7 +81,7 @@ impl Uploader<'_> {
         let req = request::patch(&rec.upload_url, offset, len, sum);
         f.progress.set_position(offset);
         let body = f.source.reader(offset, len, self.read_control(f))?;
-        let resp = match self.send_scoped(&self.settings.endpoint, req, Some(Box::new(body))) {
+        let resp = match self.send_body(f, req, Box::new(body)) {
             Ok(r) => r,
             Err(e) if e.kind == FailureKind::Body => {
                 let changed = f.source.check_unchanged().err();

@@ -30,6 +30,8 @@ mod hook;
 mod layers;
 mod peers_interop;
 mod peers_smoke;
+mod probe;
+mod progress;
 mod scheduler;
 mod secrets;
 mod stream;

@@ -921,7 +921,12 @@ fn check_watchdog(g: &Guest) {
             journal.contains(want),
             "the journal lacks {want:?}:\n{journal}"
         );
-    }
+    } // The unit's sandbox lets the network watcher listen (AF_NETLINK): it once did not, and
+      // network changes went unnoticed without a word.
+    assert!(
+        !journal.contains("no network change events"),
+        "the network watcher could not listen under the unit:\n{journal}"
+    );
 }
 
 fn check_security(g: &Guest) {
