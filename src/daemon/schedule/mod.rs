@@ -206,6 +206,9 @@ pub(crate) struct Hold {
     pub status: u16,
     /// The server's message.
     pub message: String,
+    /// The one creation that probes the endpoint now that the hold ended: no other creation
+    /// goes until it reports.
+    pub probe: Option<FileKey>,
 }
 
 /// A started file.
@@ -342,6 +345,15 @@ impl Schedule {
                 outcome,
                 has_url,
             } => {
+                if let Some(h) = self
+                    .hold
+                    .as_mut()
+                    .filter(|h| h.probe.as_ref() == Some(&key))
+                {
+                    // The probe reported: created (the hold ends below), refused (a new
+                    // hold), or no answer at all (another creation may probe).
+                    h.probe = None;
+                }
                 if self.dropped.remove(&key) {
                     return match self.started.remove(&key) {
                         Some(_) if outcome != Outcome::Ended => vec![Action::Drop(key)],
@@ -461,14 +473,18 @@ impl Schedule {
             Link::Down { probe_at, .. } if now >= *probe_at => 1,
             Link::Down { .. } => 0,
         };
-        let mut creation_open = self.hold.as_ref().is_none_or(|h| now >= h.until);
-        let held = self.hold.is_some();
+        let mut creation_open = self
+            .hold
+            .as_ref()
+            .is_none_or(|h| now >= h.until && h.probe.is_none());
         while stepping < limit {
             let Some((key, has_url)) = self.next_candidate(now, creation_open) else {
                 break;
             };
-            if !has_url && held {
-                // The hold ended: one creation probes, the others wait for its answer.
+            if let (false, Some(hold)) = (has_url, self.hold.as_mut()) {
+                // The hold ended: one creation probes, the others wait for its answer (in
+                // this poll and in the next ones).
+                hold.probe = Some(key.clone());
                 creation_open = false;
             }
             actions.push(Action::Step(key));

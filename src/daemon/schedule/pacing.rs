@@ -115,6 +115,7 @@ impl Schedule {
             until: now + wait,
             status,
             message,
+            probe: None,
         });
         // An answer came: the link itself works.
         self.link = Link::Up;

@@ -87,6 +87,41 @@ const HOOK_FAILS: u32 = 10;
 const SERVER_ERRORS: u32 = 11;
 const KINDS: u32 = 12;
 
+/// What the worlds of a run exercised: a simulation whose worlds all look alike (as once, when
+/// every world had one worker) proves little, so the run checks that it covered each case.
+#[derive(Default, Debug, Clone)]
+struct Coverage {
+    worlds: u64,
+    /// Worlds by worker count (index = workers).
+    workers: [u64; 5],
+    hook: u64,
+    large_window: u64,
+    /// Creations handed out after a hold ended while two or more workers were free.
+    held_probes_with_free_workers: u64,
+    /// After-upload actions run.
+    actions: u64,
+    /// Files rewritten while their upload ran or their finish was left.
+    rewrites: u64,
+    restarts: u64,
+    reloads: u64,
+}
+
+impl Coverage {
+    fn add(&mut self, o: &Coverage) {
+        self.worlds += o.worlds;
+        for (a, b) in self.workers.iter_mut().zip(o.workers) {
+            *a += b;
+        }
+        self.hook += o.hook;
+        self.large_window += o.large_window;
+        self.held_probes_with_free_workers += o.held_probes_with_free_workers;
+        self.actions += o.actions;
+        self.rewrites += o.rewrites;
+        self.restarts += o.restarts;
+        self.reloads += o.reloads;
+    }
+}
+
 struct World {
     rng: Jitter,
     now: Instant,
@@ -96,6 +131,7 @@ struct World {
     window: usize,
     /// The kinds of fault this world has (bit per kind).
     faults: u32,
+    cover: Coverage,
     hook: bool,
     files: BTreeMap<String, File>,
     records: HashMap<String, Record>,
@@ -118,7 +154,9 @@ struct World {
 
 impl World {
     fn new(seed: u64, trace_all: bool) -> Self {
-        let mut rng = Jitter::new(seed);
+        // Mixed first: xorshift's first outputs from small seeds are all near zero, which once
+        // gave every world one worker, a hook and a small window.
+        let mut rng = Jitter::new(splitmix64(seed));
         let concurrency = 1 + (rng.next_unit() * 4.0) as usize;
         let hook = rng.next_unit() < 0.5;
         // A small queue window makes refill scans frequent, a large one (the daemon's) rare:
@@ -138,6 +176,12 @@ impl World {
                 .with_hook(hook),
             window,
             faults,
+            cover: Coverage {
+                worlds: 1,
+                hook: u64::from(hook),
+                large_window: u64::from(window > 8),
+                ..Coverage::default()
+            },
             rng,
             now,
             start: now,
@@ -290,6 +334,15 @@ impl World {
         );
         let creates = self.step_creates(&name);
         if let (true, Some(hold)) = (creates, self.core.hold()) {
+            let free = self.concurrency
+                - self
+                    .in_flight
+                    .values()
+                    .filter(|w| matches!(w, Work::Step(_)))
+                    .count();
+            if free >= 2 {
+                self.cover.held_probes_with_free_workers += 1;
+            }
             assert!(
                 self.now >= hold.until,
                 "{name} creates while creations are held"
@@ -368,6 +421,7 @@ impl World {
             );
         }
         let ok = !(self.fault(ACTION_FAILS) && self.chance(0.15));
+        self.cover.actions += 1;
         if ok && self.files[&name].in_spool {
             if let Some(f) = self.files.get_mut(&name) {
                 f.in_spool = false;
@@ -534,6 +588,7 @@ impl World {
                     f.mtime += Duration::from_secs(1);
                 }
                 self.log(format!("{name} rewritten"));
+                self.cover.rewrites += 1;
                 self.spool_changed = true;
                 // A started upload finds out at its next step; otherwise the scan offers it.
                 self.offer(&name);
@@ -598,6 +653,7 @@ impl World {
     /// back to them.
     fn reload(&mut self) {
         self.moved = !self.moved;
+        self.cover.reloads += 1;
         self.log(format!("reload: spool moved away {}", self.moved));
         if self.moved {
             let actions = self.core.retain(|_| false);
@@ -657,6 +713,7 @@ impl World {
     /// file still in the spool; the pause marker survives.
     fn restart(&mut self) {
         self.log("restart".into());
+        self.cover.restarts += 1;
         let lost: Vec<Work> = std::mem::take(&mut self.in_flight).into_values().collect();
         for work in lost {
             match work {
@@ -729,7 +786,15 @@ impl World {
     }
 }
 
-fn run_seed(seed: u64, trace_all: bool) -> Result<(), String> {
+/// SplitMix64's finaliser: spreads nearby seeds over the whole range.
+fn splitmix64(seed: u64) -> u64 {
+    let mut z = seed.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
+
+fn run_seed(seed: u64, trace_all: bool) -> Result<Coverage, String> {
     TRACE.with(|t| t.borrow_mut().clear());
     let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
         let mut w = World::new(seed, trace_all);
@@ -807,7 +872,10 @@ fn run_seed(seed: u64, trace_all: bool) -> Result<(), String> {
         w
     }));
     match result {
-        Ok(_) => Ok(()),
+        Ok(mut w) => {
+            w.cover.workers[w.concurrency.min(4)] += 1;
+            Ok(w.cover)
+        }
         Err(e) => {
             let why = e
                 .downcast_ref::<String>()
@@ -839,22 +907,65 @@ fn thousands_of_random_worlds_keep_the_schedulers_promises() {
     }
     // Seeds are independent: spread them over the cores (each thread keeps its own trace).
     let threads = std::thread::available_parallelism().map_or(2, |n| n.get()) as u64;
-    let mut failures: Vec<String> = std::thread::scope(|scope| {
+    let (mut failures, cover) = std::thread::scope(|scope| {
         let runs: Vec<_> = (0..threads)
             .map(|t| {
                 scope.spawn(move || {
-                    (1..=seeds)
-                        .filter(|s| s % threads == t)
-                        .filter_map(|s| run_seed(s, false).err())
-                        .take(3)
-                        .collect::<Vec<String>>()
+                    let mut cover = Coverage::default();
+                    let mut failures = Vec::new();
+                    for s in (1..=seeds).filter(|s| s % threads == t) {
+                        match run_seed(s, false) {
+                            Ok(c) => cover.add(&c),
+                            Err(e) if failures.len() < 3 => failures.push(e),
+                            Err(_) => {}
+                        }
+                    }
+                    (failures, cover)
                 })
             })
             .collect();
-        runs.into_iter()
-            .flat_map(|r| r.join().unwrap_or_default())
-            .collect()
+        let mut all = (Vec::new(), Coverage::default());
+        for r in runs {
+            let (f, c) = r.join().unwrap_or_default();
+            all.0.extend(f);
+            all.1.add(&c);
+        }
+        all
     });
     failures.truncate(3);
     assert!(failures.is_empty(), "{}", failures.join("\n\n"));
+    eprintln!("simulation coverage: {cover:?}");
+    // Each case in a fair share of the worlds (the shares expected are 20-50 %).
+    let share = |n: u64| n * 10 >= cover.worlds;
+    for (workers, n) in cover.workers.iter().enumerate().skip(1) {
+        assert!(
+            share(*n),
+            "{n} of {} worlds had {workers} workers: {cover:?}",
+            cover.worlds
+        );
+    }
+    assert!(
+        share(cover.hook) && share(cover.worlds - cover.hook),
+        "{cover:?}"
+    );
+    assert!(
+        share(cover.large_window) && share(cover.worlds - cover.large_window),
+        "{cover:?}"
+    );
+    for (what, n) in [
+        (
+            "held creations with free workers",
+            cover.held_probes_with_free_workers,
+        ),
+        ("after-upload actions", cover.actions),
+        ("rewrites", cover.rewrites),
+        ("restarts", cover.restarts),
+        ("reloads", cover.reloads),
+    ] {
+        assert!(
+            n >= cover.worlds / 20,
+            "only {n} {what} in {} worlds: {cover:?}",
+            cover.worlds
+        );
+    }
 }

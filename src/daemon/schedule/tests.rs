@@ -565,3 +565,36 @@ fn a_file_whose_spool_was_moved_away_and_back_while_its_hook_ran_is_finished() {
         [Action::AfterUpload(key("a"))]
     );
 }
+
+/// Found by the simulation (once its worlds had more than one worker): after a hold ended and
+/// one creation went out to probe the endpoint, the next poll (another file's step ended)
+/// sent a second creation before the probe had answered.
+#[test]
+fn one_creation_probes_after_a_hold_until_it_answers() {
+    let mut s = Sim::new(3);
+    s.ready("a", 1, false);
+    s.ready("b", 2, false);
+    s.ready("resumed", 3, true);
+    assert_eq!(s.poll(), ["a", "b", "resumed"]);
+    let refused = || Outcome::EndpointRefused {
+        status: 404,
+        message: "Cannot POST /files/".into(),
+    };
+    s.stepped("a", refused(), false);
+    s.stepped("b", refused(), false);
+    let until = s.core.hold().expect("held").until;
+    s.advance(until - s.now);
+    assert_eq!(s.poll(), ["a"], "one creation probes");
+    s.stepped("resumed", Outcome::Continue, true);
+    assert_eq!(
+        s.poll(),
+        ["resumed"],
+        "the next poll sends no second creation while the probe is out"
+    );
+    s.stepped("a", Outcome::Continue, true);
+    assert!(
+        s.core.hold().is_none(),
+        "the probe's creation lifts the hold"
+    );
+    assert_eq!(s.poll(), ["a", "b"], "then creations go again");
+}
