@@ -293,9 +293,29 @@ fn is_certificate_error(io: &std::io::Error) -> bool {
         && io.to_string().to_ascii_lowercase().contains("certificate")
 }
 
+/// A certificate refused for its dates: on a device whose clock is not set yet (a Pi without a
+/// real-time clock boots at its last shutdown time until NTP syncs) this mends itself.
 fn is_clock_problem(io: &std::io::Error) -> bool {
-    let text = io.to_string();
-    text.contains("NotValidYet") || text.contains("Expired")
+    match io.get_ref().and_then(|e| e.downcast_ref::<rustls::Error>()) {
+        Some(e) => is_dated_out(e),
+        // rustls' own words ("certificate not valid yet: …", "certificate expired: …"), in
+        // case an error reaches us as text only.
+        None => {
+            let text = io.to_string().to_ascii_lowercase();
+            text.contains("not valid yet") || text.contains("certificate expired")
+        }
+    }
+}
+
+/// The certificate was refused for its dates only.
+fn is_dated_out(e: &rustls::Error) -> bool {
+    use rustls::CertificateError as C;
+    matches!(
+        e,
+        rustls::Error::InvalidCertificate(
+            C::NotValidYet | C::Expired | C::NotValidYetContext { .. } | C::ExpiredContext { .. }
+        )
+    )
 }
 
 fn bad_request(e: ureq::http::Error) -> TransportError {
@@ -395,8 +415,11 @@ fn kind_of(e: &ureq::Error) -> FailureKind {
         | ureq::Error::HostNotFound
         | ureq::Error::ConnectionFailed
         | ureq::Error::ConnectProxyFailed(_) => FailureKind::Connection,
-        // A refused certificate is a setting to fix; other TLS alerts can come from a bad link.
-        ureq::Error::Rustls(r) if !r.to_string().to_ascii_lowercase().contains("certificate") => {
+        // A refused certificate is a setting to fix (but see `is_clock_problem`); other TLS
+        // alerts can come from a bad link.
+        ureq::Error::Rustls(r)
+            if is_dated_out(r) || !r.to_string().to_ascii_lowercase().contains("certificate") =>
+        {
             FailureKind::Connection
         }
         ureq::Error::Tls(_)
@@ -404,5 +427,34 @@ fn kind_of(e: &ureq::Error) -> FailureKind {
         | ureq::Error::Pem(_)
         | ureq::Error::TlsRequired => FailureKind::Tls,
         _ => FailureKind::Protocol,
+    }
+}
+
+#[cfg(test)]
+mod clock_tests {
+    use super::*;
+    use rustls::CertificateError as C;
+
+    /// Found while documenting: the check looked for "NotValidYet" and "Expired" in the text,
+    /// which rustls 0.23 writes as "certificate not valid yet: …", so a device whose clock was
+    /// not set yet failed its files for good instead of retrying.
+    #[test]
+    fn a_certificate_refused_for_its_dates_is_retried_not_a_setting_to_fix() {
+        for c in [C::NotValidYet, C::Expired] {
+            let e = rustls::Error::InvalidCertificate(c);
+            assert_eq!(
+                kind_of(&ureq::Error::Rustls(e.clone())),
+                FailureKind::Connection
+            );
+            let io = std::io::Error::new(std::io::ErrorKind::InvalidData, e);
+            assert_eq!(kind_of(&ureq::Error::Io(io)), FailureKind::Connection);
+        }
+        let unknown = rustls::Error::InvalidCertificate(C::UnknownIssuer);
+        assert_eq!(
+            kind_of(&ureq::Error::Rustls(unknown.clone())),
+            FailureKind::Tls
+        );
+        let io = std::io::Error::new(std::io::ErrorKind::InvalidData, unknown);
+        assert_eq!(kind_of(&ureq::Error::Io(io)), FailureKind::Tls);
     }
 }
