@@ -211,9 +211,16 @@ pub struct TusServer {
 
 impl TusServer {
     /// Binds 127.0.0.1:0 and starts serving. Panics if the socket or data dir cannot be made.
-    pub fn start(mut config: ServerConfig) -> TusServer {
+    pub fn start(config: ServerConfig) -> TusServer {
+        Self::start_on("127.0.0.1:0", config)
+    }
+
+    /// Binds `addr` (`host:port`) and starts serving. Panics if the socket or data dir cannot
+    /// be made.
+    pub fn start_on(addr: &str, mut config: ServerConfig) -> TusServer {
         config.base_path = format!("{}/", config.base_path.trim_end_matches('/'));
-        let listener = TcpListener::bind("127.0.0.1:0").expect("bind the tus test server");
+        let listener = TcpListener::bind(addr)
+            .unwrap_or_else(|e| panic!("bind the tus test server to {addr}: {e}"));
         let addr = listener.local_addr().expect("tus test server address");
         let owns_data_dir = config.data_dir.is_none();
         let data_dir = config.data_dir.clone().unwrap_or_else(fresh_temp_dir);
