@@ -11,7 +11,8 @@ use std::io::{IsTerminal, Write};
 use crate::cli::Verbosity;
 use crate::config::Env;
 
-/// Logs at the default verbosity (or `RUST_LOG`); see [`init`]. A second call changes nothing.
+/// Logs at the default verbosity (or `RUST_LOG`), as every command does without `-q`/`-v`. A
+/// second call changes nothing.
 pub fn init_logging() {
     init(Verbosity::Normal, &Env::from_process());
 }

@@ -3,8 +3,8 @@
 //! Key idea: the scheduler ([`Schedule`](super::schedule::Schedule)) decides which file steps
 //! next; this file carries its actions out (a job for a worker, the interrupt flag, dropping
 //! a started upload) and turns each step's [`Step`] into a scheduling
-//! [`Outcome`](super::schedule::Outcome). An upload that ends goes on by its cause: done (hook
-//! and after-upload action), the source's fault, the state store's (the daemon ends), or a
+//! [`Outcome`]. An upload that ends goes on by its cause: done (the core asks for the hook
+//! and the after-upload action), the source's fault, the state store's (the daemon ends), or a
 //! permanent failure of this file.
 
 use std::path::Path;
