@@ -466,7 +466,12 @@ fn a_file_changed_mid_upload_starts_over_and_its_old_upload_is_terminated() {
     });
     let mut content = random_bytes(6 * MIB, 8);
     content.extend_from_slice(b"appended later");
-    std::fs::write(&path, &content).unwrap();
+    // The new content appears at once (written aside, renamed over): written in place, the
+    // file is empty for a moment after the truncation, and ferry may upload and delete that
+    // empty file while the test still writes into the unlinked inode (a flake under load).
+    let aside = sp.s.dir.join("grow.bin.new");
+    std::fs::write(&aside, &content).unwrap();
+    std::fs::rename(&aside, &path).unwrap();
     proxy.set_plan(ProxyPlan::default());
     wait_until(
         "the new content to be uploaded",
