@@ -46,8 +46,15 @@ fn lock_owner(locks: &str, dev: u64, ino: u64) -> Option<u32> {
 /// `ferry upload` from a NUL-separated command line, when it is a ferry command.
 fn command(cmdline: &[u8]) -> Option<String> {
     let mut args = cmdline.split(|b| *b == 0).map(String::from_utf8_lossy);
-    let program = args.next()?;
-    let name = program.rsplit('/').next().unwrap_or_default().to_string();
+    let base = |a: &str| a.rsplit('/').next().unwrap_or_default().to_string();
+    let mut name = base(&args.next()?);
+    if name.starts_with("qemu-") {
+        // A ferry of another architecture under qemu-user (`qemu-arm -cpu … /path/ferry
+        // upload …`): the emulator is the process; ferry is the first argument named so.
+        if args.by_ref().any(|a| base(&a) == "ferry") {
+            name = "ferry".into();
+        }
+    }
     match args.next() {
         Some(cmd) if COMMANDS.contains(&cmd.as_ref()) => Some(format!("{name} {cmd}")),
         _ => (!name.is_empty()).then_some(name),
@@ -96,5 +103,10 @@ mod tests {
             Some("ferry")
         );
         assert_eq!(command(b""), None);
+        assert_eq!(
+            command(b"qemu-arm-static\0-cpu\0arm1176\0/t/ferry\0upload\0--header\0x\0").as_deref(),
+            Some("ferry upload"),
+            "under qemu-user, ferry's command, not the emulator's"
+        );
     }
 }
