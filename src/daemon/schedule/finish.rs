@@ -38,11 +38,6 @@ impl Schedule {
         }
         // A completed answer came back: the link works, and the endpoint takes uploads.
         self.link = Link::Up;
-        let first = if self.hook {
-            Stage::Hook
-        } else {
-            Stage::Action
-        };
         match self.finishing.get_mut(&key) {
             // The finish of an older content runs now: the new one's follows when it ends.
             Some(f) if f.retry_at.is_none() => {
@@ -50,12 +45,22 @@ impl Schedule {
                 f.superseded = false;
                 Vec::new()
             }
-            // It waits to be retried: what is left to do is the new content's whole finish.
-            Some(_) => {
+            // None, or one waiting to be retried: what is left to do is the new content's
+            // whole finish.
+            _ => {
                 self.finishing.remove(&key);
-                self.finish(key, first)
+                self.finish(key, self.first_stage(false))
             }
-            None => self.finish(key, first),
+        }
+    }
+
+    /// Where the finish of a completed file starts: its hook, unless there is none or it
+    /// already succeeded.
+    pub(super) fn first_stage(&self, hook_done: bool) -> Stage {
+        if self.hook && !hook_done {
+            Stage::Hook
+        } else {
+            Stage::Action
         }
     }
 
@@ -105,12 +110,7 @@ impl Schedule {
             // file was rewritten once more since).
             f.again = false;
             f.failures = 0;
-            let first = if self.hook {
-                Stage::Hook
-            } else {
-                Stage::Action
-            };
-            return self.finish(key, first);
+            return self.finish(key, self.first_stage(false));
         }
         if !ok {
             f.failures += 1;

@@ -330,12 +330,7 @@ impl Schedule {
                 }
                 self.queue.remove(&key);
                 self.queued_with_url.remove(&key);
-                let stage = if self.hook && !hook_done {
-                    Stage::Hook
-                } else {
-                    Stage::Action
-                };
-                return self.finish(key, stage);
+                return self.finish(key, self.first_stage(hook_done));
             }
             Input::HookEnded { key, ok } => return self.stage_ended(key, Stage::Hook, ok, now),
             Input::ActionEnded { key, ok } => return self.stage_ended(key, Stage::Action, ok, now),
