@@ -44,6 +44,8 @@
 //! - `spool`: which directory entries are ready files; `queue`: the bounded window of them.
 //! - `watch`: inotify on the spool; `netwatch`: network changes from netlink; `signals`:
 //!   SIGTERM/SIGINT/SIGHUP as events.
+//! - `policy`: field policies (upload windows, network interfaces, a condition command), each
+//!   a `Policy` judged by the daemon's gate before steps go out.
 //! - `status`: the snapshot and metrics for operators; `notify`: systemd's sd_notify;
 //!   `progress`: the live progress line.
 //! - `transport`: the `Transport` trait and its ureq/rustls implementation (the only user of
@@ -69,6 +71,7 @@ pub(crate) mod error;
 pub mod fuzzing;
 pub(crate) mod hook;
 pub(crate) mod netwatch;
+pub(crate) mod policy;
 pub(crate) mod notify;
 pub(crate) mod progress;
 pub(crate) mod queue;
