@@ -10,6 +10,7 @@ use crate::config::Env;
 use crate::daemon::{DaemonSettings, Parts};
 use crate::error::{Error, Result};
 use crate::notify::Notifier;
+use crate::policy::Policy;
 use crate::store::Store;
 use crate::transport::http::UreqTransport;
 
@@ -31,6 +32,8 @@ pub(super) fn run_daemon(args: &CommonArgs, env: &Env) -> Result<i32> {
     let rewatch = |rules: &crate::spool::SpoolRules| watcher.watch(rules.clone());
     let state_dir = config.state_dir.clone();
     let reload = move || -> Result<DaemonSettings> { load(args)?.resolve_daemon(&state_dir) };
+    // The field policies the settings ask for, with their real probes (none configured: none).
+    let policies = |_settings: &DaemonSettings| -> Vec<Box<dyn Policy>> { Vec::new() };
     let parts = Parts {
         transport: &transport,
         store: &store,
@@ -42,6 +45,7 @@ pub(super) fn run_daemon(args: &CommonArgs, env: &Env) -> Result<i32> {
         reload: &reload,
         rewatch: &rewatch,
         hook: config.hook.as_ref(),
+        policies: &policies,
     };
     let result = crate::daemon::run(parts, settings, rx, tx).map(|()| 0);
     closed(store, result)
