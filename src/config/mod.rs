@@ -37,6 +37,7 @@
 //!
 //! [upload]
 //! chunk_size = "6MiB"                           # bytes per PATCH
+//! rate_limit = "0"                              # bytes/s for all uploads together, e.g. "2MiB/s"; `ferry limit` overrides
 //! checksum = "auto"                             # auto | off | sha1 | sha256
 //! creation_with_upload = false                  # small files in the POST itself (see README)
 //! default_metadata = true                       # send filename and filetype
@@ -56,10 +57,11 @@
 //! after_upload = "delete"                       # delete | keep | move:/var/spool/ferry-done
 //! failed_dir = "/var/spool/ferry-failed"        # permanent failures go here; unset: kept in place
 //! rescan_interval = "60s"                       # full rescan (events cover the rest)
+//! order = "oldest-first"                        # oldest-first | newest-first (within a priority class)
+//! priority = ["alarms/*", "*.jpg"]              # patterns, highest priority first; a match preempts at the next step
 //!
 //! [daemon]
 //! concurrency = 1                               # files uploaded at once
-//! rate_limit = "0"                              # bytes/s for all uploads together, e.g. "250KB"
 //! metrics_file = "/var/lib/node_exporter/ferry.prom"  # Prometheus textfile (optional)
 //! ```
 
