@@ -47,6 +47,8 @@ pub(crate) struct HttpSettings {
     pub client_cert: Option<PathBuf>,
     /// PEM file with the client certificate's private key.
     pub client_key: Option<PathBuf>,
+    /// Every connection's socket is bound to this interface (SO_BINDTODEVICE).
+    pub bind_interface: Option<String>,
 }
 
 impl Default for HttpSettings {
@@ -60,6 +62,7 @@ impl Default for HttpSettings {
             ca_file: None,
             client_cert: None,
             client_key: None,
+            bind_interface: None,
         }
     }
 }
