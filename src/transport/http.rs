@@ -112,6 +112,7 @@ impl UreqTransport {
             .chain(ConnectProxyConnector::default())
             .chain(TcpConnector {
                 idle_timeout: settings.idle_timeout,
+                bind_interface: settings.bind_interface.clone(),
             })
             .chain(RustlsConnector::default());
         Ok(Self {
