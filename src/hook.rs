@@ -16,6 +16,7 @@ use std::sync::atomic::AtomicBool;
 use std::time::Duration;
 
 use crate::clock::Clock;
+use crate::command::Ended;
 use crate::error::Error;
 use crate::store::{FileKey, RecordState, Store};
 
@@ -170,27 +171,15 @@ pub(crate) fn run(
         Ok(c) => c,
         Err(source) => return Err(HookError::Spawn { program, source }),
     };
-    let started = clock.now();
-    loop {
-        match child.try_wait() {
-            Ok(Some(status)) if status.success() => return Ok(()),
-            Ok(Some(status)) => return Err(HookError::Exit { program, status }),
-            Ok(None) if stop.load(std::sync::atomic::Ordering::Relaxed) => {
-                let _ = child.kill();
-                let _ = child.wait();
-                return Err(HookError::Stopped { program });
-            }
-            Ok(None) if clock.now().saturating_duration_since(started) >= settings.timeout => {
-                let _ = child.kill();
-                let _ = child.wait();
-                return Err(HookError::TimedOut {
-                    program,
-                    after: settings.timeout,
-                });
-            }
-            Ok(None) => clock.sleep(Duration::from_millis(50), stop),
-            Err(source) => return Err(HookError::Wait { program, source }),
-        }
+    match crate::command::wait(&mut child, settings.timeout, clock, stop) {
+        Ok(Ended::Exited(status)) if status.success() => Ok(()),
+        Ok(Ended::Exited(status)) => Err(HookError::Exit { program, status }),
+        Ok(Ended::Stopped) => Err(HookError::Stopped { program }),
+        Ok(Ended::TimedOut) => Err(HookError::TimedOut {
+            program,
+            after: settings.timeout,
+        }),
+        Err(source) => Err(HookError::Wait { program, source }),
     }
 }
 

@@ -36,7 +36,8 @@
 //! - `upload`: one file advanced by one HTTP exchange per step (`create`, `transfer`,
 //!   `recover`, `checkpoint`, `scope`, `terminate`, `settings`).
 //! - `stream`: the Cloudflare Stream dialect (target kinds, chunk rules, media-id header).
-//! - `hook`: the after-upload command, at least once per upload.
+//! - `hook`: the after-upload command, at least once per upload; `command`: waiting for an
+//!   operator's command with a deadline (the hook, the network condition).
 //! - `store`: the only user of sled: typed, versioned records under a `FileKey`, group commit,
 //!   damage handling.
 //! - `durable`: file-system changes that survive a power cut (fsync of files and directories).
@@ -62,6 +63,7 @@ pub(crate) mod backoff;
 pub(crate) mod broker;
 pub(crate) mod cli;
 pub(crate) mod clock;
+pub(crate) mod command;
 pub(crate) mod config;
 pub(crate) mod daemon;
 pub(crate) mod durable;

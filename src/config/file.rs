@@ -37,6 +37,9 @@ pub(crate) struct Raw {
     /// `[hook]`: a command run once per completed upload.
     #[serde(default)]
     pub hook: RawHook,
+    /// `[network]`: which interfaces uploads may use, and a condition command.
+    #[serde(default)]
+    pub network: RawNetwork,
     /// `[broker]` (`ferry broker`, the one-time upload URL service).
     #[serde(default)]
     pub broker: RawBroker,
@@ -187,6 +190,25 @@ pub(crate) struct RawHook {
     pub timeout: Option<String>,
 }
 
+/// `[network]` keys.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawNetwork {
+    /// Send only while the route to the endpoint goes out through one of these.
+    pub interfaces: Option<Vec<String>>,
+    /// Bind every upload socket to this interface (SO_BINDTODEVICE).
+    pub bind_interface: Option<String>,
+    /// A command whose exit status says go (0) or wait: a program path, or program and args.
+    #[serde(default, deserialize_with = "values::command")]
+    pub condition: Option<Vec<String>>,
+    /// The condition runs at most this often (default 60 s).
+    #[serde(default, deserialize_with = "values::duration")]
+    pub condition_interval: Option<String>,
+    /// A condition run taking longer is killed and counts as "wait" (default 10 s).
+    #[serde(default, deserialize_with = "values::duration")]
+    pub condition_timeout: Option<String>,
+}
+
 /// `[stream]` keys (target `cloudflare-stream`).
 #[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
@@ -283,6 +305,11 @@ impl Raw {
         take!(daemon.concurrency);
         take!(daemon.rate_limit);
         take!(daemon.metrics_file);
+        take!(network.interfaces);
+        take!(network.bind_interface);
+        take!(network.condition);
+        take!(network.condition_interval);
+        take!(network.condition_timeout);
         self.server.headers.extend(over.server.headers);
         self.server.header_files.extend(over.server.header_files);
         self.upload.metadata.extend(over.upload.metadata);

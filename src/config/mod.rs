@@ -63,10 +63,18 @@
 //! [daemon]
 //! concurrency = 1                               # files uploaded at once
 //! metrics_file = "/var/lib/node_exporter/ferry.prom"  # Prometheus textfile (optional)
+//!
+//! [network]                                     # ferry run (bind_interface: every command)
+//! interfaces = ["wlan0", "eth0"]                # send only while the route to the endpoint uses one
+//! bind_interface = "wlan0"                      # SO_BINDTODEVICE on every upload socket
+//! condition = "/usr/local/bin/may-upload"       # exit 0 = go, else wait; or [program, args...]
+//! condition_interval = "60s"                    # run at most this often
+//! condition_timeout = "10s"                     # killed after this; counts as wait
 //! ```
 
 pub(crate) mod env;
 pub(crate) mod file;
+mod network;
 pub(crate) mod resolve;
 #[cfg(test)]
 mod tests;

@@ -84,6 +84,7 @@ impl Raw {
             ca_file: s.ca_file.clone(),
             client_cert: s.client_cert.clone(),
             client_key: s.client_key.clone(),
+            bind_interface: super::network::resolve(&self.network)?.bind_interface,
         };
         if http.connect_timeout.is_zero()
             || http.idle_timeout.is_zero()
@@ -273,6 +274,7 @@ impl Raw {
             rate_limit_bytes_per_sec: rate,
             rescan_interval: rescan,
             metrics_file: self.daemon.metrics_file.clone(),
+            network: super::network::resolve(&self.network)?,
         })
     }
 }

@@ -18,6 +18,15 @@ const DURATION: &str =
 /// What a count key takes, in words.
 const COUNT: &str = "a whole number such as 3 (without quotes)";
 
+/// What a command key takes, in words.
+const COMMAND: &str =
+    "a program's absolute path such as \"/usr/local/bin/may-upload\", or a list of the program and its arguments such as [\"/usr/bin/nmcli-check\", \"wwan0\"]";
+
+/// A command: one program path (no arguments, no shell), or a list of program and arguments.
+pub(super) fn command<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Vec<String>>, D::Error> {
+    d.deserialize_any(Argv).map(Some)
+}
+
 /// A size: a string or a non-negative integer of bytes.
 pub(super) fn size<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
     d.deserialize_any(Text(SIZE)).map(Some)
@@ -59,6 +68,29 @@ impl Visitor<'_> for Text {
         u64::try_from(v)
             .map(|v| v.to_string())
             .map_err(|_| E::invalid_value(Unexpected::Signed(v), &self))
+    }
+}
+
+/// A string (the program alone) or a list of strings (program and arguments).
+struct Argv;
+
+impl<'de> Visitor<'de> for Argv {
+    type Value = Vec<String>;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(COMMAND)
+    }
+
+    fn visit_str<E: de::Error>(self, v: &str) -> Result<Vec<String>, E> {
+        Ok(vec![v.to_string()])
+    }
+
+    fn visit_seq<A: de::SeqAccess<'de>>(self, mut seq: A) -> Result<Vec<String>, A::Error> {
+        let mut argv = Vec::new();
+        while let Some(arg) = seq.next_element::<String>()? {
+            argv.push(arg);
+        }
+        Ok(argv)
     }
 }
 

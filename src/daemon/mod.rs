@@ -95,6 +95,8 @@ pub(crate) struct DaemonSettings {
     pub rescan_interval: Duration,
     /// Prometheus textfile.
     pub metrics_file: Option<PathBuf>,
+    /// `[network]`: the interface and condition policies (`bind_interface` is the transport's).
+    pub network: crate::policy::network::NetworkSettings,
 }
 
 /// What wakes the main loop.

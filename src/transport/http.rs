@@ -48,6 +48,8 @@ pub(crate) struct HttpSettings {
     pub client_cert: Option<PathBuf>,
     /// PEM file with the client certificate's private key.
     pub client_key: Option<PathBuf>,
+    /// Every connection's socket is bound to this interface (SO_BINDTODEVICE).
+    pub bind_interface: Option<String>,
 }
 
 impl Default for HttpSettings {
@@ -61,6 +63,7 @@ impl Default for HttpSettings {
             ca_file: None,
             client_cert: None,
             client_key: None,
+            bind_interface: None,
         }
     }
 }
@@ -112,6 +115,7 @@ impl UreqTransport {
             .chain(ConnectProxyConnector::default())
             .chain(TcpConnector {
                 idle_timeout: settings.idle_timeout,
+                bind_interface: settings.bind_interface.clone(),
             })
             .chain(RustlsConnector::default());
         Ok(Self {

@@ -45,11 +45,14 @@ const KERNEL_GRACE: Duration = Duration::from_secs(1);
 /// Each address of a host gets at least this much of the connect budget.
 const MIN_CONNECT_PER_ADDRESS: Duration = Duration::from_millis(10);
 
-/// Opens TCP connections with `TCP_USER_TIMEOUT` set to the idle timeout (+ [`KERNEL_GRACE`]).
+/// Opens TCP connections with `TCP_USER_TIMEOUT` set to the idle timeout (+ [`KERNEL_GRACE`]),
+/// bound to an interface when one is given.
 #[derive(Debug)]
 pub(super) struct TcpConnector {
     /// `idle_timeout`: how long sent data may stay unacknowledged.
     pub(super) idle_timeout: Duration,
+    /// `network.bind_interface`: every socket is bound to it before it connects.
+    pub(super) bind_interface: Option<String>,
 }
 
 impl<In: Transport> Connector<In> for TcpConnector {
@@ -64,7 +67,11 @@ impl<In: Transport> Connector<In> for TcpConnector {
             // A CONNECT proxy's tunnel (opened through this connector too).
             return Ok(Some(Either::A(earlier)));
         }
-        let stream = connect_any(&details.addrs, details.timeout)?;
+        let stream = connect_any(
+            &details.addrs,
+            details.timeout,
+            self.bind_interface.as_deref(),
+        )?;
         if details.config.no_delay() {
             stream.set_nodelay(true)?;
         }
@@ -85,8 +92,12 @@ impl<In: Transport> Connector<In> for TcpConnector {
 }
 
 /// Tries each address in turn, the first getting the largest share of the connect budget
-/// (halving for each next one, as ureq does).
-fn connect_any(addrs: &[SocketAddr], timeout: NextTimeout) -> Result<TcpStream, ureq::Error> {
+/// (halving for each next one, as ureq does); each socket bound to `device` first, if given.
+fn connect_any(
+    addrs: &[SocketAddr],
+    timeout: NextTimeout,
+    device: Option<&str>,
+) -> Result<TcpStream, ureq::Error> {
     let budget = timeout.not_zero().map(|d| *d);
     let total_weight = 2.0 * (1.0 - 0.5_f64.powi(i32::try_from(addrs.len()).unwrap_or(i32::MAX)));
     let mut weight = 1.0;
@@ -97,17 +108,62 @@ fn connect_any(addrs: &[SocketAddr], timeout: NextTimeout) -> Result<TcpStream, 
                 .max(MIN_CONNECT_PER_ADDRESS)
         });
         weight /= 2.0;
-        let attempt = match share {
-            Some(d) => TcpStream::connect_timeout(addr, d),
-            None => TcpStream::connect(addr),
-        };
-        match attempt {
+        match connect_one(addr, share, device) {
             Ok(s) => return Ok(s),
             Err(e) if is_timeout(&e) => last = Some(ureq::Error::Timeout(Timeout::Connect)),
             Err(e) => last = Some(ureq::Error::Io(e)),
         }
     }
     Err(last.unwrap_or(ureq::Error::HostNotFound))
+}
+
+/// A TCP connection to `addr` (within `within`, if given) from a socket bound to `device`.
+fn connect_one(
+    addr: &SocketAddr,
+    within: Option<Duration>,
+    device: Option<&str>,
+) -> io::Result<TcpStream> {
+    let Some(device) = device else {
+        return match within {
+            Some(d) => TcpStream::connect_timeout(addr, d),
+            None => TcpStream::connect(addr),
+        };
+    };
+    let socket = socket2::Socket::new(
+        socket2::Domain::for_address(*addr),
+        socket2::Type::STREAM,
+        Some(socket2::Protocol::TCP),
+    )?;
+    bind_device(&socket, device)?;
+    match within {
+        Some(d) => socket.connect_timeout(&(*addr).into(), d)?,
+        None => socket.connect(&(*addr).into())?,
+    }
+    Ok(socket.into())
+}
+
+/// `SO_BINDTODEVICE`: the socket sends and receives through `device` only, whatever the
+/// routes say. Linux 5.7 and later let any process bind a socket not yet bound to a device;
+/// older kernels want `CAP_NET_RAW`.
+fn bind_device(socket: &socket2::Socket, device: &str) -> io::Result<()> {
+    #[cfg(any(target_os = "linux", target_os = "android"))]
+    let bound = socket.bind_device(Some(device.as_bytes()));
+    #[cfg(not(any(target_os = "linux", target_os = "android")))]
+    let bound: io::Result<()> = {
+        let _ = socket;
+        Err(io::Error::from(io::ErrorKind::Unsupported))
+    };
+    bound.map_err(|e| {
+        let hint = match e.raw_os_error() {
+            Some(19) => " (no such interface here)",
+            Some(1) => " (a kernel older than 5.7 wants CAP_NET_RAW for it)",
+            _ => "",
+        };
+        io::Error::new(
+            e.kind(),
+            format!("cannot bind the connection to interface {device} (network.bind_interface): {e}{hint}"),
+        )
+    })
 }
 
 fn is_timeout(e: &io::Error) -> bool {

@@ -153,3 +153,36 @@ fn https_to_a_plain_http_port_is_an_endpoint_error() {
     assert_eq!(err.message, want);
     assert_eq!(transport.endpoint_problem(), Some(want));
 }
+
+/// `network.bind_interface`: a connection bound to `lo` reaches a loopback server; one bound to
+/// an interface that does not exist fails, naming it and the setting.
+#[test]
+fn connections_are_bound_to_the_interface_given() {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    std::thread::spawn(move || {
+        let (mut conn, _) = listener.accept().unwrap();
+        let mut head = [0u8; 1024];
+        let _ = conn.read(&mut head);
+        let _ = conn.write_all(b"HTTP/1.1 204 No Content\r\nConnection: close\r\n\r\n");
+    });
+    let url = format!("http://{addr}/files/x");
+    let lo = UreqTransport::new(&HttpSettings {
+        bind_interface: Some("lo".into()),
+        ..HttpSettings::default()
+    })
+    .unwrap();
+    assert_eq!(lo.send(&request::head(&url), None).unwrap().status, 204);
+    let nowhere = UreqTransport::new(&HttpSettings {
+        bind_interface: Some("nosuchif0".into()),
+        ..HttpSettings::default()
+    })
+    .unwrap();
+    let err = nowhere.send(&request::head(&url), None).unwrap_err();
+    assert_eq!(err.kind, FailureKind::Connection, "{err}");
+    assert!(
+        err.message
+            .contains("cannot bind the connection to interface nosuchif0 (network.bind_interface)"),
+        "{err}"
+    );
+}

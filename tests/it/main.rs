@@ -28,6 +28,7 @@ mod fault_server;
 mod harness;
 mod hook;
 mod layers;
+mod network;
 mod peers_interop;
 mod peers_smoke;
 mod priority;

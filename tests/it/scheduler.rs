@@ -328,10 +328,10 @@ fn after_a_long_outage_the_link_is_used_again_within_the_probe_cap() {
 }
 
 /// A network namespace of our own with `lo` up, removed on drop. Needs root.
-struct Netns(String);
+pub(crate) struct Netns(pub(crate) String);
 
 impl Netns {
-    fn new(tag: &str) -> Netns {
+    pub(crate) fn new(tag: &str) -> Netns {
         let name = format!("ferry-{tag}-{}", std::process::id());
         let ns = Netns(name);
         ns.ip(&["netns", "add", &ns.0], false);
@@ -340,7 +340,7 @@ impl Netns {
     }
 
     /// Runs `ip ARGS` (inside the namespace when `inside`); panics with what to do if it fails.
-    fn ip(&self, args: &[&str], inside: bool) {
+    pub(crate) fn ip(&self, args: &[&str], inside: bool) {
         let mut c = std::process::Command::new("ip");
         if inside {
             c.args(["netns", "exec", &self.0, "ip"]);

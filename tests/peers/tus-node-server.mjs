@@ -1,10 +1,11 @@
 #!/usr/bin/env node
 // The reference tus server (@tus/server + @tus/file-store) as a test peer for ferry.
 //
-// Usage: node tus-node-server.mjs --dir DIR [--port N] [--relative-location] [--expire-ms N]
+// Usage: node tus-node-server.mjs --dir DIR [--port N] [--host ADDR] [--relative-location] [--expire-ms N]
 //
-// Listens on 127.0.0.1 only, tus endpoint at /files. Once listening it prints exactly one
-// line to stdout, `LISTENING http://127.0.0.1:<port>/files/`, and nothing more (diagnostics
+// Listens on 127.0.0.1 only (or --host, an address of a test's network namespace), tus
+// endpoint at /files. Once listening it prints exactly one line to stdout,
+// `LISTENING http://<host>:<port>/files/`, and nothing more (diagnostics
 // go to stderr). It exits when stdin closes, so a test process that dies cannot leave it
 // running, and on SIGTERM/SIGINT.
 //
@@ -18,13 +19,13 @@ import { FileStore } from '@tus/file-store';
 function usage(msg) {
   process.stderr.write(
     `tus-node-server: ${msg}\n` +
-      'usage: tus-node-server.mjs --dir DIR [--port N] [--relative-location] [--expire-ms N]\n',
+      'usage: tus-node-server.mjs --dir DIR [--port N] [--host ADDR] [--relative-location] [--expire-ms N]\n',
   );
   process.exit(2);
 }
 
 function parseArgs(argv) {
-  const opts = { port: 0, dir: null, relativeLocation: false, expireMs: 0 };
+  const opts = { port: 0, host: '127.0.0.1', dir: null, relativeLocation: false, expireMs: 0 };
   const int = (name, v) => {
     if (v === undefined || !/^\d+$/.test(v)) usage(`${name} needs a non-negative integer`);
     return Number.parseInt(v, 10);
@@ -34,6 +35,10 @@ function parseArgs(argv) {
     switch (a) {
       case '--port':
         opts.port = int(a, argv[++i]);
+        break;
+      case '--host':
+        opts.host = argv[++i];
+        if (!opts.host) usage('--host needs an address');
         break;
       case '--dir':
         opts.dir = argv[++i];
@@ -67,9 +72,9 @@ const server = new Server({
   }),
 });
 
-const http = server.listen({ host: '127.0.0.1', port: opts.port }, () => {
+const http = server.listen({ host: opts.host, port: opts.port }, () => {
   const { port } = http.address();
-  process.stdout.write(`LISTENING http://127.0.0.1:${port}/files/\n`);
+  process.stdout.write(`LISTENING http://${opts.host}:${port}/files/\n`);
 });
 http.on('error', (err) => {
   process.stderr.write(`tus-node-server: ${err.stack ?? err}\n`);

@@ -40,6 +40,8 @@ pub struct NodeOpts {
     pub expire_ms: Option<u64>,
     /// Run it in this network namespace (`ip netns exec`; needs root).
     pub netns: Option<&'static str>,
+    /// Listen on this IPv4 address instead of 127.0.0.1 (one of `netns`).
+    pub host: Option<&'static str>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -98,6 +100,9 @@ impl Peer {
         cmd.arg(&script)
             .args(["--port", "0", "--dir"])
             .arg(&data_dir);
+        if let Some(host) = opts.host {
+            cmd.args(["--host", host]);
+        }
         if opts.relative_location {
             cmd.arg("--relative-location");
         }
@@ -302,7 +307,7 @@ impl Peer {
     }
 
     /// Names of the files that hold upload bytes (not the per-upload info files).
-    fn upload_files(&self) -> Vec<String> {
+    pub fn upload_files(&self) -> Vec<String> {
         let mut names: Vec<String> = fs::read_dir(&self.data_dir)
             .expect("read peer data dir")
             .filter_map(|e| e.ok())
@@ -313,6 +318,15 @@ impl Peer {
             .collect();
         names.sort();
         names
+    }
+
+    /// Bytes the server holds over all its uploads (grows while one is being sent).
+    pub fn bytes_stored(&self) -> u64 {
+        self.upload_files()
+            .iter()
+            .filter_map(|n| fs::metadata(self.data_dir.join(n)).ok())
+            .map(|m| m.len())
+            .sum()
     }
 
     /// The server's log so far (stderr; for rustus also its stdout), for failure messages.
