@@ -33,7 +33,11 @@ pub(super) fn run_daemon(args: &CommonArgs, env: &Env) -> Result<i32> {
     let state_dir = config.state_dir.clone();
     let reload = move || -> Result<DaemonSettings> { load(args)?.resolve_daemon(&state_dir) };
     // The field policies the settings ask for, with their real probes (none configured: none).
-    let policies = |_settings: &DaemonSettings| -> Vec<Box<dyn Policy>> { Vec::new() };
+    let endpoint = config.upload.endpoint.clone();
+    let policy_clock = clock.clone();
+    let policies = move |settings: &DaemonSettings| -> Vec<Box<dyn Policy>> {
+        settings.network.policies(&endpoint, &policy_clock)
+    };
     let parts = Parts {
         transport: &transport,
         store: &store,

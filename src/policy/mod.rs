@@ -11,15 +11,10 @@
 
 use std::time::{Instant, SystemTime};
 
-// Until the daemon's gate asks them (issue 12): remove the allows when it is wired.
-#[allow(dead_code, reason = "asked by the daemon's gate, not merged yet")]
 pub(crate) mod addresses;
-#[allow(dead_code, reason = "asked by the daemon's gate, not merged yet")]
 pub(crate) mod condition;
-#[allow(dead_code, reason = "asked by the daemon's gate, not merged yet")]
 pub(crate) mod interfaces;
 pub(crate) mod network;
-#[allow(dead_code, reason = "asked by the daemon's gate, not merged yet")]
 pub(crate) mod route;
 
 /// What one policy says now.

@@ -44,7 +44,6 @@ impl NetworkSettings {
     /// The policies these settings ask for (none when `[network]` sets neither `interfaces`
     /// nor `condition`), for the uploads to `endpoint`. A condition's thread starts here and
     /// ends when its policy is dropped.
-    #[allow(dead_code, reason = "the daemon's gate calls it, not merged yet")]
     pub(crate) fn policies(&self, endpoint: &str, clock: &Arc<dyn Clock>) -> Vec<Box<dyn Policy>> {
         let mut out: Vec<Box<dyn Policy>> = Vec::new();
         if !self.interfaces.is_empty() {
