@@ -405,6 +405,10 @@ pub(crate) fn render_metrics(s: &Snapshot) -> String {
     }
     let paused = u8::from(s.state == "paused");
     out += &format!("# HELP ferry_paused 1 when uploads are paused.\n# TYPE ferry_paused gauge\nferry_paused {paused}\n");
+    let held = u8::from(s.state == "held");
+    out += &format!("# HELP ferry_held 1 when a field policy (upload window, network interface, condition) holds uploads.\n# TYPE ferry_held gauge\nferry_held {held}\n");
+    let rate = s.rate_limit.as_ref().map_or(0, |r| r.bytes_per_sec);
+    out += &format!("# HELP ferry_rate_limit_bytes_per_second The upload rate limit in force (0: none).\n# TYPE ferry_rate_limit_bytes_per_second gauge\nferry_rate_limit_bytes_per_second {rate}\n");
     out
 }
 
@@ -513,7 +517,10 @@ mod tests {
             "{m}"
         );
         assert!(
-            m.contains("ferry_queue_length 3\n") && m.contains("ferry_paused 0\n"),
+            m.contains("ferry_queue_length 3\n")
+                && m.contains("ferry_paused 0\n")
+                && m.contains("ferry_held 0\n")
+                && m.contains("ferry_rate_limit_bytes_per_second 0\n"),
             "{m}"
         );
         assert!(
