@@ -30,7 +30,7 @@ pub(super) fn run_daemon(args: &CommonArgs, env: &Env) -> Result<i32> {
     crate::netwatch::spawn(tx.clone());
     let rewatch = |rules: &crate::spool::SpoolRules| watcher.watch(rules.clone());
     let state_dir = config.state_dir.clone();
-    let reload = move || -> Result<DaemonSettings> { load(args)?.resolve_daemon(&state_dir) };
+    let reload = move || -> Result<DaemonSettings> { load(args)?.resolve_daemon(&state_dir, env) };
     let parts = Parts {
         transport: &transport,
         store: &store,

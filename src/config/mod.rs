@@ -61,15 +61,25 @@
 //! concurrency = 1                               # files uploaded at once
 //! rate_limit = "0"                              # bytes/s for all uploads together, e.g. "250KB"
 //! metrics_file = "/var/lib/node_exporter/ferry.prom"  # Prometheus textfile (optional)
+//!
+//! [schedule]                                    # ferry run: upload windows; none = upload at any time
+//! unsynced_clock = "wait"                       # wait | trust: windows before NTP has set the clock
+//! window = [{ days = "Mon-Fri", from = "22:00", to = "06:00", rate_limit = "2MiB" }]
+//!   # uploads go while any window is open; also written as [[schedule.window]] tables.
+//!   # days: Mon-Fri, Sat,Sun, Fri-Mon, * (default *); from/to: local time HH:MM[:SS] (TZ, else
+//!   # /etc/localtime); to not after from: the next day; equal: 24 hours; rate_limit: bytes/s
+//!   # while open (optional; among open windows the highest wins, none beats any)
 //! ```
 
 pub(crate) mod env;
 pub(crate) mod file;
 pub(crate) mod resolve;
+mod schedule;
 #[cfg(test)]
 mod tests;
 pub(crate) mod units;
 mod values;
+mod zone;
 
 use std::path::{Path, PathBuf};
 

@@ -128,7 +128,7 @@ impl Raw {
             }),
         };
         let daemon = match self.spool.dir {
-            Some(_) => Some(self.resolve_daemon(&state_dir)?),
+            Some(_) => Some(self.resolve_daemon(&state_dir, env)?),
             None => None,
         };
         let mut http = http;
@@ -174,8 +174,9 @@ pub(super) fn no_spool_dir() -> Error {
 }
 
 impl Raw {
-    /// Checks the `[spool]` and `[daemon]` keys for `ferry run` (at start and on SIGHUP).
-    pub(crate) fn resolve_daemon(&self, state_dir: &Path) -> Result<DaemonSettings> {
+    /// Checks the `[spool]`, `[daemon]` and `[schedule]` keys for `ferry run` (at start and on
+    /// SIGHUP).
+    pub(crate) fn resolve_daemon(&self, state_dir: &Path, env: &Env) -> Result<DaemonSettings> {
         let sp = &self.spool;
         let dir = sp.dir.clone().ok_or_else(no_spool_dir)?;
         let after_upload = after_upload(sp.after_upload.as_deref())?;
@@ -221,6 +222,7 @@ impl Raw {
             rate_limit_bytes_per_sec: rate,
             rescan_interval: rescan,
             metrics_file: self.daemon.metrics_file.clone(),
+            schedule: self.resolve_schedule(env)?,
         })
     }
 }

@@ -92,6 +92,8 @@ pub(crate) struct DaemonSettings {
     pub rescan_interval: Duration,
     /// Prometheus textfile.
     pub metrics_file: Option<PathBuf>,
+    /// Upload windows (`[schedule]`); `None`: uploads may go at any time.
+    pub schedule: Option<crate::policy::schedule::ScheduleSettings>,
 }
 
 /// What wakes the main loop.

@@ -113,7 +113,8 @@ mod tests {
         let synced = Arc::new(AtomicBool::new(false));
         let s = synced.clone();
         let mut wait = SyncWait::new(Box::new(move || s.load(Ordering::SeqCst)));
-        let t0 = Instant::now();
+        use crate::clock::Clock;
+        let t0 = crate::clock::ManualClock::new(std::time::UNIX_EPOCH).now();
         let at = |secs| t0 + Duration::from_secs(secs);
         assert_eq!(wait.check(at(0)), Sync::Waiting { warn: false });
         assert_eq!(wait.check(at(599)), Sync::Waiting { warn: false });

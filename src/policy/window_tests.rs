@@ -9,6 +9,12 @@ use crate::policy::schedule::Days;
 
 const EUROPE: &str = "CET-1CEST,M3.5.0,M10.5.0/3";
 
+/// Some instant (only differences matter).
+fn t0() -> Instant {
+    use crate::clock::Clock;
+    crate::clock::ManualClock::new(UNIX_EPOCH).now()
+}
+
 /// Unix seconds of a UTC date and time (proleptic Gregorian; days from civil, H. Hinnant).
 fn utc(y: i64, m: i64, d: i64, hh: i64, mm: i64, ss: i64) -> i64 {
     let y = if m <= 2 { y - 1 } else { y };
@@ -56,7 +62,7 @@ fn policy(zone: &str, windows: Vec<Window>) -> WindowPolicy {
 
 /// Open at the Unix second `unix`?
 fn open(p: &mut WindowPolicy, unix: i64) -> bool {
-    p.check(Instant::now(), wall(unix)).closed.is_none()
+    p.check(t0(), wall(unix)).closed.is_none()
 }
 
 const MON: u8 = 1;
@@ -88,7 +94,7 @@ fn a_window_across_midnight_belongs_to_the_day_it_starts_on_even_at_the_weeks_en
     // Monday 23:30 and Sunday 00:30 (the tail of Saturday's, which is not listed) are closed.
     assert!(!open(&mut p, utc(2025, 6, 9, 23, 30, 0)));
     assert!(!open(&mut p, utc(2025, 6, 8, 0, 30, 0)));
-    let v = p.check(Instant::now(), wall(utc(2025, 6, 9, 1, 0, 0)));
+    let v = p.check(t0(), wall(utc(2025, 6, 9, 1, 0, 0)));
     assert_eq!(
         v.closed.as_deref(),
         Some("outside upload window until Sun 23:00")
@@ -128,7 +134,7 @@ fn spring_forward_skips_a_window_inside_the_missing_hour() {
 fn spring_forward_closes_a_window_at_the_jump() {
     // 01:30-02:30 local: opens 00:30 UTC, and the jump to 03:00 at 01:00 UTC ends it.
     let mut p = policy(EUROPE, vec![win(Days::ALL.0, "01:30", "02:30", None)]);
-    let t0 = Instant::now();
+    let t0 = t0();
     let v = p.check(t0, wall(utc(2025, 3, 30, 0, 59, 45)));
     assert_eq!(v.closed, None);
     assert_eq!(v.recheck_at, Some(t0 + Duration::from_secs(15)));
@@ -139,7 +145,7 @@ fn spring_forward_closes_a_window_at_the_jump() {
 fn fall_back_keeps_a_window_in_the_repeated_hour_open_twice_as_long() {
     // Europe, 2025-10-26: at 01:00 UTC the wall clock goes back from 03:00 to 02:00.
     let mut p = policy(EUROPE, vec![win(Days::ALL.0, "02:00", "03:00", None)]);
-    let t0 = Instant::now();
+    let t0 = t0();
     // 01:59:30 CEST: opens in 30 s, at 00:00 UTC.
     let v = p.check(t0, wall(utc(2025, 10, 25, 23, 59, 30)));
     assert!(v.closed.is_some());
@@ -158,20 +164,20 @@ fn fall_back_keeps_a_window_in_the_repeated_hour_open_twice_as_long() {
 fn the_closed_text_names_the_next_opening_in_local_time() {
     let mut p = policy(EUROPE, vec![win(WEEKDAYS, "22:00", "06:00", None)]);
     // Saturday 2025-06-07 12:00 CEST (10:00 UTC): Friday's night window is over.
-    let v = p.check(Instant::now(), wall(utc(2025, 6, 7, 10, 0, 0)));
+    let v = p.check(t0(), wall(utc(2025, 6, 7, 10, 0, 0)));
     assert_eq!(
         v.closed.as_deref(),
         Some("outside upload window until Mon 22:00")
     );
     assert_eq!(v.rate_limit, None);
     // Friday 06:00 CEST: closed until that evening.
-    let v = p.check(Instant::now(), wall(utc(2025, 6, 6, 4, 0, 0)));
+    let v = p.check(t0(), wall(utc(2025, 6, 6, 4, 0, 0)));
     assert_eq!(
         v.closed.as_deref(),
         Some("outside upload window until Fri 22:00")
     );
     let mut p = policy("UTC0", vec![win(Days::ALL.0, "23:59:58", "00:01", None)]);
-    let v = p.check(Instant::now(), wall(utc(2025, 6, 7, 12, 0, 0)));
+    let v = p.check(t0(), wall(utc(2025, 6, 7, 12, 0, 0)));
     assert_eq!(
         v.closed.as_deref(),
         Some("outside upload window until Sat 23:59:58")
@@ -181,7 +187,7 @@ fn the_closed_text_names_the_next_opening_in_local_time() {
 #[test]
 fn the_recheck_is_the_next_edge_to_the_nanosecond_and_at_most_a_minute_away() {
     let mut p = policy("UTC0", vec![win(Days::ALL.0, "12:00", "13:00", None)]);
-    let t0 = Instant::now();
+    let t0 = t0();
     let w = wall(utc(2025, 6, 7, 11, 59, 30)) + Duration::from_millis(250);
     let v = p.check(t0, w);
     assert!(v.closed.is_some());
@@ -213,7 +219,7 @@ fn overlapping_windows_give_the_highest_rate_and_no_limit_wins() {
             win(Days::ALL.0, "20:00", "21:00", None),
         ],
     );
-    let t0 = Instant::now();
+    let t0 = t0();
     let at = |p: &mut WindowPolicy, h, m, s| p.check(t0, wall(utc(2025, 6, 7, h, m, s)));
     assert_eq!(at(&mut p, 9, 0, 0).rate_limit, Some(1_000_000));
     assert_eq!(at(&mut p, 11, 0, 0).rate_limit, Some(5_000_000));
@@ -234,7 +240,7 @@ fn an_unsynchronised_clock_holds_with_wait_and_is_believed_with_trust() {
         zone: Zone::utc(),
     };
     let mut p = WindowPolicy::new(&settings, Box::new(move || s.load(Ordering::SeqCst)));
-    let t0 = Instant::now();
+    let t0 = t0();
     let v = p.check(t0, wall(utc(2025, 6, 7, 12, 0, 0)));
     assert_eq!(v.closed.as_deref(), Some(clocksync::WAITING));
     assert_eq!(v.recheck_at, Some(t0 + Duration::from_secs(10)));
