@@ -27,6 +27,8 @@ pub(crate) enum Command {
     Pause(Box<CommonArgs>),
     /// `ferry resume`.
     Resume(Box<CommonArgs>),
+    /// `ferry limit [RATE|off]`: set, remove or (`None`) show the runtime rate limit.
+    Limit(Box<CommonArgs>, Option<String>),
     /// `ferry check-config [--probe]`.
     CheckConfig(Box<CommonArgs>, bool),
     /// `ferry broker [OPTIONS]`: the one-time upload URL service.
@@ -100,12 +102,13 @@ pub(crate) struct Cli {
 }
 
 /// The commands, for `ferry uplaod` → "did you mean \"upload\"?".
-const COMMANDS: [&str; 8] = [
+const COMMANDS: [&str; 9] = [
     "upload",
     "run",
     "status",
     "pause",
     "resume",
+    "limit",
     "check-config",
     "broker",
     "help",
@@ -157,11 +160,12 @@ fn command(p: &mut lexopt::Parser, name: &str, verbosity: &mut Verbosity) -> Res
             let Some((page, hint)) = daemon_help(name) else {
                 return Err(unknown_command(name));
             };
-            let Some((a, flag)) = parse_common(p, name, hint, verbosity)? else {
+            let Some((a, flag, value)) = parse_common(p, name, hint, verbosity)? else {
                 return Ok(Command::Help(page));
             };
             let a = Box::new(a);
             Ok(match name {
+                "limit" => Command::Limit(a, value),
                 "run" => Command::Run(a),
                 "status" => Command::Status(a, flag),
                 "pause" => Command::Pause(a),
@@ -179,6 +183,7 @@ fn daemon_help(name: &str) -> Option<(&'static str, &'static str)> {
         "status" => (help::STATUS, "ferry status --help"),
         "pause" => (help::PAUSE, "ferry pause --help"),
         "resume" => (help::RESUME, "ferry resume --help"),
+        "limit" => (help::LIMIT, "ferry limit --help"),
         "check-config" => (help::CHECK_CONFIG, "ferry check-config --help"),
         _ => return None,
     })
@@ -293,9 +298,10 @@ fn parse_common(
     cmd: &str,
     hint: &'static str,
     verbosity: &mut Verbosity,
-) -> Result<Option<(CommonArgs, bool)>> {
+) -> Result<Option<(CommonArgs, bool, Option<String>)>> {
     let mut a = CommonArgs::default();
     let mut flag = false;
+    let mut value = None;
     while let Some(arg) = p.next().map_err(|e| usage(e, hint))? {
         if let Some(v) = output_option(&arg, *verbosity) {
             *verbosity = v;
@@ -314,10 +320,16 @@ fn parse_common(
                     return Err(unknown_option(&name, hint));
                 }
             }
+            Value(v) if cmd == "limit" && value.is_none() => {
+                value = Some(
+                    v.into_string()
+                        .map_err(|_| Error::usage("the rate is not UTF-8", hint))?,
+                );
+            }
             other => return Err(usage(other.unexpected(), hint)),
         }
     }
-    Ok(Some((a, flag)))
+    Ok(Some((a, flag, value)))
 }
 
 fn unknown_option(name: &str, hint: &'static str) -> Error {
@@ -340,6 +352,7 @@ fn setting(
         "stream-api-token-file" => o.stream.api_token_file = Some(text(p, hint)?),
         "state-dir" => o.state_dir = Some(path(p, hint)?),
         "chunk-size" => o.upload.chunk_size = Some(text(p, hint)?),
+        "rate-limit" => o.upload.rate_limit = Some(text(p, hint)?),
         "header" => {
             let v = text(p, hint)?;
             let (n, val) = v

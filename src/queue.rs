@@ -1,28 +1,30 @@
-//! The upload queue: the oldest ready files of the spool, held in a bounded window.
+//! The upload queue: the ready files of the spool that come first, held in a bounded window.
 //!
 //! Key idea: the spool itself is the queue. Holding one record per waiting file (in memory
 //! or in the state store, whose index lives in memory too) grows the process with the
 //! spool: 100,000 queued records cost the store 26-40 MiB. Instead the daemon keeps only the `cap`
 //! oldest ready files it knows of; when files had to be left out and the window drains, a
-//! scan of the spool refills it. Memory stays bounded, the order stays oldest first.
+//! scan of the spool refills it. Memory stays bounded, the order stays what the files are
+//! ranked by (`O`: the modification time, oldest first; the daemon ranks by priority class,
+//! then age in the configured order).
 
 use std::collections::{BTreeSet, HashMap};
 use std::hash::Hash;
 use std::time::SystemTime;
 
-/// The oldest known ready files, at most `cap` of them, each named by a key `K` (the daemon's
-/// is the store's `FileKey`).
+/// The first known ready files by rank `O` (lowest first), at most `cap` of them, each named
+/// by a key `K` (the daemon's is the store's `FileKey`).
 #[derive(Debug)]
-pub(crate) struct Window<K> {
+pub(crate) struct Window<K, O = SystemTime> {
     cap: usize,
-    entries: BTreeSet<(SystemTime, K)>,
-    index: HashMap<K, SystemTime>,
+    entries: BTreeSet<(O, K)>,
+    index: HashMap<K, O>,
     complete: bool,
     found_by_scan: u64,
     taken_since_scan: u64,
 }
 
-impl<K: Ord + Hash + Clone> Window<K> {
+impl<K: Ord + Hash + Clone, O: Ord + Clone> Window<K, O> {
     /// An empty window holding at most `cap` files.
     pub(crate) fn new(cap: usize) -> Self {
         Self {
@@ -44,17 +46,17 @@ impl<K: Ord + Hash + Clone> Window<K> {
         self.taken_since_scan = 0;
     }
 
-    /// Offers a ready file (`key`, modification time); a newer one than the window's newest
-    /// is left out when the window is full (a later scan finds it again).
-    pub(crate) fn offer(&mut self, key: &K, mtime: SystemTime, by_scan: bool) {
+    /// Offers a ready file (`key`, its rank); one ranked after the window's last is left out
+    /// when the window is full (a later scan finds it again).
+    pub(crate) fn offer(&mut self, key: &K, rank: O, by_scan: bool) {
         if by_scan {
             self.found_by_scan += 1;
         }
         if let Some(old) = self.index.remove(key) {
             self.entries.remove(&(old, key.clone()));
         }
-        self.entries.insert((mtime, key.clone()));
-        self.index.insert(key.clone(), mtime);
+        self.entries.insert((rank.clone(), key.clone()));
+        self.index.insert(key.clone(), rank);
         if self.entries.len() > self.cap {
             if let Some((t, k)) = self.entries.pop_last() {
                 self.index.remove(&k);
@@ -78,17 +80,14 @@ impl<K: Ord + Hash + Clone> Window<K> {
         self.index.contains_key(key)
     }
 
-    /// Takes the oldest waiting file.
+    /// Takes the first waiting file.
     #[cfg(test)]
     pub(crate) fn pop_oldest(&mut self) -> Option<K> {
         self.take_oldest_where(|_| true).map(|(_, k)| k)
     }
 
-    /// Takes the oldest waiting file that `pred` accepts, with its modification time.
-    pub(crate) fn take_oldest_where(
-        &mut self,
-        pred: impl Fn(&K) -> bool,
-    ) -> Option<(SystemTime, K)> {
+    /// Takes the first waiting file that `pred` accepts, with its rank.
+    pub(crate) fn take_oldest_where(&mut self, pred: impl Fn(&K) -> bool) -> Option<(O, K)> {
         let found = self.entries.iter().find(|(_, k)| pred(k)).cloned()?;
         self.entries.remove(&found);
         self.index.remove(&found.1);
@@ -96,9 +95,14 @@ impl<K: Ord + Hash + Clone> Window<K> {
         Some(found)
     }
 
-    /// The waiting files, oldest first.
+    /// The waiting files, in rank order.
     pub(crate) fn iter(&self) -> impl Iterator<Item = &K> {
         self.entries.iter().map(|(_, k)| k)
+    }
+
+    /// The rank of the first waiting file that `pred` accepts, without taking it.
+    pub(crate) fn first_rank_where(&self, pred: impl Fn(&K) -> bool) -> Option<&O> {
+        self.entries.iter().find(|(_, k)| pred(k)).map(|(o, _)| o)
     }
 
     /// True when the window ran dry but the spool holds more ready files: scan again.

@@ -25,6 +25,30 @@ pub(crate) struct SpoolRules {
     pub settle: Duration,
     /// Directories inside the spool that are not part of it (done and failed directories).
     pub exclude: Vec<PathBuf>,
+    /// Patterns in order of priority (`spool.priority`): a file matching an earlier one goes
+    /// first. A pattern with a `/` matches the path below the spool directory, others the name.
+    pub priority: Vec<String>,
+    /// Newest files first within a priority class (`spool.order = "newest-first"`).
+    pub newest_first: bool,
+}
+
+impl SpoolRules {
+    /// The priority class of `path` (0 goes first): the index of the first `priority`
+    /// pattern it matches, or one past the last for a file that matches none.
+    pub(crate) fn priority_class(&self, path: &Path) -> u8 {
+        let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
+        let below = path
+            .strip_prefix(&self.dir)
+            .ok()
+            .and_then(Path::to_str)
+            .unwrap_or(name);
+        let class = self
+            .priority
+            .iter()
+            .position(|p| glob(p, if p.contains('/') { below } else { name }))
+            .unwrap_or(self.priority.len());
+        u8::try_from(class).unwrap_or(u8::MAX)
+    }
 }
 
 /// The default ignore patterns: hidden files and the usual partial-write names.
@@ -225,7 +249,33 @@ mod tests {
             ignore: default_ignore(),
             settle: Duration::from_secs(5),
             exclude: vec![],
+            priority: vec![],
+            newest_first: false,
         }
+    }
+
+    #[test]
+    fn priority_classes_follow_the_first_matching_pattern() {
+        let r = SpoolRules {
+            priority: vec!["alarms/*".into(), "*.jpg".into()],
+            ..rules()
+        };
+        let class = |p: &str| r.priority_class(Path::new(p));
+        assert_eq!(class("/spool/alarms/door.mp4"), 0);
+        assert_eq!(
+            class("/spool/alarms/door.jpg"),
+            0,
+            "the first match decides"
+        );
+        assert_eq!(
+            class("/spool/cam/still.jpg"),
+            1,
+            "a name pattern matches in any directory"
+        );
+        assert_eq!(class("/spool/still.jpg"), 1);
+        assert_eq!(class("/spool/video.mp4"), 2, "no match: after every class");
+        assert_eq!(class("/spool/alarmsx/a.mp4"), 2);
+        assert_eq!(rules().priority_class(Path::new("/spool/a")), 0);
     }
 
     fn t(s: u64) -> SystemTime {

@@ -46,6 +46,13 @@ pub(crate) struct Snapshot {
     /// refuses new uploads (with the time of the next try).
     #[serde(default)]
     pub blocked: Option<String>,
+    /// The upload rate limit that applies now; absent: none.
+    #[serde(default)]
+    pub rate_limit: Option<RateLimitStatus>,
+    /// What field policies report while uploads may go (a condition command's output line),
+    /// each as `name: text`.
+    #[serde(default)]
+    pub policy_notes: Vec<String>,
     /// Recent permanent failures.
     pub failed: Vec<FailedFile>,
     /// Counters since start.
@@ -53,6 +60,15 @@ pub(crate) struct Snapshot {
     /// Damaged state found at start or since (absent from snapshots of older versions).
     #[serde(default)]
     pub state_damage: StateDamage,
+}
+
+/// The upload rate limit in force.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct RateLimitStatus {
+    /// Bytes per second for all uploads together.
+    pub bytes_per_sec: u64,
+    /// What set it: `ferry limit`, `upload.rate_limit`, or a policy (`window`).
+    pub by: String,
 }
 
 /// Damaged state that ferry set aside (see `store`): what an operator should look at.
@@ -252,6 +268,16 @@ pub(crate) fn render_text(s: &Snapshot, alive: bool, now_unix: u64) -> String {
     if let Some(b) = &s.blocked {
         out += &format!("blocked: {b}\n");
     }
+    if let Some(r) = &s.rate_limit {
+        out += &format!(
+            "rate limit: {}/s ({})\n",
+            human_bytes(r.bytes_per_sec),
+            r.by
+        );
+    }
+    for n in &s.policy_notes {
+        out += &format!("policy {n}\n");
+    }
     for a in &s.files {
         out += &format!("  {:<12} {}", a.state, a.path);
         if a.size > 0 || a.position > 0 {
@@ -448,7 +474,15 @@ mod tests {
 
     #[test]
     fn text_shows_each_file_with_retry_and_error() {
-        let t = render_text(&snap(), true, 100);
+        let mut s = snap();
+        s.rate_limit = Some(RateLimitStatus {
+            bytes_per_sec: 512 << 10,
+            by: "ferry limit".into(),
+        });
+        s.policy_notes = vec!["condition: unmetered".into()];
+        let t = render_text(&s, true, 100);
+        assert!(t.contains("rate limit: 512.0 KiB/s (ferry limit)\n"), "{t}");
+        assert!(t.contains("policy condition: unmetered\n"), "{t}");
         assert!(
             t.contains("files: 1 backing off, 1 queued (+2 more queued in the spool)\n"),
             "{t}"

@@ -16,6 +16,7 @@ use inotify::{EventMask, Inotify, WatchDescriptor, WatchMask};
 
 use crate::clock::Clock;
 use crate::daemon::Event;
+use crate::ratelimit::LIMIT_FILE;
 use crate::spool::{self, Kind, SpoolRules};
 use crate::status::PAUSE_MARKER;
 
@@ -143,7 +144,9 @@ fn watch_loop(
                     continue;
                 }
                 if ev.wd == control {
-                    if ev.name == Some(OsStr::new(PAUSE_MARKER)) {
+                    if ev.name == Some(OsStr::new(PAUSE_MARKER))
+                        || ev.name == Some(OsStr::new(LIMIT_FILE))
+                    {
                         send(tx, Event::Control)?;
                     }
                     continue;

@@ -94,6 +94,66 @@ pub(super) fn set_paused(args: &CommonArgs, paused: bool, env: &Env) -> Result<i
     Ok(0)
 }
 
+/// `ferry limit [RATE|off]`: writes, removes or shows the rate override in the state directory.
+pub(super) fn limit(args: &CommonArgs, rate: Option<&str>, env: &Env) -> Result<i32> {
+    use crate::ratelimit::{override_text, read_override, LIMIT_FILE};
+    let dir = load(args)?.state_dir(env)?;
+    let file = dir.join(LIMIT_FILE);
+    let io = |e| Error::Io {
+        context: file.display().to_string(),
+        source: e,
+    };
+    let Some(rate) = rate else {
+        let shown = match read_override(&dir).map_err(|e| Error::Io {
+            context: e,
+            source: std::io::Error::from(std::io::ErrorKind::InvalidData),
+        })? {
+            None => {
+                "no override: the configured rates apply (`ferry status` shows the one in force)"
+                    .to_string()
+            }
+            Some(None) => {
+                "no limit (set by `ferry limit`; `ferry limit off` returns to the configured rates)"
+                    .to_string()
+            }
+            Some(Some(r)) => format!(
+                "{}/s (set by `ferry limit`; `ferry limit off` returns to the configured rates)",
+                crate::progress::human_bytes(r)
+            ),
+        };
+        print_line(&shown);
+        return Ok(0);
+    };
+    if rate.trim().eq_ignore_ascii_case("off") {
+        crate::durable::remove_file(&file).map_err(io)?;
+        print_line("rate limit override removed: the configured rates apply");
+    } else {
+        let bytes = crate::config::parse_rate(rate).map_err(|e| {
+            Error::usage(
+                format!("ferry limit: {e}; `off` removes the override"),
+                "ferry limit --help",
+            )
+        })?;
+        // Durable: the limit holds after a power cut, as a pause does.
+        crate::durable::create_dir_all(&dir).map_err(io)?;
+        crate::durable::write_atomic(&file, override_text(bytes).as_bytes()).map_err(io)?;
+        match bytes {
+            Some(r) => print_line(&format!(
+                "rate limit {}/s for all uploads, across restarts (`ferry limit off` removes it)",
+                crate::progress::human_bytes(r)
+            )),
+            None => print_line("no rate limit, whatever the configuration says, across restarts (`ferry limit off` removes this)"),
+        }
+    }
+    if !daemon_runs_on(&dir) {
+        log::warn!(
+            "no ferry daemon is running on {}; it will start with this",
+            dir.display()
+        );
+    }
+    Ok(0)
+}
+
 /// `ferry check-config [--probe]`: validates the configuration; with `probe`, also asks the
 /// endpoint ([`super::probe`]).
 pub(super) fn check_config(args: &CommonArgs, probe: bool, env: &Env) -> Result<i32> {

@@ -53,6 +53,7 @@ fn dispatch(cmd: Command, verbosity: Verbosity, env: &Env) -> Result<i32> {
         Command::Status(args, json) => inspect::show_status(&args, json, env),
         Command::Pause(args) => inspect::set_paused(&args, true, env),
         Command::Resume(args) => inspect::set_paused(&args, false, env),
+        Command::Limit(args, rate) => inspect::limit(&args, rate.as_deref(), env),
         Command::CheckConfig(args, probe) => inspect::check_config(&args, probe, env),
         #[cfg(feature = "broker")]
         Command::Broker(args) => crate::broker::run(*args, env),

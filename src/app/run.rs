@@ -10,6 +10,8 @@ use crate::config::Env;
 use crate::daemon::{DaemonSettings, Parts};
 use crate::error::{Error, Result};
 use crate::notify::Notifier;
+use crate::policy::window::WindowPolicy;
+use crate::policy::{clocksync, Policy};
 use crate::store::Store;
 use crate::transport::http::UreqTransport;
 
@@ -31,6 +33,17 @@ pub(super) fn run_daemon(args: &CommonArgs, env: &Env) -> Result<i32> {
     let rewatch = |rules: &crate::spool::SpoolRules| watcher.watch(rules.clone());
     let state_dir = config.state_dir.clone();
     let reload = move || -> Result<DaemonSettings> { load(args)?.resolve_daemon(&state_dir, env) };
+    // The field policies the settings ask for, with their real probes (none configured: none).
+    let policies = |settings: &DaemonSettings| -> Vec<Box<dyn Policy>> {
+        let mut out: Vec<Box<dyn Policy>> = Vec::new();
+        if let Some(schedule) = &settings.schedule {
+            out.push(Box::new(WindowPolicy::new(
+                schedule,
+                clocksync::system_probe(),
+            )));
+        }
+        out
+    };
     let parts = Parts {
         transport: &transport,
         store: &store,
@@ -42,6 +55,7 @@ pub(super) fn run_daemon(args: &CommonArgs, env: &Env) -> Result<i32> {
         reload: &reload,
         rewatch: &rewatch,
         hook: config.hook.as_ref(),
+        policies: &policies,
     };
     let result = crate::daemon::run(parts, settings, rx, tx).map(|()| 0);
     closed(store, result)

@@ -19,6 +19,7 @@ use crate::config::{self, Env, Raw};
 use crate::error::{Error, Result};
 use crate::hook::{HookError, HookSettings};
 use crate::progress::{Progress, Reporter};
+use crate::ratelimit::RateLimiter;
 use crate::signals::Interrupt;
 use crate::source::follow_named_link;
 use crate::store::{FileKey, Store};
@@ -82,8 +83,14 @@ fn upload_all(
     interrupt: &Arc<AtomicBool>,
 ) -> Result<i32> {
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+    // upload.rate_limit / --rate-limit: the same limiter the daemon uses, for this one run.
+    let limiter = parts
+        .config
+        .rate_limit
+        .map(|r| Arc::new(RateLimiter::new(Some(r), clock.clone())));
     let uploader = uploader(parts.config, parts.transport, parts.store, clock.as_ref())
-        .with_interrupt(interrupt.clone());
+        .with_interrupt(interrupt.clone())
+        .with_rate_limit(limiter);
     let progress = Arc::new(Progress::default());
     let reporter = Reporter::start(
         progress.clone(),

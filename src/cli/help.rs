@@ -32,6 +32,8 @@ OPTIONS (each overrides the same key of the --config file, shown in brackets):
                              $XDG_STATE_HOME/ferry, else ~/.local/state/ferry  [state_dir]
     --chunk-size SIZE        bytes per PATCH, at least 64KiB; default 6MiB
                                                                    [upload.chunk_size]
+    --rate-limit RATE        bytes/s for all uploads together, e.g. 2MiB/s; default 0 =
+                             none                                  [upload.rate_limit]
     --header 'Name: value'   extra request header (repeatable)     [server.headers]
     --header-file Name=PATH  header whose value is read from PATH or credential:NAME
                              (for secrets; repeatable)             [server.header_files]
@@ -81,6 +83,7 @@ USAGE:
     ferry run [OPTIONS]                the spool daemon (config: /etc/ferry/ferry.toml)
     ferry status [--json] [OPTIONS]    what the daemon is doing
     ferry pause | resume [OPTIONS]     stop / restart uploading (survives restarts)
+    ferry limit [RATE | off] [OPTIONS] set / remove the daemon's rate limit (survives restarts)
     ferry check-config [OPTIONS]       validate the configuration
     ferry broker [OPTIONS]             one-time Cloudflare Stream upload URLs for devices
                                        (not in device builds)
@@ -223,6 +226,32 @@ EXAMPLE:
     ferry resume --config /etc/ferry/ferry.toml
 
 EXIT: 0 resumed, 1 the marker cannot be removed, 2 usage or configuration error.
+"
+);
+
+/// `ferry limit --help`.
+pub(crate) const LIMIT: &str = concat!(
+    "\
+ferry limit: set, remove or show the daemon's upload rate limit, across restarts
+
+USAGE:
+    ferry limit RATE [OPTIONS]     all uploads together send at most RATE, e.g. 512KiB/s;
+                                   0 = no limit at all
+    ferry limit off [OPTIONS]      back to the configured rates (upload.rate_limit, windows')
+    ferry limit [OPTIONS]          show the override, if any
+
+The rate is written into the state directory: a running daemon applies it within a second,
+and a daemon started later starts with it. It overrides every configured rate until
+`ferry limit off`. Without a running daemon it says so, and writes it.
+
+",
+    state_options!(),
+    output_options!(),
+    "
+EXAMPLE:
+    ferry limit 512KiB/s --config /etc/ferry/ferry.toml
+
+EXIT: 0 done, 1 the file cannot be written or read, 2 usage or configuration error.
 "
 );
 

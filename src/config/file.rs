@@ -149,6 +149,10 @@ pub(crate) struct RawSpool {
     /// Full rescan interval (events cover the rest).
     #[serde(default, deserialize_with = "values::duration")]
     pub rescan_interval: Option<String>,
+    /// `oldest-first` (default) or `newest-first`.
+    pub order: Option<String>,
+    /// Patterns in order of priority, e.g. `["alarms/*", "*.jpg"]`.
+    pub priority: Option<Vec<String>>,
 }
 
 /// `[daemon]` keys.
@@ -158,7 +162,8 @@ pub(crate) struct RawDaemon {
     /// Files uploaded at once.
     #[serde(default, deserialize_with = "values::count")]
     pub concurrency: Option<usize>,
-    /// Upload rate limit in bytes per second ("0" = none), e.g. "250KB".
+    /// Upload rate limit in bytes per second ("0" = none), e.g. "250KB": the older name of
+    /// `upload.rate_limit`, still read.
     #[serde(default, deserialize_with = "values::size")]
     pub rate_limit: Option<String>,
     /// Prometheus textfile to write metrics to.
@@ -233,6 +238,10 @@ pub(crate) struct RawUpload {
     /// Bytes per PATCH, e.g. "6MiB".
     #[serde(default, deserialize_with = "values::size")]
     pub chunk_size: Option<String>,
+    /// Bytes per second for all uploads together, e.g. "2MiB/s" ("0" = none); `ferry upload`
+    /// and `ferry run` both obey it.
+    #[serde(default, deserialize_with = "values::size")]
+    pub rate_limit: Option<String>,
     /// auto | off | sha1 | sha256.
     pub checksum: Option<String>,
     /// Use creation-with-upload for small files.
@@ -286,6 +295,7 @@ impl Raw {
         take!(hook.command);
         take!(hook.timeout);
         take!(upload.chunk_size);
+        take!(upload.rate_limit);
         take!(upload.checksum);
         take!(upload.creation_with_upload);
         take!(upload.default_metadata);
@@ -300,6 +310,8 @@ impl Raw {
         take!(spool.after_upload);
         take!(spool.failed_dir);
         take!(spool.rescan_interval);
+        take!(spool.order);
+        take!(spool.priority);
         take!(daemon.concurrency);
         take!(daemon.rate_limit);
         take!(daemon.metrics_file);

@@ -85,6 +85,7 @@ use std::path::{Path, PathBuf};
 
 pub(crate) use env::Env;
 pub(crate) use file::Raw;
+pub(crate) use units::parse_rate;
 // What `ferry broker` resolves its own `[broker]` section with.
 #[cfg(feature = "broker")]
 pub(crate) use {
@@ -112,6 +113,8 @@ pub(crate) struct Config {
     pub hook: Option<HookSettings>,
     /// `ferry run`'s spool and daemon settings; `None` when `spool.dir` is not set.
     pub daemon: Option<DaemonSettings>,
+    /// Bytes per second for all uploads together (`upload.rate_limit`); `None`: no limit.
+    pub rate_limit: Option<u64>,
 }
 
 impl Config {

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use super::env::Env;
 use super::file::{Raw, RawRetry, RawServer, RawStream};
-use super::units::{parse_duration, parse_size};
+use super::units::{parse_duration, parse_rate, parse_size};
 use super::Config;
 use crate::backoff::RetryPolicy;
 use crate::daemon::{AfterUpload, DaemonSettings};
@@ -131,17 +131,18 @@ impl Raw {
             Some(_) => Some(self.resolve_daemon(&state_dir, env)?),
             None => None,
         };
+        let rate_limit = self.rate_limit()?;
+        let concurrency = daemon.as_ref().map_or(1, |d| d.concurrency);
         let mut http = http;
-        if let Some(d) = &daemon {
-            http.min_send_rate_bytes_per_sec =
-                min_send_rate_under_limit(http.min_send_rate_bytes_per_sec, d);
-        }
+        http.min_send_rate_bytes_per_sec =
+            min_send_rate_under_limit(http.min_send_rate_bytes_per_sec, rate_limit, concurrency);
         Ok(Config {
             state_dir,
             upload,
             http,
             hook,
             daemon,
+            rate_limit,
         })
     }
 
@@ -156,16 +157,72 @@ impl Raw {
     }
 }
 
-/// `min_send_rate`, lowered to half of each upload's share of `daemon.rate_limit`, so that our
-/// own rate limit never makes a body too slow to be sent. Both are fixed until a restart.
-fn min_send_rate_under_limit(min_rate: u64, d: &DaemonSettings) -> u64 {
-    match d.rate_limit_bytes_per_sec {
+/// `min_send_rate`, lowered to half of each upload's share of the rate limit, so that our
+/// own rate limit never makes a body too slow to be sent. A limit that changes while ferry
+/// runs (an upload window's, `ferry limit`) lowers it through the transport.
+fn min_send_rate_under_limit(min_rate: u64, limit: Option<u64>, concurrency: usize) -> u64 {
+    match limit {
         Some(limit) => {
-            let share = limit / u64::try_from(d.concurrency).unwrap_or(u64::MAX).max(1);
+            let share = limit / u64::try_from(concurrency).unwrap_or(u64::MAX).max(1);
             min_rate.min((share / 2).max(1))
         }
         None => min_rate,
     }
+}
+
+impl Raw {
+    /// `upload.rate_limit` (or its older name `daemon.rate_limit`) in bytes per second.
+    pub(crate) fn rate_limit(&self) -> Result<Option<u64>> {
+        let (key, text) = match (&self.upload.rate_limit, &self.daemon.rate_limit) {
+            (Some(_), Some(_)) => {
+                return Err(Error::config(
+                    "upload.rate_limit and daemon.rate_limit are both set: keep upload.rate_limit (daemon.rate_limit is its older name)",
+                ))
+            }
+            (Some(t), None) => ("upload.rate_limit", t),
+            (None, Some(t)) => ("daemon.rate_limit", t),
+            (None, None) => return Ok(None),
+        };
+        parse_rate(text).map_err(|e| Error::config(format!("{key}: {e}")))
+    }
+}
+
+/// `spool.order`: true for `newest-first`.
+fn newest_first(order: Option<&str>) -> Result<bool> {
+    match order {
+        None | Some("oldest-first") => Ok(false),
+        Some("newest-first") => Ok(true),
+        Some(other) => Err(Error::config(format!(
+            "spool.order = {other:?}: use \"oldest-first\" (the default) or \"newest-first\""
+        ))),
+    }
+}
+
+/// Most `spool.priority` patterns (each is a class; more would be a list no one can reason about).
+const MAX_PRIORITY_PATTERNS: usize = 32;
+
+/// `spool.priority`: glob patterns, highest priority first.
+fn priority(patterns: Option<&[String]>) -> Result<Vec<String>> {
+    let patterns = patterns.unwrap_or_default();
+    if patterns.len() > MAX_PRIORITY_PATTERNS {
+        return Err(Error::config(format!(
+            "spool.priority has {} patterns; at most {MAX_PRIORITY_PATTERNS} (each one is a priority class)",
+            patterns.len()
+        )));
+    }
+    for (i, p) in patterns.iter().enumerate() {
+        if p.trim().is_empty() {
+            return Err(Error::config(format!(
+                "spool.priority[{i}] is empty: give a pattern like \"alarms/*\" or \"*.jpg\""
+            )));
+        }
+        if p.starts_with('/') {
+            return Err(Error::config(format!(
+                "spool.priority[{i}] = {p:?}: patterns are relative to the spool directory (\"alarms/*\", not an absolute path)"
+            )));
+        }
+    }
+    Ok(patterns.to_vec())
 }
 
 /// The error of `ferry run` (or a reload) without `spool.dir`.
@@ -193,19 +250,14 @@ impl Raw {
             ignore,
             settle: duration_or(&sp.settle_time, "spool.settle_time", SETTLE_TIME)?,
             exclude,
+            priority: priority(sp.priority.as_deref())?,
+            newest_first: newest_first(sp.order.as_deref())?,
         };
         let concurrency = self.daemon.concurrency.unwrap_or(CONCURRENCY);
         if concurrency == 0 || concurrency > 64 {
             return Err(Error::config("daemon.concurrency must be between 1 and 64"));
         }
-        let rate = match &self.daemon.rate_limit {
-            None => None,
-            Some(t) => {
-                let n =
-                    parse_size(t).map_err(|e| Error::config(format!("daemon.rate_limit: {e}")))?;
-                (n > 0).then_some(n)
-            }
-        };
+        let rate = self.rate_limit()?;
         let rescan = duration_or(
             &sp.rescan_interval,
             "spool.rescan_interval",

@@ -25,6 +25,22 @@ pub(crate) fn parse_size(text: &str) -> Result<u64, String> {
         .ok_or_else(|| format!("{text:?} is too large"))
 }
 
+/// Parses a rate in bytes per second: a size with an optional `/s` (`2MiB/s`, `250KB`,
+/// `500000`); `0`, `off` or `none` mean no limit (`None`).
+pub(crate) fn parse_rate(text: &str) -> Result<Option<u64>, String> {
+    let t = text.trim();
+    if ["off", "none", "unlimited"].contains(&t.to_ascii_lowercase().as_str()) {
+        return Ok(None);
+    }
+    let size = t
+        .strip_suffix("/s")
+        .or_else(|| t.strip_suffix("/S"))
+        .unwrap_or(t);
+    let n = parse_size(size)
+        .map_err(|_| format!("{text:?} is not a rate like 2MiB/s, 250KB/s or 0 (no limit)"))?;
+    Ok((n > 0).then_some(n))
+}
+
 /// Parses a duration: `30s`, `500ms`, `2m`, `1h`, `1d`, or plain seconds.
 pub(crate) fn parse_duration(text: &str) -> Result<Duration, String> {
     let (n, unit) = split_number(text)
@@ -70,5 +86,18 @@ mod tests {
         assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
         assert_eq!(parse_duration("90"), Ok(Duration::from_secs(90)));
         assert!(parse_duration("1 fortnight").is_err());
+    }
+
+    #[test]
+    fn rates() {
+        assert_eq!(parse_rate("2MiB/s"), Ok(Some(2 << 20)));
+        assert_eq!(parse_rate(" 250KB "), Ok(Some(250_000)));
+        assert_eq!(parse_rate("512 KiB/s"), Ok(Some(512 << 10)));
+        assert_eq!(parse_rate("0"), Ok(None));
+        assert_eq!(parse_rate("off"), Ok(None));
+        assert_eq!(parse_rate("0/s"), Ok(None));
+        let e = parse_rate("fast").unwrap_err();
+        assert!(e.contains("\"fast\" is not a rate like 2MiB/s"), "{e}");
+        assert!(parse_rate("2MiB/h").is_err());
     }
 }

@@ -35,11 +35,12 @@ impl<'p, 'a> Main<'p, 'a> {
     fn reload(&mut self) -> Result<()> {
         match (self.parts.reload)() {
             Ok(new) => {
-                if new.concurrency != self.settings.concurrency
-                    || new.rate_limit_bytes_per_sec != self.settings.rate_limit_bytes_per_sec
-                {
-                    log::warn!("reloaded; daemon.concurrency and daemon.rate_limit take effect after a restart");
+                if new.concurrency != self.settings.concurrency {
+                    log::warn!("reloaded; daemon.concurrency takes effect after a restart");
                 }
+                // New rules for when to send: judged again at the next tick.
+                self.gate
+                    .replace((self.parts.policies)(&new), new.rate_limit_bytes_per_sec);
                 let concurrency = self.settings.concurrency;
                 let moved = new.spool != self.settings.spool;
                 self.settings = DaemonSettings { concurrency, ..new };

@@ -30,6 +30,7 @@ impl<'p, 'a> Main<'p, 'a> {
             log::info!("uploads are paused (`ferry resume` resumes them)");
         }
         self.tell(Input::Pause(paused))?;
+        self.check_limit_override();
         log::info!(
             "watching {} -> {} (after upload: {}, {} at once)",
             self.settings.spool.dir.display(),
@@ -115,6 +116,9 @@ impl<'p, 'a> Main<'p, 'a> {
             self.settling.remove(&p);
             self.consider(&p, false)?;
         }
+        if self.stopping.is_none() {
+            self.check_gate()?;
+        }
         self.dispatch()?;
         if now >= self.next_status {
             let state = self.state_name();
@@ -148,6 +152,9 @@ impl<'p, 'a> Main<'p, 'a> {
         if let Some(s) = self.core.next_due(self.parts.clock.now()) {
             due = due.min(s);
         }
+        if let Some(g) = self.gate.next_due(self.parts.clock.now()) {
+            due = due.min(g);
+        }
         due
     }
 
@@ -172,7 +179,10 @@ impl<'p, 'a> Main<'p, 'a> {
                 self.rescan_every = self.rescan_every.min(RESCAN_WITHOUT_WATCH);
                 self.next_rescan = self.parts.clock.now();
             }
-            Event::Control => self.check_pause()?,
+            Event::Control => {
+                self.check_pause()?;
+                self.check_limit_override();
+            }
             Event::Signal(sig) => self.signal(sig)?,
             Event::NetworkChanged => self.tell(Input::NetworkChanged)?,
             Event::Stepped(report) => self.stepped(*report)?,

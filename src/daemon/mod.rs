@@ -22,6 +22,7 @@ mod control;
 mod dispatch;
 mod failure;
 mod forget;
+mod gate;
 mod main_loop;
 mod report;
 mod scan;
@@ -39,6 +40,7 @@ use crate::clock::{random_seed, Clock};
 use crate::error::{Error, Result};
 use crate::hook::{self, HookSettings};
 use crate::notify::Notifier;
+use crate::policy::Policy;
 use crate::progress::{Progress, Rate};
 use crate::ratelimit::RateLimiter;
 use crate::spool::SpoolRules;
@@ -47,6 +49,7 @@ use crate::store::{FileKey, Store};
 use crate::transport::Transport;
 use crate::upload::{FileUpload, Settings, Uploader};
 
+use gate::Gate;
 use schedule::{Pacing, Schedule};
 use worker::{worker, Job, Stepped};
 
@@ -141,6 +144,8 @@ pub(crate) struct Parts<'a> {
     pub rewatch: &'a dyn Fn(&SpoolRules),
     /// The after-upload hook.
     pub hook: Option<&'a HookSettings>,
+    /// Builds the field policies these settings ask for (at start and on every reload).
+    pub policies: &'a dyn Fn(&DaemonSettings) -> Vec<Box<dyn Policy>>,
 }
 
 /// The main thread's view of a started upload.
@@ -170,9 +175,16 @@ pub(crate) fn run(
 ) -> Result<()> {
     let interrupt = Arc::new(AtomicBool::new(false));
     let bytes_sent = Arc::new(AtomicU64::new(0));
-    let limiter = settings
-        .rate_limit_bytes_per_sec
-        .map(|r| Arc::new(RateLimiter::new(r, parts.clock.clone())));
+    // Always there, unlimited or not: an upload window or `ferry limit` may set a rate later.
+    let limiter = Arc::new(RateLimiter::new(
+        settings.rate_limit_bytes_per_sec,
+        parts.clock.clone(),
+    ));
+    let gate = Gate::new(
+        (parts.policies)(&settings),
+        settings.rate_limit_bytes_per_sec,
+        limiter.clone(),
+    );
     let (jobs_tx, jobs_rx) = std::sync::mpsc::channel::<Job>();
     let jobs_rx = Arc::new(Mutex::new(jobs_rx));
     let seed = random_seed();
@@ -184,7 +196,7 @@ pub(crate) fn run(
         seed,
     )
     .with_interrupt(interrupt.clone())
-    .with_rate_limit(limiter)
+    .with_rate_limit(Some(limiter))
     .with_byte_counter(bytes_sent.clone())
     .with_failure_scopes();
     std::thread::scope(|scope| {
@@ -223,7 +235,7 @@ pub(crate) fn run(
                     source: e,
                 })?;
         }
-        let mut main = Main::new(&parts, settings, interrupt, jobs_tx, bytes_sent, seed);
+        let mut main = Main::new(&parts, settings, interrupt, jobs_tx, bytes_sent, seed, gate);
         if parts.hook.is_some() {
             main.hooks = Some((hooks_tx, hook_stop));
         }
@@ -241,6 +253,8 @@ struct Main<'p, 'a> {
     jobs: Sender<Job>,
     /// The scheduler: which file steps next, and when.
     core: Schedule,
+    /// The field policies and rate limits.
+    gate: Gate,
     /// Started uploads (stepping, or waiting between steps).
     uploads: HashMap<FileKey, Upload>,
     settling: HashMap<PathBuf, Instant>,
@@ -281,6 +295,7 @@ impl<'p, 'a> Main<'p, 'a> {
         jobs: Sender<Job>,
         bytes_sent: Arc<AtomicU64>,
         seed: u64,
+        gate: Gate,
     ) -> Self {
         let now = parts.clock.now();
         let rescan_every = settings.rescan_interval;
@@ -293,6 +308,7 @@ impl<'p, 'a> Main<'p, 'a> {
                 seed.rotate_left(17),
             )
             .with_hook(parts.hook.is_some()),
+            gate,
             settings,
             interrupt,
             jobs,

@@ -30,6 +30,8 @@ impl<'p, 'a> Main<'p, 'a> {
             "waiting for the spool directory"
         } else if self.core.paused() {
             "paused"
+        } else if self.core.gate().is_some() {
+            "held"
         } else {
             "running"
         }
@@ -152,6 +154,8 @@ impl<'p, 'a> Main<'p, 'a> {
             queued_unlisted: Some(self.core.waiting().saturating_sub(listed_queued)),
             files,
             blocked: self.blocked(now),
+            rate_limit: self.gate_rate(),
+            policy_notes: self.gate_notes(),
             failed,
             state_damage: self.state_damage(),
             totals,
@@ -169,7 +173,7 @@ impl Main<'_, '_> {
             }
             (_, Some(Blocked::Paused)) => "paused",
             (_, Some(Blocked::Link)) => "waiting for the link",
-            (_, Some(Blocked::Endpoint)) => "held",
+            (_, Some(Blocked::Endpoint | Blocked::Policy)) => "held",
             (FileState::Ready, None) => "waiting",
             (FileState::BackingOff { .. }, None) => "backing off",
             (FileState::Queued, None) => "queued",
@@ -218,6 +222,9 @@ impl Main<'_, '_> {
 
     /// Why uploads do not go on, when the link or the endpoint stops them all.
     fn blocked(&self, now: Instant) -> Option<String> {
+        if let Some(why) = self.core.gate() {
+            return Some(why.to_string());
+        }
         let in_secs = |t: Instant| t.saturating_duration_since(now).as_secs();
         if let Link::Down {
             probe_at,

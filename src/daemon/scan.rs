@@ -13,7 +13,7 @@ use crate::spool::{self, Verdict};
 use crate::store::FileKey;
 use crate::store::RecordState;
 
-use super::schedule::Input;
+use super::schedule::{Input, Rank};
 use super::Main;
 
 /// Full rescans when inotify is not available.
@@ -163,9 +163,15 @@ impl<'p, 'a> Main<'p, 'a> {
         // from the record, whether the content is the same.
         let has_url =
             record.is_some_and(|r| r.state == RecordState::Uploading && r.identity == identity);
+        let rules = &self.settings.spool;
+        let rank = Rank::new(
+            rules.priority_class(key.path()),
+            spool::mtime_of(&identity),
+            rules.newest_first,
+        );
         self.tell(Input::Ready {
             key: key.clone(),
-            mtime: spool::mtime_of(&identity),
+            rank,
             has_url,
             by_scan,
         })

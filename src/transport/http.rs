@@ -15,6 +15,7 @@
 
 use std::io::Read;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -80,6 +81,8 @@ impl HttpSettings {
 pub(crate) struct UreqTransport {
     agent: ureq::Agent,
     settings: HttpSettings,
+    /// Each upload's share of our own rate limit now, bytes per second (0: no limit).
+    paced: AtomicU64,
     /// Set when an exchange showed that the endpoint URL itself is wrong.
     endpoint_problem: Mutex<Option<String>>,
 }
@@ -114,7 +117,22 @@ impl UreqTransport {
         Ok(Self {
             agent: ureq::Agent::with_parts(config, connector, DefaultResolver::default()),
             settings: settings.clone(),
+            paced: AtomicU64::new(0),
             endpoint_problem: Mutex::new(None),
+        })
+    }
+
+    /// The settings for the next request: `min_send_rate` lowered to half of each upload's
+    /// share of our own rate limit, so that our own pacing never makes a body too slow.
+    fn settings_now(&self) -> std::borrow::Cow<'_, HttpSettings> {
+        let paced = self.paced.load(Ordering::Relaxed);
+        let floor = (paced / 2).max(1);
+        if paced == 0 || self.settings.min_send_rate_bytes_per_sec <= floor {
+            return std::borrow::Cow::Borrowed(&self.settings);
+        }
+        std::borrow::Cow::Owned(HttpSettings {
+            min_send_rate_bytes_per_sec: floor,
+            ..self.settings.clone()
         })
     }
 
@@ -203,7 +221,7 @@ impl Transport for UreqTransport {
                 let http = self
                     .agent
                     .configure_request(http)
-                    .timeout_send_body(self.settings.send_body_limit(len))
+                    .timeout_send_body(self.settings_now().send_body_limit(len))
                     .build();
                 self.agent.run(http)
             }
@@ -255,6 +273,10 @@ impl Transport for UreqTransport {
         super::delivery::watching(delivery, || self.send(req, body))
     }
 
+    fn pace(&self, per_upload: Option<u64>) {
+        self.paced.store(per_upload.unwrap_or(0), Ordering::Relaxed);
+    }
+
     fn shut_down(&self) {
         // Shuts the sockets of this agent's connections (ours register in tcp.rs).
         self.agent.clone().shutdown();
@@ -264,7 +286,7 @@ impl Transport for UreqTransport {
 impl UreqTransport {
     /// The [`TransportError`] for `e`, naming `peer`; remembers an endpoint problem.
     fn failed(&self, e: ureq::Error, peer: &str, req: &Request) -> TransportError {
-        let err = classify(e, peer, &self.settings, req);
+        let err = classify(e, peer, &self.settings_now(), req);
         if err.kind == FailureKind::Endpoint {
             *self
                 .endpoint_problem

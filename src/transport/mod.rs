@@ -39,6 +39,10 @@ pub(crate) trait Transport: Send + Sync {
         self.send(req, body)
     }
 
+    /// Our own rate limit now lets each upload send about `per_upload` bytes per second
+    /// (`None`: no limit): the bound on how long a body may take allows for it.
+    fn pace(&self, _per_upload: Option<u64>) {}
+
     /// Ends every exchange in flight at once (reads and writes blocked in other threads
     /// return an error) and refuses new ones: for a shutdown that must not wait out a
     /// timeout. For good: the transport is not used again.

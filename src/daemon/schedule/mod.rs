@@ -23,7 +23,7 @@
 //! reported done for the content the core last heard of, after its hook succeeded.
 
 use std::collections::{HashMap, HashSet};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use crate::backoff::Jitter;
 use crate::queue::Window;
@@ -112,8 +112,8 @@ pub(crate) enum Input {
     Ready {
         /// The file.
         key: FileKey,
-        /// Its modification time (the queue is oldest first).
-        mtime: SystemTime,
+        /// Its place in line (priority class, then age).
+        rank: Rank,
         /// It resumes an upload (needs no creation).
         has_url: bool,
         /// Found by a full scan (counts for the queue's refill).
@@ -140,6 +140,10 @@ pub(crate) enum Input {
     },
     /// The pause marker appeared (true) or went (false).
     Pause(bool),
+    /// A field policy closed the gate (`Some(why)`: an upload window, the network's
+    /// interface, a condition command) or every policy opens it again (`None`). Closed holds
+    /// uploads as a pause does.
+    Gate(Option<String>),
     /// SIGTERM or SIGINT.
     Stop,
     /// The kernel announced a route, address or link change.
@@ -211,11 +215,45 @@ pub(crate) struct Hold {
     pub probe: Option<FileKey>,
 }
 
+/// A file's place in line: its priority class first (0 goes first: `spool.priority`), then
+/// its age in the configured order (`spool.order`: oldest or newest first).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub(crate) struct Rank {
+    class: u8,
+    /// Nanoseconds since the epoch of the modification time; negated for newest first.
+    age: i128,
+}
+
+impl Rank {
+    /// Class `class`, then by modification time (`newest_first` or oldest first).
+    pub(crate) fn new(class: u8, mtime: SystemTime, newest_first: bool) -> Self {
+        let nanos = match mtime.duration_since(UNIX_EPOCH) {
+            Ok(d) => d.as_nanos() as i128,
+            Err(e) => -(e.duration().as_nanos() as i128),
+        };
+        Self {
+            class,
+            age: if newest_first { -nanos } else { nanos },
+        }
+    }
+
+    /// One class, oldest first (no priorities configured).
+    #[cfg(test)]
+    pub(crate) fn by_age(mtime: SystemTime) -> Self {
+        Self::new(0, mtime, false)
+    }
+
+    /// The priority class (0 goes first).
+    pub(crate) fn class(&self) -> u8 {
+        self.class
+    }
+}
+
 /// A started file.
 #[derive(Debug, Clone)]
 struct Started {
     state: FileState,
-    mtime: SystemTime,
+    rank: Rank,
     has_url: bool,
 }
 
@@ -223,13 +261,15 @@ struct Started {
 #[derive(Debug)]
 pub(crate) struct Schedule {
     concurrency: usize,
-    queue: Window<FileKey>,
+    queue: Window<FileKey, Rank>,
     /// Queued files that resume an upload (need no creation).
     queued_with_url: HashSet<FileKey>,
     started: HashMap<FileKey, Started>,
     /// Stepping files that are gone or no longer ours: forgotten when their step reports.
     dropped: HashSet<FileKey>,
     paused: bool,
+    /// Why a field policy holds uploads, if one does.
+    gate: Option<String>,
     stopping: bool,
     link: Link,
     hold: Option<Hold>,
@@ -257,6 +297,8 @@ pub(crate) struct FileView {
 pub(crate) enum Blocked {
     /// Uploads are paused.
     Paused,
+    /// A field policy holds uploads (the core's [`Schedule::gate`] says why).
+    Policy,
     /// The link gives no answer.
     Link,
     /// The endpoint refuses creations and the file needs one, or the server answers every
@@ -275,6 +317,7 @@ impl Schedule {
             started: HashMap::new(),
             dropped: HashSet::new(),
             paused: false,
+            gate: None,
             stopping: false,
             link: Link::Up,
             hold: None,
@@ -300,7 +343,7 @@ impl Schedule {
             }
             Input::Ready {
                 key,
-                mtime,
+                rank,
                 has_url,
                 by_scan,
             } => {
@@ -314,7 +357,7 @@ impl Schedule {
                     } else {
                         self.queued_with_url.remove(&key);
                     }
-                    self.queue.offer(&key, mtime, by_scan);
+                    self.queue.offer(&key, rank, by_scan);
                 }
             }
             Input::Complete { key, hook_done } => {
@@ -361,12 +404,14 @@ impl Schedule {
                 self.stepped(key, outcome, has_url, now);
             }
             Input::Pause(paused) => {
-                if paused != self.paused {
-                    self.paused = paused;
-                    if !self.stopping {
-                        return vec![Action::Interrupt(paused)];
-                    }
-                }
+                let held = self.held();
+                self.paused = paused;
+                return self.interrupt_if_changed(held);
+            }
+            Input::Gate(why) => {
+                let held = self.held();
+                self.gate = why;
+                return self.interrupt_if_changed(held);
             }
             Input::Stop => {
                 if !self.stopping {
@@ -381,6 +426,21 @@ impl Schedule {
             }
         }
         Vec::new()
+    }
+
+    /// True while no upload may step: paused, or a field policy closed the gate.
+    fn held(&self) -> bool {
+        self.paused || self.gate.is_some()
+    }
+
+    /// The workers' interrupt follows a change of [`Self::held`] from `was` (a stop keeps it set).
+    fn interrupt_if_changed(&self, was: bool) -> Vec<Action> {
+        let held = self.held();
+        if held != was && !self.stopping {
+            vec![Action::Interrupt(held)]
+        } else {
+            Vec::new()
+        }
     }
 
     fn gone(&mut self, key: FileKey) -> Vec<Action> {
@@ -446,7 +506,7 @@ impl Schedule {
         if self.stopping {
             return actions;
         }
-        // Hooks and actions send no upload bytes: they go on while paused.
+        // Hooks and actions send no upload bytes: they go on while paused or held.
         let mut due: Vec<(&FileKey, &Finish)> = self
             .finishing
             .iter()
@@ -458,7 +518,7 @@ impl Schedule {
         for (key, stage) in due {
             actions.extend(self.finish(key, stage));
         }
-        if self.paused {
+        if self.held() {
             return actions;
         }
         let mut stepping = self.stepping();
@@ -488,9 +548,18 @@ impl Schedule {
         actions
     }
 
-    /// The next file to step, started ones first (oldest first among them), then the queue;
-    /// marks it stepping.
+    /// The next file to step, marked stepping: a started one first (first in line among
+    /// them), so that uploads once begun finish; but a queued file of a higher priority class
+    /// goes before them (an alarm image does not wait behind a long video: the video yields
+    /// at the end of its step and resumes later from the server's offset).
     fn next_candidate(&mut self, now: Instant, creation_open: bool) -> Option<(FileKey, bool)> {
+        let with_url = &self.queued_with_url;
+        let room = self.started.len() < self.concurrency + STARTED_MAX_EXTRA;
+        let queued_class = self
+            .queue
+            .first_rank_where(|k| creation_open || with_url.contains(k))
+            .filter(|_| room)
+            .map(Rank::class);
         let waiting = self
             .started
             .iter()
@@ -500,7 +569,8 @@ impl Schedule {
                 _ => false,
             })
             .filter(|(_, s)| s.has_url || creation_open)
-            .min_by(|a, b| (a.1.mtime, a.0).cmp(&(b.1.mtime, b.0)))
+            .min_by(|a, b| (a.1.rank, a.0).cmp(&(b.1.rank, b.0)))
+            .filter(|(_, s)| queued_class.is_none_or(|c| s.rank.class() <= c))
             .map(|(k, s)| (k.clone(), s.has_url));
         if let Some((key, has_url)) = waiting {
             if let Some(s) = self.started.get_mut(&key) {
@@ -508,11 +578,11 @@ impl Schedule {
             }
             return Some((key, has_url));
         }
-        if self.started.len() >= self.concurrency + STARTED_MAX_EXTRA {
+        if !room {
             return None;
         }
         let with_url = &self.queued_with_url;
-        let (mtime, key) = self
+        let (rank, key) = self
             .queue
             .take_oldest_where(|k| creation_open || with_url.contains(k))?;
         let has_url = self.queued_with_url.remove(&key);
@@ -520,7 +590,7 @@ impl Schedule {
             key.clone(),
             Started {
                 state: FileState::Stepping,
-                mtime,
+                rank,
                 has_url,
             },
         );
@@ -577,6 +647,11 @@ impl Schedule {
         self.paused
     }
 
+    /// Why a field policy holds uploads, if one does.
+    pub(crate) fn gate(&self) -> Option<&str> {
+        self.gate.as_deref()
+    }
+
     /// The link's state.
     pub(crate) fn link(&self) -> &Link {
         &self.link
@@ -600,7 +675,7 @@ impl Schedule {
     /// Every file the core knows, started ones first, each with its state.
     pub(crate) fn files(&self, now: Instant) -> Vec<FileView> {
         let mut started: Vec<_> = self.started.iter().collect();
-        started.sort_by(|a, b| (a.1.mtime, a.0).cmp(&(b.1.mtime, b.0)));
+        started.sort_by(|a, b| (a.1.rank, a.0).cmp(&(b.1.rank, b.0)));
         let started = started
             .into_iter()
             .map(|(k, s)| (k.clone(), s.state, s.has_url));
@@ -636,6 +711,8 @@ impl Schedule {
             None
         } else if self.paused {
             Some(Blocked::Paused)
+        } else if self.gate.is_some() {
+            Some(Blocked::Policy)
         } else if let Link::Down { refused, .. } = self.link {
             Some(if refused {
                 Blocked::Endpoint

@@ -15,7 +15,7 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use super::{Action, Input, Outcome, Pacing, Schedule};
+use super::{Action, Input, Outcome, Pacing, Rank, Schedule};
 use crate::backoff::Jitter;
 use crate::clock::{Clock, ManualClock};
 use crate::store::FileKey;
@@ -140,6 +140,10 @@ struct World {
     in_flight: BTreeMap<(Instant, u64), Work>,
     seq: u64,
     paused: bool,
+    /// A field policy holds uploads (the gate is closed).
+    gated: bool,
+    /// Files are ranked by priority class (from their names) and, in some worlds, newest first.
+    ranked: Option<bool>,
     link_up: bool,
     refusing: bool,
     locked: HashSet<String>,
@@ -170,6 +174,8 @@ impl World {
                 .filter(|_| rng.next_unit() < 0.5)
                 .fold(0, |m, k| m | (1 << k))
         };
+        // Half the worlds rank files by priority class (oldest or newest first).
+        let ranked = (rng.next_unit() < 0.5).then(|| rng.next_unit() < 0.5);
         let now = ManualClock::new(UNIX_EPOCH).now();
         Self {
             core: Schedule::new(concurrency, window, Pacing::default(), seed ^ 0x5eed)
@@ -193,6 +199,8 @@ impl World {
             in_flight: BTreeMap::new(),
             seq: 0,
             paused: false,
+            gated: false,
+            ranked,
             link_up: true,
             refusing: false,
             locked: HashSet::new(),
@@ -266,7 +274,14 @@ impl World {
             },
             _ => Input::Ready {
                 key: Self::key(name),
-                mtime,
+                rank: match self.ranked {
+                    // Three classes by name, so that files of every class meet.
+                    Some(newest_first) => {
+                        let class = name.bytes().fold(0u8, u8::wrapping_add) % 3;
+                        Rank::new(class, mtime, newest_first)
+                    }
+                    None => Rank::by_age(mtime),
+                },
                 has_url: rec.is_some_and(|r| r.upload.is_some()),
                 by_scan: false,
             },
@@ -285,7 +300,9 @@ impl World {
         for a in actions {
             match a {
                 Action::Step(key) => self.start_step(Self::name(&key)),
-                Action::Interrupt(on) => assert_eq!(on, self.paused, "interrupt flag"),
+                Action::Interrupt(on) => {
+                    assert_eq!(on, self.paused || self.gated, "interrupt flag");
+                }
                 // The shell looks at the file again: it may be back, or new.
                 Action::Drop(key) => self.offer(&Self::name(&key)),
                 Action::Hook(key) => {
@@ -316,6 +333,10 @@ impl World {
 
     fn start_step(&mut self, name: String) {
         assert!(!self.paused, "a step was handed out while paused");
+        assert!(
+            !self.gated,
+            "a step was handed out while a policy held uploads"
+        );
         assert!(
             !self.moved,
             "{name} is stepped after a reload moved the spool away from it"
@@ -445,7 +466,7 @@ impl World {
         if !in_spool {
             return (Outcome::Ended, has_url); // the source vanished under it
         }
-        if self.paused && self.chance(0.7) {
+        if (self.paused || self.gated) && self.chance(0.7) {
             return (Outcome::Interrupted, has_url);
         }
         if !self.link_up {
@@ -615,9 +636,16 @@ impl World {
                 }
             }
         } else if r < 0.47 && self.fault(PAUSE) {
-            let paused = !self.paused;
-            self.paused = paused;
-            self.handle(Input::Pause(paused));
+            if self.chance(0.5) {
+                let paused = !self.paused;
+                self.paused = paused;
+                self.handle(Input::Pause(paused));
+            } else {
+                // A field policy (an upload window, the route's interface) holds or frees.
+                self.gated = !self.gated;
+                let why = self.gated.then(|| "outside upload window".to_string());
+                self.handle(Input::Gate(why));
+            }
         } else if r < 0.55 && self.fault(LINK) {
             self.link_up = !self.link_up;
             self.log(format!("link up: {}", self.link_up));
@@ -766,6 +794,9 @@ impl World {
         if paused {
             self.handle(Input::Pause(true));
         }
+        if self.gated {
+            self.handle(Input::Gate(Some("outside upload window".into())));
+        }
         self.scan();
     }
 
@@ -832,6 +863,10 @@ fn run_seed(seed: u64, trace_all: bool) -> Result<Coverage, String> {
                     if w.paused {
                         w.paused = false;
                         w.handle(Input::Pause(false));
+                    }
+                    if w.gated {
+                        w.gated = false;
+                        w.handle(Input::Gate(None));
                     }
                     w.link_up = true;
                     w.refusing = false;

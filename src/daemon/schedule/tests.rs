@@ -31,7 +31,7 @@ impl Sim {
     fn ready(&mut self, name: &str, age: u64, has_url: bool) {
         let input = Input::Ready {
             key: key(name),
-            mtime: mtime(age),
+            rank: Rank::by_age(mtime(age)),
             has_url,
             by_scan: false,
         };
@@ -597,4 +597,107 @@ fn one_creation_probes_after_a_hold_until_it_answers() {
         "the probe's creation lifts the hold"
     );
     assert_eq!(s.poll(), ["a", "b"], "then creations go again");
+}
+
+impl Sim {
+    fn ready_ranked(&mut self, name: &str, class: u8, age: u64) {
+        let input = Input::Ready {
+            key: key(name),
+            rank: Rank::new(class, mtime(age), false),
+            has_url: false,
+            by_scan: false,
+        };
+        assert!(self.core.handle(input, self.now).is_empty());
+    }
+}
+
+#[test]
+fn a_closed_gate_holds_like_a_pause_and_both_must_open() {
+    let mut s = Sim::new(1);
+    s.ready("a", 1, false);
+    assert_eq!(s.poll(), ["a"]);
+    let closed = Some("outside upload window until Mon 22:00".to_string());
+    assert_eq!(
+        s.handle(Input::Gate(closed.clone())),
+        [Action::Interrupt(true)],
+        "the step in flight is cut, as by a pause"
+    );
+    s.stepped("a", Outcome::Interrupted, true);
+    assert!(
+        s.poll().is_empty(),
+        "nothing steps while the gate is closed"
+    );
+    assert_eq!(s.view("a").blocked, Some(Blocked::Policy));
+    assert_eq!(s.core.gate(), closed.as_deref());
+    assert!(
+        s.handle(Input::Gate(Some("another reason".into())))
+            .is_empty(),
+        "a new reason for a closed gate changes no interrupt"
+    );
+    assert!(s.handle(Input::Pause(true)).is_empty(), "already held");
+    assert!(s.handle(Input::Gate(None)).is_empty(), "still paused");
+    assert!(s.poll().is_empty(), "paused: still nothing");
+    assert_eq!(s.view("a").blocked, Some(Blocked::Paused));
+    assert_eq!(s.handle(Input::Pause(false)), [Action::Interrupt(false)]);
+    assert_eq!(s.poll(), ["a"], "the interrupted file goes on first");
+}
+
+#[test]
+fn a_stop_keeps_the_interrupt_when_the_gate_opens() {
+    let mut s = Sim::new(1);
+    s.handle(Input::Gate(Some("condition says wait".into())));
+    assert_eq!(s.handle(Input::Stop), [Action::Interrupt(true)]);
+    assert!(
+        s.handle(Input::Gate(None)).is_empty(),
+        "stopping: the interrupt stays set"
+    );
+}
+
+#[test]
+fn an_alarm_goes_before_a_started_video_at_its_next_step() {
+    let mut s = Sim::new(1);
+    s.ready_ranked("video.mp4", 2, 1);
+    assert_eq!(s.poll(), ["video.mp4"]);
+    s.stepped("video.mp4", Outcome::Continue, true);
+    assert_eq!(s.poll(), ["video.mp4"], "no other file: the video goes on");
+    s.ready_ranked("still.jpg", 1, 5);
+    s.ready_ranked("alarm.jpg", 0, 9);
+    s.stepped("video.mp4", Outcome::Continue, true);
+    assert_eq!(
+        s.poll(),
+        ["alarm.jpg"],
+        "the newest file, but of the highest class: it preempts the video at its step's end"
+    );
+    s.stepped("alarm.jpg", Outcome::Done, true);
+    assert_eq!(s.poll(), ["still.jpg"], "then the next class");
+    s.stepped("still.jpg", Outcome::Done, true);
+    assert_eq!(s.poll(), ["video.mp4"], "the video resumes last");
+    assert_eq!(s.view("video.mp4").state, FileState::Stepping);
+}
+
+#[test]
+fn within_a_class_a_started_file_goes_on_before_the_queue() {
+    let mut s = Sim::new(1);
+    s.ready_ranked("b.jpg", 1, 9);
+    assert_eq!(s.poll(), ["b.jpg"]);
+    s.stepped("b.jpg", Outcome::Continue, true);
+    s.ready_ranked("a.jpg", 1, 1);
+    assert_eq!(
+        s.poll(),
+        ["b.jpg"],
+        "same class: the started file finishes first, older queued files wait"
+    );
+}
+
+#[test]
+fn newest_first_ranks_the_newest_file_first_in_its_class() {
+    let (old, new) = (mtime(1), mtime(2));
+    assert!(Rank::new(0, new, true) < Rank::new(0, old, true));
+    assert!(Rank::new(0, old, false) < Rank::new(0, new, false));
+    assert!(
+        Rank::new(0, old, true) < Rank::new(1, new, true),
+        "the class decides first"
+    );
+    let before_epoch = UNIX_EPOCH - Duration::from_secs(5);
+    assert!(Rank::new(0, before_epoch, false) < Rank::new(0, UNIX_EPOCH, false));
 }
