@@ -10,7 +10,8 @@ use crate::config::Env;
 use crate::daemon::{DaemonSettings, Parts};
 use crate::error::{Error, Result};
 use crate::notify::Notifier;
-use crate::policy::Policy;
+use crate::policy::window::WindowPolicy;
+use crate::policy::{clocksync, Policy};
 use crate::store::Store;
 use crate::transport::http::UreqTransport;
 
@@ -31,12 +32,19 @@ pub(super) fn run_daemon(args: &CommonArgs, env: &Env) -> Result<i32> {
     crate::netwatch::spawn(tx.clone());
     let rewatch = |rules: &crate::spool::SpoolRules| watcher.watch(rules.clone());
     let state_dir = config.state_dir.clone();
-    let reload = move || -> Result<DaemonSettings> { load(args)?.resolve_daemon(&state_dir) };
+    let reload = move || -> Result<DaemonSettings> { load(args)?.resolve_daemon(&state_dir, env) };
     // The field policies the settings ask for, with their real probes (none configured: none).
     let endpoint = config.upload.endpoint.clone();
     let policy_clock = clock.clone();
     let policies = move |settings: &DaemonSettings| -> Vec<Box<dyn Policy>> {
-        settings.network.policies(&endpoint, &policy_clock)
+        let mut out = settings.network.policies(&endpoint, &policy_clock);
+        if let Some(schedule) = &settings.schedule {
+            out.push(Box::new(WindowPolicy::new(
+                schedule,
+                clocksync::system_probe(),
+            )));
+        }
+        out
     };
     let parts = Parts {
         transport: &transport,

@@ -24,6 +24,10 @@ pub(crate) struct Env {
     pub journald: bool,
     /// `$RUST_LOG`: the log filter, which wins over `-q`/`-v`.
     pub rust_log: Option<String>,
+    /// `$TZ`: the local time zone for upload windows (else /etc/localtime).
+    pub tz: Option<OsString>,
+    /// `$TZDIR`: where zone names are looked up (else /usr/share/zoneinfo).
+    pub tzdir: Option<PathBuf>,
 }
 
 impl Env {
@@ -43,6 +47,8 @@ impl Env {
             watchdog: watchdog(var("WATCHDOG_USEC"), var("WATCHDOG_PID")),
             journald: var("JOURNAL_STREAM").is_some_and(|v| is_stderr(&v)),
             rust_log: var("RUST_LOG").map(|v| v.to_string_lossy().into_owned()),
+            tz: var("TZ"),
+            tzdir: var("TZDIR").map(PathBuf::from),
         }
     }
 

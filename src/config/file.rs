@@ -43,6 +43,38 @@ pub(crate) struct Raw {
     /// `[broker]` (`ferry broker`, the one-time upload URL service).
     #[serde(default)]
     pub broker: RawBroker,
+    /// `[schedule]` (`ferry run`): upload windows.
+    #[serde(default)]
+    pub schedule: RawSchedule,
+}
+
+/// `[schedule]` keys.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawSchedule {
+    /// `[[schedule.window]]` entries; none: uploads may go at any time.
+    #[serde(default)]
+    pub window: Vec<RawWindow>,
+    /// `wait` (default) or `trust`: what windows do while the clock is not synchronised.
+    pub unsynced_clock: Option<String>,
+}
+
+/// One `[[schedule.window]]`. Unknown keys are collected, not refused by serde, so that the
+/// error can name the window's index.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
+pub(crate) struct RawWindow {
+    /// `Mon-Fri`, `Sat,Sun`, `*` (default: every day).
+    pub days: Option<String>,
+    /// Opening, local time `HH:MM` or `HH:MM:SS`.
+    pub from: Option<String>,
+    /// Closing, local time; not after `from`: on the next day; equal to `from`: a whole day.
+    pub to: Option<String>,
+    /// Bytes per second for all uploads together while this window is open ("0" = none).
+    #[serde(default, deserialize_with = "values::size")]
+    pub rate_limit: Option<String>,
+    /// Any other key (an error).
+    #[serde(flatten)]
+    pub unknown: BTreeMap<String, values::Ignored>,
 }
 
 /// `[broker]` keys (`ferry broker`); checked by the broker itself.
@@ -310,6 +342,10 @@ impl Raw {
         take!(network.condition);
         take!(network.condition_interval);
         take!(network.condition_timeout);
+        if !over.schedule.window.is_empty() {
+            self.schedule.window = over.schedule.window.clone();
+        }
+        take!(schedule.unsynced_clock);
         self.server.headers.extend(over.server.headers);
         self.server.header_files.extend(over.server.header_files);
         self.upload.metadata.extend(over.upload.metadata);

@@ -70,16 +70,26 @@
 //! condition = "/usr/local/bin/may-upload"       # exit 0 = go, else wait; or [program, args...]
 //! condition_interval = "60s"                    # run at most this often
 //! condition_timeout = "10s"                     # killed after this; counts as wait
+//!
+//! [schedule]                                    # ferry run: upload windows; none = upload at any time
+//! unsynced_clock = "wait"                       # wait | trust: windows before NTP has set the clock
+//! window = [{ days = "Mon-Fri", from = "22:00", to = "06:00", rate_limit = "2MiB" }]
+//!   # uploads go while any window is open; also written as [[schedule.window]] tables.
+//!   # days: Mon-Fri, Sat,Sun, Fri-Mon, * (default *); from/to: local time HH:MM[:SS] (TZ, else
+//!   # /etc/localtime); to not after from: the next day; equal: 24 hours; rate_limit: bytes/s
+//!   # while open (optional; among open windows the highest wins, none beats any)
 //! ```
 
 pub(crate) mod env;
 pub(crate) mod file;
 mod network;
 pub(crate) mod resolve;
+mod schedule;
 #[cfg(test)]
 mod tests;
 pub(crate) mod units;
 mod values;
+mod zone;
 
 use std::path::{Path, PathBuf};
 

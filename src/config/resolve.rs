@@ -129,7 +129,7 @@ impl Raw {
             }),
         };
         let daemon = match self.spool.dir {
-            Some(_) => Some(self.resolve_daemon(&state_dir)?),
+            Some(_) => Some(self.resolve_daemon(&state_dir, env)?),
             None => None,
         };
         let rate_limit = self.rate_limit()?;
@@ -232,8 +232,9 @@ pub(super) fn no_spool_dir() -> Error {
 }
 
 impl Raw {
-    /// Checks the `[spool]` and `[daemon]` keys for `ferry run` (at start and on SIGHUP).
-    pub(crate) fn resolve_daemon(&self, state_dir: &Path) -> Result<DaemonSettings> {
+    /// Checks the `[spool]`, `[daemon]` and `[schedule]` keys for `ferry run` (at start and on
+    /// SIGHUP).
+    pub(crate) fn resolve_daemon(&self, state_dir: &Path, env: &Env) -> Result<DaemonSettings> {
         let sp = &self.spool;
         let dir = sp.dir.clone().ok_or_else(no_spool_dir)?;
         let after_upload = after_upload(sp.after_upload.as_deref())?;
@@ -275,6 +276,7 @@ impl Raw {
             rescan_interval: rescan,
             metrics_file: self.daemon.metrics_file.clone(),
             network: super::network::resolve(&self.network)?,
+            schedule: self.resolve_schedule(env)?,
         })
     }
 }

@@ -295,3 +295,212 @@ fn a_chunk_below_64_kib_is_refused() {
         65_536
     );
 }
+
+/// `[schedule]` with `TZ` set to `tz` in the environment: the daemon's schedule settings.
+fn schedule(
+    text: &str,
+    tz: Option<&str>,
+) -> Result<Option<crate::policy::schedule::ScheduleSettings>> {
+    let env = Env {
+        tz: tz.map(Into::into),
+        ..Env::default()
+    };
+    from_toml(
+        &format!(
+            "state_dir=\"/s\"\n[server]\nendpoint = \"http://h/\"\n[spool]\ndir = \"/sp\"\n{text}"
+        ),
+        "ferry.toml",
+    )
+    .and_then(|r| r.resolve(&env))
+    .map(|c| c.daemon.unwrap().schedule)
+}
+
+#[test]
+fn schedule_windows_resolve_with_days_times_rates_and_the_zone() {
+    use crate::policy::schedule::{Days, UnsyncedClock, Window};
+    let s = schedule(
+        "[schedule]\nunsynced_clock = \"trust\"\n\
+         [[schedule.window]]\ndays = \"Mon-Fri\"\nfrom = \"22:00\"\nto = \"06:00\"\nrate_limit = \"2MiB\"\n\
+         [[schedule.window]]\ndays = \"sat, SUN\"\nfrom = \"00:00:30\"\nto = \"24:00\"\nrate_limit = 0\n\
+         [[schedule.window]]\nfrom = \"12:00\"\nto = \"12:00\"",
+        Some("CET-1CEST,M3.5.0,M10.5.0/3"),
+    )
+    .unwrap()
+    .unwrap();
+    assert_eq!(s.unsynced_clock, UnsyncedClock::Trust);
+    assert_eq!(
+        s.windows,
+        [
+            Window {
+                days: Days(0x1f),
+                from_secs: 22 * 3600,
+                to_secs: 6 * 3600,
+                rate_limit: Some(2 << 20)
+            },
+            Window {
+                days: Days(0x60),
+                from_secs: 30,
+                to_secs: 0,
+                rate_limit: None
+            },
+            Window {
+                days: Days::ALL,
+                from_secs: 12 * 3600,
+                to_secs: 12 * 3600,
+                rate_limit: None
+            },
+        ]
+    );
+    assert_eq!(s.zone.offset_at(0), 3600);
+    assert_eq!(s.zone.name, "TZ=CET-1CEST,M3.5.0,M10.5.0/3");
+    // No windows: no policy, whatever the rest says (the zone is not even read).
+    assert_eq!(
+        schedule(
+            "[schedule]\nunsynced_clock = \"trust\"",
+            Some("Not a zone!")
+        )
+        .unwrap(),
+        None
+    );
+    assert_eq!(schedule("", None).unwrap(), None);
+    let d = schedule(
+        "[[schedule.window]]\nfrom = \"01:00\"\nto = \"02:00\"",
+        Some("UTC0"),
+    )
+    .unwrap()
+    .unwrap();
+    assert_eq!(d.unsynced_clock, UnsyncedClock::Wait);
+}
+
+#[test]
+fn day_specs() {
+    use super::schedule::parse_days;
+    let bits = |t: &str| parse_days(t).map(|d| d.0);
+    assert_eq!(bits("*"), Ok(0x7f));
+    assert_eq!(bits("Mon-Fri"), Ok(0x1f));
+    assert_eq!(bits("Sat,Sun"), Ok(0x60));
+    assert_eq!(bits("fri-mon"), Ok(0x71));
+    assert_eq!(bits("Sun-Sun"), Ok(0x40));
+    assert_eq!(bits("Wed"), Ok(0x04));
+    assert_eq!(bits(" Tue , THU "), Ok(0x0a));
+    assert_eq!(bits("Mon,*"), Ok(0x7f));
+    assert!(bits("Monday")
+        .unwrap_err()
+        .contains("\"Monday\" is not a day"));
+    assert!(bits("").unwrap_err().contains("no days given"));
+    assert!(bits("Mon,,Tue").is_err());
+    assert!(bits("Mon-").is_err());
+}
+
+#[test]
+fn schedule_errors_name_the_window_and_the_key() {
+    let err = |text: &str| schedule(text, Some("UTC0")).unwrap_err().to_string();
+    let w = |body: &str| {
+        format!(
+            "[[schedule.window]]\nfrom = \"01:00\"\nto = \"02:00\"\n[[schedule.window]]\n{body}"
+        )
+    };
+    let e = err(&w("days = \"Mon-Fry\"\nfrom = \"01:00\"\nto = \"02:00\""));
+    assert!(
+        e.contains("schedule.window[1].days = \"Mon-Fry\"") && e.contains("\"Fry\" is not a day"),
+        "{e}"
+    );
+    let e = err(&w("days = \"\"\nfrom = \"01:00\"\nto = \"02:00\""));
+    assert!(
+        e.contains("schedule.window[1].days") && e.contains("no days given"),
+        "{e}"
+    );
+    let e = err(&w("from = \"25:00\"\nto = \"02:00\""));
+    assert!(
+        e.contains("schedule.window[1].from = \"25:00\"")
+            && e.contains("not a local time like \"22:00\""),
+        "{e}"
+    );
+    let e = err(&w("from = \"24:00\"\nto = \"02:00\""));
+    assert!(e.contains("schedule.window[1].from"), "{e}");
+    let e = err(&w("from = \"1:00\"\nto = \"02:00\""));
+    assert!(e.contains("schedule.window[1].from"), "{e}");
+    let e = err(&w("from = \"01:00\"\nto = \"02:60\""));
+    assert!(e.contains("schedule.window[1].to = \"02:60\""), "{e}");
+    let e = err(&w("from = \"01:00\""));
+    assert!(e.contains("schedule.window[1].to is not set"), "{e}");
+    let e = err(&w("from = \"01:00\"\nto = \"02:00\"\nform = \"03:00\""));
+    assert!(
+        e.contains("schedule.window[1]: unknown key \"form\""),
+        "{e}"
+    );
+    let e = err(&w(
+        "from = \"01:00\"\nto = \"02:00\"\nrate_limit = \"fast\"",
+    ));
+    assert!(e.contains("schedule.window[1].rate_limit"), "{e}");
+    let e = err(&w("from = \"01:00\"\nto = \"02:00\"\nrate_limit = 1.5"));
+    assert!(
+        e.contains("rate_limit") && e.contains("a size such as"),
+        "{e}"
+    );
+    let e = err("[schedule]\nunsynced_clock = \"maybe\"");
+    assert!(
+        e.contains("schedule.unsynced_clock = \"maybe\"") && e.contains("\"trust\""),
+        "{e}"
+    );
+    let e = err("[schedule]\nwindows = []");
+    assert!(e.contains("windows"), "{e}");
+    let e = schedule(&w("from = \"01:00\"\nto = \"02:00\""), Some("Not a zone!"))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("TZ=Not a zone!") && e.contains("Europe/Berlin"),
+        "{e}"
+    );
+}
+
+#[test]
+fn the_zone_comes_from_tz_names_files_and_rules() {
+    let one = "[[schedule.window]]\nfrom = \"01:00\"\nto = \"02:00\"";
+    let zone = |tz: Option<&str>| schedule(one, tz).map(|s| s.unwrap().zone);
+    // 2025-07-01 00:00 UTC: summer.
+    let july = 1_751_328_000;
+    assert_eq!(zone(Some("")).unwrap().offset_at(july), 0);
+    assert_eq!(zone(Some("<+0530>-5:30")).unwrap().offset_at(july), 19_800);
+    assert_eq!(
+        zone(Some("EST5EDT,M3.2.0,M11.1.0"))
+            .unwrap()
+            .offset_at(july),
+        -4 * 3600
+    );
+    // Zone files from the repository's copy of tzdata (a machine may have none), by name
+    // under TZDIR and by absolute path.
+    let tzdir = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/zoneinfo");
+    let named = |tz: &str| {
+        let env = Env {
+            tz: Some(tz.into()),
+            tzdir: Some(tzdir.into()),
+            ..Env::default()
+        };
+        from_toml(
+            &format!("state_dir=\"/s\"\n[server]\nendpoint = \"http://h/\"\n[spool]\ndir = \"/sp\"\n{one}"),
+            "ferry.toml",
+        )
+        .and_then(|r| r.resolve(&env))
+        .map(|c| c.daemon.unwrap().schedule.unwrap().zone)
+    };
+    assert_eq!(named("Europe/Berlin").unwrap().offset_at(july), 7200);
+    assert_eq!(named(":Europe/Berlin").unwrap().offset_at(july), 7200);
+    assert_eq!(
+        zone(Some(&format!("{tzdir}/Asia/Tokyo")))
+            .unwrap()
+            .offset_at(july),
+        9 * 3600
+    );
+    let e = zone(Some(":Europe/Atlantis")).unwrap_err().to_string();
+    assert!(
+        e.contains("TZ=:Europe/Atlantis") && e.contains("cannot read"),
+        "{e}"
+    );
+    let e = zone(Some(concat!(env!("CARGO_MANIFEST_DIR"), "/Cargo.toml")))
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("not a zone file"), "{e}");
+    let e = zone(Some("../../etc/passwd")).unwrap_err().to_string();
+    assert!(e.contains("not a zone under"), "{e}");
+}

@@ -46,6 +46,16 @@ where
     d.deserialize_any(Count(PhantomData)).map(Some)
 }
 
+/// Any value, skipped: what a collected unknown key holds.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct Ignored;
+
+impl<'de> serde::Deserialize<'de> for Ignored {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        de::IgnoredAny::deserialize(d).map(|_| Ignored)
+    }
+}
+
 /// Text, or an integer written as its digits.
 struct Text(&'static str);
 

@@ -97,6 +97,8 @@ pub(crate) struct DaemonSettings {
     pub metrics_file: Option<PathBuf>,
     /// `[network]`: the interface and condition policies (`bind_interface` is the transport's).
     pub network: crate::policy::network::NetworkSettings,
+    /// Upload windows (`[schedule]`); `None`: uploads may go at any time.
+    pub schedule: Option<crate::policy::schedule::ScheduleSettings>,
 }
 
 /// What wakes the main loop.

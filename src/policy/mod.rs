@@ -9,6 +9,11 @@
 //! upload in flight stops and later resumes from the server's offset); the lowest rate any
 //! policy asks for applies to all uploads together.
 
+pub(crate) mod clocksync;
+pub(crate) mod schedule;
+pub(crate) mod window;
+pub(crate) mod zone;
+
 use std::time::{Instant, SystemTime};
 
 pub(crate) mod addresses;

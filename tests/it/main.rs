@@ -43,6 +43,7 @@ mod support_selftest;
 mod systemd_unit;
 mod tls;
 mod vm;
+mod windows;
 
 /// A plain `cargo test` builds without the broker (the feature is off by default), which would
 /// leave the broker's tests out without a word: say so instead of passing.
