@@ -8,6 +8,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::progress::human_bytes;
 
+mod spool;
+pub(crate) use spool::{human_age, SpoolUsage};
+
 /// The snapshot file's name in the state directory.
 pub(crate) const SNAPSHOT_FILE: &str = "status.json";
 
@@ -53,6 +56,9 @@ pub(crate) struct Snapshot {
     /// Damaged state found at start or since (absent from snapshots of older versions).
     #[serde(default)]
     pub state_damage: StateDamage,
+    /// The spool: what waits, free space, limits, evictions (absent from older snapshots).
+    #[serde(default)]
+    pub spool_usage: SpoolUsage,
 }
 
 /// Damaged state that ferry set aside (see `store`): what an operator should look at.
@@ -249,6 +255,7 @@ pub(crate) fn render_text(s: &Snapshot, alive: bool, now_unix: u64) -> String {
         human_bytes(t.bytes_sent),
         t.retries
     );
+    out += &spool::render_text(&s.spool_usage, s.updated_unix);
     if let Some(b) = &s.blocked {
         out += &format!("blocked: {b}\n");
     }
@@ -379,6 +386,7 @@ pub(crate) fn render_metrics(s: &Snapshot) -> String {
     }
     let paused = u8::from(s.state == "paused");
     out += &format!("# HELP ferry_paused 1 when uploads are paused.\n# TYPE ferry_paused gauge\nferry_paused {paused}\n");
+    out += &spool::render_metrics(&s.spool_usage, s.updated_unix);
     out
 }
 

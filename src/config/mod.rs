@@ -56,6 +56,10 @@
 //! after_upload = "delete"                       # delete | keep | move:/var/spool/ferry-done
 //! failed_dir = "/var/spool/ferry-failed"        # permanent failures go here; unset: kept in place
 //! rescan_interval = "60s"                       # full rescan (events cover the rest)
+//! max_bytes = "20GiB"                           # waiting files may total at most this (unset: no limit)
+//! min_free = "10%"                              # free space to keep: a size or a percent (unset: no limit)
+//! max_age = "7d"                                # a waiting file may be at most this old (unset: no limit)
+//! on_full = "keep"                              # keep | delete-oldest (evict the oldest waiting files)
 //!
 //! [daemon]
 //! concurrency = 1                               # files uploaded at once

@@ -115,6 +115,7 @@ impl<'p, 'a> Main<'p, 'a> {
             self.settling.remove(&p);
             self.consider(&p, false)?;
         }
+        self.check_spool_if_due()?;
         self.dispatch()?;
         if now >= self.next_status {
             let state = self.state_name();
@@ -146,6 +147,9 @@ impl<'p, 'a> Main<'p, 'a> {
             due = due.min(t + next);
         }
         if let Some(s) = self.core.next_due(self.parts.clock.now()) {
+            due = due.min(s);
+        }
+        if let Some(s) = self.spool_check_due() {
             due = due.min(s);
         }
         due

@@ -572,6 +572,15 @@ impl Schedule {
         self.started.contains_key(key)
     }
 
+    /// True while a step of the file runs, or its hook or after-upload action is left: the
+    /// spool limits never evict such a file.
+    pub(crate) fn busy(&self, key: &FileKey) -> bool {
+        self.started
+            .get(key)
+            .is_some_and(|s| s.state == FileState::Stepping)
+            || self.finishing.contains_key(key)
+    }
+
     /// True while uploads are paused.
     pub(crate) fn paused(&self) -> bool {
         self.paused

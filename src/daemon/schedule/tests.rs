@@ -598,3 +598,30 @@ fn one_creation_probes_after_a_hold_until_it_answers() {
     );
     assert_eq!(s.poll(), ["a", "b"], "then creations go again");
 }
+
+/// The spool limits may evict a queued file, or a started one waiting between steps, but
+/// never one whose step runs or whose hook or action is left.
+#[test]
+fn busy_means_stepping_or_finishing() {
+    let mut s = Sim::new(1);
+    s.ready("a", 1, false);
+    s.ready("b", 2, false);
+    assert!(!s.core.busy(&key("a")), "queued");
+    assert_eq!(s.poll(), ["a"]);
+    assert!(s.core.busy(&key("a")), "stepping");
+    assert!(!s.core.busy(&key("b")), "queued behind it");
+    s.stepped("a", Outcome::Wait(Duration::from_secs(5)), true);
+    assert!(!s.core.busy(&key("a")), "backing off between steps");
+    s.advance(Duration::from_secs(5));
+    assert_eq!(s.poll(), ["a"]);
+    assert_eq!(
+        s.stepped("a", Outcome::Done, true),
+        [Action::AfterUpload(key("a"))]
+    );
+    assert!(s.core.busy(&key("a")), "its after-upload action runs");
+    s.handle(Input::ActionEnded {
+        key: key("a"),
+        ok: true,
+    });
+    assert!(!s.core.busy(&key("a")), "forgotten");
+}
