@@ -38,8 +38,9 @@ const CHECK_EVERY: Duration = Duration::from_secs(60);
 
 /// What the daemon knows of the spool's files and limits between checks.
 pub(super) struct SpoolWatch<'a> {
-    /// Files the scans and events saw, with their identity as seen.
-    seen: HashMap<PathBuf, Identity>,
+    /// Files the scans and events saw, with their identity as seen and whether they were
+    /// ready then (not still being written).
+    seen: HashMap<PathBuf, (Identity, bool)>,
     last_check: Option<Instant>,
     /// A file arrived since the last check.
     arrived: bool,
@@ -68,10 +69,14 @@ impl SpoolWatch<'_> {
         self.seen.clear();
     }
 
-    /// A scan or an event saw this file (ready or still being written).
-    pub(super) fn saw(&mut self, entry: &spool::Entry, by_scan: bool) {
-        if self.seen.insert(entry.path.clone(), entry.identity) != Some(entry.identity) && !by_scan
-        {
+    /// A scan or an event saw this file (`ready`, or still being written). A file an event
+    /// finds ready with new content is an arrival (a check follows within seconds); one still
+    /// being written is not yet: its close or rename is.
+    pub(super) fn saw(&mut self, entry: &spool::Entry, by_scan: bool, ready: bool) {
+        let before = self
+            .seen
+            .insert(entry.path.clone(), (entry.identity, ready));
+        if ready && !by_scan && before != Some((entry.identity, true)) {
             self.arrived = true;
         }
     }
@@ -143,7 +148,15 @@ impl Main<'_, '_> {
         if freed > 0 {
             fs = fs_space(&self.settings.spool.dir);
         }
-        self.report_unmet(&plan.unmet, &limits, &waiting, fs, wall);
+        // Files still being written held eviction back: look again once they may have
+        // settled (not a minute later), and warn only if that does not help.
+        let settling = limits.on_full == OnFull::DeleteOldest
+            && !plan.unmet.is_empty()
+            && waiting
+                .iter()
+                .any(|w| w.busy && self.settling.contains_key(w.key.path()));
+        self.spool_watch.arrived |= settling;
+        self.report_unmet(&plan.unmet, &limits, &waiting, fs, wall, !settling);
         let u = &mut self.spool_watch.usage;
         u.waiting_files = waiting.len() as u64;
         u.waiting_bytes = waiting.iter().map(|w| w.size).sum();
@@ -156,7 +169,7 @@ impl Main<'_, '_> {
     fn waiting_files(&self) -> Result<Vec<Waiting<FileKey>>> {
         let store = self.parts.store;
         let mut out = Vec::new();
-        for (path, identity) in &self.spool_watch.seen {
+        for (path, (identity, _)) in &self.spool_watch.seen {
             let Ok(key) = FileKey::for_path(path) else {
                 continue;
             };
@@ -188,11 +201,14 @@ impl Main<'_, '_> {
     /// Evicts one waiting file: false when it changed or went since it was seen (skipped).
     fn evict(&mut self, file: &Waiting<FileKey>, why: &str, wall: SystemTime) -> Result<bool> {
         let path = file.key.path().to_path_buf();
-        let seen = self.spool_watch.seen.get(&path).copied();
+        let seen = self.spool_watch.seen.get(&path).map(|(id, _)| *id);
         match spool::stat(&path) {
             Ok(Some(e)) if Some(e.identity) == seen => {}
             Ok(Some(e)) => {
-                self.spool_watch.seen.insert(path, e.identity);
+                // Rewritten since it was seen: not the file the plan judged; the next check
+                // looks again.
+                self.spool_watch.seen.insert(path, (e.identity, false));
+                self.spool_watch.arrived = true;
                 return Ok(false);
             }
             _ => {
@@ -233,7 +249,8 @@ impl Main<'_, '_> {
         Ok(true)
     }
 
-    /// Warns once per episode about limits that stay exceeded, and says when it ends.
+    /// Warns once per episode about limits that stay exceeded (unless `warn` is false: a
+    /// check follows soon), and says when it ends.
     fn report_unmet(
         &mut self,
         unmet: &[Limit],
@@ -241,6 +258,7 @@ impl Main<'_, '_> {
         waiting: &[Waiting<FileKey>],
         fs: Option<FsSpace>,
         wall: SystemTime,
+        warn: bool,
     ) {
         let watch = &mut self.spool_watch;
         if unmet.is_empty() {
@@ -265,11 +283,14 @@ impl Main<'_, '_> {
                 what.join("; ")
             ),
         };
+        watch.usage.over_limit = Some(text.clone());
+        if !warn {
+            return;
+        }
         if unmet.iter().any(|l| !watch.warned.contains(l)) {
             log::warn!("spool over its limit: {text}");
         }
         watch.warned = unmet.to_vec();
-        watch.usage.over_limit = Some(text);
     }
 }
 

@@ -120,7 +120,8 @@ impl<'p, 'a> Main<'p, 'a> {
             &self.settings.spool,
         );
         if matches!(verdict, Verdict::Ready | Verdict::NotYet(_)) {
-            self.spool_watch.saw(&entry, by_scan);
+            let ready = written || verdict == Verdict::Ready;
+            self.spool_watch.saw(&entry, by_scan, ready);
         }
         match verdict {
             Verdict::Ignored => Ok(()),

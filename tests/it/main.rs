@@ -34,6 +34,7 @@ mod probe;
 mod progress;
 mod scheduler;
 mod secrets;
+mod spool_limits;
 mod stream;
 mod stream_emulator_selftest;
 mod support_selftest;
