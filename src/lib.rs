@@ -42,7 +42,8 @@
 //!   damage handling.
 //! - `durable`: file-system changes that survive a power cut (fsync of files and directories).
 //! - `source`: reading a byte range of a spool file safely (no symlinks, identity check).
-//! - `spool`: which directory entries are ready files; `queue`: the bounded window of them.
+//! - `spool`: which directory entries are ready files; `queue`: the bounded window of them;
+//!   `spool_limits`: the spool's size, free-space and age limits, and which files to evict.
 //! - `watch`: inotify on the spool; `netwatch`: network changes from netlink; `signals`:
 //!   SIGTERM/SIGINT/SIGHUP as events.
 //! - `policy`: field policies (upload windows, network interfaces, a condition command), each
@@ -81,6 +82,7 @@ pub(crate) mod ratelimit;
 pub(crate) mod signals;
 pub(crate) mod source;
 pub(crate) mod spool;
+pub(crate) mod spool_limits;
 pub(crate) mod status;
 pub(crate) mod store;
 pub(crate) mod stream;

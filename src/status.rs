@@ -8,6 +8,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::progress::human_bytes;
 
+mod spool;
+pub(crate) use spool::{human_age, SpoolUsage};
+
 /// The snapshot file's name in the state directory.
 pub(crate) const SNAPSHOT_FILE: &str = "status.json";
 
@@ -60,6 +63,9 @@ pub(crate) struct Snapshot {
     /// Damaged state found at start or since (absent from snapshots of older versions).
     #[serde(default)]
     pub state_damage: StateDamage,
+    /// The spool: what waits, free space, limits, evictions (absent from older snapshots).
+    #[serde(default)]
+    pub spool_usage: SpoolUsage,
 }
 
 /// The upload rate limit in force.
@@ -265,6 +271,7 @@ pub(crate) fn render_text(s: &Snapshot, alive: bool, now_unix: u64) -> String {
         human_bytes(t.bytes_sent),
         t.retries
     );
+    out += &spool::render_text(&s.spool_usage, s.updated_unix);
     if let Some(b) = &s.blocked {
         out += &format!("blocked: {b}\n");
     }
@@ -409,6 +416,7 @@ pub(crate) fn render_metrics(s: &Snapshot) -> String {
     out += &format!("# HELP ferry_held 1 when a field policy (upload window, network interface, condition) holds uploads.\n# TYPE ferry_held gauge\nferry_held {held}\n");
     let rate = s.rate_limit.as_ref().map_or(0, |r| r.bytes_per_sec);
     out += &format!("# HELP ferry_rate_limit_bytes_per_second The upload rate limit in force (0: none).\n# TYPE ferry_rate_limit_bytes_per_second gauge\nferry_rate_limit_bytes_per_second {rate}\n");
+    out += &spool::render_metrics(&s.spool_usage, s.updated_unix);
     out
 }
 

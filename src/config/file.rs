@@ -156,6 +156,17 @@ pub(crate) struct RawSpool {
     pub order: Option<String>,
     /// Patterns in order of priority, e.g. `["alarms/*", "*.jpg"]`.
     pub priority: Option<Vec<String>>,
+    /// Waiting files may total at most this size, e.g. "20GiB".
+    #[serde(default, deserialize_with = "values::size")]
+    pub max_bytes: Option<String>,
+    /// Free space to keep on the spool's file system: a size ("500MiB") or a percent ("10%").
+    #[serde(default, deserialize_with = "values::size")]
+    pub min_free: Option<String>,
+    /// A waiting file may be at most this old (by mtime), e.g. "7d".
+    #[serde(default, deserialize_with = "values::duration")]
+    pub max_age: Option<String>,
+    /// `keep` (default) or `delete-oldest`: what to do when a limit is exceeded.
+    pub on_full: Option<String>,
 }
 
 /// `[daemon]` keys.
@@ -334,6 +345,10 @@ impl Raw {
         take!(spool.rescan_interval);
         take!(spool.order);
         take!(spool.priority);
+        take!(spool.max_bytes);
+        take!(spool.min_free);
+        take!(spool.max_age);
+        take!(spool.on_full);
         take!(daemon.concurrency);
         take!(daemon.rate_limit);
         take!(daemon.metrics_file);

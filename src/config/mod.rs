@@ -59,6 +59,10 @@
 //! rescan_interval = "60s"                       # full rescan (events cover the rest)
 //! order = "oldest-first"                        # oldest-first | newest-first (within a priority class)
 //! priority = ["alarms/*", "*.jpg"]              # patterns, highest priority first; a match preempts at the next step
+//! max_bytes = "20GiB"                           # waiting files may total at most this (unset: no limit)
+//! min_free = "10%"                              # free space to keep: a size or a percent (unset: no limit)
+//! max_age = "7d"                                # a waiting file may be at most this old (unset: no limit)
+//! on_full = "keep"                              # keep | delete-oldest (evict the oldest waiting files)
 //!
 //! [daemon]
 //! concurrency = 1                               # files uploaded at once

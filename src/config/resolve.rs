@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use super::env::Env;
-use super::file::{Raw, RawRetry, RawServer, RawStream};
+use super::file::{Raw, RawRetry, RawServer, RawSpool, RawStream};
 use super::units::{parse_duration, parse_rate, parse_size};
 use super::Config;
 use crate::backoff::RetryPolicy;
@@ -17,6 +17,7 @@ use crate::daemon::{AfterUpload, DaemonSettings};
 use crate::error::{Error, Result};
 use crate::hook::HookSettings;
 use crate::spool::{self, SpoolRules};
+use crate::spool_limits::{MinFree, OnFull, SpoolLimits};
 use crate::stream::{self, Target, MEDIA_ID_HEADER};
 use crate::transport::http::HttpSettings;
 use crate::tus::checksum::Algorithm;
@@ -277,8 +278,91 @@ impl Raw {
             metrics_file: self.daemon.metrics_file.clone(),
             network: super::network::resolve(&self.network)?,
             schedule: self.resolve_schedule(env)?,
+            limits: spool_limits(sp)?,
         })
     }
+}
+
+/// `spool.max_bytes`, `spool.min_free`, `spool.max_age` and `spool.on_full`.
+fn spool_limits(sp: &RawSpool) -> Result<SpoolLimits> {
+    let max_bytes = match &sp.max_bytes {
+        None => None,
+        Some(t) => {
+            match parse_size(t).map_err(|e| Error::config(format!("spool.max_bytes: {e}")))? {
+                0 => {
+                    return Err(Error::config(
+                        "spool.max_bytes must be above 0; leave it out for no limit",
+                    ))
+                }
+                n => Some(n),
+            }
+        }
+    };
+    let min_free = sp.min_free.as_deref().map(min_free).transpose()?;
+    let max_age = match &sp.max_age {
+        None => None,
+        Some(t) => {
+            match parse_duration(t).map_err(|e| Error::config(format!("spool.max_age: {e}")))? {
+                d if d.is_zero() => {
+                    return Err(Error::config(
+                        "spool.max_age must be above 0; leave it out for no limit",
+                    ))
+                }
+                d => Some(d),
+            }
+        }
+    };
+    let on_full = match sp.on_full.as_deref() {
+        None | Some("keep") => OnFull::Keep,
+        Some("delete-oldest") => OnFull::DeleteOldest,
+        Some(other) => {
+            return Err(Error::config(format!(
+                "spool.on_full = {other:?}: use keep (never delete a file not yet uploaded) or delete-oldest"
+            )))
+        }
+    };
+    let limits = SpoolLimits {
+        max_bytes,
+        min_free,
+        max_age,
+        on_full,
+    };
+    if on_full == OnFull::DeleteOldest && !limits.any() {
+        return Err(Error::config(
+            "spool.on_full = \"delete-oldest\" needs a limit: set spool.max_bytes, spool.min_free or spool.max_age",
+        ));
+    }
+    Ok(limits)
+}
+
+/// `spool.min_free`: a size, or a percent of the spool's file system from 1% to 99%.
+fn min_free(text: &str) -> Result<MinFree> {
+    let limit = match text.trim().strip_suffix('%') {
+        Some(pct) => {
+            let p: u8 = pct.trim().parse().map_err(|_| {
+                Error::config(format!(
+                    "spool.min_free = {text:?}: a percent is a whole number from 1% to 99%, such as \"10%\""
+                ))
+            })?;
+            if !(1..=99).contains(&p) {
+                return Err(Error::config(format!(
+                    "spool.min_free = {text:?}: a percent must be from 1% to 99% of the spool's file system"
+                )));
+            }
+            MinFree::Percent(p)
+        }
+        None => MinFree::Bytes(parse_size(text).map_err(|e| {
+            Error::config(format!(
+                "spool.min_free: {e}, or a percent of the spool's file system such as \"10%\""
+            ))
+        })?),
+    };
+    if limit == MinFree::Bytes(0) {
+        return Err(Error::config(
+            "spool.min_free must be above 0; leave it out for no limit",
+        ));
+    }
+    Ok(limit)
 }
 
 fn target_kind(v: Option<&str>) -> Result<Target> {

@@ -504,3 +504,80 @@ fn the_zone_comes_from_tz_names_files_and_rules() {
     let e = zone(Some("../../etc/passwd")).unwrap_err().to_string();
     assert!(e.contains("not a zone under"), "{e}");
 }
+
+#[test]
+fn spool_limits_are_read_and_default_to_none_and_keep() {
+    use crate::spool_limits::{MinFree, OnFull, SpoolLimits};
+    let resolve = |extra: &str| {
+        from_toml(
+            &format!("state_dir=\"/s\"\n[server]\nendpoint = \"http://h/\"\n[spool]\ndir = \"/sp\"\n{extra}"),
+            "ferry.toml",
+        )
+        .and_then(|r| r.resolve(&Env::default()))
+    };
+    let limits = |extra: &str| resolve(extra).unwrap().daemon.unwrap().limits;
+    assert_eq!(limits(""), SpoolLimits::default());
+    assert_eq!(SpoolLimits::default().on_full, OnFull::Keep);
+    assert_eq!(
+        limits("max_bytes = \"20GiB\"\nmin_free = \"10%\"\nmax_age = \"7d\"\non_full = \"delete-oldest\""),
+        SpoolLimits {
+            max_bytes: Some(20 << 30),
+            min_free: Some(MinFree::Percent(10)),
+            max_age: Some(Duration::from_secs(7 * 86_400)),
+            on_full: OnFull::DeleteOldest,
+        }
+    );
+    assert_eq!(
+        limits("min_free = \"500MiB\"").min_free,
+        Some(MinFree::Bytes(500 << 20))
+    );
+    assert_eq!(
+        limits("min_free = 4096").min_free,
+        Some(MinFree::Bytes(4096))
+    );
+    assert_eq!(
+        limits("min_free = \" 5 %\"").min_free,
+        Some(MinFree::Percent(5))
+    );
+    assert_eq!(
+        limits("max_age = 3600").max_age,
+        Some(Duration::from_secs(3600))
+    );
+    assert_eq!(
+        limits("on_full = \"keep\"\nmax_bytes = 1").on_full,
+        OnFull::Keep
+    );
+}
+
+#[test]
+fn bad_spool_limits_name_the_key_and_what_to_do() {
+    let err = |extra: &str| {
+        from_toml(
+            &format!("state_dir=\"/s\"\n[server]\nendpoint = \"http://h/\"\n[spool]\ndir = \"/sp\"\n{extra}"),
+            "ferry.toml",
+        )
+        .and_then(|r| r.resolve(&Env::default()))
+        .unwrap_err()
+        .to_string()
+    };
+    let cases = [
+        ("min_free = \"101%\"", "spool.min_free = \"101%\": a percent must be from 1% to 99%"),
+        ("min_free = \"100%\"", "from 1% to 99%"),
+        ("min_free = \"0%\"", "from 1% to 99%"),
+        ("min_free = \"2.5%\"", "a whole number from 1% to 99%"),
+        ("min_free = \"0\"", "spool.min_free must be above 0; leave it out for no limit"),
+        ("min_free = \"lots\"", "spool.min_free: \"lots\" is not a size"),
+        ("min_free = true", "min_free"),
+        ("max_bytes = \"0\"", "spool.max_bytes must be above 0; leave it out for no limit"),
+        ("max_bytes = \"20 parsecs\"", "spool.max_bytes: \"20 parsecs\": unknown unit"),
+        ("max_age = \"0s\"", "spool.max_age must be above 0"),
+        ("max_age = \"a week\"", "spool.max_age: \"a week\" is not a duration"),
+        ("on_full = \"delete\"\nmax_bytes = 1", "spool.on_full = \"delete\": use keep (never delete a file not yet uploaded) or delete-oldest"),
+        ("on_full = \"delete-oldest\"", "needs a limit: set spool.max_bytes, spool.min_free or spool.max_age"),
+        ("max_size = 1", "max_size"),
+    ];
+    for (extra, want) in cases {
+        let e = err(extra);
+        assert!(e.contains(want), "{extra}: {e}");
+    }
+}

@@ -119,6 +119,7 @@ impl<'p, 'a> Main<'p, 'a> {
         if self.stopping.is_none() {
             self.check_gate()?;
         }
+        self.check_spool_if_due()?;
         self.dispatch()?;
         if now >= self.next_status {
             let state = self.state_name();
@@ -154,6 +155,9 @@ impl<'p, 'a> Main<'p, 'a> {
         }
         if let Some(g) = self.gate.next_due(self.parts.clock.now()) {
             due = due.min(g);
+        }
+        if let Some(s) = self.spool_check_due() {
+            due = due.min(s);
         }
         due
     }

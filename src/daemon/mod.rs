@@ -20,6 +20,7 @@
 mod after_upload;
 mod control;
 mod dispatch;
+mod evict;
 mod failure;
 mod forget;
 mod gate;
@@ -44,6 +45,7 @@ use crate::policy::Policy;
 use crate::progress::{Progress, Rate};
 use crate::ratelimit::RateLimiter;
 use crate::spool::SpoolRules;
+use crate::spool_limits::SpoolLimits;
 use crate::status::{FailedFile, Totals};
 use crate::store::{FileKey, Store};
 use crate::transport::Transport;
@@ -99,6 +101,8 @@ pub(crate) struct DaemonSettings {
     pub network: crate::policy::network::NetworkSettings,
     /// Upload windows (`[schedule]`); `None`: uploads may go at any time.
     pub schedule: Option<crate::policy::schedule::ScheduleSettings>,
+    /// The spool's limits and what to do when they are exceeded.
+    pub limits: SpoolLimits,
 }
 
 /// What wakes the main loop.
@@ -241,6 +245,8 @@ pub(crate) fn run(
         if parts.hook.is_some() {
             main.hooks = Some((hooks_tx, hook_stop));
         }
+        main.spool_watch.terminator =
+            Some(evict::spawn_terminator(scope, &uploader, parts.transport)?);
         let result = main.run(&events);
         drop(main); // closes the job and hook channels: idle workers end
         result
@@ -287,6 +293,8 @@ struct Main<'p, 'a> {
     totals_reuploaded: u64,
     /// Files deleted after their upload whose records wait for a sync of their directory.
     deleted: Vec<FileKey>,
+    /// The spool's files as scans saw them, for its limits and metrics.
+    spool_watch: evict::SpoolWatch<'a>,
 }
 
 impl<'p, 'a> Main<'p, 'a> {
@@ -338,6 +346,7 @@ impl<'p, 'a> Main<'p, 'a> {
             recent_failed: VecDeque::new(),
             totals_reuploaded: 0,
             deleted: Vec::new(),
+            spool_watch: evict::SpoolWatch::new(),
         }
     }
 

@@ -159,6 +159,7 @@ impl<'p, 'a> Main<'p, 'a> {
             failed,
             state_damage: self.state_damage(),
             totals,
+            spool_usage: self.spool_watch.usage(),
         }
     }
 }

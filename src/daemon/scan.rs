@@ -36,6 +36,7 @@ impl<'p, 'a> Main<'p, 'a> {
         self.force_scan = false;
         self.last_scan_dir_mtime = dir_mtime;
         self.tell(Input::BeginScan)?;
+        self.spool_watch.begin_scan();
         let rules = self.settings.spool.clone();
         let mut first_error = None;
         let walked = spool::walk(
@@ -73,6 +74,7 @@ impl<'p, 'a> Main<'p, 'a> {
             self.spool_missing = false;
         }
         self.forget_vanished()?;
+        self.check_spool()?;
         self.announce_ready();
         Ok(())
     }
@@ -83,6 +85,7 @@ impl<'p, 'a> Main<'p, 'a> {
             Ok(Some(e)) => self.consider_entry(e, written, false),
             Ok(None) => {
                 self.settling.remove(path);
+                self.spool_watch.gone(path);
                 match FileKey::for_path(path) {
                     Ok(key) => self.unqueue(&key),
                     _ => Ok(()),
@@ -109,13 +112,18 @@ impl<'p, 'a> Main<'p, 'a> {
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_default();
-        match spool::judge(
+        let verdict = spool::judge(
             &name,
             entry.kind,
             entry.mtime(),
             self.parts.clock.wall(),
             &self.settings.spool,
-        ) {
+        );
+        if matches!(verdict, Verdict::Ready | Verdict::NotYet(_)) {
+            let ready = written || verdict == Verdict::Ready;
+            self.spool_watch.saw(&entry, by_scan, ready);
+        }
+        match verdict {
             Verdict::Ignored => Ok(()),
             Verdict::Refused(why) => {
                 if self.refused.len() < MAX_REFUSED_REMEMBERED

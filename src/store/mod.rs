@@ -152,6 +152,13 @@ impl Store {
         self.write(|db| db.remove(key(path)).map(|_| ()))
     }
 
+    /// Removes the record for `path` and makes that durable before returning (a file the
+    /// spool limits evicted: its upload must not come back as one to resume).
+    pub(crate) fn remove_durably(&self, path: &FileKey) -> Result<()> {
+        self.remove(path)?;
+        self.flush()
+    }
+
     /// All records, in key order; unreadable ones are moved aside and left out.
     pub(crate) fn records(&self) -> Result<Vec<FileRecord>> {
         self.read_all(FILE_PREFIX, decode)

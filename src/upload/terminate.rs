@@ -58,6 +58,27 @@ impl Uploader<'_> {
         Ok(Step::Continue)
     }
 
+    /// Terminates the upload at `upload_url` (created at `endpoint`) at best effort, for a file
+    /// the spool limits evicted: its record is already gone, so a failure only leaves the
+    /// upload to expire on the server. `Err` says why it was not terminated.
+    pub(crate) fn terminate_evicted(
+        &self,
+        endpoint: &str,
+        upload_url: &str,
+    ) -> std::result::Result<(), String> {
+        let caps = self.caps();
+        if caps.discovered && !caps.supports("termination") {
+            return Err("the server lacks termination".into());
+        }
+        match self.send_scoped(endpoint, request::delete(upload_url), None) {
+            Ok(resp) => match response::deleted(&resp) {
+                Outcome::Gone { .. } => Ok(()),
+                _ => Err(resp.message()),
+            },
+            Err(e) => Err(e.to_string()),
+        }
+    }
+
     /// Terminates the upload of `path` on the server and forgets it (`ferry upload --cancel`).
     /// A complete upload is the server's copy of the whole file: it is terminated only with
     /// `force`, so that a cancel meant for an unfinished upload never deletes a finished one.

@@ -37,6 +37,7 @@ mod progress;
 mod rates;
 mod scheduler;
 mod secrets;
+mod spool_limits;
 mod stream;
 mod stream_emulator_selftest;
 mod support_selftest;

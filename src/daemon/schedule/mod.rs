@@ -642,6 +642,17 @@ impl Schedule {
         self.started.contains_key(key)
     }
 
+    /// True while the file's upload is in flight in this run (a step runs, or it waits for a
+    /// worker between steps or for the link to come back) or its hook or after-upload action
+    /// is left: the spool limits never evict such a file. A file backing off after its own
+    /// failure (a 5xx, a lock) is not in flight: it may be evicted, its upload terminated.
+    pub(crate) fn busy(&self, key: &FileKey) -> bool {
+        self.started
+            .get(key)
+            .is_some_and(|s| !matches!(s.state, FileState::BackingOff { .. }))
+            || self.finishing.contains_key(key)
+    }
+
     /// True while uploads are paused.
     pub(crate) fn paused(&self) -> bool {
         self.paused

@@ -701,3 +701,47 @@ fn newest_first_ranks_the_newest_file_first_in_its_class() {
     let before_epoch = UNIX_EPOCH - Duration::from_secs(5);
     assert!(Rank::new(0, before_epoch, false) < Rank::new(0, UNIX_EPOCH, false));
 }
+
+/// The spool limits may evict a queued file or one backing off after its own failure (its
+/// upload is terminated), but never one whose upload is in flight (stepping, waiting for a
+/// worker or for the link) or whose hook or action is left.
+#[test]
+fn busy_means_in_flight_or_finishing() {
+    let mut s = Sim::new(1);
+    s.ready("a", 1, false);
+    s.ready("b", 2, false);
+    assert!(!s.core.busy(&key("a")), "queued");
+    assert_eq!(s.poll(), ["a"]);
+    assert!(s.core.busy(&key("a")), "stepping");
+    assert!(!s.core.busy(&key("b")), "queued behind it");
+    s.stepped("a", Outcome::Continue, true);
+    assert!(
+        s.core.busy(&key("a")),
+        "between steps, waiting for the worker"
+    );
+    assert_eq!(s.poll(), ["a"]);
+    s.stepped("a", Outcome::LinkDown("no answer".into()), true);
+    assert!(
+        s.core.busy(&key("a")),
+        "waiting for the link: still in flight"
+    );
+    s.advance(Duration::from_secs(60));
+    assert_eq!(s.poll(), ["a"]);
+    s.stepped("a", Outcome::Wait(Duration::from_secs(5)), true);
+    assert!(
+        !s.core.busy(&key("a")),
+        "backing off after its own failure: evictable"
+    );
+    s.advance(Duration::from_secs(5));
+    assert_eq!(s.poll(), ["a"]);
+    assert_eq!(
+        s.stepped("a", Outcome::Done, true),
+        [Action::AfterUpload(key("a"))]
+    );
+    assert!(s.core.busy(&key("a")), "its after-upload action runs");
+    s.handle(Input::ActionEnded {
+        key: key("a"),
+        ok: true,
+    });
+    assert!(!s.core.busy(&key("a")), "forgotten");
+}

@@ -1,0 +1,436 @@
+//! The spool's limits in the daemon: measuring what waits, warning, and evicting (the shell of
+//! [`crate::spool_limits`]).
+//!
+//! Key idea: no extra walk of the spool. Scans and inotify events already `lstat` every file;
+//! [`SpoolWatch`] keeps what they saw (path → identity), and a check builds the waiting list
+//! from it (a file whose record is complete or failed for the same content, or whose hook or
+//! action is left, is not waiting), reads the file system's free space once (`fstatvfs`), and
+//! asks the pure planner. A check runs after each full scan, a few seconds after a file
+//! arrives, and at least every minute. Eviction deletes the file (its directory synced), then
+//! drops its record durably, tells the scheduler the file is gone, and hands its upload URL to
+//! the terminator thread (a DELETE at best effort, never on the main thread).
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering::SeqCst};
+use std::sync::mpsc::Sender;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use crate::durable;
+use crate::error::{Error, Result};
+use crate::progress::human_bytes;
+use crate::source::Identity;
+use crate::spool;
+use crate::spool_limits::{plan, FsSpace, Limit, OnFull, SpoolLimits, Waiting};
+use crate::status::{human_age, SpoolUsage};
+use crate::store::{FileKey, RecordState};
+use crate::transport::Transport;
+use crate::upload::Uploader;
+
+use super::schedule::Input;
+use super::Main;
+
+/// A file that arrives triggers a check at most this long after the last one.
+const ARRIVAL_CHECK: Duration = Duration::from_secs(3);
+/// Checks run at least this often (free space changes without any event of ours).
+const CHECK_EVERY: Duration = Duration::from_secs(60);
+
+/// What the daemon knows of the spool's files and limits between checks.
+pub(super) struct SpoolWatch<'a> {
+    /// Files the scans and events saw, with their identity as seen and whether they were
+    /// ready then (not still being written).
+    seen: HashMap<PathBuf, (Identity, bool)>,
+    last_check: Option<Instant>,
+    /// A file arrived since the last check.
+    arrived: bool,
+    /// The limits last warned about (a WARN once per episode, not per check).
+    warned: Vec<Limit>,
+    usage: SpoolUsage,
+    /// Ends evicted files' uploads on the server; `None` in tests of the core.
+    pub(super) terminator: Option<Terminator<'a>>,
+}
+
+impl SpoolWatch<'_> {
+    /// Nothing seen yet: the first scan fills it.
+    pub(super) fn new() -> Self {
+        Self {
+            seen: HashMap::new(),
+            last_check: None,
+            arrived: false,
+            warned: Vec::new(),
+            usage: SpoolUsage::default(),
+            terminator: None,
+        }
+    }
+
+    /// A full scan begins: what it does not see is no longer there.
+    pub(super) fn begin_scan(&mut self) {
+        self.seen.clear();
+    }
+
+    /// A scan or an event saw this file (`ready`, or still being written). A file an event
+    /// finds ready with new content is an arrival (a check follows within seconds); one still
+    /// being written is not yet: its close or rename is.
+    pub(super) fn saw(&mut self, entry: &spool::Entry, by_scan: bool, ready: bool) {
+        let before = self
+            .seen
+            .insert(entry.path.clone(), (entry.identity, ready));
+        if ready && !by_scan && before != Some((entry.identity, true)) {
+            self.arrived = true;
+        }
+    }
+
+    /// The file left the spool (deleted or moved by us, or found gone).
+    pub(super) fn gone(&mut self, path: &Path) {
+        self.seen.remove(path);
+    }
+
+    /// What the status shows.
+    pub(super) fn usage(&self) -> SpoolUsage {
+        self.usage.clone()
+    }
+
+    /// When the next check is due (`now` if none was made yet).
+    fn due(&self, now: Instant) -> Instant {
+        match self.last_check {
+            None => now,
+            Some(t) if self.arrived => t + ARRIVAL_CHECK,
+            Some(t) => t + CHECK_EVERY,
+        }
+    }
+}
+
+impl Main<'_, '_> {
+    /// When the spool's limits are next checked (`None` while stopping).
+    pub(super) fn spool_check_due(&self) -> Option<Instant> {
+        (self.stopping.is_none()).then(|| self.spool_watch.due(self.parts.clock.now()))
+    }
+
+    /// Checks the spool's limits if that is due.
+    pub(super) fn check_spool_if_due(&mut self) -> Result<()> {
+        match self.spool_check_due() {
+            Some(due) if due <= self.parts.clock.now() => self.check_spool(),
+            _ => Ok(()),
+        }
+    }
+
+    /// Measures the spool, warns about exceeded limits, and evicts when told to.
+    pub(super) fn check_spool(&mut self) -> Result<()> {
+        let now = self.parts.clock.now();
+        self.spool_watch.last_check = Some(now);
+        self.spool_watch.arrived = false;
+        if self.spool_missing || self.stopping.is_some() {
+            return Ok(());
+        }
+        let wall = self.parts.clock.wall();
+        let limits = self.settings.limits.clone();
+        let mut fs = fs_space(&self.settings.spool.dir);
+        let mut waiting = self.waiting_files()?;
+        let plan = plan(&waiting, fs, &limits, wall);
+        let mut freed = 0;
+        for (key, limit) in &plan.evict {
+            if let Some(i) = waiting.iter().position(|w| &w.key == key) {
+                // Why, as things stand before this file goes (the deletions so far counted).
+                let fs_now = fs.map(|f| FsSpace {
+                    free: f.free.saturating_add(freed),
+                    ..f
+                });
+                let why = describe(*limit, &limits, &waiting, fs_now, wall);
+                let file = waiting.remove(i);
+                if self.evict(&file, &why, wall)? {
+                    freed += file.size;
+                } else {
+                    waiting.insert(i, file);
+                }
+            }
+        }
+        if freed > 0 {
+            fs = fs_space(&self.settings.spool.dir);
+        }
+        // Files still being written held eviction back: look again once they may have
+        // settled (not a minute later), and warn only if that does not help.
+        let settling = limits.on_full == OnFull::DeleteOldest
+            && !plan.unmet.is_empty()
+            && waiting
+                .iter()
+                .any(|w| w.busy && self.settling.contains_key(w.key.path()));
+        self.spool_watch.arrived |= settling;
+        self.report_unmet(&plan.unmet, &limits, &waiting, fs, wall, !settling);
+        let u = &mut self.spool_watch.usage;
+        u.waiting_files = waiting.len() as u64;
+        u.waiting_bytes = waiting.iter().map(|w| w.size).sum();
+        u.oldest_waiting_unix = waiting.iter().map(|w| w.mtime).min().map(super::unix);
+        u.free_bytes = fs.map(|f| f.free);
+        Ok(())
+    }
+
+    /// The files waiting to be uploaded, from what the scans saw.
+    fn waiting_files(&self) -> Result<Vec<Waiting<FileKey>>> {
+        let store = self.parts.store;
+        let mut out = Vec::new();
+        for (path, (identity, _)) in &self.spool_watch.seen {
+            let Ok(key) = FileKey::for_path(path) else {
+                continue;
+            };
+            if !self.in_spool(path) || self.core.is_finishing(&key) {
+                continue;
+            }
+            if store
+                .get(&key)?
+                .is_some_and(|r| r.state == RecordState::Complete && r.identity == *identity)
+            {
+                continue; // uploaded (kept, or its action is left): not waiting
+            }
+            if store
+                .get_failed(&key)?
+                .is_some_and(|f| f.identity == *identity)
+            {
+                continue; // failed for good, kept in place: never uploaded
+            }
+            out.push(Waiting {
+                busy: self.core.busy(&key) || self.settling.contains_key(path),
+                key,
+                size: identity.size,
+                mtime: spool::mtime_of(identity),
+            });
+        }
+        Ok(out)
+    }
+
+    /// Evicts one waiting file: false when it changed or went since it was seen (skipped).
+    fn evict(&mut self, file: &Waiting<FileKey>, why: &str, wall: SystemTime) -> Result<bool> {
+        let path = file.key.path().to_path_buf();
+        let seen = self.spool_watch.seen.get(&path).map(|(id, _)| *id);
+        match spool::stat(&path) {
+            Ok(Some(e)) if Some(e.identity) == seen => {}
+            Ok(Some(e)) => {
+                // Rewritten since it was seen: not the file the plan judged; the next check
+                // looks again.
+                self.spool_watch.seen.insert(path, (e.identity, false));
+                self.spool_watch.arrived = true;
+                return Ok(false);
+            }
+            _ => {
+                self.spool_watch.gone(&path);
+                return Ok(false);
+            }
+        }
+        let record = self.parts.store.get(&file.key)?;
+        if let Err(e) = durable::remove_file(&path) {
+            log::warn!("{}: cannot evict it: {e}", path.display());
+            return Ok(false);
+        }
+        if record.is_some() {
+            self.parts.store.remove_durably(&file.key)?;
+        }
+        self.tell(Input::Gone(file.key.clone()))?;
+        self.spool_watch.gone(&path);
+        let u = &mut self.spool_watch.usage;
+        u.evicted_files += 1;
+        u.evicted_bytes += file.size;
+        let age = wall.duration_since(file.mtime).unwrap_or(Duration::ZERO);
+        log::warn!(
+            "{}: evicted before upload ({}, {} old): {why} (spool.on_full = delete-oldest)",
+            path.display(),
+            human_bytes(file.size),
+            human_age(age.as_secs())
+        );
+        if let Some(rec) = record.filter(|r| r.state == RecordState::Uploading) {
+            if let Some(t) = &self.spool_watch.terminator {
+                t.send(Abandoned {
+                    path: path.display().to_string(),
+                    endpoint: rec.endpoint,
+                    url: rec.upload_url,
+                });
+            }
+        }
+        self.status_soon();
+        Ok(true)
+    }
+
+    /// Warns once per episode about limits that stay exceeded (unless `warn` is false: a
+    /// check follows soon), and says when it ends.
+    fn report_unmet(
+        &mut self,
+        unmet: &[Limit],
+        limits: &SpoolLimits,
+        waiting: &[Waiting<FileKey>],
+        fs: Option<FsSpace>,
+        wall: SystemTime,
+        warn: bool,
+    ) {
+        let watch = &mut self.spool_watch;
+        if unmet.is_empty() {
+            if !watch.warned.is_empty() {
+                log::info!("the spool is back under its limits");
+            }
+            watch.warned.clear();
+            watch.usage.over_limit = None;
+            return;
+        }
+        let what: Vec<String> = unmet
+            .iter()
+            .map(|l| describe(*l, limits, waiting, fs, wall))
+            .collect();
+        let text = match limits.on_full {
+            OnFull::Keep => format!(
+                "{}; files are kept (spool.on_full = keep)",
+                what.join("; ")
+            ),
+            OnFull::DeleteOldest => format!(
+                "{}; what is left is being uploaded, written or finished (spool.on_full = delete-oldest)",
+                what.join("; ")
+            ),
+        };
+        watch.usage.over_limit = Some(text.clone());
+        if !warn {
+            return;
+        }
+        if unmet.iter().any(|l| !watch.warned.contains(l)) {
+            log::warn!("spool over its limit: {text}");
+        }
+        watch.warned = unmet.to_vec();
+    }
+}
+
+/// Which limit is exceeded, in words, as things stand.
+fn describe(
+    limit: Limit,
+    limits: &SpoolLimits,
+    waiting: &[Waiting<FileKey>],
+    fs: Option<FsSpace>,
+    wall: SystemTime,
+) -> String {
+    match limit {
+        Limit::MaxBytes => format!(
+            "{}: {} waiting, above {}",
+            limit.key(),
+            human_bytes(waiting.iter().map(|w| w.size).sum()),
+            human_bytes(limits.max_bytes.unwrap_or(0))
+        ),
+        Limit::MinFree => {
+            let (free, need) = fs
+                .zip(limits.min_free)
+                .map_or((0, 0), |(fs, m)| (fs.free, m.bytes(fs.total)));
+            format!(
+                "{}: {} free on the spool's file system, below {}",
+                limit.key(),
+                human_bytes(free),
+                human_bytes(need)
+            )
+        }
+        Limit::MaxAge => {
+            let oldest = waiting.iter().map(|w| w.mtime).min().unwrap_or(wall);
+            format!(
+                "{}: a waiting file is {} old, above {}",
+                limit.key(),
+                human_age(wall.duration_since(oldest).unwrap_or_default().as_secs()),
+                human_age(limits.max_age.unwrap_or_default().as_secs())
+            )
+        }
+    }
+}
+
+/// The spool's file system: free bytes for ferry and size (`None` when it cannot be read).
+fn fs_space(dir: &Path) -> Option<FsSpace> {
+    use std::os::unix::ffi::OsStrExt;
+    let dir = std::ffi::CString::new(dir.as_os_str().as_bytes()).ok()?;
+    let st = rustix::fs::statvfs(dir.as_c_str()).ok()?;
+    Some(FsSpace {
+        free: st.f_bavail.saturating_mul(st.f_frsize),
+        total: st.f_blocks.saturating_mul(st.f_frsize),
+    })
+}
+
+/// An evicted file's upload, to terminate on the server.
+pub(super) struct Abandoned {
+    path: String,
+    endpoint: String,
+    url: String,
+}
+
+/// The thread that terminates evicted files' uploads, so that no DELETE waits on the main
+/// thread. Dropped with the daemon's main state: a DELETE still running then has its
+/// connection shut down, so a stop never waits out a timeout.
+pub(super) struct Terminator<'a> {
+    tx: Option<Sender<Abandoned>>,
+    busy: Arc<AtomicBool>,
+    stop: Arc<AtomicBool>,
+    transport: &'a dyn Transport,
+}
+
+impl Terminator<'_> {
+    fn send(&self, job: Abandoned) {
+        if let Some(tx) = &self.tx {
+            let _ = tx.send(job);
+        }
+    }
+}
+
+impl Drop for Terminator<'_> {
+    fn drop(&mut self) {
+        self.stop.store(true, SeqCst);
+        self.tx = None;
+        if self.busy.load(SeqCst) {
+            self.transport.shut_down();
+        }
+    }
+}
+
+/// Starts the terminator thread in `scope`.
+pub(super) fn spawn_terminator<'scope, 'env, 'a>(
+    scope: &'scope std::thread::Scope<'scope, 'env>,
+    uploader: &'env Uploader<'a>,
+    transport: &'a dyn Transport,
+) -> Result<Terminator<'a>>
+where
+    'a: 'env,
+{
+    let (tx, rx) = std::sync::mpsc::channel::<Abandoned>();
+    let busy = Arc::new(AtomicBool::new(false));
+    let stop = Arc::new(AtomicBool::new(false));
+    let (b, s) = (busy.clone(), stop.clone());
+    std::thread::Builder::new()
+        .name("terminate".into())
+        .spawn_scoped(scope, move || {
+            for job in rx {
+                b.store(true, SeqCst);
+                if s.load(SeqCst) {
+                    b.store(false, SeqCst);
+                    return;
+                }
+                terminate(uploader, &job);
+                b.store(false, SeqCst);
+            }
+        })
+        .map_err(|e| Error::Io {
+            context: "cannot start the termination thread".into(),
+            source: e,
+        })?;
+    Ok(Terminator {
+        tx: Some(tx),
+        busy,
+        stop,
+        transport,
+    })
+}
+
+/// One DELETE, at best effort; none while uploads are held (pause, a closed policy, stop).
+fn terminate(uploader: &Uploader, job: &Abandoned) {
+    let url = crate::tus::url::redact(&job.url);
+    if uploader.interrupt_flag().load(SeqCst) {
+        log::info!(
+            "{}: its upload {url} is left to expire on the server (uploads are held)",
+            job.path
+        );
+        return;
+    }
+    match uploader.terminate_evicted(&job.endpoint, &job.url) {
+        Ok(()) => log::info!("{}: terminated its upload {url}", job.path),
+        Err(e) => log::info!(
+            "{}: could not terminate its upload {url} ({e}); it expires on the server",
+            job.path
+        ),
+    }
+}
