@@ -10,7 +10,9 @@
 //!                        daemon: the loop that asks "what is due next?", runs one step, sleeps until then
 //! ```
 //!
-//! Invariants: a spool file is deleted or moved only after the server confirmed all of it; a
+//! Invariants: a spool file is deleted or moved only after the server confirmed all of it
+//! (one exception the operator opts into: `spool.on_full = "delete-oldest"` evicts the oldest
+//! waiting files to keep the spool within its limits, never the one in flight); a
 //! file's upload URL is durable (synced, with its directory entries) before its first byte is
 //! sent; after any failure the offset comes from the server (HEAD); a file that changed is
 //! never mixed into its old upload; memory does not grow with file or spool size; only regular
