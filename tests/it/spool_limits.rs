@@ -273,7 +273,13 @@ fn an_evicted_started_upload_is_terminated_on_the_server() {
         code: 503,
         body: "busy".into(),
     };
-    server.push_fault("PATCH", busy.clone());
+    // Three refusals in the queue, so that a retry whose jittered delay is near 0 (the first
+    // backoff is random up to initial_delay) is refused too until the fault is pinned below;
+    // under emulation that retry once came before the pin and the upload completed. A refusal
+    // left over may meet new.bin's first PATCH: it retries within 4 s.
+    for _ in 0..3 {
+        server.push_fault("PATCH", busy.clone());
+    }
     let sp = Spool::new(
         "limits-term",
         &server.endpoint(),
