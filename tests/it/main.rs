@@ -42,6 +42,7 @@ mod stream_emulator_selftest;
 mod support_selftest;
 mod systemd_unit;
 mod tls;
+mod tls_suites;
 mod vm;
 
 /// A plain `cargo test` builds without the broker (the feature is off by default), which would
