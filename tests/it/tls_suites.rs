@@ -1,11 +1,14 @@
 //! End to end: `server.cipher_order` decides the cipher suite a real rustls server (our TLS
 //! proxy, which follows the client's order of preference, as BoringSSL, Go and rustls do)
-//! agrees on, over TLS 1.3 and TLS 1.2; ferry logs the negotiated suite at debug level.
+//! agrees on, over TLS 1.3 and TLS 1.2; ferry logs the negotiated suite at debug level, and
+//! `ferry status` shows the daemon's last one.
 
 use std::path::Path;
 use std::process::Output;
+use std::time::Duration;
 
-use crate::harness::{ferry, finished, stderr, Scratch};
+use crate::daemon::Spool;
+use crate::harness::{ferry, finished, stderr, wait_until, Scratch};
 use crate::support::tls_proxy::TlsProxy;
 use crate::support::tus_server::{ServerConfig, TusServer};
 use crate::tls::fixture;
@@ -86,4 +89,30 @@ fn a_cipher_order_ferry_does_not_know_is_a_configuration_error_naming_the_key() 
         err.contains("server.cipher_order = \"chacha20\"") && err.contains("auto"),
         "{err}"
     );
+}
+
+/// `ferry status` shows the suite of the daemon's last handshake (text and JSON).
+#[test]
+fn ferry_status_shows_the_negotiated_suite() {
+    let (server, proxy) = server(rustls::DEFAULT_VERSIONS);
+    let sp = Spool::new("tls-suites-status", &proxy.url("/files/"), "");
+    let text = std::fs::read_to_string(&sp.config).unwrap();
+    let ca = fixture("ca.pem");
+    let text = text.replacen(
+        "[server]\n",
+        &format!("[server]\nca_file = {ca:?}\ncipher_order = \"chacha\"\n"),
+        1,
+    );
+    std::fs::write(&sp.config, text).unwrap();
+    let _daemon = sp.start();
+    sp.drop_file("a.bin", 100 * 1024, 2);
+    let want = "TLS 1.3 TLS13_CHACHA20_POLY1305_SHA256";
+    wait_until(
+        "the status to show the suite",
+        Duration::from_secs(10),
+        || sp.status().contains(&format!("\ntls: {want}\n")),
+    );
+    let json = String::from_utf8_lossy(&sp.cmd(&["status", "--json"]).stdout).into_owned();
+    assert!(json.contains(&format!("\"tls\":\"{want}\"")), "{json}");
+    assert_eq!(server.uploads().len(), 1, "{}", sp.log());
 }
