@@ -37,6 +37,15 @@ impl CipherOrder {
         }
     }
 
+    /// The setting's value as written in the config file.
+    pub(crate) fn name(self) -> &'static str {
+        match self {
+            Self::Auto => "auto",
+            Self::Aes => "aes",
+            Self::Chacha => "chacha",
+        }
+    }
+
     /// Whether ChaCha20-Poly1305 goes first, on a CPU that has AES instructions or not.
     pub(crate) fn chacha_first(self, cpu_has_aes: bool) -> bool {
         match self {
@@ -143,6 +152,9 @@ mod tests {
         assert_eq!(CipherOrder::parse("aes"), Some(CipherOrder::Aes));
         assert_eq!(CipherOrder::parse("chacha"), Some(CipherOrder::Chacha));
         assert_eq!(CipherOrder::parse("ChaCha20"), None);
+        for o in [CipherOrder::Auto, CipherOrder::Aes, CipherOrder::Chacha] {
+            assert_eq!(CipherOrder::parse(o.name()), Some(o));
+        }
         assert_eq!(CipherOrder::default(), CipherOrder::Auto);
     }
 

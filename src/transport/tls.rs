@@ -56,8 +56,9 @@ pub(super) fn client_config(
     let has_aes = cipher::cpu_has_aes();
     let chacha_first = order.chacha_first(has_aes);
     log::debug!(
-        "TLS: CPU {} AES instructions; cipher_order {order:?}: offering {} first",
+        "TLS: CPU {} AES instructions; cipher_order {}: offering {} first",
         if has_aes { "has" } else { "lacks" },
+        order.name(),
         if chacha_first {
             "ChaCha20-Poly1305"
         } else {
