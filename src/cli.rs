@@ -384,6 +384,7 @@ fn setting(
         "ca-file" => o.server.ca_file = Some(path(p, hint)?),
         "client-cert" => o.server.client_cert = Some(path(p, hint)?),
         "client-key" => o.server.client_key = Some(path(p, hint)?),
+        "cipher-order" => o.server.cipher_order = Some(text(p, hint)?),
         "auth-cross-origin" => o.server.auth_cross_origin = Some(true),
         "connect-timeout" => o.server.connect_timeout = Some(text(p, hint)?),
         "idle-timeout" => o.server.idle_timeout = Some(text(p, hint)?),

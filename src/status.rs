@@ -56,6 +56,10 @@ pub(crate) struct Snapshot {
     /// each as `name: text`.
     #[serde(default)]
     pub policy_notes: Vec<String>,
+    /// The TLS version and cipher suite of the last handshake, e.g.
+    /// `TLS 1.3 TLS13_CHACHA20_POLY1305_SHA256`; absent before any (or over plain HTTP).
+    #[serde(default)]
+    pub tls: Option<String>,
     /// Recent permanent failures.
     pub failed: Vec<FailedFile>,
     /// Counters since start.
@@ -285,6 +289,9 @@ pub(crate) fn render_text(s: &Snapshot, alive: bool, now_unix: u64) -> String {
     for n in &s.policy_notes {
         out += &format!("policy {n}\n");
     }
+    if let Some(tls) = &s.tls {
+        out += &format!("tls: {tls}\n");
+    }
     for a in &s.files {
         out += &format!("  {:<12} {}", a.state, a.path);
         if a.size > 0 || a.position > 0 {
@@ -492,7 +499,12 @@ mod tests {
             by: "ferry limit".into(),
         });
         s.policy_notes = vec!["condition: unmetered".into()];
+        s.tls = Some("TLS 1.3 TLS13_CHACHA20_POLY1305_SHA256".into());
         let t = render_text(&s, true, 100);
+        assert!(
+            t.contains("tls: TLS 1.3 TLS13_CHACHA20_POLY1305_SHA256\n"),
+            "{t}"
+        );
         assert!(t.contains("rate limit: 512.0 KiB/s (ferry limit)\n"), "{t}");
         assert!(t.contains("policy condition: unmetered\n"), "{t}");
         assert!(

@@ -44,6 +44,9 @@ OPTIONS (each overrides the same key of the --config file, shown in brackets):
     --ca-file PATH           trust this CA (PEM)                   [server.ca_file]
     --client-cert PATH       client certificate (PEM)              [server.client_cert]
     --client-key PATH        client key (PEM)                      [server.client_key]
+    --cipher-order ORDER     auto | aes | chacha: TLS suites offered first; default auto
+                             (ChaCha20 on a CPU without AES instructions)
+                                                                   [server.cipher_order]
     --auth-cross-origin      send credentials to other origins     [server.auth_cross_origin]
     --connect-timeout DUR    default 15s                           [server.connect_timeout]
     --idle-timeout DUR       stalled-link detection; default 30s   [server.idle_timeout]

@@ -202,6 +202,8 @@ pub(crate) struct RawServer {
     pub client_cert: Option<PathBuf>,
     /// Client private key.
     pub client_key: Option<PathBuf>,
+    /// `auto` (default), `aes` or `chacha`: which TLS cipher suites are offered first.
+    pub cipher_order: Option<String>,
     /// Connect timeout.
     #[serde(default, deserialize_with = "values::duration")]
     pub connect_timeout: Option<String>,
@@ -315,6 +317,7 @@ impl Raw {
         take!(server.ca_file);
         take!(server.client_cert);
         take!(server.client_key);
+        take!(server.cipher_order);
         take!(server.connect_timeout);
         take!(server.idle_timeout);
         take!(server.response_timeout);

@@ -17,6 +17,7 @@
 //! ca_file = "/etc/ferry/ca.pem"                 # trust this CA instead of the public roots
 //! client_cert = "/etc/ferry/client.pem"         # mutual TLS (with client_key)
 //! client_key = "/etc/ferry/client.key"
+//! cipher_order = "auto"                         # auto | aes | chacha: TLS suites offered first (auto: ChaCha20 without AES instructions)
 //! connect_timeout = "15s"                       # resolve + TCP + TLS handshake
 //! idle_timeout = "30s"                          # no byte moved for this long = stalled link
 //! response_timeout = "60s"                      # the whole answer, once the request is sent

@@ -19,6 +19,7 @@ use crate::hook::HookSettings;
 use crate::spool::{self, SpoolRules};
 use crate::spool_limits::{MinFree, OnFull, SpoolLimits};
 use crate::stream::{self, Target, MEDIA_ID_HEADER};
+use crate::transport::cipher::CipherOrder;
 use crate::transport::http::HttpSettings;
 use crate::tus::checksum::Algorithm;
 use crate::tus::{metadata, url};
@@ -85,6 +86,7 @@ impl Raw {
             ca_file: s.ca_file.clone(),
             client_cert: s.client_cert.clone(),
             client_key: s.client_key.clone(),
+            cipher_order: cipher_order(s.cipher_order.as_deref())?,
             bind_interface: super::network::resolve(&self.network)?.bind_interface,
         };
         if http.connect_timeout.is_zero()
@@ -426,6 +428,18 @@ fn chunk_size(v: &Option<String>) -> Result<u64> {
         )));
     }
     Ok(n)
+}
+
+/// `server.cipher_order`: `auto` (default), `aes` or `chacha`.
+fn cipher_order(v: Option<&str>) -> Result<CipherOrder> {
+    match v {
+        None => Ok(CipherOrder::Auto),
+        Some(text) => CipherOrder::parse(text).ok_or_else(|| {
+            Error::config(format!(
+                "server.cipher_order = {text:?}: use auto (ChaCha20 first on a CPU without AES instructions), aes or chacha"
+            ))
+        }),
+    }
 }
 
 fn checksum_mode(v: Option<&str>) -> Result<ChecksumMode> {

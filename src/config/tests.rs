@@ -67,6 +67,31 @@ fn defaults_retry_forever() {
 }
 
 #[test]
+fn cipher_order_is_auto_unless_set_to_aes_or_chacha() {
+    use crate::transport::cipher::CipherOrder;
+    let resolve = |extra: &str| {
+        let text = format!("state_dir = \"/s\"\n[server]\nendpoint = \"https://h/f/\"\n{extra}");
+        from_toml(&text, "ferry.toml").and_then(|r| r.resolve(&Env::default()))
+    };
+    assert_eq!(resolve("").unwrap().http.cipher_order, CipherOrder::Auto);
+    for (value, order) in [
+        ("auto", CipherOrder::Auto),
+        ("aes", CipherOrder::Aes),
+        ("chacha", CipherOrder::Chacha),
+    ] {
+        let c = resolve(&format!("cipher_order = {value:?}")).unwrap();
+        assert_eq!(c.http.cipher_order, order, "{value}");
+    }
+    let err = resolve("cipher_order = \"AES-GCM\"")
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("server.cipher_order = \"AES-GCM\": use auto") && err.contains("chacha"),
+        "{err}"
+    );
+}
+
+#[test]
 fn errors_name_the_key() {
     let err = |text: &str| {
         from_toml(text, "ferry.toml")

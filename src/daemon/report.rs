@@ -156,6 +156,7 @@ impl<'p, 'a> Main<'p, 'a> {
             blocked: self.blocked(now),
             rate_limit: self.gate_rate(),
             policy_notes: self.gate_notes(),
+            tls: self.parts.transport.tls_suite(),
             failed,
             state_damage: self.state_damage(),
             totals,

@@ -10,6 +10,10 @@
 //! - sending a body may take `idle_timeout` plus its length at `min_send_rate`, so a server
 //!   that reads slowly cannot hold us either, while a 6 MiB chunk over a slow link is fine.
 //!
+//! TLS is our own rustls connector ([`super::tls`]): the cipher suites in the order
+//! `server.cipher_order` picks for this CPU ([`super::cipher`]), the negotiated suite logged
+//! and kept for [`Transport::tls_suite`].
+//!
 //! Redirects are not followed (tus defines none for creation, and following one could send a
 //! body or credentials somewhere unplanned).
 
@@ -19,11 +23,12 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use ureq::tls::{Certificate, ClientCert, PrivateKey, RootCerts, TlsConfig};
 use ureq::unversioned::resolver::DefaultResolver;
-use ureq::unversioned::transport::{ConnectProxyConnector, Connector, RustlsConnector};
+use ureq::unversioned::transport::{ConnectProxyConnector, Connector};
 
+use super::cipher::CipherOrder;
 use super::tcp::{NotTls, TcpConnector};
+use super::tls::{Negotiated, TlsConnector};
 use super::{Delivery, FailureKind, Transport, TransportError};
 use crate::error::{Error, Result};
 use crate::tus::{Body, Request, Response};
@@ -50,6 +55,8 @@ pub(crate) struct HttpSettings {
     pub client_key: Option<PathBuf>,
     /// Every connection's socket is bound to this interface (SO_BINDTODEVICE).
     pub bind_interface: Option<String>,
+    /// Which cipher suites are offered first (`server.cipher_order`).
+    pub cipher_order: CipherOrder,
 }
 
 impl Default for HttpSettings {
@@ -64,6 +71,7 @@ impl Default for HttpSettings {
             client_cert: None,
             client_key: None,
             bind_interface: None,
+            cipher_order: CipherOrder::Auto,
         }
     }
 }
@@ -88,6 +96,8 @@ pub(crate) struct UreqTransport {
     paced: AtomicU64,
     /// Set when an exchange showed that the endpoint URL itself is wrong.
     endpoint_problem: Mutex<Option<String>>,
+    /// The last TLS handshake's version and suite (written by the TLS connector).
+    negotiated: Negotiated,
 }
 
 impl UreqTransport {
@@ -107,9 +117,13 @@ impl UreqTransport {
             .timeout_send_request(Some(settings.idle_timeout))
             .timeout_recv_response(Some(settings.response_timeout))
             .timeout_recv_body(Some(settings.response_timeout))
-            .tls_config(tls_config(settings)?)
             .build();
-        // ureq's default chain with our TCP layer in place of its own (no SOCKS: the
+        let negotiated = Negotiated::default();
+        let tls = TlsConnector {
+            config: Arc::new(tls_config(settings)?),
+            negotiated: negotiated.clone(),
+        };
+        // ureq's default chain with our TCP and TLS layers in place of its own (no SOCKS: the
         // socks-proxy feature is off, as before).
         let connector = ()
             .chain(ConnectProxyConnector::default())
@@ -117,12 +131,13 @@ impl UreqTransport {
                 idle_timeout: settings.idle_timeout,
                 bind_interface: settings.bind_interface.clone(),
             })
-            .chain(RustlsConnector::default());
+            .chain(tls);
         Ok(Self {
             agent: ureq::Agent::with_parts(config, connector, DefaultResolver::default()),
             settings: settings.clone(),
             paced: AtomicU64::new(0),
             endpoint_problem: Mutex::new(None),
+            negotiated,
         })
     }
 
@@ -151,56 +166,18 @@ impl UreqTransport {
     }
 }
 
-fn tls_config(s: &HttpSettings) -> Result<TlsConfig> {
-    let mut tls = TlsConfig::builder();
-    if let Some(path) = &s.ca_file {
-        let certs = read_certs(path)?;
-        tls = tls.root_certs(RootCerts::new_with_certs(&certs));
-    }
-    match (&s.client_cert, &s.client_key) {
-        (Some(cert), Some(key)) => {
-            let chain = read_certs(cert)?;
-            let pem = read_pem(key)?;
-            let key = PrivateKey::from_pem(&pem)
-                .map_err(|e| Error::config(format!("client_key {}: {e}", key.display())))?;
-            tls = tls.client_cert(Some(ClientCert::new_with_certs(&chain, key)));
-        }
-        (None, None) => {}
+/// The rustls client configuration for `s`: its CA file, client certificate and cipher order.
+fn tls_config(s: &HttpSettings) -> Result<rustls::ClientConfig> {
+    let client = match (&s.client_cert, &s.client_key) {
+        (Some(cert), Some(key)) => Some((cert.as_path(), key.as_path())),
+        (None, None) => None,
         _ => {
             return Err(Error::config(
                 "client_cert and client_key must be given together",
             ))
         }
-    }
-    Ok(tls.build())
-}
-
-fn read_pem(path: &PathBuf) -> Result<Vec<u8>> {
-    std::fs::read(path).map_err(|e| Error::config(format!("cannot read {}: {e}", path.display())))
-}
-
-fn read_certs(path: &PathBuf) -> Result<Vec<Certificate<'static>>> {
-    let pem = read_pem(path)?;
-    let certs: Vec<Certificate<'static>> = ureq::tls::parse_pem(&pem)
-        .filter_map(|item| match item {
-            Ok(ureq::tls::PemItem::Certificate(c)) => Some(Ok(c)),
-            Ok(_) => None,
-            Err(e) => Some(Err(e)),
-        })
-        .collect::<std::result::Result<_, _>>()
-        .map_err(|e| {
-            Error::config(format!(
-                "{}: not a PEM certificate file: {e}",
-                path.display()
-            ))
-        })?;
-    if certs.is_empty() {
-        return Err(Error::config(format!(
-            "{} holds no PEM certificate",
-            path.display()
-        )));
-    }
-    Ok(certs)
+    };
+    super::tls::client_config(s.ca_file.as_deref(), client, s.cipher_order)
 }
 
 impl Transport for UreqTransport {
@@ -284,6 +261,13 @@ impl Transport for UreqTransport {
     fn shut_down(&self) {
         // Shuts the sockets of this agent's connections (ours register in tcp.rs).
         self.agent.clone().shutdown();
+    }
+
+    fn tls_suite(&self) -> Option<String> {
+        self.negotiated
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
     }
 }
 

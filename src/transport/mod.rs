@@ -10,10 +10,12 @@ use std::sync::Arc;
 
 use crate::tus::{Request, Response};
 
+pub(crate) mod cipher;
 mod delivery;
 pub(crate) mod http;
 mod sockdiag;
 mod tcp;
+mod tls;
 
 pub(crate) use delivery::Delivery;
 
@@ -47,6 +49,12 @@ pub(crate) trait Transport: Send + Sync {
     /// return an error) and refuses new ones: for a shutdown that must not wait out a
     /// timeout. For good: the transport is not used again.
     fn shut_down(&self) {}
+
+    /// The TLS version and cipher suite of the last handshake, e.g.
+    /// `TLS 1.3 TLS13_CHACHA20_POLY1305_SHA256`; `None` before any (or over plain HTTP).
+    fn tls_suite(&self) -> Option<String> {
+        None
+    }
 }
 
 /// Why no answer came back.

@@ -43,6 +43,7 @@ mod stream_emulator_selftest;
 mod support_selftest;
 mod systemd_unit;
 mod tls;
+mod tls_suites;
 mod vm;
 mod windows;
 

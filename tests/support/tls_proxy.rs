@@ -31,7 +31,7 @@ use std::time::Duration;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::server::WebPkiClientVerifier;
-use rustls::{RootCertStore, ServerConfig, ServerConnection};
+use rustls::{RootCertStore, ServerConfig, ServerConnection, SupportedProtocolVersion};
 
 use super::accept::{Acceptor, Stop};
 use super::pump::{self, Abort, End, Flow, Link, Way, BUF_BYTES};
@@ -54,6 +54,8 @@ struct Shared {
     connections: AtomicU64,
     handshakes_ok: AtomicU64,
     handshakes_failed: AtomicU64,
+    /// The cipher suite of each good handshake, in order.
+    suites: Mutex<Vec<String>>,
 }
 
 impl TlsProxy {
@@ -66,7 +68,24 @@ impl TlsProxy {
         key_pem: &Path,
         client_ca: Option<&Path>,
     ) -> TlsProxy {
-        let config = Arc::new(server_config(cert_pem, key_pem, client_ca));
+        Self::start_with_versions(
+            upstream,
+            cert_pem,
+            key_pem,
+            client_ca,
+            rustls::DEFAULT_VERSIONS,
+        )
+    }
+
+    /// [`TlsProxy::start`], speaking only the TLS `versions` given (e.g. TLS 1.2 alone).
+    pub fn start_with_versions(
+        upstream: SocketAddr,
+        cert_pem: &Path,
+        key_pem: &Path,
+        client_ca: Option<&Path>,
+        versions: &[&'static SupportedProtocolVersion],
+    ) -> TlsProxy {
+        let config = Arc::new(server_config(cert_pem, key_pem, client_ca, versions));
         let listener = TcpListener::bind("127.0.0.1:0").expect("bind the TLS proxy");
         let addr = listener.local_addr().expect("TLS proxy address");
         let shared = Arc::new(Shared {
@@ -77,6 +96,7 @@ impl TlsProxy {
             connections: AtomicU64::new(0),
             handshakes_ok: AtomicU64::new(0),
             handshakes_failed: AtomicU64::new(0),
+            suites: Mutex::new(Vec::new()),
         });
         let for_conns = Arc::clone(&shared);
         let acceptor = Acceptor::start(listener, "tls-proxy", &shared.stop, move |client| {
@@ -114,13 +134,25 @@ impl TlsProxy {
     pub fn handshakes_failed(&self) -> u64 {
         self.shared.handshakes_failed.load(Ordering::SeqCst)
     }
+
+    /// The cipher suite each good handshake agreed on (rustls' name, e.g.
+    /// `TLS13_CHACHA20_POLY1305_SHA256`), in order. The server follows the client's order of
+    /// preference (rustls' `ignore_client_order` is false by default).
+    pub fn suites(&self) -> Vec<String> {
+        lock(&self.shared.suites).clone()
+    }
 }
 
-fn server_config(cert_pem: &Path, key_pem: &Path, client_ca: Option<&Path>) -> ServerConfig {
+fn server_config(
+    cert_pem: &Path,
+    key_pem: &Path,
+    client_ca: Option<&Path>,
+    versions: &[&'static SupportedProtocolVersion],
+) -> ServerConfig {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let builder = ServerConfig::builder_with_provider(Arc::clone(&provider))
-        .with_safe_default_protocol_versions()
-        .expect("ring supports the default TLS versions");
+        .with_protocol_versions(versions)
+        .expect("ring supports these TLS versions");
     let builder = match client_ca {
         None => builder.with_no_client_auth(),
         Some(ca) => {
@@ -166,6 +198,9 @@ fn serve(shared: &Arc<Shared>, mut client: TcpStream) {
         return;
     }
     shared.handshakes_ok.fetch_add(1, Ordering::SeqCst);
+    if let Some(suite) = tls.negotiated_cipher_suite() {
+        lock(&shared.suites).push(format!("{:?}", suite.suite()));
+    }
     let Ok(upstream) = TcpStream::connect_timeout(&shared.upstream, CONNECT_TIMEOUT) else {
         let _ = client.shutdown(Shutdown::Both);
         return;
