@@ -11,6 +11,7 @@ use std::sync::Arc;
 use crate::tus::{Request, Response};
 
 mod delivery;
+mod drain;
 pub(crate) mod http;
 mod sockdiag;
 mod tcp;

@@ -287,6 +287,40 @@ fn fresh_upload_persists_the_url_before_the_first_patch() {
 }
 
 #[test]
+fn chunks_are_not_synced_only_the_url_and_the_completion_are() {
+    // Issue 16, target 3: the server's offset is the truth (invariant 3), so a confirmed
+    // chunk is written to the store unsynced; the durable points are the URL before the first
+    // data byte (invariant 2) and the completion.
+    let sc = Scenario::new("syncs", &data(100));
+    let before = sc.store.syncs();
+    let mut answers = vec![options(), created(URL)];
+    answers.extend((1..=10).map(|i| patch(i * 10)));
+    let (_, script) = sc.run_ok(answers);
+    assert_eq!(script.methods().len(), 12, "ten PATCHes");
+    assert_eq!(
+        sc.store.syncs() - before,
+        2,
+        "the URL and the completion only"
+    );
+    // A resume after a cut: the HEAD's offset and expiry are not synced either.
+    let sc = Scenario::new("syncs-resume", &data(30));
+    sc.interrupted(vec![options(), created(URL), patch(10), cut(Method::Patch)]);
+    let before = sc.store.syncs();
+    let expiring = (
+        Method::Head,
+        resp(
+            200,
+            &[
+                ("Upload-Offset", "13"),
+                ("Upload-Expires", "Wed, 25 Jun 2031 16:00:00 GMT"),
+            ],
+        ),
+    );
+    sc.run_ok(vec![options(), expiring, patch(23), patch(30)]);
+    assert_eq!(sc.store.syncs() - before, 1, "the completion only");
+}
+
+#[test]
 fn a_second_run_of_a_complete_file_sends_nothing() {
     let sc = Scenario::new("again", &data(5));
     sc.run_ok(vec![options(), created(URL), patch(5)]);
