@@ -89,6 +89,7 @@ impl<In: Transport> Connector<In> for TcpConnector {
             expect_tls: details.needs_tls(),
             idle_timeout: self.idle_timeout,
             body: None,
+            delivery: Weak::new(),
         };
         (details.register_shutdown)(transport.shutdown_handle())?;
         Ok(Some(Either::B(transport)))
@@ -247,6 +248,17 @@ pub(super) struct TcpTransport {
     idle_timeout: Duration,
     /// The body written since the last answer began to be awaited, if any.
     body: Option<BodyWrite>,
+    /// The delivery of the last body written here.
+    delivery: Weak<delivery::Delivery>,
+}
+
+impl Drop for TcpTransport {
+    fn drop(&mut self) {
+        // The last look at what the peer acknowledged, while the socket can still be asked.
+        if let Some(d) = self.delivery.upgrade() {
+            let _ = d.acked();
+        }
+    }
 }
 
 impl TcpTransport {
@@ -392,7 +404,9 @@ impl Transport for TcpTransport {
             Timeout::Resolve | Timeout::Connect | Timeout::SendRequest
         ) {
             // Past the connection set-up and the request head: body bytes.
-            delivery::body_starts(&self.socket);
+            if let Some(d) = delivery::body_starts(&self.socket) {
+                self.delivery = d;
+            }
             let at = (self.socket.written(), deadline.progress);
             self.body.get_or_insert(BodyWrite { from: at, to: at });
         }
