@@ -4,18 +4,22 @@
 //!
 //! ```sh
 //! scripts/install-peers                           # once: @tus/server into tests/peers
-//! cargo bench --bench upload                      # 1 GiB file
-//! cargo bench --bench upload -- --size 256MiB
+//! cargo bench --bench upload                      # 1 GiB file, 3 alternating rounds
+//! cargo bench --bench upload -- --size 256MiB --runs 5
 //! ```
 //!
 //! Machines are shared and noisy, so every figure that matters is a ratio against a baseline
-//! measured in the same run: ferry's wall time over curl's (one POST plus one PATCH of the whole
-//! file, streamed from disk by `curl -T`), and the cut run's wall time over the uncut ferry run.
+//! measured in the same run: `ferry upload FILE` with default settings against curl (one POST
+//! plus one PATCH of the whole file, streamed from disk by `curl -T`), alternating, the median
+//! of `--runs` rounds for wall time and for CPU time (user + system, from the bench's
+//! `cutime`/`cstime` in `/proc/self/stat` around each reaped child); then one run each with
+//! fixed chunk sizes, and the cut run's wall time over the uncut default run.
 //! Peak RSS is the last `VmHWM` read from `/proc/<pid>/status`, polled every 10 ms while ferry
 //! runs (the high-water mark only grows, so the last reading is the peak).
 //!
-//! Exits non-zero if a stored upload differs from the file, if an upload fails, or if ferry's
-//! peak RSS is over the 16 MiB budget.
+//! Issue 16's targets for the default run: wall ≤ 0.9× curl's, CPU ≤ 1.5× curl's, peak RSS
+//! ≤ 8 MiB; the report says whether each is met. Exits non-zero if a stored upload differs from
+//! the file, if an upload fails, or if ferry's peak RSS is over the 8 MiB budget.
 #![allow(
     unreachable_pub,
     reason = "a binary: its support modules' pub items are for each other"
@@ -49,8 +53,13 @@ use peers::{NodeOpts, Peer};
 
 const MIB: u64 = 1 << 20;
 const GIB: u64 = 1 << 30;
-/// The project's hard budget for ferry's resident memory.
-const RSS_BUDGET_KIB: u64 = 16 * 1024;
+/// The project's hard budget for ferry's resident memory (issue 16, target 6).
+const RSS_BUDGET_KIB: u64 = 8 * 1024;
+/// Issue 16, target 1: ferry's wall time and CPU time over curl's, at most.
+const WALL_TARGET: f64 = 0.9;
+const CPU_TARGET: f64 = 1.5;
+/// `USER_HZ`: the unit of `/proc/*/stat` times (100 on every Linux port this runs on).
+const CLOCK_TICKS_PER_SEC: f64 = 100.0;
 const RSS_POLL: Duration = Duration::from_millis(10);
 const CHUNK_SIZES: [&str; 2] = ["6MiB", "64MiB"];
 /// Variables that could route the loopback traffic through some other proxy.
@@ -66,16 +75,16 @@ const PROXY_VARS: [&str; 6] = [
 type Res<T> = Result<T, String>;
 
 fn main() -> ExitCode {
-    let size = match parse_args() {
-        Ok(size) => size,
+    let (size, runs) = match parse_args() {
+        Ok(args) => args,
         Err(e) => {
             eprintln!("upload bench: {e}");
-            eprintln!("usage: cargo bench --bench upload [-- --size SIZE]");
+            eprintln!("usage: cargo bench --bench upload [-- --size SIZE] [--runs N]");
             eprintln!("       SIZE e.g. 1GiB (the default), 256MiB, 100MB");
             return ExitCode::from(2);
         }
     };
-    match run(size) {
+    match run(size, runs) {
         Ok(failures) if failures.is_empty() => ExitCode::SUCCESS,
         Ok(failures) => {
             for f in &failures {
@@ -90,25 +99,31 @@ fn main() -> ExitCode {
     }
 }
 
-/// `--size SIZE`; anything else Cargo passes (`--bench`) is ignored.
-fn parse_args() -> Res<u64> {
+/// `--size SIZE`, `--runs N`; anything else Cargo passes (`--bench`) is ignored.
+fn parse_args() -> Res<(u64, usize)> {
     let mut size = GIB;
+    let mut runs = 3;
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
         if let Some(v) = arg.strip_prefix("--size=") {
             size = parse_size(v)?;
         } else if arg == "--size" {
             size = parse_size(&args.next().ok_or("--size needs a value")?)?;
+        } else if arg == "--runs" {
+            let v = args.next().ok_or("--runs needs a value")?;
+            runs = v
+                .parse()
+                .map_err(|_| format!("--runs {v:?}: not a count"))?;
         } else if arg.starts_with("--") {
             // `cargo bench` passes `--bench`; libtest-style flags mean nothing here.
         } else {
             return Err(format!("unexpected argument {arg:?}"));
         }
     }
-    if size == 0 {
-        return Err("--size must be above 0".into());
+    if size == 0 || runs == 0 {
+        return Err("--size and --runs must be above 0".into());
     }
-    Ok(size)
+    Ok((size, runs))
 }
 
 fn parse_size(text: &str) -> Res<u64> {
@@ -148,10 +163,33 @@ impl Drop for TempDir {
 /// One ferry run.
 struct FerryRun {
     wall: Duration,
+    /// User + system CPU seconds.
+    cpu: f64,
     peak_rss_kib: u64,
 }
 
-fn run(size: u64) -> Res<Vec<String>> {
+/// CPU seconds (user + system) of this process's reaped children so far.
+fn children_cpu() -> f64 {
+    let stat = fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    // Fields after the command name (which may hold spaces) start at field 3, `state`.
+    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    // cutime and cstime are fields 16 and 17: indices 13 and 14 after `state` (field 3).
+    (ticks(13) + ticks(14)) / CLOCK_TICKS_PER_SEC
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v.get(v.len() / 2).copied().unwrap_or(0.0)
+}
+
+fn run(size: u64, runs: usize) -> Res<Vec<String>> {
     check_curl()?;
     let dir = TempDir(std::env::temp_dir().join(format!("ferry-bench-{}", std::process::id())));
     fs::create_dir_all(&dir.0).map_err(|e| format!("create {}: {e}", dir.0.display()))?;
@@ -174,31 +212,36 @@ fn run(size: u64) -> Res<Vec<String>> {
     let (_, url) = curl_upload(&peer.endpoint(), &warm, warm_size)?;
     verify(&peer, &url, &warm, "warm-up (curl)", &mut failures)?;
 
-    // 1. Baseline: curl, one POST and one PATCH of the whole file.
-    eprintln!("curl: POST + one PATCH");
-    let (curl_wall, url) = curl_upload(&peer.endpoint(), &file, size)?;
-    verify(&peer, &url, &file, "curl", &mut failures)?;
+    // 1. Default settings against curl, alternating: `runs` rounds.
+    let (mut curl_walls, mut curl_cpus) = (Vec::new(), Vec::new());
+    let mut default_runs = Vec::new();
+    for round in 1..=runs {
+        eprintln!("round {round}/{runs}: curl (POST + one PATCH)");
+        let cpu0 = children_cpu();
+        let (wall, url) = curl_upload(&peer.endpoint(), &file, size)?;
+        curl_cpus.push(children_cpu() - cpu0);
+        curl_walls.push(wall.as_secs_f64());
+        verify(&peer, &url, &file, "curl", &mut failures)?;
+        eprintln!("round {round}/{runs}: ferry upload (default settings)");
+        let name = format!("default-{round}");
+        let config = write_config(&dir.0, &name, &peer.endpoint(), "")?;
+        let (run, url) = run_ferry(&config, &file, None, &dir.0)?;
+        verify(&peer, &url, &file, "ferry (default)", &mut failures)?;
+        check_rss("ferry (default)", &run, &mut failures);
+        default_runs.push(run);
+    }
+    let curl_wall = Duration::from_secs_f64(median(curl_walls));
+    let curl_cpu = median(curl_cpus);
 
-    // 2. ferry, uncut, per chunk size.
+    // 2. ferry with fixed chunk sizes, once each.
     let mut ferry_runs = Vec::new();
     for chunk in CHUNK_SIZES {
         eprintln!("ferry: --chunk-size {chunk}");
         let config = write_config(&dir.0, &format!("plain-{chunk}"), &peer.endpoint(), "")?;
         let (run, url) = run_ferry(&config, &file, Some(chunk), &dir.0)?;
-        verify(
-            &peer,
-            &url,
-            &file,
-            &format!("ferry --chunk-size {chunk}"),
-            &mut failures,
-        )?;
-        if run.peak_rss_kib > RSS_BUDGET_KIB {
-            failures.push(format!(
-                "ferry --chunk-size {chunk}: peak RSS {:.1} MiB is over the {} MiB budget",
-                run.peak_rss_kib as f64 / 1024.0,
-                RSS_BUDGET_KIB / 1024
-            ));
-        }
+        let what = format!("ferry --chunk-size {chunk}");
+        verify(&peer, &url, &file, &what, &mut failures)?;
+        check_rss(&what, &run, &mut failures);
         ferry_runs.push((chunk, run));
     }
 
@@ -226,13 +269,7 @@ fn run(size: u64) -> Res<Vec<String>> {
         "ferry through the cutting proxy",
         &mut failures,
     )?;
-    if cut_run.peak_rss_kib > RSS_BUDGET_KIB {
-        failures.push(format!(
-            "ferry through the cutting proxy: peak RSS {:.1} MiB is over the {} MiB budget",
-            cut_run.peak_rss_kib as f64 / 1024.0,
-            RSS_BUDGET_KIB / 1024
-        ));
-    }
+    check_rss("ferry through the cutting proxy", &cut_run, &mut failures);
     let (cuts, bytes_up) = (proxy.cuts(), proxy.bytes_up());
     drop(proxy);
     drop(peer);
@@ -241,62 +278,89 @@ fn run(size: u64) -> Res<Vec<String>> {
     let nproc = thread::available_parallelism().map_or(0, |n| n.get());
     let secs = |d: Duration| d.as_secs_f64();
     let mib_s = |d: Duration| size as f64 / MIB as f64 / secs(d).max(1e-9);
+    let def_wall =
+        Duration::from_secs_f64(median(default_runs.iter().map(|r| secs(r.wall)).collect()));
+    let def_cpu = median(default_runs.iter().map(|r| r.cpu).collect());
+    let def_rss = default_runs
+        .iter()
+        .map(|r| r.peak_rss_kib)
+        .max()
+        .unwrap_or(0);
     println!();
     println!(
         "ferry upload benchmark: {} of random bytes to @tus/server on 127.0.0.1; nproc = {nproc}",
         human(size)
     );
     println!("All figures are from this one run; compare the ratios, not the absolute times.");
+    println!("curl and the default ferry ran alternately, {runs} rounds; their rows are medians.");
     println!(
         "Peak RSS = last VmHWM read from /proc/<pid>/status, polled every {} ms while ferry runs.",
         RSS_POLL.as_millis()
     );
     println!();
     println!(
-        "{:<32} {:>9} {:>9} {:>11} {:>13}",
-        "run", "wall s", "MiB/s", "vs curl", "peak RSS MiB"
+        "{:<32} {:>9} {:>9} {:>9} {:>9} {:>9} {:>13}",
+        "run", "wall s", "MiB/s", "vs curl", "CPU s", "vs curl", "peak RSS MiB"
     );
-    println!(
-        "{:<32} {:>9.2} {:>9.1} {:>11} {:>13}",
-        "curl (POST + 1 PATCH)",
-        secs(curl_wall),
-        mib_s(curl_wall),
-        "1.00",
-        "-"
-    );
-    for (chunk, run) in &ferry_runs {
+    let row = |name: &str, wall: Duration, cpu: f64, rss: Option<u64>| {
         println!(
-            "{:<32} {:>9.2} {:>9.1} {:>11.2} {:>13.1}",
-            format!("ferry --chunk-size {chunk}"),
-            secs(run.wall),
-            mib_s(run.wall),
-            secs(run.wall) / secs(curl_wall).max(1e-9),
-            run.peak_rss_kib as f64 / 1024.0
+            "{:<32} {:>9.2} {:>9.1} {:>9.2} {:>9.2} {:>9.2} {:>13}",
+            name,
+            secs(wall),
+            mib_s(wall),
+            secs(wall) / secs(curl_wall).max(1e-9),
+            cpu,
+            cpu / curl_cpu.max(1e-9),
+            rss.map_or("-".to_string(), |k| format!("{:.1}", k as f64 / 1024.0))
         );
+    };
+    row("curl (POST + 1 PATCH)", curl_wall, curl_cpu, None);
+    row("ferry upload (defaults)", def_wall, def_cpu, Some(def_rss));
+    for (chunk, run) in &ferry_runs {
+        let name = format!("ferry --chunk-size {chunk}");
+        row(&name, run.wall, run.cpu, Some(run.peak_rss_kib));
     }
-    println!(
-        "{:<32} {:>9.2} {:>9.1} {:>11.2} {:>13.1}",
-        "ferry 6MiB via cutting proxy",
-        secs(cut_run.wall),
-        mib_s(cut_run.wall),
-        secs(cut_run.wall) / secs(curl_wall).max(1e-9),
-        cut_run.peak_rss_kib as f64 / 1024.0
+    row(
+        "ferry (defaults) via cutting proxy",
+        cut_run.wall,
+        cut_run.cpu,
+        Some(cut_run.peak_rss_kib),
     );
-    let uncut = ferry_runs
-        .first()
-        .map_or(Duration::ZERO, |(_, run)| run.wall);
     println!();
+    let wall_ratio = secs(def_wall) / secs(curl_wall).max(1e-9);
+    let cpu_ratio = def_cpu / curl_cpu.max(1e-9);
+    let met = |ok: bool| if ok { "met" } else { "NOT met" };
+    println!(
+        "issue 16 targets, default settings: wall {wall_ratio:.2}x curl (<= {WALL_TARGET}: {}); \
+         CPU {cpu_ratio:.2}x curl (<= {CPU_TARGET}: {}); peak RSS {:.1} MiB (<= {} MiB: {})",
+        met(wall_ratio <= WALL_TARGET),
+        met(cpu_ratio <= CPU_TARGET),
+        def_rss as f64 / 1024.0,
+        RSS_BUDGET_KIB / 1024,
+        met(def_rss <= RSS_BUDGET_KIB)
+    );
     println!(
         "cut run: {cuts} cuts; bytes sent (client->server, HTTP headers included) / file size \
-         = {:.3}; wall time / uncut ferry 6MiB = {:.2}; uploads created = {uploads_created}",
+         = {:.3}; wall time / uncut default run = {:.2}; uploads created = {uploads_created}",
         bytes_up as f64 / size as f64,
-        secs(cut_run.wall) / secs(uncut).max(1e-9)
+        secs(cut_run.wall) / secs(def_wall).max(1e-9)
     );
     println!("(the cut run's wall time includes the test proxy's forwarding and the retry delays)");
     if failures.is_empty() {
-        println!("all uploads verified byte for byte; peak RSS within the 16 MiB budget");
+        println!("all uploads verified byte for byte; peak RSS within the 8 MiB budget");
     }
     Ok(failures)
+}
+
+/// Records a failure if `run`'s peak RSS is over the budget.
+fn check_rss(what: &str, run: &FerryRun, failures: &mut Vec<String>) {
+    if run.peak_rss_kib > RSS_BUDGET_KIB {
+        failures.push(format!(
+            "{what}: peak RSS {:.1} MiB is over the {} MiB budget",
+            run.peak_rss_kib as f64 / 1024.0,
+            RSS_BUDGET_KIB / 1024
+        ));
+    }
 }
 
 fn check_curl() -> Res<()> {
@@ -436,6 +500,7 @@ fn run_ferry(
         .stdout(Stdio::piped())
         .stderr(log);
 
+    let cpu0 = children_cpu();
     let start = Instant::now();
     let child = cmd.spawn().map_err(|e| format!("run ferry: {e}"))?;
     let status_path = PathBuf::from(format!("/proc/{}/status", child.id()));
@@ -461,6 +526,7 @@ fn run_ferry(
     };
     let out = child.wait_with_output();
     let wall = start.elapsed();
+    let cpu = children_cpu() - cpu0;
     done.store(true, Ordering::SeqCst);
     let peak_rss_kib = poller.join().unwrap_or(0);
     let out = out.map_err(|e| format!("wait for ferry: {e}"))?;
@@ -474,7 +540,14 @@ fn run_ferry(
             if peak_rss_kib == 0 {
                 return Err("could not read ferry's VmHWM from /proc (Linux only)".into());
             }
-            Ok((FerryRun { wall, peak_rss_kib }, url))
+            Ok((
+                FerryRun {
+                    wall,
+                    cpu,
+                    peak_rss_kib,
+                },
+                url,
+            ))
         }
         _ => {
             let log = fs::read_to_string(&log_path).unwrap_or_default();

@@ -30,7 +30,8 @@ OPTIONS (each overrides the same key of the --config file, shown in brackets):
     --stream-api-token-file PATH   API token file or credential:NAME [stream.api_token_file]
     --state-dir DIR          where upload state is kept; default $STATE_DIRECTORY, else
                              $XDG_STATE_HOME/ferry, else ~/.local/state/ferry  [state_dir]
-    --chunk-size SIZE        bytes per PATCH, at least 64KiB; default 6MiB
+    --chunk-size SIZE        bytes per PATCH, at least 64KiB; default: chosen from
+                             the link's rate and the server's handling of cuts
                                                                    [upload.chunk_size]
     --rate-limit RATE        bytes/s for all uploads together, e.g. 2MiB/s; default 0 =
                              none                                  [upload.rate_limit]

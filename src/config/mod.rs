@@ -37,7 +37,7 @@
 //! timeout = "60s"                               # killed after this, retried with backoff
 //!
 //! [upload]
-//! chunk_size = "6MiB"                           # bytes per PATCH
+//! chunk_size = "6MiB"                           # bytes per PATCH (unset: from the link's rate)
 //! rate_limit = "0"                              # bytes/s for all uploads together, e.g. "2MiB/s"; `ferry limit` overrides
 //! checksum = "auto"                             # auto | off | sha1 | sha256
 //! creation_with_upload = false                  # small files in the POST itself (see README)

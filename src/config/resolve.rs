@@ -51,8 +51,8 @@ impl Raw {
         };
         url::validate(&endpoint).map_err(|e| Error::config(format!("server.endpoint: {e}")))?;
         let chunk_size_bytes = chunk_size(&self.upload.chunk_size)?;
-        if target.stream_rules() {
-            stream::check_chunk_size(chunk_size_bytes)?;
+        if let Some(chunk) = chunk_size_bytes.filter(|_| target.stream_rules()) {
+            stream::check_chunk_size(chunk)?;
         }
         let mut capture_headers = vec![MEDIA_ID_HEADER.to_string()];
         for h in s.capture_headers.iter().flatten() {
@@ -417,17 +417,18 @@ fn after_upload(v: Option<&str>) -> Result<AfterUpload> {
     }
 }
 
-fn chunk_size(v: &Option<String>) -> Result<u64> {
+/// The configured chunk size; `None` leaves it to the chunk policy.
+fn chunk_size(v: &Option<String>) -> Result<Option<u64>> {
     let Some(text) = v else {
-        return Ok(Settings::default().chunk_size_bytes);
+        return Ok(None);
     };
     let n = parse_size(text).map_err(|e| Error::config(format!("upload.chunk_size: {e}")))?;
     if n < MIN_CHUNK_BYTES {
         return Err(Error::config(format!(
-            "upload.chunk_size = {text:?} is below the smallest chunk, 64KiB (each chunk is one request, so tiny chunks only add round trips); the default 6MiB suits most links"
+            "upload.chunk_size = {text:?} is below the smallest chunk, 64KiB (each chunk is one request, so tiny chunks only add round trips); leave it unset and ferry chooses from the link's rate"
         )));
     }
-    Ok(n)
+    Ok(Some(n))
 }
 
 /// `server.cipher_order`: `auto` (default), `aes` or `chacha`.

@@ -33,7 +33,7 @@ fn parses_and_resolves_a_full_file() {
         .unwrap();
     assert_eq!(c.state_dir, PathBuf::from("/var/lib/ferry"));
     assert_eq!(c.upload.endpoint, "https://tus.example.com/files/");
-    assert_eq!(c.upload.chunk_size_bytes, 8 << 20);
+    assert_eq!(c.upload.chunk_size_bytes, Some(8 << 20));
     assert_eq!(c.upload.checksum, ChecksumMode::Always(Algorithm::Sha1));
     assert_eq!(
         c.upload.headers,
@@ -62,7 +62,10 @@ fn defaults_retry_forever() {
     .unwrap();
     let c = raw.resolve(&Env::default()).unwrap();
     assert_eq!(c.upload.retry, RetryPolicy::default());
-    assert_eq!(c.upload.chunk_size_bytes, 6 << 20);
+    assert_eq!(
+        c.upload.chunk_size_bytes, None,
+        "unset: the chunk policy decides"
+    );
     assert!(!c.upload.creation_with_upload);
 }
 
@@ -131,7 +134,11 @@ fn flags_override_the_file_and_add_headers() {
     let c = file.merge(over).resolve(&Env::default()).unwrap();
     assert_eq!(c.upload.endpoint, "http://127.0.0.1:1/files/");
     assert_eq!(c.upload.headers.len(), 2);
-    assert_eq!(c.upload.chunk_size_bytes, 8 << 20, "kept from the file");
+    assert_eq!(
+        c.upload.chunk_size_bytes,
+        Some(8 << 20),
+        "kept from the file"
+    );
 }
 
 #[test]
@@ -277,7 +284,7 @@ fn integer_sizes_and_durations_mean_bytes_and_seconds() {
     let ints = resolve("idle_timeout = 45\nmin_send_rate = 2048\n[upload]\nchunk_size = 262144\n[retry]\nmax_delay = 90\nmax_attempts = 4").unwrap();
     let texts = resolve("idle_timeout = \"45s\"\nmin_send_rate = \"2KiB\"\n[upload]\nchunk_size = \"256KiB\"\n[retry]\nmax_delay = \"90s\"\nmax_attempts = 4").unwrap();
     assert_eq!(ints, texts);
-    assert_eq!(ints.upload.chunk_size_bytes, 262_144);
+    assert_eq!(ints.upload.chunk_size_bytes, Some(262_144));
     assert_eq!(ints.http.idle_timeout, Duration::from_secs(45));
     let err = |extra: &str| resolve(extra).unwrap_err().to_string();
     let e = err("[retry]\nmax_attempts = \"3\"");
@@ -317,7 +324,7 @@ fn a_chunk_below_64_kib_is_refused() {
     }
     assert_eq!(
         resolve("\"64KiB\"").unwrap().upload.chunk_size_bytes,
-        65_536
+        Some(65_536)
     );
 }
 

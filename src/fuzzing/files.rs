@@ -36,7 +36,7 @@ pub fn config_text(data: &[u8]) {
             "{}",
             c.upload.endpoint
         );
-        assert!(c.upload.chunk_size_bytes > 0);
+        assert!(c.upload.chunk_size_bytes.is_none_or(|c| c > 0));
         assert!(c.upload.retry.initial_delay <= c.upload.retry.max_delay);
     }
 }

@@ -128,6 +128,14 @@ impl Store {
         result
     }
 
+    /// Syncs run so far (tests count them: only the durable points of a file's life sync).
+    #[cfg(test)]
+    pub(crate) fn syncs(&self) -> u64 {
+        self.commits
+            .syncs
+            .load(std::sync::atomic::Ordering::Relaxed)
+    }
+
     /// The record for `path`, if any. An unreadable record is moved aside and reads as none.
     pub(crate) fn get(&self, path: &FileKey) -> Result<Option<FileRecord>> {
         self.read_one(&key(path), decode)

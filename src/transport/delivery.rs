@@ -131,11 +131,13 @@ pub(super) fn watching<R>(delivery: &Arc<Delivery>, call: impl FnOnce() -> R) ->
 }
 
 /// Called by a connection about to write body bytes: the first such write of a watched request
-/// starts its body on this connection.
-pub(super) fn body_starts(socket: &Arc<Socket>) {
-    if let Some(delivery) = WATCHING.with(Cell::take) {
-        delivery.start(socket);
-    }
+/// starts its body on this connection, and gets its delivery (to tell it a last time what was
+/// acknowledged when the connection closes: a cut's acknowledged bytes tell the chunk policy
+/// whether the server drops a cut PATCH).
+pub(super) fn body_starts(socket: &Arc<Socket>) -> Option<Weak<Delivery>> {
+    let delivery = WATCHING.with(Cell::take)?;
+    delivery.start(socket);
+    Some(Arc::downgrade(&delivery))
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {

@@ -12,6 +12,7 @@ use crate::tus::{Request, Response};
 
 pub(crate) mod cipher;
 mod delivery;
+mod drain;
 pub(crate) mod http;
 mod sockdiag;
 mod tcp;

@@ -17,8 +17,9 @@
 //! The socket also counts the bytes written to it, so that [`super::delivery`] can tell how
 //! many of a body the peer acknowledged.
 //!
-//! Reads need no such care: a read returns as soon as any byte arrives, so the per-read timeout
-//! already measures silence. The first bytes an `https` connection receives must be a TLS
+//! Reads need little such care: a read returns as soon as any byte arrives, so the per-read
+//! timeout already measures silence; but the wait for an answer begins only once the request's
+//! bytes are acknowledged, not when the kernel took them ([`super::drain`]). The first bytes an `https` connection receives must be a TLS
 //! record; a plain-HTTP answer there is reported as [`NotTls`], a setting to fix.
 
 use std::io::{self, Read, Write};
@@ -34,6 +35,7 @@ use ureq::unversioned::transport::{
 use ureq::Timeout;
 
 use super::delivery;
+use super::drain::{self, BodyWrite, DrainWatch, Verdict};
 use crate::clock::{Clock, SystemClock};
 
 /// The longest a blocked write waits before we look at the clock again.
@@ -85,6 +87,9 @@ impl<In: Transport> Connector<In> for TcpConnector {
             buffers,
             read_timeout: None,
             expect_tls: details.needs_tls(),
+            idle_timeout: self.idle_timeout,
+            body: None,
+            delivery: Weak::new(),
         };
         (details.register_shutdown)(transport.shutdown_handle())?;
         Ok(Some(Either::B(transport)))
@@ -239,11 +244,97 @@ pub(super) struct TcpTransport {
     read_timeout: Option<Duration>,
     /// An `https` connection that has received nothing yet: its first byte must be TLS.
     expect_tls: bool,
+    /// `idle_timeout`: how long acknowledgements may stop while a request drains.
+    idle_timeout: Duration,
+    /// The body written since the last answer began to be awaited, if any.
+    body: Option<BodyWrite>,
+    /// The delivery of the last body written here.
+    delivery: Weak<delivery::Delivery>,
+}
+
+impl Drop for TcpTransport {
+    fn drop(&mut self) {
+        // The last look at what the peer acknowledged, while the socket can still be asked.
+        if let Some(d) = self.delivery.upgrade() {
+            let _ = d.acked();
+        }
+    }
 }
 
 impl TcpTransport {
     fn shutdown_handle(&self) -> Weak<dyn ShutdownHandle> {
         Arc::downgrade(&self.socket) as Weak<dyn ShutdownHandle>
+    }
+
+    /// Waits while `body`'s bytes are still unacknowledged (see [`super::drain`]): the bytes
+    /// read if the answer came meanwhile, `None` once all is acknowledged.
+    fn await_drained(&mut self, body: BodyWrite) -> Result<Option<usize>, ureq::Error> {
+        let clock = SystemClock;
+        let buffer = self.socket.send_buffer_size().ok();
+        let held = |socket: &Socket, now| {
+            drain::unacked(socket).or_else(|| buffer.map(|b| body.estimate(b, now)))
+        };
+        let now = clock.now();
+        let Some(first) = held(&self.socket, now) else {
+            return Ok(None);
+        };
+        let mut watch = DrainWatch::new(now, first, self.idle_timeout);
+        let mut verdict = watch.look(now, first);
+        loop {
+            match verdict {
+                Verdict::Drained => return Ok(None),
+                Verdict::Stalled => return Err(ureq::Error::Timeout(Timeout::PerRead)),
+                Verdict::Wait(d) => {
+                    if let Some(n) = self.read_some(Some(d))? {
+                        return Ok(Some(n));
+                    }
+                }
+            }
+            let now = clock.now();
+            verdict = match held(&self.socket, now) {
+                Some(h) => watch.look(now, h),
+                None => Verdict::Drained,
+            };
+        }
+    }
+
+    /// One read into ureq's input buffer, waiting at most `wait` (`None`: for ever): the byte
+    /// count (0: the peer closed), or `None` when nothing came in time.
+    fn read_some(&mut self, wait: Option<Duration>) -> Result<Option<usize>, ureq::Error> {
+        let clock = SystemClock;
+        let started = clock.now();
+        let socket = &self.socket.stream;
+        let input = self.buffers.input_append_buf();
+        let n = loop {
+            if wait != self.read_timeout {
+                socket.set_read_timeout(wait)?;
+                self.read_timeout = wait;
+            }
+            match (&*socket).read(input) {
+                Ok(n) => break n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {
+                    // Linux does not restart socket reads that have a timeout: wait what is left.
+                    if let Some(w) = wait {
+                        let left = w.saturating_sub(clock.now().saturating_duration_since(started));
+                        if left.is_zero() {
+                            return Ok(None);
+                        }
+                        socket.set_read_timeout(Some(left))?;
+                        self.read_timeout = Some(left);
+                    }
+                }
+                Err(e) if is_timeout(&e) => return Ok(None),
+                Err(e) => return Err(e.into()),
+            }
+        };
+        if self.expect_tls && n > 0 {
+            self.expect_tls = false;
+            if let Some(e) = NotTls::check(&input[..n]) {
+                return Err(io::Error::new(io::ErrorKind::InvalidData, e).into());
+            }
+        }
+        self.buffers.input_appended(n);
+        Ok(Some(n))
     }
 }
 
@@ -313,7 +404,11 @@ impl Transport for TcpTransport {
             Timeout::Resolve | Timeout::Connect | Timeout::SendRequest
         ) {
             // Past the connection set-up and the request head: body bytes.
-            delivery::body_starts(&self.socket);
+            if let Some(d) = delivery::body_starts(&self.socket) {
+                self.delivery = d;
+            }
+            let at = (self.socket.written(), deadline.progress);
+            self.body.get_or_insert(BodyWrite { from: at, to: at });
         }
         let mut sent = 0;
         let socket = &self.socket.stream;
@@ -335,49 +430,27 @@ impl Transport for TcpTransport {
                 Err(e) => return Err(e.into()),
             }
         }
+        if let Some(body) = &mut self.body {
+            body.to = (self.socket.written(), clock.now());
+        }
         Ok(())
     }
 
     fn await_input(&mut self, timeout: NextTimeout) -> Result<bool, ureq::Error> {
+        let answer_awaited = timeout.reason == Timeout::RecvResponse;
         let timeout = timeout.for_read();
-        if timeout.after.is_zero() {
+        if let Some(body) = self.body.take().filter(|_| answer_awaited) {
+            // ureq's deadline counts from the last byte the kernel took: first let it drain.
+            if let Some(n) = self.await_drained(body)? {
+                return Ok(n > 0);
+            }
+        } else if timeout.after.is_zero() {
             return Err(ureq::Error::Timeout(timeout.reason));
         }
-        let wait = timeout.not_zero().map(|d| *d);
-        let clock = SystemClock;
-        let started = clock.now();
-        let socket = &self.socket.stream;
-        let input = self.buffers.input_append_buf();
-        let n = loop {
-            if wait != self.read_timeout {
-                socket.set_read_timeout(wait)?;
-                self.read_timeout = wait;
-            }
-            match (&*socket).read(input) {
-                Ok(n) => break n,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {
-                    // Linux does not restart socket reads that have a timeout: wait what is left.
-                    if let Some(w) = wait {
-                        let left = w.saturating_sub(clock.now().saturating_duration_since(started));
-                        if left.is_zero() {
-                            return Err(ureq::Error::Timeout(timeout.reason));
-                        }
-                        socket.set_read_timeout(Some(left))?;
-                        self.read_timeout = Some(left);
-                    }
-                }
-                Err(e) if is_timeout(&e) => return Err(ureq::Error::Timeout(timeout.reason)),
-                Err(e) => return Err(e.into()),
-            }
-        };
-        if self.expect_tls && n > 0 {
-            self.expect_tls = false;
-            if let Some(e) = NotTls::check(&input[..n]) {
-                return Err(io::Error::new(io::ErrorKind::InvalidData, e).into());
-            }
+        match self.read_some(timeout.not_zero().map(|d| *d))? {
+            Some(n) => Ok(n > 0),
+            None => Err(ureq::Error::Timeout(timeout.reason)),
         }
-        self.buffers.input_appended(n);
-        Ok(n > 0)
     }
 
     fn is_open(&mut self) -> bool {

@@ -75,7 +75,7 @@ impl Uploader<'_> {
         let with_upload = self.settings.creation_with_upload
             && self.caps().supports("creation-with-upload")
             && length > 0
-            && length <= f.chunk_bytes;
+            && length <= self.next_chunk(f);
         let first = if with_upload {
             let sum = f
                 .checksum

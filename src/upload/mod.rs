@@ -33,6 +33,7 @@ use crate::tus::checksum::Algorithm;
 use crate::tus::ServerCaps;
 
 mod checkpoint;
+mod chunking;
 mod create;
 mod recover;
 mod scope;
@@ -115,7 +116,11 @@ pub(crate) struct FileUpload {
     last_progress: Instant,
     checksum_mismatches: u32,
     checksum: Option<Algorithm>,
+    /// The most one PATCH may carry: the configured chunk size or a 413's limit (`u64::MAX`
+    /// under the chunk policy until a 413).
     chunk_bytes: u64,
+    /// The last PATCH got no answer: the next HEAD tells how the server handles cuts.
+    cut: Option<chunking::Cut>,
     restarts: u32,
     last_error: Option<String>,
     progress: Arc<Progress>,
@@ -163,6 +168,10 @@ pub(crate) struct Uploader<'a> {
     bytes_sent: Option<Arc<std::sync::atomic::AtomicU64>>,
     /// The largest chunk the server (or a proxy before it) accepted after a 413, if any.
     learned_chunk_limit: Mutex<Option<u64>>,
+    /// What each endpoint does with a cut PATCH, once a cut told (the chunk policy).
+    cut_handling: Mutex<HashMap<String, chunking::CutHandling>>,
+    /// The link's rate as answered PATCHes measured it (the chunk policy).
+    link_rate: Mutex<chunking::LinkRate>,
     /// Report link and endpoint failures as such instead of charging the file an attempt.
     failure_scopes: bool,
 }
@@ -187,6 +196,8 @@ impl<'a> Uploader<'a> {
             limiter: None,
             bytes_sent: None,
             learned_chunk_limit: Mutex::new(None),
+            cut_handling: Mutex::new(HashMap::new()),
+            link_rate: Mutex::new(chunking::LinkRate::default()),
             failure_scopes: false,
         }
     }
@@ -271,6 +282,7 @@ impl<'a> Uploader<'a> {
             checksum_mismatches: 0,
             checksum: None,
             chunk_bytes: self.chunk_size(),
+            cut: None,
             restarts: 0,
             last_error: None,
             progress,

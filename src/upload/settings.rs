@@ -40,8 +40,8 @@ pub(crate) enum ChecksumMode {
 pub(crate) struct Settings {
     /// The tus creation endpoint.
     pub endpoint: String,
-    /// Bytes per PATCH.
-    pub chunk_size_bytes: u64,
+    /// Bytes per PATCH, as configured; `None`: the chunk policy decides (see `chunking`).
+    pub chunk_size_bytes: Option<u64>,
     /// Extra request headers (auth and the like).
     pub headers: Vec<Header>,
     /// Extra `Upload-Metadata` entries.
@@ -70,7 +70,7 @@ impl Default for Settings {
     fn default() -> Self {
         Self {
             endpoint: String::new(),
-            chunk_size_bytes: 6 * 1024 * 1024,
+            chunk_size_bytes: None,
             headers: Vec::new(),
             metadata: Vec::new(),
             default_metadata: true,

@@ -44,6 +44,8 @@ struct Script<'s> {
     seen: Mutex<Vec<Seen>>,
     store: &'s Store,
     key: FileKey,
+    /// Advanced by a second for every PATCH, when set (a link of known rate).
+    clock: Option<&'s ManualClock>,
 }
 
 impl<'s> Script<'s> {
@@ -53,6 +55,7 @@ impl<'s> Script<'s> {
             seen: Mutex::new(Vec::new()),
             store,
             key: key.clone(),
+            clock: None,
         }
     }
 
@@ -90,6 +93,9 @@ impl Transport for Script<'_> {
             .pop_front()
             .unwrap_or_else(|| panic!("unscripted {:?} {}", req.method, req.url));
         assert_eq!(method, req.method, "request order");
+        if let (Some(clock), Method::Patch) = (self.clock, req.method) {
+            clock.advance(Duration::from_secs(1));
+        }
         answer
     }
 }
@@ -178,7 +184,7 @@ impl Scenario {
         let key = FileKey::for_path(&file).unwrap();
         let settings = Settings {
             endpoint: EP.into(),
-            chunk_size_bytes: 10,
+            chunk_size_bytes: Some(10),
             ..Settings::default()
         };
         Self {
@@ -284,6 +290,40 @@ fn fresh_upload_persists_the_url_before_the_first_patch() {
     let rec = sc.store.get(&sc.key).unwrap().unwrap();
     assert_eq!((rec.state, rec.offset), (RecordState::Complete, 25));
     assert!(sc.clock.sleeps().is_empty());
+}
+
+#[test]
+fn chunks_are_not_synced_only_the_url_and_the_completion_are() {
+    // Issue 16, target 3: the server's offset is the truth (invariant 3), so a confirmed
+    // chunk is written to the store unsynced; the durable points are the URL before the first
+    // data byte (invariant 2) and the completion.
+    let sc = Scenario::new("syncs", &data(100));
+    let before = sc.store.syncs();
+    let mut answers = vec![options(), created(URL)];
+    answers.extend((1..=10).map(|i| patch(i * 10)));
+    let (_, script) = sc.run_ok(answers);
+    assert_eq!(script.methods().len(), 12, "ten PATCHes");
+    assert_eq!(
+        sc.store.syncs() - before,
+        2,
+        "the URL and the completion only"
+    );
+    // A resume after a cut: the HEAD's offset and expiry are not synced either.
+    let sc = Scenario::new("syncs-resume", &data(30));
+    sc.interrupted(vec![options(), created(URL), patch(10), cut(Method::Patch)]);
+    let before = sc.store.syncs();
+    let expiring = (
+        Method::Head,
+        resp(
+            200,
+            &[
+                ("Upload-Offset", "13"),
+                ("Upload-Expires", "Wed, 25 Jun 2031 16:00:00 GMT"),
+            ],
+        ),
+    );
+    sc.run_ok(vec![options(), expiring, patch(23), patch(30)]);
+    assert_eq!(sc.store.syncs() - before, 1, "the completion only");
 }
 
 #[test]
@@ -476,7 +516,7 @@ fn a_file_changed_since_its_upload_began_is_uploaded_anew_and_the_old_upload_ter
 
 #[test]
 fn too_large_halves_the_chunk() {
-    let sc = Scenario::new("413", &data(300_000)).with(|s| s.chunk_size_bytes = 300_000);
+    let sc = Scenario::new("413", &data(300_000)).with(|s| s.chunk_size_bytes = Some(300_000));
     let script = sc.script(vec![
         options(),
         created(URL),
@@ -586,7 +626,7 @@ fn one_time_urls_capture_the_media_id_and_a_refused_url_is_replaced() {
 #[test]
 fn stream_targets_shrink_chunks_only_within_streams_rules() {
     let sc = Scenario::new("stream413", &data(10)).with(|s| {
-        s.chunk_size_bytes = 12 * 1024 * 1024;
+        s.chunk_size_bytes = Some(12 * 1024 * 1024);
         s.target = Target::CloudflareStream;
     });
     let silent = sc.script(vec![]);
@@ -597,4 +637,75 @@ fn stream_targets_shrink_chunks_only_within_streams_rules() {
     assert_eq!(at_min, STREAM_MIN_CHUNK, "{why}");
     let odd = up.smaller_chunk(11 * 1024 * 1024);
     assert_eq!(odd % STREAM_CHUNK_MULTIPLE, 0);
+}
+
+const MIB: usize = 1024 * 1024;
+
+#[test]
+fn without_a_chunk_size_the_first_chunk_is_moderate_and_the_next_ones_follow_the_rate() {
+    let sc = Scenario::new("policy-rate", &data(30 * MIB)).with(|s| s.chunk_size_bytes = None);
+    let mut script = sc.script(vec![
+        options(),
+        created(URL),
+        patch(4 * MIB as u64),
+        patch(30 * MIB as u64),
+    ]);
+    script.clock = Some(&sc.clock);
+    let up = sc.uploader(&script);
+    up.upload(&sc.file, Arc::new(Progress::default())).unwrap();
+    let lens: Vec<usize> = script.seen()[2..].iter().map(|s| s.body.len()).collect();
+    // 4 MiB took 1 s: 10 s of 4 MiB/s is more than the 26 MiB left, so they go in one PATCH.
+    assert_eq!(lens, [4 * MIB, 26 * MIB]);
+    assert_eq!(up.cut_handling(), chunking::CutHandling::Unknown);
+}
+
+#[test]
+fn a_head_after_a_cut_that_shows_partial_bytes_teaches_that_the_server_keeps_them() {
+    let sc = Scenario::new("policy-keeps", &data(6 * MIB)).with(|s| s.chunk_size_bytes = None);
+    let script = sc.script(vec![
+        options(),
+        created(URL),
+        cut(Method::Patch),
+        head(MIB as u64),
+        patch(5 * MIB as u64),
+        patch(6 * MIB as u64),
+    ]);
+    let up = sc.uploader(&script);
+    up.upload(&sc.file, Arc::new(Progress::default())).unwrap();
+    let seen = script.seen();
+    assert_eq!(
+        seen[2].body.len(),
+        4 * MIB,
+        "no rate yet: the first chunk is 4 MiB"
+    );
+    assert_eq!(up.cut_handling(), chunking::CutHandling::Keeps);
+    assert_eq!(seen[4].header("Upload-Offset"), Some("1048576"));
+}
+
+#[test]
+fn stream_targets_start_from_drops_and_an_explicit_chunk_size_always_wins() {
+    let stream = Scenario::new("policy-stream", &data(10)).with(|s| {
+        s.chunk_size_bytes = None;
+        s.target = Target::CloudflareStream;
+    });
+    let silent = stream.script(vec![]);
+    let up = stream.uploader(&silent);
+    assert_eq!(up.cut_handling(), chunking::CutHandling::Drops);
+    let f = up
+        .start(&stream.file, Arc::new(Progress::default()))
+        .unwrap();
+    assert_eq!(up.next_chunk(&f), STREAM_MIN_CHUNK);
+    let fixed =
+        Scenario::new("policy-fixed", &data(10)).with(|s| s.chunk_size_bytes = Some(MIB as u64));
+    let silent = fixed.script(vec![]);
+    let up = fixed.uploader(&silent);
+    *up.link_rate.lock().unwrap() = {
+        let mut r = chunking::LinkRate::default();
+        r.record(1 << 40, 1.0);
+        r
+    };
+    let f = up
+        .start(&fixed.file, Arc::new(Progress::default()))
+        .unwrap();
+    assert_eq!(up.next_chunk(&f), MIB as u64);
 }

@@ -4,6 +4,7 @@
 //! advances to the offset it proves or goes back to `Probe`. A 413 halves the chunk (within
 //! Stream's rules for Stream targets) and the uploader keeps that limit for later files.
 
+use super::chunking::{self, Cut, CutHandling};
 use super::{lock, unix, FileUpload, Phase, Step, Uploader, MIN_CHUNK_BYTES};
 use crate::error::{Error, Result};
 use crate::progress::human_bytes;
@@ -34,6 +35,9 @@ impl Uploader<'_> {
             Outcome::Offset { offset, expires } => {
                 if let Some(e) = expires {
                     self.set_expiry(f, e)?;
+                }
+                if let Some(how) = f.cut.take().and_then(|cut| cut.judge(offset)) {
+                    self.learn(how);
                 }
                 if std::mem::take(&mut f.resuming) {
                     log::info!(
@@ -67,7 +71,7 @@ impl Uploader<'_> {
             return Ok(Step::Continue);
         };
         let length = f.source.len();
-        let len = f.chunk_bytes.min(length - offset);
+        let len = self.next_chunk(f).min(length - offset);
         let sum = f
             .checksum
             .map(|a| f.source.digest(offset, len, a))
@@ -81,6 +85,7 @@ impl Uploader<'_> {
         let req = request::patch(&rec.upload_url, offset, len, sum);
         f.progress.set_position(offset);
         let body = f.source.reader(offset, len, self.read_control(f))?;
+        let started = self.clock.now();
         let resp = match self.send_body(f, req, Box::new(body)) {
             Ok(r) => r,
             Err(e) if e.kind == FailureKind::Body => {
@@ -90,18 +95,28 @@ impl Uploader<'_> {
                     changed.unwrap_or_else(|| Error::source_file(f.path(), e.to_string())),
                 );
             }
-            Err(e) => return self.transport_failure(f, e, Phase::Probe),
+            Err(e) => {
+                let acked = f.progress.delivery().acked().unwrap_or(0);
+                f.cut = Some(Cut {
+                    from: offset,
+                    len,
+                    acked,
+                });
+                return self.transport_failure(f, e, Phase::Probe);
+            }
         };
-        self.on_patch_answer(f, &rec.upload_url, sent, &resp)
+        let took = self.clock.now().saturating_duration_since(started);
+        self.on_patch_answer(f, &rec.upload_url, sent, &resp, took)
     }
 
-    /// Acts on the answer to a PATCH that carried `sent`.
+    /// Acts on the answer, `took` after it was sent, to a PATCH that carried `sent`.
     fn on_patch_answer(
         &self,
         f: &mut FileUpload,
         upload_url: &str,
         sent: Sent,
         resp: &Response,
+        took: std::time::Duration,
     ) -> Result<Step> {
         let (offset, len) = (sent.offset, sent.len);
         self.capture_later(f, resp)?;
@@ -118,6 +133,8 @@ impl Uploader<'_> {
                     return self.retry_later(f, why, None, Phase::Probe);
                 }
                 f.checksum_mismatches = 0;
+                let moved = new.saturating_sub(offset);
+                lock(&self.link_rate).record(moved, took.as_secs_f64());
                 self.advanced(f, new)?;
                 Ok(Step::Continue)
             }
@@ -131,8 +148,8 @@ impl Uploader<'_> {
             Outcome::Fail { status: 403, why } if self.settings.target.one_time_urls() => {
                 self.forget_upload(f, &format!("the one-time URL is refused: {why}"))
             }
-            Outcome::TooLarge { why } if self.smaller_chunk(f.chunk_bytes) < f.chunk_bytes => {
-                Ok(self.shrink_chunk(f, &why))
+            Outcome::TooLarge { why } if self.smaller_chunk(len) < len => {
+                Ok(self.shrink_chunk(f, len, &why))
             }
             other => Err(self.refused(upload_url, resp, other)),
         }
@@ -177,9 +194,9 @@ impl Uploader<'_> {
         Ok(Step::Continue)
     }
 
-    /// 413: halve the chunk, and remember the limit for the files after this one.
-    fn shrink_chunk(&self, f: &mut FileUpload, why: &str) -> Step {
-        f.chunk_bytes = self.smaller_chunk(f.chunk_bytes);
+    /// 413 for a chunk of `len`: halve it, and remember the limit for the files after this one.
+    fn shrink_chunk(&self, f: &mut FileUpload, len: u64, why: &str) -> Step {
+        f.chunk_bytes = self.smaller_chunk(len);
         *lock(&self.learned_chunk_limit) = Some(f.chunk_bytes);
         log::warn!(
             "{}: chunk too large ({why}); using {} byte chunks",
@@ -190,10 +207,50 @@ impl Uploader<'_> {
         Step::Continue
     }
 
-    /// Bytes per PATCH: the configured size, or less if a 413 taught us a limit.
+    /// The most one PATCH may carry: the configured size (none: no bound but the policy's),
+    /// or less if a 413 taught us a limit.
     pub(super) fn chunk_size(&self) -> u64 {
-        let configured = self.settings.chunk_size_bytes.max(1);
+        let configured = self
+            .settings
+            .chunk_size_bytes
+            .map_or(u64::MAX, |c| c.max(1));
         lock(&self.learned_chunk_limit).map_or(configured, |l| l.min(configured))
+    }
+
+    /// Bytes for the next PATCH of `f`: a configured chunk size always wins; else the chunk
+    /// policy's choice for this endpoint and link (see `chunking`), within a 413's limit.
+    pub(super) fn next_chunk(&self, f: &FileUpload) -> u64 {
+        if self.settings.chunk_size_bytes.is_some() {
+            return f.chunk_bytes;
+        }
+        let rate = lock(&self.link_rate).get();
+        let stream = self.settings.target.stream_rules();
+        chunking::chunk_bytes(self.cut_handling(), rate, stream).min(f.chunk_bytes)
+    }
+
+    /// What the endpoint does with a cut PATCH: learnt, or known for Stream (drops).
+    pub(super) fn cut_handling(&self) -> CutHandling {
+        let learnt = lock(&self.cut_handling)
+            .get(&self.settings.endpoint)
+            .copied();
+        match learnt {
+            Some(h) => h,
+            None if self.settings.target.stream_rules() => CutHandling::Drops,
+            None => CutHandling::Unknown,
+        }
+    }
+
+    /// A cut showed how the endpoint handles cuts: chunks are sized for it from now on.
+    fn learn(&self, how: CutHandling) {
+        let endpoint = &self.settings.endpoint;
+        let before = lock(&self.cut_handling).insert(endpoint.clone(), how);
+        if before != Some(how) && self.settings.chunk_size_bytes.is_none() {
+            let what = match how {
+                CutHandling::Keeps => "keeps the bytes of a cut PATCH: long requests",
+                _ => "drops a cut PATCH whole: chunks bounded to a few seconds of the link",
+            };
+            log::info!("{}: the server {what}", url::redact(endpoint));
+        }
     }
 
     /// Half of `chunk`, within the target's rules (Stream: multiples of 256 KiB, ≥ 5 MiB).

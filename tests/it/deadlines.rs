@@ -222,3 +222,59 @@ fn ferry_run_holds_uploads_to_a_plain_http_port_and_says_it_is_a_configuration_e
         "only handshakes reached the server"
     );
 }
+
+/// Issue 16, target 2's timeout bug: through a slow link the answer to a PATCH was awaited
+/// from the moment the kernel took the last byte. A 2 MiB PATCH through 256 KiB/s takes 8 s,
+/// most of it already inside the send buffer when the last write returns, so with a 5 s
+/// `idle_timeout` every PATCH timed out while its bytes were still flowing, and a server that
+/// drops a cut PATCH (this one, like rustus or Stream) never got the file. Now the wait counts
+/// from the last acknowledged byte: one PATCH, no retry.
+#[test]
+fn a_slow_patch_is_not_timed_out_while_its_bytes_still_drain() {
+    const RATE: u64 = 256 * 1024;
+    const LEN: usize = 2 << 20;
+    let server = TusServer::start(ServerConfig {
+        store_partial_on_cut: false,
+        location: crate::support::tus_server::LocationStyle::Relative,
+        ..ServerConfig::default()
+    });
+    let proxy = crate::support::flaky_proxy::FlakyProxy::start(
+        server.addr(),
+        ProxyPlan {
+            throttle_bytes_per_sec: Some(RATE),
+            ..ProxyPlan::default()
+        },
+    );
+    let s = Scratch::new("drain");
+    let file = s.file("slow.bin", LEN, 16);
+    // Scratch's config has idle_timeout = 5s; response_timeout 5s too, so neither may count
+    // the 8 s of draining.
+    let config = s.config(
+        &proxy.rewrite(&server.endpoint()),
+        "[upload]\nchunk_size = \"2MiB\"\nchecksum = \"off\"",
+    );
+    let text = std::fs::read_to_string(&config).unwrap();
+    std::fs::write(
+        &config,
+        text.replace("idle_timeout", "response_timeout = \"5s\"\nidle_timeout"),
+    )
+    .unwrap();
+    let t0 = Instant::now();
+    let out = wait_at_most(
+        spawn_upload(&config, &[], &[file.as_path()]),
+        Duration::from_secs(40),
+    );
+    let took = t0.elapsed();
+    let done = finished(&out);
+    let log = stderr(&out);
+    assert!(!log.contains("timed out"), "no PATCH may time out:\n{log}");
+    let patches = server
+        .requests()
+        .iter()
+        .filter(|r| r.method == "PATCH")
+        .count();
+    assert_eq!(patches, 1, "one PATCH, never cut and sent again:\n{log}");
+    let id = done[0].1.rsplit('/').next().unwrap().to_string();
+    assert_eq!(server.upload(&id).unwrap().offset, LEN as u64);
+    assert!(took < Duration::from_secs(20), "took {took:?}");
+}

@@ -20,6 +20,7 @@ mod arm;
 mod broker;
 #[cfg(feature = "broker")]
 mod broker_limits;
+mod chunking;
 mod cli;
 mod crashpoint;
 mod daemon;

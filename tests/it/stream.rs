@@ -101,8 +101,14 @@ fn broker_config(s: &Scratch, emu: &StreamEmulator, extra: &str) -> PathBuf {
 fn one_time_urls_keep_the_device_credential_home_and_an_expired_one_is_replaced() {
     let emu = StreamEmulator::start(StreamConfig::default());
     let s = Scratch::new("stream-broker");
-    // 4 MB/s: the 24 MiB file takes ~6 s, time to expire its URL mid-file.
-    let cfg = broker_config(&s, &emu, "[daemon]\nrate_limit = \"4MB\"");
+    // 4 MB/s: the 24 MiB file takes ~6 s, time to expire its URL mid-file. 6 MiB chunks: the
+    // chunk policy would send the 19 MiB left after the first 5 MiB in one PATCH (5 s of the
+    // rate), which the expiry in its middle would not touch.
+    let cfg = broker_config(
+        &s,
+        &emu,
+        "[upload]\nchunk_size = \"6MiB\"\n[daemon]\nrate_limit = \"4MB\"",
+    );
     let log = std::fs::File::create(s.dir.join("ferry.log")).unwrap();
     let mut child = ferry()
         .args(["run", "--config"])
