@@ -86,6 +86,11 @@ impl<'p, 'a> Main<'p, 'a> {
 
     /// Carries out the after-upload action of `key` (the core asked for it) and reports back.
     pub(super) fn finish_upload(&mut self, key: &FileKey) -> Result<()> {
+        // The worker wrote the completion without a sync (it went on to the next file): make
+        // it durable before the file is deleted, moved or kept, so that a power cut can never
+        // leave a file gone, or kept, with a record that does not say complete. A hook ran
+        // before this one synced it already (and this costs nothing then).
+        self.parts.store.sync()?;
         let path = key.path().to_path_buf();
         let ok = self.after_upload(&path, key);
         self.tell(Input::ActionEnded {

@@ -204,7 +204,8 @@ pub(crate) fn run(
     .with_interrupt(interrupt.clone())
     .with_rate_limit(Some(limiter))
     .with_byte_counter(bytes_sent.clone())
-    .with_failure_scopes();
+    .with_failure_scopes()
+    .with_completion_synced_by_caller();
     std::thread::scope(|scope| {
         for n in 0..settings.concurrency {
             let (jobs, tx, uploader) = (jobs_rx.clone(), tx.clone(), &uploader);

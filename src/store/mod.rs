@@ -154,6 +154,11 @@ impl Store {
         self.write(|db| db.insert(key(&record.path), value).map(|_| ()))
     }
 
+    /// Makes every write so far durable (shared with other threads' syncs: group commit).
+    pub(crate) fn sync(&self) -> Result<()> {
+        self.flush()
+    }
+
     /// Removes the record for `path`. Not synced (the next durable write takes it along): a
     /// removal lost in a cut only brings back a record that is looked at and dropped again.
     pub(crate) fn remove(&self, path: &FileKey) -> Result<()> {

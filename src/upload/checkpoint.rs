@@ -166,7 +166,12 @@ impl Uploader<'_> {
             rec.state = RecordState::Complete;
             rec.offset = f.source.len();
             rec.updated_unix = unix(self.clock.wall());
-            if let Err(e) = self.store.put(&rec) {
+            let written = if self.caller_syncs_completion {
+                self.store.put_unsynced(&rec)
+            } else {
+                self.store.put(&rec)
+            };
+            if let Err(e) = written {
                 return Step::Failed(e);
             }
         }

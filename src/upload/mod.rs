@@ -174,6 +174,9 @@ pub(crate) struct Uploader<'a> {
     link_rate: Mutex<chunking::LinkRate>,
     /// Report link and endpoint failures as such instead of charging the file an attempt.
     failure_scopes: bool,
+    /// The caller makes the completion durable before it acts on it (the daemon, off the
+    /// worker's path); without it `complete` syncs it itself.
+    caller_syncs_completion: bool,
 }
 
 impl<'a> Uploader<'a> {
@@ -199,6 +202,7 @@ impl<'a> Uploader<'a> {
             cut_handling: Mutex::new(HashMap::new()),
             link_rate: Mutex::new(chunking::LinkRate::default()),
             failure_scopes: false,
+            caller_syncs_completion: false,
         }
     }
 
@@ -225,6 +229,15 @@ impl<'a> Uploader<'a> {
     /// daemon); without it they are the file's failed attempts (`ferry upload`).
     pub(crate) fn with_failure_scopes(mut self) -> Self {
         self.failure_scopes = true;
+        self
+    }
+
+    /// Writes a completion without syncing it: the caller syncs the store before it acts on
+    /// a [`Step::Done`] (deletes, moves, keeps the file, runs its hook), so that the sync is
+    /// off the worker's path and can share one with the next file's upload URL (group
+    /// commit). For the daemon, whose after-upload step does that.
+    pub(crate) fn with_completion_synced_by_caller(mut self) -> Self {
+        self.caller_syncs_completion = true;
         self
     }
 

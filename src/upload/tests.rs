@@ -327,6 +327,27 @@ fn chunks_are_not_synced_only_the_url_and_the_completion_are() {
 }
 
 #[test]
+fn the_daemons_uploader_leaves_the_completion_sync_to_the_daemon() {
+    // Issue 16, target 5: the daemon syncs a completion before its after-upload action, off
+    // the worker's path (and shared with the next file's URL sync when they meet): the worker
+    // itself syncs only the URL. The record says complete all the same.
+    let sc = Scenario::new("syncs-daemon", &data(20));
+    let script = sc.script(vec![options(), created(URL), patch(10), patch(20)]);
+    let before = sc.store.syncs();
+    let done = sc
+        .uploader(&script)
+        .with_completion_synced_by_caller()
+        .upload(&sc.file, Arc::new(Progress::default()))
+        .unwrap();
+    assert_eq!(done.url, URL);
+    assert_eq!(sc.store.syncs() - before, 1, "the URL only");
+    let rec = sc.store.get(&sc.key).unwrap().unwrap();
+    assert_eq!(rec.state, RecordState::Complete);
+    sc.store.sync().unwrap();
+    assert_eq!(sc.store.syncs() - before, 2, "the caller's sync");
+}
+
+#[test]
 fn a_second_run_of_a_complete_file_sends_nothing() {
     let sc = Scenario::new("again", &data(5));
     sc.run_ok(vec![options(), created(URL), patch(5)]);
