@@ -96,6 +96,11 @@ def shaped_section(s, bars):
            "on the server's port, each packet released when the emulated link would deliver it "
            "(per direction: random loss, tail drop beyond 100 packets, serialization at the rate, "
            "then half the RTT). Server and clients in the namespace on 127.0.0.1.\n"]
+    v = s.get("validation")
+    if v:
+        out.append(f"Check of the emulator: curl, one {v['size'] // MIB} MiB file on cellular-good, reached "
+                   f"**{fmt(v['goodput'] if v.get('ok') else None)}** of the link rate "
+                   f"(<sub>{fmt(v['wall'], '.1f')} s</sub>; under netem elsewhere: 0.93).\n")
     for name, p in s["profiles"].items():
         link = p["link"]
         desc = (f"{link['rtt_ms']} ms RTT, {link['rate_bit'] / 1e6:g} Mbit/s, {link['loss'] * 100:g} % loss"
@@ -126,7 +131,7 @@ def shaped_section(s, bars):
                 "| client | link back → first new byte, s | completed | <sub>wall s</sub> |", "|---|---|---|---|"]
         for k in ordered(o["rows"]):
             r = o["rows"][k]
-            out.append(f"| {k} | **{fmt(r.get('first_byte_s'), '.1f', 'none')}** | "
+            out.append(f"| {k} | **{fmt(r.get('first_byte_s'), '.1f', '– (no byte after the link came back)')}** | "
                        f"{'yes' if r.get('ok') else 'no: ' + r.get('note', '')[:200]} | <sub>{fmt(r.get('wall'), '.0f')}</sub> |")
         out.append("")
     return out
