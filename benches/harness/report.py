@@ -51,7 +51,7 @@ def big_section(b, bars):
         ok = sum(1 for r in rows if r.get("ok"))
         out.append(f"| {k} | **{fmt(wr)}** | **{fmt(cr)}** | {fmt(rss and rss / 1024, '.1f')} | "
                    f"<sub>{fmt(w)}</sub> | <sub>{fmt(cpu)}</sub> | {ok}/{n} |")
-        bars.append((f"{b['size'] // MIB} MiB loopback: wall × curl", k, wr))
+        bars.append((f"{b['size'] // MIB} MiB on loopback: wall time × curl (lower is better)", k, wr))
     notes = [f"{k}: {r['note']}" for k in b["rows"] for r in b["rows"][k] if r.get("note")]
     return out + [""] + [f"- {x}" for x in notes[:6]] + [""]
 
@@ -73,7 +73,7 @@ def small_section(s, bars, title, base="tus-js-client", count_key="count"):
     return out + [""] + [f"- {x}" for x in notes] + [""]
 
 
-def cuts_section(s):
+def cuts_section(s, bars):
     out = [f"## Bytes re-sent under cuts\n",
            f"One {s['size'] // MIB} MiB file through a proxy that resets the connection each time "
            f"another 1/{round(20 * s['size'] / 1024 / MIB) + 1} of the file's size went upstream "
@@ -85,6 +85,8 @@ def cuts_section(s):
     for k in ordered(s["rows"]):
         r = s["rows"][k]
         e = r.get("extra") or {}
+        bars.append(("bytes sent / file size under 20 cuts per GiB (lower is better)", k,
+                     e.get("resent_ratio") if r.get("ok") else None))
         out.append(f"| {k} | **{fmt(e.get('resent_ratio'), '.3f')}** | {e.get('cuts', '–')} | "
                    f"<sub>{fmt(r.get('wall'), '.1f')}</sub> | {'yes' if r.get('ok') else 'no: ' + r.get('note', '')} |")
     return out + [""]
@@ -113,10 +115,10 @@ def shaped_section(s, bars):
             g = r.get("goodput") if r.get("ok") else None
             out.append(f"| {k} | **{fmt(g)}** | <sub>{fmt(r.get('wall'), '.1f')}</sub> | <sub>{fmt(r.get('cpu'))}</sub> | "
                        f"{'yes' if r.get('ok') else 'no: ' + r.get('note', '')[:200]} |")
-            bars.append((f"{name}: goodput / link rate", k, g))
+            bars.append((f"{name}: {s['file_size'] // MIB} MiB goodput / link rate (higher is better)", k, g))
         out += ["", f"{p['small_count']} files of 100 KiB (ferry: `ferry run`, default `concurrency = 1`, and `concurrency = 4`):\n"]
         out += small_section({"count": p["small_count"], "rows": p["small"]}, bars,
-                             f"{name}: small files/s × tus-js-client")
+                             f"{name}: small files/s × tus-js-client (higher is better)")
         sh = p.get("shaper") or {}
         if sh:
             out.append("<sub>shaper counters: " + "; ".join(
@@ -211,9 +213,9 @@ def main():
                 "after_upload = delete, concurrency 1), timed until the spool is empty; the others: "
                 "sequential uploads in one process (curl: a shell loop of one POST and one PATCH per "
                 "file). Target for ferry: ≥ 2× tus-js-client.\n"]
-        out += small_section(s, bars, "small files on loopback: files/s × tus-js-client")
+        out += small_section(s, bars, f"{s['count']:,} small files on loopback: files/s × tus-js-client (higher is better)")
     if "cuts" in r:
-        out += cuts_section(r["cuts"])
+        out += cuts_section(r["cuts"], bars)
     if "shaped" in r:
         out += shaped_section(r["shaped"], bars)
         out.append("Issue 16's target on the cellular-good link: ferry's small files ≥ 3× tus-js-client.\n")
