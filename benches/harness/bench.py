@@ -295,7 +295,8 @@ def main() -> int:
         work = Path(tempfile.mkdtemp(prefix=f"ferry-bench-{sec}-", dir=base))
         try:
             results[sec] = funcs[sec](env, work, args.quick)
-            results[sec]["finished"] = time.strftime("%Y-%m-%d %H:%M:%S %Z")
+            results[sec]["finished"] = time.strftime("%Y-%m-%d %H:%M %Z")
+            results[sec]["sizes"] = "tiny" if args.tiny else "quick" if args.quick else "full"
         finally:
             shutil.rmtree(work, ignore_errors=True)
         out_path.write_text(json.dumps(results, indent=1))

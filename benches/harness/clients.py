@@ -13,6 +13,7 @@ import os
 import resource
 import signal
 import socket
+import struct
 import subprocess
 import threading
 import time
@@ -286,9 +287,7 @@ class CutProxy:
                             self.next_cut += self.every
                             self.cuts += 1
                     if cut:
-                        for s in pair:  # RST both ways
-                            s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\1\0\0\0\0\0\0\0")
-                            s.close()
+                        self.cut(pair)
                         return
                 dst.sendall(data)
         except OSError:
@@ -297,6 +296,20 @@ class CutProxy:
                     s.close()
                 except OSError:
                     pass
+
+    @staticmethod
+    def cut(pair):
+        """Resets both connections. shutdown() first: a close() alone would wait for the other
+        pump's blocked recv() to return before the socket is released (and the server would
+        hold the cut request, and its upload's lock, until then)."""
+        for s in pair:
+            try:
+                s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                s.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+        for s in pair:
+            s.close()
 
     def close(self):
         self.listener.close()

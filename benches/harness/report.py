@@ -19,6 +19,16 @@ COLOURS = {"ferry": "#1b6ac9", "ferry c=4": "#6fa8f0", "curl": "#777777",
            "tus-js-client": "#e0a000", "tuspy": "#3a9a5a"}
 
 
+DEFAULT_SIZES = "full"  # for results written before bench.py recorded each section's sizes
+
+
+def when(s) -> str:
+    """The line under a section's title: its sizes and when it finished."""
+    sizes = {"quick": "`--quick` sizes", "full": "full sizes", "tiny": "`--tiny` sizes"}.get(
+        s.get("sizes", DEFAULT_SIZES), "")
+    return f"<sub>{sizes}, run finished {s.get('finished', '?')}</sub>\n"
+
+
 def med(rows, key):
     vals = [r[key] for r in rows if r.get("ok")]
     return statistics.median(vals) if vals else None
@@ -35,7 +45,7 @@ def ordered(d):
 def big_section(b, bars):
     n = len(next(iter(b["rows"].values())))
     curl = {k: med(b["rows"]["curl"], k) for k in ("wall", "cpu")}
-    out = [f"## {b['size'] // MIB} MiB into @tus/server on loopback\n",
+    out = [f"## {b['size'] // MIB} MiB into @tus/server on loopback\n", when(b),
            f"Each client uploads one file of random bytes, {b['runs']} alternating rounds; "
            "medians. Ratios over curl (one POST, one PATCH of the whole file by `curl -T`). "
            "CPU = user + system of the client's process tree; peak RSS = the largest VmHWM in "
@@ -74,7 +84,7 @@ def small_section(s, bars, title, base="tus-js-client", count_key="count"):
 
 
 def cuts_section(s, bars):
-    out = [f"## Bytes re-sent under cuts\n",
+    out = [f"## Bytes re-sent under cuts\n", when(s),
            f"One {s['size'] // MIB} MiB file through a proxy that resets the connection each time "
            f"another 1/{round(20 * s['size'] / 1024 / MIB) + 1} of the file's size went upstream "
            "(20 cuts per GiB); clients retry 100 ms apart and resume from the server's offset. "
@@ -93,7 +103,7 @@ def cuts_section(s, bars):
 
 
 def shaped_section(s, bars):
-    out = ["## Shaped links\n",
+    out = ["## Shaped links\n", when(s),
            "A network namespace whose loopback is shaped by `benches/harness/shaper.py`: NFQUEUE "
            "on the server's port, each packet released when the emulated link would deliver it "
            "(per direction: random loss, tail drop beyond 100 packets, serialization at the rate, "
@@ -189,6 +199,8 @@ def main():
     a = ap.parse_args()
     r = json.loads(Path(a.results).read_text()) if Path(a.results).is_file() else {}
     m = json.loads(Path(a.meta).read_text())
+    global DEFAULT_SIZES
+    DEFAULT_SIZES = "tiny" if r.get("tiny") else "quick" if r.get("quick") else "full"
     bars = []
     out = ["# Benchmarks\n",
            "<!-- Written by scripts/bench; edit benches/harness/report.py, not this file. -->\n",
@@ -208,7 +220,7 @@ def main():
         out += big_section(r["big"], bars)
     if "small" in r:
         s = r["small"]
-        out += [f"## {s['count']:,} files of 100 KiB on loopback\n",
+        out += [f"## {s['count']:,} files of 100 KiB on loopback\n", when(s),
                 "ferry: `ferry run` on a spool holding all of them (durable state as usual, "
                 "after_upload = delete, concurrency 1), timed until the spool is empty; the others: "
                 "sequential uploads in one process (curl: a shell loop of one POST and one PATCH per "
