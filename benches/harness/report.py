@@ -89,7 +89,9 @@ def cuts_section(s, bars):
            f"another 1/{round(20 * s['size'] / 1024 / MIB) + 1} of the file's size went upstream "
            "(20 cuts per GiB); clients retry 100 ms apart and resume from the server's offset. "
            "Bytes sent = everything the client sent through the proxy (HTTP heads included) "
-           "over the file's size; 1.000 would be no byte sent twice.\n",
+           "over the file's size; 1.000 would be no byte sent twice. The reset discards what the server had "
+           "not read yet (as tests/support/flaky_proxy.rs does), so bytes in the socket buffers are sent again. "
+           "Each further byte sent counts towards the next cut, as in `cargo bench --bench upload`.\n",
            "| client | bytes sent / file size | cuts | <sub>wall s</sub> | stored intact |",
            "|---|---|---|---|---|"]
     for k in ordered(s["rows"]):
@@ -210,7 +212,7 @@ def main():
            "Rerun with `scripts/bench` (`--quick` for smaller sizes, `--sections` to pick; "
            "`scripts/bench --help`).\n",
            f"- machine: {m['cpu']}, {m['cores']} cores, Linux {m['kernel']}",
-           f"- date: {m['date']}; ferry {m['commit']}; command: `{m['command']}`"
+           f"- date: {m['date']}; ferry {m['commit']}; last command: `{m['command']}`"
            + (" (**--quick**: smaller sizes)" if r.get("quick") else ""),
            f"- peers: {m['peers']}",
            f"- load: {m.get('load', '')}", ""]
