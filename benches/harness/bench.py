@@ -195,8 +195,10 @@ def section_shaped(env, work: Path, quick: bool) -> dict:
             server.empty()
             for name, prof in PROFILES.items():
                 res = {"big": {}, "small": {}, "small_count": n_small[name], "link": prof}
-                ns.shape(**prof)
+                counters = []
                 for kind in CLIENTS:
+                    # A fresh shaper per client: the same outage phase and loss sequence for all.
+                    ns.shape(**prof)
                     log(f"shaped {name}: {big // MIB} MiB, {kind}")
                     m = c.run_client(kind, server.endpoint, src, work, env, ns=ns.name,
                                      retries=1000, timeout=1800)
@@ -204,10 +206,12 @@ def section_shaped(env, work: Path, quick: bool) -> dict:
                     d["goodput"] = big * 8 / m.wall / prof["rate_bit"]
                     res["big"][kind] = d
                     server.empty()
+                    counters.append(ns.unshape())
                 ssrc = work / f"shaped-small-{name}"
                 small_files(ssrc, n_small[name], 100 * KIB)
                 kinds = ["tus-js-client", "ferry", "ferry c=4", "curl", "tuspy"]
                 for kind in [k for k in kinds if k.split(" ")[0] in CLIENTS]:
+                    ns.shape(**prof)
                     log(f"shaped {name}: {n_small[name]} x 100 KiB, {kind}")
                     if kind.startswith("ferry"):
                         m = c.run_ferry_daemon(server.endpoint, ssrc, work, env, ns=ns.name,
@@ -217,7 +221,10 @@ def section_shaped(env, work: Path, quick: bool) -> dict:
                                          retries=1000, timeout=1800)
                     res["small"][kind] = run_checked(m, check_small(server, n_small[name], 100 * KIB))
                     server.empty()
-                res["shaper"] = ns.unshape()
+                    counters.append(ns.unshape())
+                res["shaper"] = {d: {k: sum(c_.get(d, {}).get(k, 0) for c_ in counters)
+                                     for k in ("accepted", "lost", "tail_dropped", "down_dropped", "bytes")}
+                                 for d in ("up", "down")}
                 out["profiles"][name] = res
             out["outage"] = outage_runs(env, work, ns, server, src, big, outage)
         finally:

@@ -109,7 +109,8 @@ def shaped_section(s, bars):
            "A network namespace whose loopback is shaped by `benches/harness/shaper.py`: NFQUEUE "
            "on the server's port, each packet released when the emulated link would deliver it "
            "(per direction: random loss, tail drop beyond 100 packets, serialization at the rate, "
-           "then half the RTT). Server and clients in the namespace on 127.0.0.1.\n"]
+           "then half the RTT). Server and clients in the namespace on 127.0.0.1. The emulator "
+           "restarts for each client's run, so each meets the same outage times and loss sequence.\n"]
     v = s.get("validation")
     if v:
         out.append(f"Check of the emulator: curl, one {v['size'] // MIB} MiB file on cellular-good, reached "
