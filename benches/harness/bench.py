@@ -27,6 +27,10 @@ import clients as c
 MIB = 1 << 20
 KIB = 1 << 10
 CLIENTS = ["ferry", "curl", "tus-js-client", "tuspy"]
+# What the shaped section runs (`--shaped-parts`), and the figures of the last run (kept for
+# the parts not run).
+PARTS = {"validate", "cellular-good", "cellular-bad", "outage"}
+PREV = {}
 # Smoke-test sizes (`--tiny`): checks that every part runs, the figures mean nothing.
 SCALE = {}
 TINY = {"big": 8 * MIB, "small": 40, "cuts": 8 * MIB, "shaped": MIB, "shaped_small": 4,
@@ -173,27 +177,21 @@ def section_shaped(env, work: Path, quick: bool) -> dict:
     n_small = {k: SCALE.get("shaped_small") or v for k, v in n_small.items()}
     outage = SCALE.get("outage") or (60 if quick else 180)
     ns = c.Namespace(f"ferrybench{os.getpid()}")
+    # Parts not selected keep their figures from the last run (same sizes only).
     out = {"file_size": big, "profiles": {}, "outage": {}}
+    if PREV.get("shaped", {}).get("file_size") == big:
+        out.update({k: v for k, v in PREV["shaped"].items() if k in ("validation", "profiles", "outage")})
     src = work / "shaped-big"
     src.mkdir()
     write_random(src / "random.bin", big, 3)
     try:
         server = c.TusServer(work / "shaped-data", ns=ns.name)
         try:
-            # The shaper's check: curl on a 50 MiB file, which reached 93 % of this link's
-            # rate under netem (shared/reference/netem.md); always 50 MiB, even with --quick.
-            vsize = SCALE.get("shaped") or 50 * MIB
-            vsrc = work / "validate"
-            vsrc.mkdir()
-            write_random(vsrc / "random.bin", vsize, 4)
-            ns.shape(**PROFILES["cellular-good"])
-            log(f"shaped: validating the link with curl, {vsize // MIB} MiB on cellular-good")
-            m = c.run_client("curl", server.endpoint, vsrc, work, env, ns=ns.name, timeout=900)
-            out["validation"] = run_checked(m, check_big(server, vsrc))
-            out["validation"].update(size=vsize, goodput=vsize * 8 / m.wall / 10e6,
-                                     shaper=ns.unshape())
-            server.empty()
+            if "validate" in PARTS:
+                out["validation"] = validate(env, work, ns, server)
             for name, prof in PROFILES.items():
+                if name not in PARTS:
+                    continue
                 res = {"big": {}, "small": {}, "small_count": n_small[name], "link": prof}
                 counters = []
                 for kind in CLIENTS:
@@ -226,12 +224,29 @@ def section_shaped(env, work: Path, quick: bool) -> dict:
                                      for k in ("accepted", "lost", "tail_dropped", "down_dropped", "bytes")}
                                  for d in ("up", "down")}
                 out["profiles"][name] = res
-            out["outage"] = outage_runs(env, work, ns, server, src, big, outage)
+            if "outage" in PARTS:
+                out["outage"] = outage_runs(env, work, ns, server, src, big, outage)
         finally:
             server.stop()
     finally:
         ns.delete()
     return out
+
+
+def validate(env, work, ns, server) -> dict:
+    """The emulator's check: curl on a 50 MiB file on cellular-good, which reached 93 % of the
+    rate under netem (shared/reference/netem.md); always 50 MiB, even with --quick."""
+    vsize = SCALE.get("shaped") or 50 * MIB
+    vsrc = work / "validate"
+    vsrc.mkdir()
+    write_random(vsrc / "random.bin", vsize, 4)
+    ns.shape(**PROFILES["cellular-good"])
+    log(f"shaped: validating the link with curl, {vsize // MIB} MiB on cellular-good")
+    m = c.run_client("curl", server.endpoint, vsrc, work, env, ns=ns.name, timeout=900)
+    v = run_checked(m, check_big(server, vsrc))
+    v.update(size=vsize, goodput=vsize * 8 / m.wall / 10e6, shaper=ns.unshape())
+    server.empty()
+    return v
 
 
 def outage_runs(env, work, ns, server, src, size, outage) -> dict:
@@ -282,6 +297,8 @@ def main() -> int:
     ap.add_argument("--sections", default="big,small,cuts,shaped")
     ap.add_argument("--work", default="")
     ap.add_argument("--tiny", action="store_true", help="smoke-test sizes")
+    ap.add_argument("--shaped-parts", default=",".join(sorted(PARTS)),
+                    help="validate,cellular-good,cellular-bad,outage")
     args = ap.parse_args()
     if args.tiny:
         SCALE.update(TINY)
@@ -291,6 +308,8 @@ def main() -> int:
         CLIENTS = [k for k in CLIENTS if k != "tuspy"]
     out_path = Path(args.out)
     results = json.loads(out_path.read_text()) if out_path.exists() else {}
+    PREV.update(results)
+    PARTS.intersection_update(args.shaped_parts.split(","))
     results["quick"] = args.quick
     results["tiny"] = args.tiny
     base = Path(args.work).resolve() if args.work else Path(tempfile.gettempdir())

@@ -119,7 +119,7 @@ def shaped_section(s, bars):
     for name, p in s["profiles"].items():
         link = p["link"]
         desc = (f"{link['rtt_ms']} ms RTT, {link['rate_bit'] / 1e6:g} Mbit/s, {link['loss'] * 100:g} % loss"
-                + (f", {link['down_for']} s down every {link['down_every']} s" if link.get("down_every") else ""))
+                + (f", {link['down_for']} s down every {link['down_every']} s from 20 s in" if link.get("down_every") else ""))
         out += [f"### {name} ({desc})\n",
                 f"One {s['file_size'] // MIB} MiB file: goodput = file bits / wall time / link rate.\n",
                 "| client | goodput / link rate | <sub>wall s</sub> | <sub>CPU s</sub> | ok |", "|---|---|---|---|---|"]

@@ -13,7 +13,7 @@ Standard library only: nfnetlink's queue protocol spoken over an AF_NETLINK sock
 
 Usage (as root, inside the namespace):
   python3 shaper.py --rate-bit 10000000 --delay-ms 30 --loss 0.001 [--queue 100]
-                    [--down-every 60 --down-for 10] [--up-queue 0 --down-queue 1]
+                    [--down-every 60 --down-for 10 --down-at 20] [--up-queue 0 --down-queue 1]
 SIGUSR1 takes the link down, SIGUSR2 brings it back (for the outage profile). Prints
 `READY` once bound, and on exit (SIGTERM) one JSON line of counters to stdout.
 """
@@ -146,12 +146,13 @@ class Shaper:
         self.sock.send(nfq_msg(NFQNL_MSG_CONFIG, queue, attrs))
 
     def link_down(self, now: float) -> bool:
-        """Down when forced (SIGUSR1..SIGUSR2) or in the periodic outage at each period's end."""
+        """Down when forced (SIGUSR1..SIGUSR2) or in a periodic outage: `down_for` s from
+        `down_at` s after the start, then again every `down_every` s."""
         if self.forced_down:
             return True
         every, length = self.args.down_every, self.args.down_for
         if every > 0 and length > 0:
-            return (now - self.start) % every >= every - length
+            return 0 <= (now - self.start - self.args.down_at) % every < length
         return False
 
     def verdict(self, queue: int, packet_id: int, accept: bool):
@@ -222,6 +223,7 @@ def main() -> int:
     ap.add_argument("--loss", type=float, default=0.0, help="random loss per packet, 0..1")
     ap.add_argument("--queue", type=int, default=100, help="packets waiting, tail drop beyond")
     ap.add_argument("--down-every", type=float, default=0.0, help="outage period, s")
+    ap.add_argument("--down-at", type=float, default=20.0, help="first outage's start, s")
     ap.add_argument("--down-for", type=float, default=0.0, help="outage length per period, s")
     ap.add_argument("--up-queue", type=int, default=0)
     ap.add_argument("--down-queue", type=int, default=1)
