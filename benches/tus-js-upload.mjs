@@ -2,11 +2,12 @@
 // Baseline for `cargo bench --bench daemon`: uploads every regular file of a directory, one
 // after another in name order, with tus-js-client's Node API.
 //
-// Usage: node tus-js-upload.mjs --endpoint URL --dir DIR --modules NODE_MODULES_DIR
+// Usage: node tus-js-upload.mjs --endpoint URL --dir DIR --modules NODE_MODULES_DIR [--retries N]
 //
 // Each file is passed as an fs.ReadStream (tus-js-client then reads it by path). chunkSize is
 // left unset (one PATCH per file), and no fingerprint is computed or stored, so there is no
-// resume storage. Metadata: filename and filetype, as ferry sends by default. Prints one line
+// resume storage. `--retries N` (default 0, none) retries a failed request N times, 100 ms apart,
+// resuming from the server's offset (scripts/bench's cut and shaped-link runs). Metadata: filename and filetype, as ferry sends by default. Prints one line
 // of JSON on stdout, {"files":N,"bytes":B,"ms":T}; exits 1 at the first failed upload.
 
 import fs from 'node:fs';
@@ -17,12 +18,12 @@ import { createRequire } from 'node:module';
 function usage(msg) {
   process.stderr.write(
     `tus-js-upload: ${msg}\n` +
-      'usage: tus-js-upload.mjs --endpoint URL --dir DIR --modules NODE_MODULES_DIR\n',
+      'usage: tus-js-upload.mjs --endpoint URL --dir DIR --modules NODE_MODULES_DIR [--retries N]\n',
   );
   process.exit(2);
 }
 
-const opts = { endpoint: null, dir: null, modules: null };
+const opts = { endpoint: null, dir: null, modules: null, retries: '0' };
 const argv = process.argv.slice(2);
 for (let i = 0; i < argv.length; i++) {
   const key = argv[i].replace(/^--/, '');
@@ -30,6 +31,8 @@ for (let i = 0; i < argv.length; i++) {
   opts[key] = argv[++i];
 }
 for (const [k, v] of Object.entries(opts)) if (!v) usage(`--${k} is required`);
+if (!/^\d+$/.test(opts.retries)) usage('--retries needs a whole number');
+const retries = Number.parseInt(opts.retries, 10);
 
 // tus-js-client is installed beside @tus/server (tests/peers), not next to this script.
 const require = createRequire(path.join(path.resolve(opts.modules), 'noop.js'));
@@ -44,7 +47,7 @@ function uploadOne(file, size) {
       fingerprint: () => Promise.resolve(null),
       storeFingerprintForResuming: false,
       removeFingerprintOnSuccess: false,
-      retryDelays: null,
+      retryDelays: retries > 0 ? Array(retries).fill(100) : null,
       onError: reject,
       onSuccess: () => resolve(),
     });
