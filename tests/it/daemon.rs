@@ -692,7 +692,7 @@ fn sighup_reloads_the_spool_settings_and_metrics_are_written() {
 }
 
 /// These tests change users or mount filesystems: they need root (CI runs as root).
-fn require_root(what: &str) {
+pub(crate) fn require_root(what: &str) {
     let uid = std::fs::read_to_string("/proc/self/status")
         .unwrap()
         .lines()

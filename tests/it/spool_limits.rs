@@ -9,25 +9,12 @@
 use std::path::Path;
 use std::time::Duration;
 
-use crate::daemon::Spool;
+use crate::daemon::{require_root, Spool};
 use crate::harness::{assert_same_bytes, random_bytes, sigterm, wait_until};
 use crate::support::peers::{NodeOpts, Peer};
 use crate::support::tus_server::{Fault, ServerConfig, TusServer};
 
 const KIB: usize = 1024;
-
-fn require_root(what: &str) {
-    let uid = std::fs::read_to_string("/proc/self/status")
-        .unwrap()
-        .lines()
-        .find(|l| l.starts_with("Uid:"))
-        .and_then(|l| l.split_whitespace().nth(1).map(str::to_string))
-        .unwrap();
-    assert_eq!(
-        uid, "0",
-        "{what} needs root (to mount a tmpfs); run the tests as root"
-    );
-}
 
 /// Runs `ferry run` on a spool that is a 4 MiB tmpfs, writes twelve 256 KiB files 150 ms
 /// apart (renamed in, oldest first), waits for the limit check, lists the spool and stops
