@@ -408,9 +408,7 @@ pub(crate) fn render_metrics(s: &Snapshot) -> String {
         ),
     ];
     let mut out = String::new();
-    for (name, kind, help, value) in metrics {
-        out += &format!("# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}\n");
-    }
+    metric_lines(&mut out, metrics);
     out += "# HELP ferry_files Files the daemon knows, by state.\n# TYPE ferry_files gauge\n";
     let counts = s.counts();
     for st in FILE_STATES {
@@ -419,12 +417,35 @@ pub(crate) fn render_metrics(s: &Snapshot) -> String {
     }
     let paused = u8::from(s.state == "paused");
     out += &format!("# HELP ferry_paused 1 when uploads are paused.\n# TYPE ferry_paused gauge\nferry_paused {paused}\n");
-    let held = u8::from(s.state == "held");
-    out += &format!("# HELP ferry_held 1 when a field policy (upload window, network interface, condition) holds uploads.\n# TYPE ferry_held gauge\nferry_held {held}\n");
-    let rate = s.rate_limit.as_ref().map_or(0, |r| r.bytes_per_sec);
-    out += &format!("# HELP ferry_rate_limit_bytes_per_second The upload rate limit in force (0: none).\n# TYPE ferry_rate_limit_bytes_per_second gauge\nferry_rate_limit_bytes_per_second {rate}\n");
+    metric_lines(
+        &mut out,
+        [
+            (
+                "ferry_held",
+                "gauge",
+                "1 when a field policy (upload window, network interface, condition) holds uploads.",
+                u64::from(s.state == "held"),
+            ),
+            (
+                "ferry_rate_limit_bytes_per_second",
+                "gauge",
+                "The upload rate limit in force (0: none).",
+                s.rate_limit.as_ref().map_or(0, |r| r.bytes_per_sec),
+            ),
+        ],
+    );
     out += &spool::render_metrics(&s.spool_usage, s.updated_unix);
     out
+}
+
+/// One `# HELP`, `# TYPE` and value line per (name, type, help, value).
+fn metric_lines<'m>(
+    out: &mut String,
+    metrics: impl IntoIterator<Item = (&'m str, &'m str, &'m str, u64)>,
+) {
+    for (name, kind, help, value) in metrics {
+        *out += &format!("# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}\n");
+    }
 }
 
 #[cfg(test)]

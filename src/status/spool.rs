@@ -104,12 +104,11 @@ pub(super) fn render_metrics(u: &SpoolUsage, updated_unix: u64) -> String {
         ),
     ];
     let mut out = String::new();
-    for (name, kind, help, value) in metrics {
-        if name == "ferry_spool_free_bytes" && u.free_bytes.is_none() {
-            continue;
-        }
-        out += &format!("# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}\n");
-    }
+    // Free space that could not be read is left out, not shown as 0.
+    let known = metrics
+        .into_iter()
+        .filter(|(name, ..)| *name != "ferry_spool_free_bytes" || u.free_bytes.is_some());
+    super::metric_lines(&mut out, known);
     out
 }
 
