@@ -204,27 +204,15 @@ fn tus_node_server_receives_two_hundred_files_through_cuts() {
         sp.log()
     );
     assert!(proxy.cuts() >= 50, "only {} cuts", proxy.cuts());
-    // @tus/server's FileStore keeps <id> (bytes) and <id>.json (with the metadata) side by side.
-    let data_dir = peer
-        .stored_path(&format!("{}x", peer.endpoint()))
-        .parent()
-        .unwrap()
-        .to_path_buf();
     let mut seen = 0;
-    for entry in std::fs::read_dir(&data_dir).unwrap() {
-        let path = entry.unwrap().path();
-        if path.extension().is_some_and(|e| e == "json") {
-            let info: serde_json::Value =
-                serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
-            let name = info["metadata"]["filename"].as_str().unwrap().to_string();
-            let (len, seed) = names[&name];
-            assert_same_bytes(
-                &std::fs::read(path.with_extension("")).unwrap(),
-                &random_bytes(len, seed),
-                &name,
-            );
-            seen += 1;
-        }
+    for (name, bytes) in peer.uploads_by_filename() {
+        let (len, seed) = names[&name];
+        assert_same_bytes(
+            &std::fs::read(bytes).unwrap(),
+            &random_bytes(len, seed),
+            &name,
+        );
+        seen += 1;
     }
     assert_eq!(seen, names.len());
     for (name, (len, seed)) in &names {

@@ -82,27 +82,13 @@ fn newest_first_sends_the_latest_file_before_older_ones() {
     });
     sigterm(&child);
     assert!(child.wait().unwrap().success());
-    // @tus/server keeps <id> and <id>.json (with the metadata): the order the bytes were
-    // last written in is the order of the uploads (one worker, one PATCH each).
-    let data_dir = peer
-        .stored_path(&format!("{}x", peer.endpoint()))
-        .parent()
-        .unwrap()
-        .to_path_buf();
-    let mut written = Vec::new();
-    for entry in std::fs::read_dir(&data_dir).unwrap() {
-        let path = entry.unwrap().path();
-        if path.extension().is_some_and(|e| e == "json") {
-            let info: serde_json::Value =
-                serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
-            let name = info["metadata"]["filename"].as_str().unwrap().to_string();
-            let at = std::fs::metadata(path.with_extension(""))
-                .unwrap()
-                .modified()
-                .unwrap();
-            written.push((at, name));
-        }
-    }
+    // The order the bytes were last written in is the order of the uploads (one worker, one
+    // PATCH each).
+    let mut written: Vec<_> = peer
+        .uploads_by_filename()
+        .into_iter()
+        .map(|(name, bytes)| (std::fs::metadata(bytes).unwrap().modified().unwrap(), name))
+        .collect();
     written.sort();
     let order: Vec<&str> = written.iter().map(|(_, n)| n.as_str()).collect();
     assert_eq!(order, ["c.bin", "b.bin", "a.bin"], "newest first");

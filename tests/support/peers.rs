@@ -320,6 +320,29 @@ impl Peer {
         names
     }
 
+    /// @tus/server only: each upload's `filename` metadata and the file holding its bytes
+    /// (its FileStore keeps `<id>` beside `<id>.json`, which holds the metadata).
+    pub fn uploads_by_filename(&self) -> Vec<(String, PathBuf)> {
+        assert_eq!(self.kind, Kind::Node, "only @tus/server keeps <id>.json");
+        let mut out: Vec<(String, PathBuf)> = fs::read_dir(&self.data_dir)
+            .expect("read peer data dir")
+            .map(|e| e.expect("peer data dir entry").path())
+            .filter(|p| p.extension().is_some_and(|e| e == "json"))
+            .map(|p| {
+                let info: serde_json::Value =
+                    serde_json::from_str(&fs::read_to_string(&p).expect("read an upload's info"))
+                        .expect("an upload's info is JSON");
+                let name = info["metadata"]["filename"]
+                    .as_str()
+                    .expect("the upload has a filename")
+                    .to_string();
+                (name, p.with_extension(""))
+            })
+            .collect();
+        out.sort();
+        out
+    }
+
     /// Bytes the server holds over all its uploads (grows while one is being sent).
     pub fn bytes_stored(&self) -> u64 {
         self.upload_files()
