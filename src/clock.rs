@@ -12,7 +12,9 @@ pub(crate) trait Clock: Send + Sync {
     fn now(&self) -> Instant;
     /// Wall-clock now, for HTTP dates and records.
     fn wall(&self) -> SystemTime;
-    /// Sleeps for `d`, returning early when `wake` becomes true (checked at least every 100 ms).
+    /// Sleeps for `d`, returning early when `wake` becomes true: checked at least every
+    /// 100 ms, and at once when the sleeping thread is unparked (`Thread::unpark`) after
+    /// `wake` was set. A thread that joins a sleeper should unpark it, or wait up to 100 ms.
     fn sleep(&self, d: Duration, wake: &AtomicBool);
 }
 
@@ -40,7 +42,9 @@ impl Clock for SystemClock {
             if left.is_zero() {
                 break;
             }
-            std::thread::sleep(left.min(Duration::from_millis(100)));
+            // park, not sleep: an unpark ends the wait at once (a spurious or stale wake-up
+            // only goes round the loop again).
+            std::thread::park_timeout(left.min(Duration::from_millis(100)));
         }
     }
 }

@@ -144,6 +144,9 @@ impl Drop for Reporter {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::Relaxed);
         if let Some(t) = self.thread.take() {
+            // Wake it from its tick now: `ferry upload` exits only after this join, and a
+            // sleeping tick cost every upload up to 100 ms.
+            t.thread().unpark();
             let _ = t.join();
         }
     }
