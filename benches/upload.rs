@@ -184,6 +184,21 @@ fn children_cpu() -> f64 {
     (ticks(13) + ticks(14)) / CLOCK_TICKS_PER_SEC
 }
 
+/// CPU seconds (user + system) of process `pid` so far, all its threads; 0 if unreadable.
+fn process_cpu(pid: u32) -> f64 {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    // utime and stime are fields 14 and 15: indices 11 and 12 after `state` (field 3).
+    (ticks(11) + ticks(12)) / CLOCK_TICKS_PER_SEC
+}
+
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(f64::total_cmp);
     v.get(v.len() / 2).copied().unwrap_or(0.0)
@@ -212,24 +227,43 @@ fn run(size: u64, runs: usize) -> Res<Vec<String>> {
     let (_, url) = curl_upload(&peer.endpoint(), &warm, warm_size)?;
     verify(&peer, &url, &warm, "warm-up (curl)", &mut failures)?;
 
-    // 1. Default settings against curl, alternating: `runs` rounds.
-    let (mut curl_walls, mut curl_cpus) = (Vec::new(), Vec::new());
-    let mut default_runs = Vec::new();
+    // 1. Default settings against curl, alternating: `runs` rounds, and who goes first
+    // alternates too (the server may still be collecting the garbage of the upload before).
+    let (mut curl_walls, mut curl_cpus, mut curl_server) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut default_runs, mut default_server) = (Vec::new(), Vec::new());
+    let server_pid = peer.pid();
     for round in 1..=runs {
-        eprintln!("round {round}/{runs}: curl (POST + one PATCH)");
-        let cpu0 = children_cpu();
-        let (wall, url) = curl_upload(&peer.endpoint(), &file, size)?;
-        curl_cpus.push(children_cpu() - cpu0);
-        curl_walls.push(wall.as_secs_f64());
-        verify(&peer, &url, &file, "curl", &mut failures)?;
-        eprintln!("round {round}/{runs}: ferry upload (default settings)");
-        let name = format!("default-{round}");
-        let config = write_config(&dir.0, &name, &peer.endpoint(), "")?;
-        let (run, url) = run_ferry(&config, &file, None, &dir.0)?;
-        verify(&peer, &url, &file, "ferry (default)", &mut failures)?;
-        check_rss("ferry (default)", &run, &mut failures);
-        default_runs.push(run);
+        for ferry_turn in [round % 2 == 0, round % 2 == 1] {
+            let server0 = process_cpu(server_pid);
+            if ferry_turn {
+                eprintln!("round {round}/{runs}: ferry upload (default settings)");
+                let name = format!("default-{round}");
+                let config = write_config(&dir.0, &name, &peer.endpoint(), "")?;
+                let (run, url) = run_ferry(&config, &file, None, &dir.0)?;
+                default_server.push(process_cpu(server_pid) - server0);
+                verify(&peer, &url, &file, "ferry (default)", &mut failures)?;
+                check_rss("ferry (default)", &run, &mut failures);
+                default_runs.push(run);
+            } else {
+                eprintln!("round {round}/{runs}: curl (POST + one PATCH)");
+                let cpu0 = children_cpu();
+                let (wall, url) = curl_upload(&peer.endpoint(), &file, size)?;
+                curl_cpus.push(children_cpu() - cpu0);
+                curl_server.push(process_cpu(server_pid) - server0);
+                curl_walls.push(wall.as_secs_f64());
+                verify(&peer, &url, &file, "curl", &mut failures)?;
+            }
+        }
     }
+    // Each round's ferry wall over its curl wall: their spread says how much the median of
+    // `runs` rounds can be trusted on this machine.
+    let paired: Vec<f64> = default_runs
+        .iter()
+        .zip(&curl_walls)
+        .map(|(f, c)| f.wall.as_secs_f64() / c.max(1e-9))
+        .collect();
+    let curl_server_cpu = median(curl_server);
+    let default_server_cpu = median(default_server);
     let curl_wall = Duration::from_secs_f64(median(curl_walls));
     let curl_cpu = median(curl_cpus);
 
@@ -327,6 +361,24 @@ fn run(size: u64, runs: usize) -> Res<Vec<String>> {
         Some(cut_run.peak_rss_kib),
     );
     println!();
+    let (lo, hi) = paired
+        .iter()
+        .fold((f64::MAX, 0.0_f64), |(lo, hi), &r| (lo.min(r), hi.max(r)));
+    println!(
+        "per round, ferry's wall over curl's: {} (median {:.2}, range {lo:.2}-{hi:.2}; ferry faster in {} of {runs})",
+        paired
+            .iter()
+            .map(|r| format!("{r:.2}"))
+            .collect::<Vec<_>>()
+            .join(" "),
+        median(paired.clone()),
+        paired.iter().filter(|&&r| r < 1.0).count()
+    );
+    println!(
+        "server CPU per upload (median): {default_server_cpu:.2} s under ferry, {curl_server_cpu:.2} s under curl ({:.2}x); \
+         a server busier than the wall time is the limit for both",
+        default_server_cpu / curl_server_cpu.max(1e-9)
+    );
     let wall_ratio = secs(def_wall) / secs(curl_wall).max(1e-9);
     let cpu_ratio = def_cpu / curl_cpu.max(1e-9);
     let met = |ok: bool| if ok { "met" } else { "NOT met" };

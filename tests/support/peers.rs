@@ -281,6 +281,11 @@ impl Peer {
         self.addr
     }
 
+    /// The server's process id (for the benchmarks' CPU accounting).
+    pub fn pid(&self) -> u32 {
+        self.server_pid
+    }
+
     /// Where the server keeps the bytes of the upload at `upload_url` (absolute or
     /// relative URL; the upload id is its last path segment). The file may not exist.
     pub fn stored_path(&self, upload_url: &str) -> PathBuf {
