@@ -10,7 +10,12 @@
 //! (counting what each deletion frees) reaches `min_free`. A busy file is never evicted; when
 //! only busy files are left, the limit stays exceeded (the caller warns, it does not loop).
 //! Ties in age are broken by name, so a plan is the same on every run.
+//!
+//! The plan needs only the oldest waiting files listed: eviction takes files oldest first, and
+//! the rest count by their bytes. [`OldestWaiting`] collects what a walk of the spool finds
+//! that way, so a check's memory does not grow with the spool.
 
+use std::collections::BTreeMap;
 use std::time::{Duration, SystemTime};
 
 /// What the spool may hold; every limit is optional.
@@ -99,6 +104,51 @@ pub(crate) struct Waiting<K> {
     pub busy: bool,
 }
 
+/// The waiting files as a walk finds them: the `cap` oldest kept whole (by age, then key), the
+/// younger rest only counted.
+#[derive(Debug)]
+pub(crate) struct OldestWaiting<K> {
+    cap: usize,
+    listed: BTreeMap<(SystemTime, K), Waiting<K>>,
+    /// Waiting files left out of the list, all younger than every listed one.
+    pub unlisted_files: u64,
+    /// Their bytes.
+    pub unlisted_bytes: u64,
+    unlisted_oldest: Option<SystemTime>,
+}
+
+impl<K: Clone + Ord> OldestWaiting<K> {
+    /// Lists at most `cap` files (at least one).
+    pub(crate) fn new(cap: usize) -> Self {
+        Self {
+            cap: cap.max(1),
+            listed: BTreeMap::new(),
+            unlisted_files: 0,
+            unlisted_bytes: 0,
+            unlisted_oldest: None,
+        }
+    }
+
+    /// One more waiting file; returns the key of the file that this left out of the list
+    /// (it, or the youngest listed so far), if any.
+    pub(crate) fn add(&mut self, w: Waiting<K>) -> Option<K> {
+        self.listed.insert((w.mtime, w.key.clone()), w);
+        if self.listed.len() <= self.cap {
+            return None;
+        }
+        let (_, out) = self.listed.pop_last()?;
+        self.unlisted_files += 1;
+        self.unlisted_bytes += out.size;
+        self.unlisted_oldest = Some(self.unlisted_oldest.map_or(out.mtime, |o| o.min(out.mtime)));
+        Some(out.key)
+    }
+
+    /// The listed files, oldest first, and the unlisted ones' oldest mtime.
+    pub(crate) fn into_listed(self) -> (Vec<Waiting<K>>, Option<SystemTime>) {
+        (self.listed.into_values().collect(), self.unlisted_oldest)
+    }
+}
+
 /// The spool's file system.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct FsSpace {
@@ -119,9 +169,11 @@ pub(crate) struct Plan<K> {
     pub unmet: Vec<Limit>,
 }
 
-/// Decides which waiting files to evict (see the module doc).
+/// Decides which waiting files to evict (see the module doc). `files` are the oldest waiting
+/// files; `unlisted_bytes` the bytes of the others, every one younger than all of `files`.
 pub(crate) fn plan<K: Clone + Ord>(
     files: &[Waiting<K>],
+    unlisted_bytes: u64,
     fs: Option<FsSpace>,
     limits: &SpoolLimits,
     now: SystemTime,
@@ -137,7 +189,7 @@ pub(crate) fn plan<K: Clone + Ord>(
         .min_free
         .zip(fs)
         .map(|(m, fs)| (m.bytes(fs.total), fs.free));
-    let mut waiting: u64 = files.iter().map(|f| f.size).sum();
+    let mut waiting: u64 = files.iter().map(|f| f.size).sum::<u64>() + unlisted_bytes;
     let mut free = need_free.map_or(0, |(_, free)| free);
     let exceeded = |waiting: u64, free: u64, old: bool| {
         let mut v = Vec::new();
@@ -225,6 +277,7 @@ mod tests {
         });
         let p = plan(
             &files,
+            0,
             fs,
             &evicting(Some(200), Some(MinFree::Bytes(1000)), Some(60)),
             now(),
@@ -237,7 +290,7 @@ mod tests {
                 unmet: vec![]
             }
         );
-        let p = plan(&files, fs, &SpoolLimits::default(), now());
+        let p = plan(&files, 0, fs, &SpoolLimits::default(), now());
         assert_eq!(
             p,
             Plan {
@@ -246,7 +299,7 @@ mod tests {
                 unmet: vec![]
             }
         );
-        let p = plan::<&str>(&[], fs, &evicting(Some(0), None, Some(0)), now());
+        let p = plan::<&str>(&[], 0, fs, &evicting(Some(0), None, Some(0)), now());
         assert_eq!(
             p,
             Plan {
@@ -265,14 +318,14 @@ mod tests {
             file("mid", 100, 20, false),
         ];
         // 300 waiting, 150 allowed: the two oldest go (after the first, 200 > 150 still).
-        let p = plan(&files, None, &evicting(Some(150), None, None), now());
+        let p = plan(&files, 0, None, &evicting(Some(150), None, None), now());
         assert_eq!(
             keys(&p),
             [("old", Limit::MaxBytes), ("mid", Limit::MaxBytes)]
         );
         assert_eq!((p.over, p.unmet), (vec![Limit::MaxBytes], vec![]));
         // Exactly at the limit is not over it.
-        let p = plan(&files, None, &evicting(Some(200), None, None), now());
+        let p = plan(&files, 0, None, &evicting(Some(200), None, None), now());
         assert_eq!(keys(&p), [("old", Limit::MaxBytes)]);
     }
 
@@ -283,7 +336,7 @@ mod tests {
             file("a", 10, 5, false),
             file("b", 10, 5, false),
         ];
-        let p = plan(&files, None, &evicting(Some(15), None, None), now());
+        let p = plan(&files, 0, None, &evicting(Some(15), None, None), now());
         assert_eq!(keys(&p), [("a", Limit::MaxBytes), ("b", Limit::MaxBytes)]);
     }
 
@@ -294,7 +347,7 @@ mod tests {
             file("older", 100, 50, false),
             file("newer", 100, 10, false),
         ];
-        let p = plan(&files, None, &evicting(Some(600), None, None), now());
+        let p = plan(&files, 0, None, &evicting(Some(600), None, None), now());
         assert_eq!(keys(&p), [("older", Limit::MaxBytes)]);
         assert!(p.unmet.is_empty());
     }
@@ -305,7 +358,7 @@ mod tests {
             file("uploading", 500, 100, true),
             file("idle", 100, 1, false),
         ];
-        let p = plan(&files, None, &evicting(Some(300), None, None), now());
+        let p = plan(&files, 0, None, &evicting(Some(300), None, None), now());
         assert_eq!(keys(&p), [("idle", Limit::MaxBytes)]);
         assert_eq!(
             (p.over, p.unmet),
@@ -319,6 +372,7 @@ mod tests {
         });
         let p = plan(
             &files,
+            0,
             fs,
             &evicting(None, Some(MinFree::Bytes(100)), Some(60)),
             now(),
@@ -342,6 +396,7 @@ mod tests {
         });
         let p = plan(
             &files,
+            0,
             fs,
             &evicting(None, Some(MinFree::Bytes(650)), None),
             now(),
@@ -351,6 +406,7 @@ mod tests {
         // 10% of 10_000 = 1000 needed: three files go, then 1000 >= 1000.
         let p = plan(
             &files,
+            0,
             fs,
             &evicting(None, Some(MinFree::Percent(10)), None),
             now(),
@@ -359,6 +415,7 @@ mod tests {
         // Free space eaten by other files: everything goes and it is still not enough.
         let p = plan(
             &files,
+            0,
             fs,
             &evicting(None, Some(MinFree::Bytes(5000)), None),
             now(),
@@ -368,6 +425,7 @@ mod tests {
         // Without a file system reading, min_free cannot be judged: nothing happens.
         let p = plan(
             &files,
+            0,
             None,
             &evicting(None, Some(MinFree::Bytes(5000)), None),
             now(),
@@ -392,7 +450,13 @@ mod tests {
             file("young3", 100, 10, false),
         ];
         // Age alone: both past 600 s go, though bytes are within limits.
-        let p = plan(&files, None, &evicting(Some(1000), None, Some(600)), now());
+        let p = plan(
+            &files,
+            0,
+            None,
+            &evicting(Some(1000), None, Some(600)),
+            now(),
+        );
         assert_eq!(
             keys(&p),
             [("ancient", Limit::MaxAge), ("old", Limit::MaxAge)]
@@ -400,7 +464,13 @@ mod tests {
         assert_eq!((p.over, p.unmet), (vec![Limit::MaxAge], vec![]));
         // Age and size: the old ones for age (which also frees 20 B), then the oldest young
         // one for size (300 > 250 after them).
-        let p = plan(&files, None, &evicting(Some(250), None, Some(600)), now());
+        let p = plan(
+            &files,
+            0,
+            None,
+            &evicting(Some(250), None, Some(600)),
+            now(),
+        );
         assert_eq!(
             keys(&p),
             [
@@ -415,7 +485,7 @@ mod tests {
             file("stepping", 10, 1000, true),
             file("young", 10, 1, false),
         ];
-        let p = plan(&files, None, &evicting(None, None, Some(600)), now());
+        let p = plan(&files, 0, None, &evicting(None, None, Some(600)), now());
         assert!(p.evict.is_empty());
         assert_eq!(p.unmet, vec![Limit::MaxAge]);
     }
@@ -431,7 +501,7 @@ mod tests {
             on_full: OnFull::Keep,
             ..evicting(Some(100), Some(MinFree::Percent(5)), Some(600))
         };
-        let p = plan(&files, fs, &limits, now());
+        let p = plan(&files, 0, fs, &limits, now());
         assert!(p.evict.is_empty());
         let all = vec![Limit::MaxAge, Limit::MaxBytes, Limit::MinFree];
         assert_eq!((p.over, p.unmet), (all.clone(), all));
@@ -445,7 +515,45 @@ mod tests {
             mtime: now() + Duration::from_secs(3600),
             busy: false,
         }];
-        let p = plan(&files, None, &evicting(None, None, Some(1)), now());
+        let p = plan(&files, 0, None, &evicting(None, None, Some(1)), now());
+        assert!(p.evict.is_empty() && p.over.is_empty());
+    }
+
+    #[test]
+    fn a_walk_lists_the_oldest_files_and_counts_the_rest() {
+        let mut w = OldestWaiting::new(2);
+        // Out of order, with a tie in age broken by key.
+        let left_out: Vec<_> = [
+            file("young", 7, 10, false),
+            file("old-b", 5, 90, false),
+            file("mid", 3, 50, false),
+            file("old-a", 2, 90, false),
+            file("newest", 1, 1, false),
+        ]
+        .into_iter()
+        .map(|f| w.add(f))
+        .collect();
+        assert_eq!(
+            left_out,
+            [None, None, Some("young"), Some("mid"), Some("newest")]
+        );
+        assert_eq!((w.unlisted_files, w.unlisted_bytes), (3, 3 + 7 + 1));
+        let (listed, unlisted_oldest) = w.into_listed();
+        let keys: Vec<_> = listed.iter().map(|f| f.key).collect();
+        assert_eq!(keys, ["old-a", "old-b"]);
+        assert_eq!(unlisted_oldest, Some(file("mid", 0, 50, false).mtime));
+    }
+
+    #[test]
+    fn unlisted_bytes_count_towards_max_bytes_but_only_listed_files_go() {
+        // 400 bytes waiting, 100 of them listed: over 250 by 150, and the listed files free
+        // only 100 of that; the limit stays exceeded until the next check lists more.
+        let files = [file("a", 60, 90, false), file("b", 40, 80, false)];
+        let p = plan(&files, 300, None, &evicting(Some(250), None, None), now());
+        assert_eq!(keys(&p), [("a", Limit::MaxBytes), ("b", Limit::MaxBytes)]);
+        assert_eq!(p.unmet, [Limit::MaxBytes]);
+        // Under the limit with the unlisted bytes counted: nothing goes.
+        let p = plan(&files, 100, None, &evicting(Some(250), None, None), now());
         assert!(p.evict.is_empty() && p.over.is_empty());
     }
 

@@ -151,12 +151,7 @@ impl<'p, 'a> Main<'p, 'a> {
             Ok(())
         });
         match result {
-            Ok(()) => {
-                if !matches!(self.settings.after_upload, AfterUpload::Keep) {
-                    self.spool_watch.gone(path);
-                }
-                true
-            }
+            Ok(()) => true,
             Err(e) => {
                 // The record stays Complete: the action is tried again, never the upload.
                 log::error!(

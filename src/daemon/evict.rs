@@ -1,17 +1,19 @@
 //! The spool's limits in the daemon: measuring what waits, warning, and evicting (the shell of
 //! [`crate::spool_limits`]).
 //!
-//! Key idea: no extra walk of the spool. Scans and inotify events already `lstat` every file;
-//! [`SpoolWatch`] keeps what they saw (path → identity), and a check builds the waiting list
-//! from it (a file whose record is complete or failed for the same content, or whose hook or
-//! action is left, is not waiting), reads the file system's free space once (`fstatvfs`), and
-//! asks the pure planner. A check runs after each full scan, a few seconds after a file
-//! arrives, and at least every minute. Eviction deletes the file (its directory synced), then
-//! drops its record durably, tells the scheduler the file is gone, and hands its upload URL to
-//! the terminator thread (a DELETE at best effort, never on the main thread).
+//! Key idea: memory that does not grow with the spool. A check walks the spool (`lstat` of
+//! each file, as a scan does) and keeps only the [`CHECK_LISTED`] oldest waiting files and the
+//! totals of the rest (a file whose record is complete or failed for the same content, or
+//! whose hook or action is left, is not waiting); it reads the file system's free space once
+//! (`fstatvfs`) and asks the pure planner. Remembering every file the scans saw instead cost
+//! about 300 bytes a file: 23 MiB for a spool of 60,000. A check runs a few seconds after a
+//! full scan or a file's arrival (longer on a spool so big that its walk takes long; the first
+//! one at once), and at least every minute. Eviction deletes the file (its directory synced), then drops its record
+//! durably, tells the scheduler the file is gone, and hands its upload URL to the terminator
+//! thread (a DELETE at best effort, never on the main thread).
 
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering::SeqCst};
 use std::sync::mpsc::Sender;
 use std::sync::Arc;
@@ -22,7 +24,7 @@ use crate::error::{Error, Result};
 use crate::progress::human_bytes;
 use crate::source::Identity;
 use crate::spool;
-use crate::spool_limits::{plan, FsSpace, Limit, OnFull, SpoolLimits, Waiting};
+use crate::spool_limits::{plan, FsSpace, Limit, OldestWaiting, OnFull, SpoolLimits, Waiting};
 use crate::status::{human_age, SpoolUsage};
 use crate::store::{FileKey, RecordState};
 use crate::transport::Transport;
@@ -35,15 +37,22 @@ use super::Main;
 const ARRIVAL_CHECK: Duration = Duration::from_secs(3);
 /// Checks run at least this often (free space changes without any event of ours).
 const CHECK_EVERY: Duration = Duration::from_secs(60);
+/// A check triggered by arrivals waits at least this many times as long as the last check's
+/// walk took, so that checking a huge spool costs at most about 2 % of a core.
+const CHECK_SPACING: u32 = 50;
+/// The oldest waiting files a check lists for the planner (eviction takes the oldest first);
+/// when it evicted them all and a limit is still exceeded, the next check follows soon.
+const CHECK_LISTED: usize = 1024;
 
 /// What the daemon knows of the spool's files and limits between checks.
 pub(super) struct SpoolWatch<'a> {
-    /// Files the scans and events saw, with their identity as seen and whether they were
-    /// ready then (not still being written).
-    seen: HashMap<PathBuf, (Identity, bool)>,
     last_check: Option<Instant>,
+    /// How long the last check's walk of the spool took.
+    last_walk: Duration,
     /// A file arrived since the last check.
     arrived: bool,
+    /// The last check evicted what it listed and must go on with the files it did not list.
+    more: bool,
     /// The limits last warned about (a WARN once per episode, not per check).
     warned: Vec<Limit>,
     usage: SpoolUsage,
@@ -55,35 +64,27 @@ impl SpoolWatch<'_> {
     /// Nothing seen yet: the first scan fills it.
     pub(super) fn new() -> Self {
         Self {
-            seen: HashMap::new(),
             last_check: None,
+            last_walk: Duration::ZERO,
             arrived: false,
+            more: false,
             warned: Vec::new(),
             usage: SpoolUsage::default(),
             terminator: None,
         }
     }
 
-    /// A full scan begins: what it does not see is no longer there.
-    pub(super) fn begin_scan(&mut self) {
-        self.seen.clear();
-    }
-
-    /// A scan or an event saw this file (`ready`, or still being written). A file an event
-    /// finds ready with new content is an arrival (a check follows within seconds); one still
-    /// being written is not yet: its close or rename is.
-    pub(super) fn saw(&mut self, entry: &spool::Entry, by_scan: bool, ready: bool) {
-        let before = self
-            .seen
-            .insert(entry.path.clone(), (entry.identity, ready));
-        if ready && !by_scan && before != Some((entry.identity, true)) {
+    /// An event (not a scan: a check follows each scan) found a file ready: an arrival, so a
+    /// check follows within seconds. One still being written is not yet: its close or rename is.
+    pub(super) fn saw(&mut self, by_scan: bool, ready: bool) {
+        if ready && !by_scan {
             self.arrived = true;
         }
     }
 
-    /// The file left the spool (deleted or moved by us, or found gone).
-    pub(super) fn gone(&mut self, path: &Path) {
-        self.seen.remove(path);
+    /// A full scan ended: a check is due as soon as one after an arrival would be.
+    pub(super) fn scanned(&mut self) {
+        self.arrived = true;
     }
 
     /// What the status shows.
@@ -95,7 +96,12 @@ impl SpoolWatch<'_> {
     fn due(&self, now: Instant) -> Instant {
         match self.last_check {
             None => now,
-            Some(t) if self.arrived => t + ARRIVAL_CHECK,
+            Some(t) if self.more => t,
+            Some(t) if self.arrived => {
+                t + ARRIVAL_CHECK
+                    .max(self.last_walk.saturating_mul(CHECK_SPACING))
+                    .min(CHECK_EVERY)
+            }
             Some(t) => t + CHECK_EVERY,
         }
     }
@@ -120,15 +126,26 @@ impl Main<'_, '_> {
         let now = self.parts.clock.now();
         self.spool_watch.last_check = Some(now);
         self.spool_watch.arrived = false;
+        self.spool_watch.more = false;
         if self.spool_missing || self.stopping.is_some() {
             return Ok(());
         }
         let wall = self.parts.clock.wall();
         let limits = self.settings.limits.clone();
         let mut fs = fs_space(&self.settings.spool.dir);
-        let mut waiting = self.waiting_files()?;
-        let plan = plan(&waiting, fs, &limits, wall);
-        let mut freed = 0;
+        let Some(Walked {
+            mut waiting,
+            unlisted_files,
+            unlisted_bytes,
+            unlisted_oldest,
+            identities,
+        }) = self.waiting_files()?
+        else {
+            return Ok(()); // the spool is gone: the scan says so
+        };
+        self.spool_watch.last_walk = self.parts.clock.now().saturating_duration_since(now);
+        let plan = plan(&waiting, unlisted_bytes, fs, &limits, wall);
+        let (mut freed, mut evicted) = (0, 0);
         for (key, limit) in &plan.evict {
             if let Some(i) = waiting.iter().position(|w| &w.key == key) {
                 // Why, as things stand before this file goes (the deletions so far counted).
@@ -136,10 +153,12 @@ impl Main<'_, '_> {
                     free: f.free.saturating_add(freed),
                     ..f
                 });
-                let why = describe(*limit, &limits, &waiting, fs_now, wall);
+                let totals = Totals::of(&waiting, unlisted_bytes, unlisted_oldest);
+                let why = describe(*limit, &limits, totals, fs_now, wall);
                 let file = waiting.remove(i);
-                if self.evict(&file, &why, wall)? {
+                if self.evict(&file, identities.get(&file.key), &why, wall)? {
                     freed += file.size;
+                    evicted += 1;
                 } else {
                     waiting.insert(i, file);
                 }
@@ -155,66 +174,130 @@ impl Main<'_, '_> {
             && waiting
                 .iter()
                 .any(|w| w.busy && self.settling.contains_key(w.key.path()));
+        // The listed files went (but for busy ones) and a limit is still exceeded: the next
+        // check, at once, lists the next oldest.
+        let more = limits.on_full == OnFull::DeleteOldest
+            && !plan.unmet.is_empty()
+            && unlisted_files > 0
+            && evicted > 0;
         self.spool_watch.arrived |= settling;
-        self.report_unmet(&plan.unmet, &limits, &waiting, fs, wall, !settling);
+        self.spool_watch.more = more;
+        let totals = Totals::of(&waiting, unlisted_bytes, unlisted_oldest);
+        self.report_unmet(&plan.unmet, &limits, totals, fs, wall, !settling && !more);
         let u = &mut self.spool_watch.usage;
-        u.waiting_files = waiting.len() as u64;
-        u.waiting_bytes = waiting.iter().map(|w| w.size).sum();
-        u.oldest_waiting_unix = waiting.iter().map(|w| w.mtime).min().map(super::unix);
+        u.waiting_files = waiting.len() as u64 + unlisted_files;
+        u.waiting_bytes = totals.bytes;
+        u.oldest_waiting_unix = totals.oldest.map(super::unix);
         u.free_bytes = fs.map(|f| f.free);
         Ok(())
     }
 
-    /// The files waiting to be uploaded, from what the scans saw.
-    fn waiting_files(&self) -> Result<Vec<Waiting<FileKey>>> {
+    /// Walks the spool for the files waiting to be uploaded; `None` when it cannot be read.
+    fn waiting_files(&self) -> Result<Option<Walked>> {
         let store = self.parts.store;
-        let mut out = Vec::new();
-        for (path, (identity, _)) in &self.spool_watch.seen {
-            let Ok(key) = FileKey::for_path(path) else {
-                continue;
-            };
-            if !self.in_spool(path) || self.core.is_finishing(&key) {
-                continue;
+        let rules = &self.settings.spool;
+        let wall = self.parts.clock.wall();
+        let mut oldest = OldestWaiting::new(CHECK_LISTED);
+        let mut identities = HashMap::new();
+        let mut first_error = None;
+        let mut visit = |e: spool::Entry| {
+            if first_error.is_some() {
+                return;
             }
-            if store
-                .get(&key)?
-                .is_some_and(|r| r.state == RecordState::Complete && r.identity == *identity)
-            {
-                continue; // uploaded (kept, or its action is left): not waiting
+            match self.waiting(store, rules, &e, wall) {
+                Ok(Some(w)) => {
+                    // Only the listed files' identities are kept.
+                    identities.insert(w.key.clone(), e.identity);
+                    if let Some(out) = oldest.add(w) {
+                        identities.remove(&out);
+                    }
+                }
+                Ok(None) => {}
+                Err(err) => first_error = Some(err),
             }
-            if store
-                .get_failed(&key)?
-                .is_some_and(|f| f.identity == *identity)
-            {
-                continue; // failed for good, kept in place: never uploaded
-            }
-            out.push(Waiting {
-                busy: self.core.busy(&key) || self.settling.contains_key(path),
-                key,
-                size: identity.size,
-                mtime: spool::mtime_of(identity),
-            });
+        };
+        let walked = spool::walk(rules, &mut visit, &mut |_, _| {});
+        if let Some(e) = first_error {
+            return Err(e);
         }
-        Ok(out)
+        if walked.is_err() {
+            return Ok(None);
+        }
+        let (unlisted_files, unlisted_bytes) = (oldest.unlisted_files, oldest.unlisted_bytes);
+        let (waiting, unlisted_oldest) = oldest.into_listed();
+        Ok(Some(Walked {
+            waiting,
+            unlisted_files,
+            unlisted_bytes,
+            unlisted_oldest,
+            identities,
+        }))
     }
 
-    /// Evicts one waiting file: false when it changed or went since it was seen (skipped).
-    fn evict(&mut self, file: &Waiting<FileKey>, why: &str, wall: SystemTime) -> Result<bool> {
+    /// The file as a waiting file, or `None` when it does not wait: not an upload candidate
+    /// (ignored, refused), uploaded for this content (kept, or its action left), failed for
+    /// good for this content, or finishing.
+    fn waiting(
+        &self,
+        store: &crate::store::Store,
+        rules: &spool::SpoolRules,
+        e: &spool::Entry,
+        wall: SystemTime,
+    ) -> Result<Option<Waiting<FileKey>>> {
+        let path = e.path.as_path();
+        let name = path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let verdict = spool::judge(&name, e.kind, e.mtime(), wall, rules);
+        if !matches!(verdict, spool::Verdict::Ready | spool::Verdict::NotYet(_)) {
+            return Ok(None);
+        }
+        let Ok(key) = FileKey::for_path(path) else {
+            return Ok(None);
+        };
+        if !self.in_spool(path) || self.core.is_finishing(&key) {
+            return Ok(None);
+        }
+        if store
+            .get(&key)?
+            .is_some_and(|r| r.state == RecordState::Complete && r.identity == e.identity)
+        {
+            return Ok(None); // uploaded (kept, or its action is left): not waiting
+        }
+        if store
+            .get_failed(&key)?
+            .is_some_and(|f| f.identity == e.identity)
+        {
+            return Ok(None); // failed for good, kept in place: never uploaded
+        }
+        Ok(Some(Waiting {
+            busy: self.core.busy(&key) || self.settling.contains_key(path),
+            key,
+            size: e.identity.size,
+            mtime: spool::mtime_of(&e.identity),
+        }))
+    }
+
+    /// Evicts one waiting file (`seen` as the check's walk saw it): false when it changed or
+    /// went since (skipped).
+    fn evict(
+        &mut self,
+        file: &Waiting<FileKey>,
+        seen: Option<&Identity>,
+        why: &str,
+        wall: SystemTime,
+    ) -> Result<bool> {
         let path = file.key.path().to_path_buf();
-        let seen = self.spool_watch.seen.get(&path).map(|(id, _)| *id);
         match spool::stat(&path) {
-            Ok(Some(e)) if Some(e.identity) == seen => {}
-            Ok(Some(e)) => {
+            Ok(Some(e)) if Some(&e.identity) == seen => {}
+            Ok(Some(_)) => {
                 // Rewritten since it was seen: not the file the plan judged; the next check
                 // looks again.
-                self.spool_watch.seen.insert(path, (e.identity, false));
                 self.spool_watch.arrived = true;
                 return Ok(false);
             }
-            _ => {
-                self.spool_watch.gone(&path);
-                return Ok(false);
-            }
+            _ => return Ok(false),
         }
         let record = self.parts.store.get(&file.key)?;
         if let Err(e) = durable::remove_file(&path) {
@@ -225,7 +308,6 @@ impl Main<'_, '_> {
             self.parts.store.remove_durably(&file.key)?;
         }
         self.tell(Input::Gone(file.key.clone()))?;
-        self.spool_watch.gone(&path);
         let u = &mut self.spool_watch.usage;
         u.evicted_files += 1;
         u.evicted_bytes += file.size;
@@ -255,7 +337,7 @@ impl Main<'_, '_> {
         &mut self,
         unmet: &[Limit],
         limits: &SpoolLimits,
-        waiting: &[Waiting<FileKey>],
+        totals: Totals,
         fs: Option<FsSpace>,
         wall: SystemTime,
         warn: bool,
@@ -271,7 +353,7 @@ impl Main<'_, '_> {
         }
         let what: Vec<String> = unmet
             .iter()
-            .map(|l| describe(*l, limits, waiting, fs, wall))
+            .map(|l| describe(*l, limits, totals, fs, wall))
             .collect();
         let text = match limits.on_full {
             OnFull::Keep => format!(
@@ -294,11 +376,47 @@ impl Main<'_, '_> {
     }
 }
 
+/// What a check's walk found waiting.
+struct Walked {
+    /// The oldest waiting files, oldest first.
+    waiting: Vec<Waiting<FileKey>>,
+    /// The others (younger), only counted.
+    unlisted_files: u64,
+    unlisted_bytes: u64,
+    unlisted_oldest: Option<SystemTime>,
+    /// The listed files' identities as the walk saw them.
+    identities: HashMap<FileKey, Identity>,
+}
+
+/// All waiting files' bytes and the oldest one's mtime.
+#[derive(Debug, Clone, Copy)]
+struct Totals {
+    bytes: u64,
+    oldest: Option<SystemTime>,
+}
+
+impl Totals {
+    fn of(
+        listed: &[Waiting<FileKey>],
+        unlisted_bytes: u64,
+        unlisted_oldest: Option<SystemTime>,
+    ) -> Self {
+        let listed_oldest = listed.iter().map(|w| w.mtime).min();
+        Self {
+            bytes: listed.iter().map(|w| w.size).sum::<u64>() + unlisted_bytes,
+            oldest: match (listed_oldest, unlisted_oldest) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            },
+        }
+    }
+}
+
 /// Which limit is exceeded, in words, as things stand.
 fn describe(
     limit: Limit,
     limits: &SpoolLimits,
-    waiting: &[Waiting<FileKey>],
+    totals: Totals,
     fs: Option<FsSpace>,
     wall: SystemTime,
 ) -> String {
@@ -306,7 +424,7 @@ fn describe(
         Limit::MaxBytes => format!(
             "{}: {} waiting, above {}",
             limit.key(),
-            human_bytes(waiting.iter().map(|w| w.size).sum()),
+            human_bytes(totals.bytes),
             human_bytes(limits.max_bytes.unwrap_or(0))
         ),
         Limit::MinFree => {
@@ -321,7 +439,7 @@ fn describe(
             )
         }
         Limit::MaxAge => {
-            let oldest = waiting.iter().map(|w| w.mtime).min().unwrap_or(wall);
+            let oldest = totals.oldest.unwrap_or(wall);
             format!(
                 "{}: a waiting file is {} old, above {}",
                 limit.key(),

@@ -81,7 +81,6 @@ impl<'p, 'a> Main<'p, 'a> {
             match move_into(path, dir, &write_sidecar) {
                 Ok(dest) => {
                     moved_to = Some(dest.display().to_string());
-                    self.spool_watch.gone(path);
                     store.remove(key)?;
                 }
                 Err(e) => log::error!(

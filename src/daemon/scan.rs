@@ -36,7 +36,6 @@ impl<'p, 'a> Main<'p, 'a> {
         self.force_scan = false;
         self.last_scan_dir_mtime = dir_mtime;
         self.tell(Input::BeginScan)?;
-        self.spool_watch.begin_scan();
         let rules = self.settings.spool.clone();
         let mut first_error = None;
         let walked = spool::walk(
@@ -74,7 +73,9 @@ impl<'p, 'a> Main<'p, 'a> {
             self.spool_missing = false;
         }
         self.forget_vanished()?;
-        self.check_spool()?;
+        // A check follows (it walks the spool too, so not more often than arrivals do).
+        self.spool_watch.scanned();
+        self.check_spool_if_due()?;
         self.announce_ready();
         Ok(())
     }
@@ -85,7 +86,6 @@ impl<'p, 'a> Main<'p, 'a> {
             Ok(Some(e)) => self.consider_entry(e, written, false),
             Ok(None) => {
                 self.settling.remove(path);
-                self.spool_watch.gone(path);
                 match FileKey::for_path(path) {
                     Ok(key) => self.unqueue(&key),
                     _ => Ok(()),
@@ -121,7 +121,7 @@ impl<'p, 'a> Main<'p, 'a> {
         );
         if matches!(verdict, Verdict::Ready | Verdict::NotYet(_)) {
             let ready = written || verdict == Verdict::Ready;
-            self.spool_watch.saw(&entry, by_scan, ready);
+            self.spool_watch.saw(by_scan, ready);
         }
         match verdict {
             Verdict::Ignored => Ok(()),

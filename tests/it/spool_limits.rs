@@ -335,3 +335,79 @@ fn wait_logged(sp: &Spool, what: &str, timeout: Duration, mut cond: impl FnMut()
         std::thread::sleep(Duration::from_millis(50));
     }
 }
+
+/// A spool far over `max_bytes` holds more files than one check lists (it keeps only the
+/// oldest 1,024 in memory): checks follow each other until the limit is met, oldest first,
+/// and the newest files stay. Nothing uploads (the endpoint is a closed port).
+#[test]
+fn a_spool_larger_than_one_checks_list_is_brought_under_its_limit() {
+    const FILES: usize = 2600;
+    const KEEP: usize = 100;
+    let sp = Spool::new(
+        "limits-many",
+        "http://127.0.0.1:1/files/",
+        &format!("max_bytes = \"{KEEP}KiB\"\non_full = \"delete-oldest\""),
+    );
+    // 1 KiB each, a second apart, the first an hour old: the age order is the name order.
+    let start = std::time::SystemTime::now() - Duration::from_secs(3600 + FILES as u64);
+    for i in 0..FILES {
+        let path = sp.spool.join(format!("f{i:05}.bin"));
+        std::fs::write(&path, [b'x'; KIB]).unwrap();
+        let f = std::fs::File::options().write(true).open(&path).unwrap();
+        f.set_modified(start + Duration::from_secs(i as u64))
+            .unwrap();
+    }
+    let mut child = sp.start();
+    // Within the limit: KEEP files (one of them perhaps an old one whose upload started and
+    // waits for the link: the file in flight is never evicted).
+    wait_logged(
+        &sp,
+        "the spool under its limit",
+        Duration::from_secs(60),
+        || sp.spool_files().len() <= KEEP,
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    sigterm(&child);
+    assert!(child.wait().unwrap().success());
+    let log = sp.log();
+    let left: Vec<String> = sp
+        .spool_files()
+        .iter()
+        .map(|p| p.file_name().unwrap().to_string_lossy().into_owned())
+        .collect();
+    // At most the limit stays: the newest files, all but perhaps one older one in flight
+    // (counted towards the limit, so one newest file fewer stays with it).
+    let index = |n: &String| n[1..6].parse::<usize>().unwrap();
+    let newest: Vec<&String> = left.iter().filter(|n| index(n) >= FILES - KEEP).collect();
+    let contiguous = newest
+        .iter()
+        .enumerate()
+        .all(|(k, n)| index(n) == FILES - newest.len() + k);
+    assert!(
+        left.len() <= KEEP
+            && newest.len() >= KEEP - 1
+            && left.len() - newest.len() <= 1
+            && contiguous,
+        "the newest files stay, within {KEEP} KiB: {left:?}"
+    );
+    let evicted = log.matches("evicted before upload").count();
+    assert_eq!(evicted, FILES - left.len(), "each eviction logged once");
+    // The first eviction's reason counts every file, listed or not.
+    assert!(
+        log.contains("f00001.bin: evicted before upload (1.0 KiB, ")
+            || log.contains("f00000.bin: evicted before upload (1.0 KiB, "),
+        "{}",
+        &log[..log.len().min(3000)]
+    );
+    assert!(
+        log.contains("spool.max_bytes: 2.5 MiB waiting, above 100.0 KiB")
+            || log.contains("spool.max_bytes: 2.4 MiB waiting, above 100.0 KiB"),
+        "{}",
+        &log[..log.len().min(3000)]
+    );
+    let status = sp.status();
+    assert!(
+        status.contains(&format!("evicted {evicted} files, ")) && !status.contains("over limit"),
+        "{status}"
+    );
+}
