@@ -22,6 +22,8 @@ use crate::tus::checksum::{Algorithm, Hasher};
 
 /// The message of the I/O error a body read returns when the upload is being interrupted.
 pub(crate) const INTERRUPTED: &str = "upload interrupted by pause or shutdown";
+/// The message of the I/O error for a file that ends before its recorded size.
+pub(crate) const SHRANK: &str = "file ended before its recorded size: it shrank while uploading";
 
 /// What a body reader reports to and obeys: progress counter, interruption, rate limit.
 #[derive(Clone, Default)]
@@ -187,7 +189,7 @@ impl Source {
             .try_clone()
             .map_err(|e| self.changed(describe(&e)))?;
         Ok(RangeReader {
-            file,
+            file: Arc::new(file),
             pos: offset,
             remaining: len,
             control,
@@ -211,21 +213,39 @@ impl Source {
     }
 }
 
+/// Bytes of a file, not yet read: `len` bytes from `offset`.
+#[derive(Debug, Clone)]
+pub(crate) struct Span {
+    pub file: Arc<File>,
+    pub offset: u64,
+    pub len: usize,
+}
+
+/// A request body that can stand for its bytes as spans of a file.
+pub(crate) trait SpanSource: Read + Send {
+    /// The next at most `max` bytes (at least one, while any are left) as a span, moving past
+    /// them as a read would (counting them, pacing, obeying an interruption) without reading
+    /// them; `Ok(None)` at the end. The sender must report a file that ends early.
+    fn next_span(&mut self, max: usize) -> std::io::Result<Option<Span>>;
+}
+
 /// Reads a byte range with `pread`; an early end of file is an error, never a short body.
 ///
 /// A body shorter than its `Content-Length` would leave the HTTP client waiting for bytes
 /// that never come, so the shrinking file must surface here.
 #[derive(Debug)]
 pub(crate) struct RangeReader {
-    file: File,
+    file: Arc<File>,
     pos: u64,
     remaining: u64,
     control: ReadControl,
 }
 
-impl Read for RangeReader {
-    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        if self.remaining == 0 || buf.is_empty() {
+impl RangeReader {
+    /// How many bytes (at most `max`) the next read may take, once an interruption is ruled
+    /// out and the rate limit allows them; 0 at the end.
+    fn next_len(&self, max: usize) -> std::io::Result<usize> {
+        if self.remaining == 0 || max == 0 {
             return Ok(0);
         }
         if self
@@ -236,27 +256,56 @@ impl Read for RangeReader {
         {
             return Err(std::io::Error::other(INTERRUPTED));
         }
-        let mut want = buf
-            .len()
-            .min(usize::try_from(self.remaining).unwrap_or(usize::MAX));
+        let mut want = max.min(usize::try_from(self.remaining).unwrap_or(usize::MAX));
         if let Some(l) = &self.control.limiter {
             want = want.min(l.max_read());
             l.take(want);
         }
-        let n = self.file.read_at(&mut buf[..want], self.pos)?;
-        if n == 0 {
-            return Err(std::io::Error::new(
-                std::io::ErrorKind::UnexpectedEof,
-                "file ended before its recorded size: it shrank while uploading",
-            ));
-        }
+        Ok(want)
+    }
+
+    /// Moves past `n` bytes taken, counting them.
+    fn advance(&mut self, n: usize) {
         self.pos += n as u64;
         self.remaining -= n as u64;
         self.control.counter.fetch_add(n as u64, Ordering::Relaxed);
         if let Some(t) = &self.control.total {
             t.fetch_add(n as u64, Ordering::Relaxed);
         }
+    }
+}
+
+impl Read for RangeReader {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let want = self.next_len(buf.len())?;
+        if want == 0 {
+            return Ok(0);
+        }
+        let n = self.file.read_at(&mut buf[..want], self.pos)?;
+        if n == 0 {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::UnexpectedEof,
+                SHRANK,
+            ));
+        }
+        self.advance(n);
         Ok(n)
+    }
+}
+
+impl SpanSource for RangeReader {
+    fn next_span(&mut self, max: usize) -> std::io::Result<Option<Span>> {
+        let want = self.next_len(max)?;
+        if want == 0 {
+            return Ok(None);
+        }
+        let span = Span {
+            file: Arc::clone(&self.file),
+            offset: self.pos,
+            len: want,
+        };
+        self.advance(want);
+        Ok(Some(span))
     }
 }
 

@@ -29,8 +29,9 @@ use ureq::unversioned::transport::{ConnectProxyConnector, Connector};
 use super::cipher::CipherOrder;
 use super::tcp::{NotTls, TcpConnector};
 use super::tls::{Negotiated, TlsConnector};
-use super::{Delivery, FailureKind, Transport, TransportError};
+use super::{zerocopy, Delivery, FailureKind, Transport, TransportError};
 use crate::error::{Error, Result};
+use crate::source::SpanSource;
 use crate::tus::{Body, Request, Response};
 
 /// How much of a response body we keep (error messages only; tus answers have no bodies).
@@ -254,6 +255,19 @@ impl Transport for UreqTransport {
         super::delivery::watching(delivery, || self.send(req, body))
     }
 
+    fn send_file(
+        &self,
+        req: &Request,
+        body: Box<dyn SpanSource>,
+        delivery: &Arc<Delivery>,
+    ) -> std::result::Result<Response, TransportError> {
+        if !self.zero_copy(&req.url) {
+            return self.send_watched(req, Some(Box::new(zerocopy::Copied(body))), delivery);
+        }
+        let _scope = zerocopy::Scope::begin();
+        self.send_watched(req, Some(Box::new(zerocopy::SpanBody(body))), delivery)
+    }
+
     fn pace(&self, per_upload: Option<u64>) {
         self.paced.store(per_upload.unwrap_or(0), Ordering::Relaxed);
     }
@@ -272,6 +286,16 @@ impl Transport for UreqTransport {
 }
 
 impl UreqTransport {
+    /// True when a body to `url` may go with `sendfile`: only our own plain TCP layer carries
+    /// it (`http://`, no proxy; Linux).
+    pub(super) fn zero_copy(&self, url: &str) -> bool {
+        cfg!(target_os = "linux")
+            && url
+                .get(..7)
+                .is_some_and(|s| s.eq_ignore_ascii_case("http://"))
+            && self.agent.config().proxy().is_none()
+    }
+
     /// The [`TransportError`] for `e`, naming `peer`; remembers an endpoint problem.
     fn failed(&self, e: ureq::Error, peer: &str, req: &Request) -> TransportError {
         let err = classify(e, peer, &self.settings_now(), req);

@@ -17,7 +17,9 @@ pub(crate) mod http;
 mod sockdiag;
 mod tcp;
 mod tls;
+mod zerocopy;
 
+use crate::source::SpanSource;
 pub(crate) use delivery::Delivery;
 
 /// Sends requests.
@@ -40,6 +42,17 @@ pub(crate) trait Transport: Send + Sync {
     ) -> Result<Response, TransportError> {
         delivery.forget();
         self.send(req, body)
+    }
+
+    /// Sends `req` as [`Transport::send_watched`] does, with a body that is a range of a file:
+    /// a transport that can sends the file's bytes without copying them (`sendfile`).
+    fn send_file(
+        &self,
+        req: &Request,
+        body: Box<dyn SpanSource>,
+        delivery: &Arc<Delivery>,
+    ) -> Result<Response, TransportError> {
+        self.send_watched(req, Some(Box::new(zerocopy::Copied(body))), delivery)
     }
 
     /// Our own rate limit now lets each upload send about `per_upload` bytes per second

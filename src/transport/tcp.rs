@@ -36,6 +36,7 @@ use ureq::Timeout;
 
 use super::delivery;
 use super::drain::{self, BodyWrite, DrainWatch, Verdict};
+use super::zerocopy;
 use crate::clock::{Clock, SystemClock};
 
 /// The longest a blocked write waits before we look at the clock again.
@@ -410,6 +411,15 @@ impl Transport for TcpTransport {
             let at = (self.socket.written(), deadline.progress);
             self.body.get_or_insert(BodyWrite { from: at, to: at });
         }
+        // A body read that stood for file bytes (zero-copy): send those instead of the buffer.
+        let span = zerocopy::take();
+        if let Some(s) = &span {
+            if timeout.reason != Timeout::SendBody || s.len != amount {
+                return Err(
+                    zerocopy::mismatch("a file span does not match the bytes to send").into(),
+                );
+            }
+        }
         let mut sent = 0;
         let socket = &self.socket.stream;
         while sent < amount {
@@ -418,7 +428,16 @@ impl Transport for TcpTransport {
                 .next_wait(slice_start)
                 .map_err(ureq::Error::Timeout)?;
             socket.set_write_timeout(wait)?;
-            match (&*socket).write(&self.buffers.output()[sent..amount]) {
+            let written = match &span {
+                Some(s) => send_span(socket, s, sent),
+                None => (&*socket).write(&self.buffers.output()[sent..amount]),
+            };
+            match written {
+                Ok(0) if span.is_some() => {
+                    return Err(
+                        io::Error::new(io::ErrorKind::UnexpectedEof, crate::source::SHRANK).into(),
+                    )
+                }
                 Ok(0) => return Err(io::Error::from(io::ErrorKind::WriteZero).into()),
                 Ok(n) => {
                     sent += n;
@@ -456,6 +475,14 @@ impl Transport for TcpTransport {
     fn is_open(&mut self) -> bool {
         probe(&self.socket.stream).unwrap_or(false)
     }
+}
+
+/// Sends what is left of `span` after its first `sent` bytes with `sendfile` (0: the file
+/// ended early).
+fn send_span(socket: &TcpStream, span: &zerocopy::Span, sent: usize) -> io::Result<usize> {
+    let mut offset = span.offset + sent as u64;
+    rustix::fs::sendfile(socket, &*span.file, Some(&mut offset), span.len - sent)
+        .map_err(|e| io::Error::from_raw_os_error(e.raw_os_error()))
 }
 
 /// A pooled connection is usable when reading would block: nothing unasked-for arrived and the

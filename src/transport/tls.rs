@@ -218,6 +218,10 @@ impl Transport for TlsTransport {
         amount: usize,
         timeout: NextTimeout,
     ) -> std::result::Result<(), ureq::Error> {
+        if super::zerocopy::is_pending() {
+            // The buffer holds stale bytes: never encrypt and send them.
+            return Err(super::zerocopy::mismatch("a file span reached the TLS layer").into());
+        }
         self.stream.get_mut().set_timeout(timeout);
         let output = &self.buffers.output()[..amount];
         self.stream.write_all(output)?;

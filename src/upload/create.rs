@@ -92,7 +92,7 @@ impl Uploader<'_> {
             checksum: first.as_ref().is_some_and(|(_, s)| s.is_some()),
         };
         let req = request::create(&self.settings.endpoint, length, meta.as_deref(), first);
-        let body: Option<Box<dyn std::io::Read + Send>> = match req.body {
+        let body: Option<Box<dyn crate::source::SpanSource>> = match req.body {
             Body::File { offset, len } => {
                 f.progress.set_position(offset);
                 Some(Box::new(f.source.reader(

@@ -5,6 +5,7 @@
 //! URL on another origin (Stream's, a broker's) gets them only with `auth_cross_origin`.
 
 use super::{FileUpload, Header, Settings, Uploader};
+use crate::source::SpanSource;
 use crate::transport::TransportError;
 use crate::tus::{url, Request, Response};
 
@@ -30,11 +31,10 @@ impl Uploader<'_> {
         &self,
         f: &FileUpload,
         mut req: Request,
-        body: Box<dyn std::io::Read + Send>,
+        body: Box<dyn SpanSource>,
     ) -> std::result::Result<Response, TransportError> {
         self.scope_headers(&self.settings.endpoint, &mut req);
-        self.transport
-            .send_watched(&req, Some(body), f.progress.delivery())
+        self.transport.send_file(&req, body, f.progress.delivery())
     }
 
     /// Sends `req` with the configured headers; credentials only to `endpoint`'s origin unless
