@@ -412,7 +412,7 @@ impl Transport for TcpTransport {
             self.body.get_or_insert(BodyWrite { from: at, to: at });
         }
         // A body read that stood for file bytes (zero-copy): send those instead of the buffer.
-        let span = zerocopy::take();
+        let mut span = zerocopy::take();
         if let Some(s) = &span {
             if timeout.reason != Timeout::SendBody || s.len != amount {
                 return Err(
@@ -446,6 +446,13 @@ impl Transport for TcpTransport {
                     deadline.progress = slice_start;
                 }
                 Err(e) if is_timeout(&e) || e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) if span.is_some() && zerocopy::refused(&e) => {
+                    // This file system (or a system-call filter) has no sendfile: the rest
+                    // of the span goes through the buffer.
+                    if let Some(s) = span.take() {
+                        zerocopy::copy_rest(&s, sent, &mut self.buffers.output()[sent..amount])?;
+                    }
+                }
                 Err(e) => return Err(e.into()),
             }
         }
@@ -480,6 +487,12 @@ impl Transport for TcpTransport {
 /// Sends what is left of `span` after its first `sent` bytes with `sendfile` (0: the file
 /// ended early).
 fn send_span(socket: &TcpStream, span: &zerocopy::Span, sent: usize) -> io::Result<usize> {
+    #[cfg(test)]
+    if zerocopy::tests::REFUSE.with(std::cell::Cell::get) {
+        return Err(io::Error::from_raw_os_error(
+            rustix::io::Errno::INVAL.raw_os_error(),
+        ));
+    }
     let mut offset = span.offset + sent as u64;
     rustix::fs::sendfile(socket, &*span.file, Some(&mut offset), span.len - sent)
         .map_err(|e| io::Error::from_raw_os_error(e.raw_os_error()))

@@ -39,6 +39,35 @@ pub(super) fn mismatch(what: &str) -> io::Error {
     io::Error::other(format!("zero-copy body: {what}; nothing wrong was sent"))
 }
 
+/// True when `sendfile` failed because it cannot be used here (a file system without it, a
+/// system-call filter), not because the link failed: the span is copied instead.
+pub(super) fn refused(e: &io::Error) -> bool {
+    use rustix::io::Errno;
+    let refusals = [Errno::INVAL, Errno::NOSYS, Errno::OPNOTSUPP, Errno::PERM];
+    let refused = refusals
+        .iter()
+        .any(|r| e.raw_os_error() == Some(r.raw_os_error()));
+    if refused && !REFUSAL_LOGGED.swap(true, std::sync::atomic::Ordering::Relaxed) {
+        log::debug!("sendfile refused ({e}): file bodies are copied instead");
+    }
+    refused
+}
+
+static REFUSAL_LOGGED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Reads the span's bytes after its first `sent` into `buf` (as long as the rest).
+pub(super) fn copy_rest(span: &Span, sent: usize, buf: &mut [u8]) -> io::Result<()> {
+    use std::os::unix::fs::FileExt;
+    span.file
+        .read_exact_at(buf, span.offset + sent as u64)
+        .map_err(|e| match e.kind() {
+            io::ErrorKind::UnexpectedEof => {
+                io::Error::new(io::ErrorKind::UnexpectedEof, crate::source::SHRANK)
+            }
+            _ => e,
+        })
+}
+
 /// A body whose reads hand spans to the TCP layer instead of filling the buffer.
 pub(super) struct SpanBody(pub(super) Box<dyn SpanSource>);
 
@@ -85,7 +114,7 @@ impl Drop for Scope {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use std::io::{BufRead, BufReader, Write};
     use std::net::TcpListener;
     use std::sync::mpsc;
@@ -98,6 +127,11 @@ mod tests {
     use crate::transport::http::{HttpSettings, UreqTransport};
     use crate::transport::{Delivery, FailureKind, Transport};
     use crate::tus::request;
+
+    thread_local! {
+        /// Makes the TCP layer's `sendfile` fail with `EINVAL`, as a file system without it.
+        pub(in crate::transport) static REFUSE: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+    }
 
     /// A file range that must go as spans: reading it the usual way panics.
     struct SpansOnly(crate::source::RangeReader);
@@ -179,6 +213,23 @@ mod tests {
             len
         );
         assert!(!is_pending(), "no span outlives its request");
+        let _ = std::fs::remove_file(path);
+    }
+
+    #[test]
+    fn where_sendfile_is_refused_the_span_is_copied_and_arrives_whole() {
+        let (path, bytes) = file_of("refused", 500_000);
+        let (url, rx) = recording_server();
+        let transport = UreqTransport::new(&HttpSettings::default()).unwrap();
+        let source = Source::open(&path).unwrap();
+        let body = SpansOnly(source.reader(7, 400_000, ReadControl::default()).unwrap());
+        let req = request::patch(&url, 7, 400_000, None);
+        REFUSE.with(|r| r.set(true));
+        let resp = transport.send_file(&req, Box::new(body), &Arc::new(Delivery::default()));
+        REFUSE.with(|r| r.set(false));
+        assert_eq!(resp.unwrap().status, 204);
+        let got = rx.recv().unwrap();
+        assert!(got == bytes[7..400_007], "{} bytes came", got.len());
         let _ = std::fs::remove_file(path);
     }
 
