@@ -7,8 +7,8 @@
 //! whose hook or action is left, is not waiting); it reads the file system's free space once
 //! (`fstatvfs`) and asks the pure planner. Remembering every file the scans saw instead cost
 //! about 300 bytes a file: 23 MiB for a spool of 60,000. A check runs a few seconds after a
-//! full scan or a file's arrival (longer on a spool so big that its walk takes long; the first
-//! one at once), and at least every minute. Eviction deletes the file (its directory synced), then drops its record
+//! full scan or a file's arrival and at least every minute (the first one at once); on a spool
+//! so big that its walk takes long, checks are spaced to 50 times the walk's duration. Eviction deletes the file (its directory synced), then drops its record
 //! durably, tells the scheduler the file is gone, and hands its upload URL to the terminator
 //! thread (a DELETE at best effort, never on the main thread).
 
@@ -37,8 +37,8 @@ use super::Main;
 const ARRIVAL_CHECK: Duration = Duration::from_secs(3);
 /// Checks run at least this often (free space changes without any event of ours).
 const CHECK_EVERY: Duration = Duration::from_secs(60);
-/// A check triggered by arrivals waits at least this many times as long as the last check's
-/// walk took, so that checking a huge spool costs at most about 2 % of a core.
+/// A check waits at least this many times as long as the last check's walk took, so that
+/// checking a huge spool on a slow board costs at most about 2 % of a core.
 const CHECK_SPACING: u32 = 50;
 /// The oldest waiting files a check lists for the planner (eviction takes the oldest first);
 /// when it evicted them all and a limit is still exceeded, the next check follows soon.
@@ -92,17 +92,18 @@ impl SpoolWatch<'_> {
         self.usage.clone()
     }
 
+    /// The least time between checks that keeps their walks at about 2 % of a core.
+    fn spacing(&self) -> Duration {
+        self.last_walk.saturating_mul(CHECK_SPACING)
+    }
+
     /// When the next check is due (`now` if none was made yet).
     fn due(&self, now: Instant) -> Instant {
         match self.last_check {
             None => now,
             Some(t) if self.more => t,
-            Some(t) if self.arrived => {
-                t + ARRIVAL_CHECK
-                    .max(self.last_walk.saturating_mul(CHECK_SPACING))
-                    .min(CHECK_EVERY)
-            }
-            Some(t) => t + CHECK_EVERY,
+            Some(t) if self.arrived => t + ARRIVAL_CHECK.max(self.spacing()),
+            Some(t) => t + CHECK_EVERY.max(self.spacing()),
         }
     }
 }
@@ -144,6 +145,11 @@ impl Main<'_, '_> {
             return Ok(()); // the spool is gone: the scan says so
         };
         self.spool_watch.last_walk = self.parts.clock.now().saturating_duration_since(now);
+        log::debug!(
+            "spool check: {} waiting files walked in {} ms",
+            waiting.len() as u64 + unlisted_files,
+            self.spool_watch.last_walk.as_millis()
+        );
         let plan = plan(&waiting, unlisted_bytes, fs, &limits, wall);
         let (mut freed, mut evicted) = (0, 0);
         for (key, limit) in &plan.evict {
