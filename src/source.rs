@@ -22,8 +22,14 @@ use crate::tus::checksum::{Algorithm, Hasher};
 
 /// The message of the I/O error a body read returns when the upload is being interrupted.
 pub(crate) const INTERRUPTED: &str = "upload interrupted by pause or shutdown";
-/// The message of the I/O error for a file that ends before its recorded size.
-pub(crate) const SHRANK: &str = "file ended before its recorded size: it shrank while uploading";
+/// The I/O error for a file that ends before its recorded size (the transport reports it as
+/// a body failure by its kind and message).
+pub(crate) fn shrank() -> std::io::Error {
+    std::io::Error::new(
+        std::io::ErrorKind::UnexpectedEof,
+        "file ended before its recorded size: it shrank while uploading",
+    )
+}
 
 /// What a body reader reports to and obeys: progress counter, interruption, rate limit.
 #[derive(Clone, Default)]
@@ -283,10 +289,7 @@ impl Read for RangeReader {
         }
         let n = self.file.read_at(&mut buf[..want], self.pos)?;
         if n == 0 {
-            return Err(std::io::Error::new(
-                std::io::ErrorKind::UnexpectedEof,
-                SHRANK,
-            ));
+            return Err(shrank());
         }
         self.advance(n);
         Ok(n)

@@ -61,7 +61,7 @@ pub(super) struct SpoolWatch<'a> {
 }
 
 impl SpoolWatch<'_> {
-    /// Nothing seen yet: the first scan fills it.
+    /// No check made yet: the first one is due at once.
     pub(super) fn new() -> Self {
         Self {
             last_check: None,

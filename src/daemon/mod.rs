@@ -294,7 +294,7 @@ struct Main<'p, 'a> {
     totals_reuploaded: u64,
     /// Files deleted after their upload whose records wait for a sync of their directory.
     deleted: Vec<FileKey>,
-    /// The spool's files as scans saw them, for its limits and metrics.
+    /// The spool limits' checks: when the next is due, what the last one measured.
     spool_watch: evict::SpoolWatch<'a>,
 }
 

@@ -433,11 +433,7 @@ impl Transport for TcpTransport {
                 None => (&*socket).write(&self.buffers.output()[sent..amount]),
             };
             match written {
-                Ok(0) if span.is_some() => {
-                    return Err(
-                        io::Error::new(io::ErrorKind::UnexpectedEof, crate::source::SHRANK).into(),
-                    )
-                }
+                Ok(0) if span.is_some() => return Err(crate::source::shrank().into()),
                 Ok(0) => return Err(io::Error::from(io::ErrorKind::WriteZero).into()),
                 Ok(n) => {
                     sent += n;

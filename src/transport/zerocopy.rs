@@ -61,9 +61,7 @@ pub(super) fn copy_rest(span: &Span, sent: usize, buf: &mut [u8]) -> io::Result<
     span.file
         .read_exact_at(buf, span.offset + sent as u64)
         .map_err(|e| match e.kind() {
-            io::ErrorKind::UnexpectedEof => {
-                io::Error::new(io::ErrorKind::UnexpectedEof, crate::source::SHRANK)
-            }
+            io::ErrorKind::UnexpectedEof => crate::source::shrank(),
             _ => e,
         })
 }
