@@ -8,14 +8,18 @@ use std::sync::Arc;
 
 use crate::daemon::Event;
 
-/// Starts the signal thread: SIGTERM, SIGINT and SIGHUP become [`Event::Signal`].
-pub(crate) fn forward(tx: Sender<Event>) -> std::io::Result<()> {
+/// Starts the signal thread: SIGTERM, SIGINT and SIGHUP become [`Event::Signal`]; SIGTERM and
+/// SIGINT also set `stop_requested` first, for work that cannot wait for the event.
+pub(crate) fn forward(tx: Sender<Event>, stop_requested: Arc<AtomicBool>) -> std::io::Result<()> {
     use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
     let mut signals = signal_hook::iterator::Signals::new([SIGTERM, SIGINT, SIGHUP])?;
     std::thread::Builder::new()
         .name("signals".into())
         .spawn(move || {
             for sig in signals.forever() {
+                if sig != SIGHUP {
+                    stop_requested.store(true, Ordering::SeqCst);
+                }
                 if tx.send(Event::Signal(sig)).is_err() {
                     break;
                 }

@@ -7,6 +7,7 @@
 //! the settle time; a writer that closes or renames a file into the spool is reported at once
 //! by the watcher instead (see `daemon`).
 
+use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -196,11 +197,12 @@ pub(crate) fn stat(path: &Path) -> std::io::Result<Option<Entry>> {
 }
 
 /// Lists the spool (and, when recursive, its subdirectories, never through links), calling
-/// `visit` for every entry that is not a directory. Unreadable subdirectories are reported
-/// through `on_error` and skipped; an unreadable spool directory is an error.
+/// `visit` for every entry that is not a directory, until it answers `Break`. Unreadable
+/// subdirectories are reported through `on_error` and skipped; an unreadable spool directory is
+/// an error.
 pub(crate) fn walk(
     rules: &SpoolRules,
-    visit: &mut dyn FnMut(Entry),
+    visit: &mut dyn FnMut(Entry) -> ControlFlow<()>,
     on_error: &mut dyn FnMut(&Path, std::io::Error),
 ) -> std::io::Result<()> {
     let mut dirs = vec![rules.dir.clone()];
@@ -229,7 +231,11 @@ pub(crate) fn walk(
                         dirs.push(e.path);
                     }
                 }
-                Ok(Some(e)) => visit(e),
+                Ok(Some(e)) => {
+                    if visit(e).is_break() {
+                        return Ok(());
+                    }
+                }
                 Ok(None) => {}
                 Err(err) => on_error(&path, err),
             }
@@ -348,7 +354,10 @@ mod tests {
             let mut got = Vec::new();
             walk(
                 r,
-                &mut |e| got.push((e.path.strip_prefix(&d).unwrap().to_path_buf(), e.kind)),
+                &mut |e| {
+                    got.push((e.path.strip_prefix(&d).unwrap().to_path_buf(), e.kind));
+                    ControlFlow::Continue(())
+                },
                 &mut |_, _| {},
             )
             .unwrap();
@@ -369,9 +378,17 @@ mod tests {
                 ("sub/b".into(), Kind::File)
             ]
         );
+        // A visitor that answers Break ends the walk there.
+        let mut seen = 0;
+        let stop_at_first = &mut |_: Entry| {
+            seen += 1;
+            ControlFlow::Break(())
+        };
+        walk(&r, stop_at_first, &mut |_, _| {}).unwrap();
+        assert_eq!(seen, 1);
         std::fs::remove_dir_all(&d).unwrap();
         assert!(
-            walk(&r, &mut |_| {}, &mut |_, _| {}).is_err(),
+            walk(&r, &mut |_| ControlFlow::Continue(()), &mut |_, _| {}).is_err(),
             "a missing spool is an error"
         );
     }

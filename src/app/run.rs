@@ -23,7 +23,8 @@ pub(super) fn run_daemon(args: &CommonArgs, env: &Env) -> Result<i32> {
     let store = Store::open(&config.state_dir)?;
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
     let (tx, rx) = std::sync::mpsc::channel();
-    crate::signals::forward(tx.clone()).map_err(|e| Error::Io {
+    let stop_requested = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    crate::signals::forward(tx.clone(), stop_requested.clone()).map_err(|e| Error::Io {
         context: "cannot handle signals".into(),
         source: e,
     })?;
@@ -58,6 +59,7 @@ pub(super) fn run_daemon(args: &CommonArgs, env: &Env) -> Result<i32> {
         rewatch: &rewatch,
         hook: config.hook.as_ref(),
         policies: &policies,
+        stop_requested,
     };
     let result = crate::daemon::run(parts, settings, rx, tx).map(|()| 0);
     closed(store, result)

@@ -13,6 +13,7 @@
 //! thread (a DELETE at best effort, never on the main thread).
 
 use std::collections::HashMap;
+use std::ops::ControlFlow;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering::SeqCst};
 use std::sync::mpsc::Sender;
@@ -142,7 +143,7 @@ impl Main<'_, '_> {
             identities,
         }) = self.waiting_files()?
         else {
-            return Ok(()); // the spool is gone: the scan says so
+            return Ok(()); // the spool is gone (the scan says so), or ferry is stopping
         };
         self.spool_watch.last_walk = self.parts.clock.now().saturating_duration_since(now);
         log::debug!(
@@ -198,7 +199,8 @@ impl Main<'_, '_> {
         Ok(())
     }
 
-    /// Walks the spool for the files waiting to be uploaded; `None` when it cannot be read.
+    /// Walks the spool for the files waiting to be uploaded; `None` when it cannot be read or
+    /// a stop was asked for meanwhile.
     fn waiting_files(&self) -> Result<Option<Walked>> {
         let store = self.parts.store;
         let rules = &self.settings.spool;
@@ -206,9 +208,13 @@ impl Main<'_, '_> {
         let mut oldest = OldestWaiting::new(CHECK_LISTED);
         let mut identities = HashMap::new();
         let mut first_error = None;
+        let mut cut_short = false;
+        let stop = &self.parts.stop_requested;
         let mut visit = |e: spool::Entry| {
-            if first_error.is_some() {
-                return;
+            if stop.load(SeqCst) {
+                // SIGTERM: a check is not worth delaying the stop for.
+                cut_short = true;
+                return ControlFlow::Break(());
             }
             match self.waiting(store, rules, &e, wall) {
                 Ok(Some(w)) => {
@@ -217,16 +223,20 @@ impl Main<'_, '_> {
                     if let Some(out) = oldest.add(w) {
                         identities.remove(&out);
                     }
+                    ControlFlow::Continue(())
                 }
-                Ok(None) => {}
-                Err(err) => first_error = Some(err),
+                Ok(None) => ControlFlow::Continue(()),
+                Err(err) => {
+                    first_error = Some(err);
+                    ControlFlow::Break(())
+                }
             }
         };
         let walked = spool::walk(rules, &mut visit, &mut |_, _| {});
         if let Some(e) = first_error {
             return Err(e);
         }
-        if walked.is_err() {
+        if walked.is_err() || cut_short {
             return Ok(None);
         }
         let (unlisted_files, unlisted_bytes) = (oldest.unlisted_files, oldest.unlisted_bytes);

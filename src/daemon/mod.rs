@@ -152,6 +152,9 @@ pub(crate) struct Parts<'a> {
     pub hook: Option<&'a HookSettings>,
     /// Builds the field policies these settings ask for (at start and on every reload).
     pub policies: &'a dyn Fn(&DaemonSettings) -> Vec<Box<dyn Policy>>,
+    /// Set by the signal thread as SIGTERM or SIGINT arrives, before its event: a long walk
+    /// of the spool for a limits check ends early instead of holding the stop up.
+    pub stop_requested: Arc<AtomicBool>,
 }
 
 /// The main thread's view of a started upload.

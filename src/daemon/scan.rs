@@ -5,6 +5,7 @@
 //! says it is done (then only its after-upload action is left) or failed with the same
 //! identity. A scan of an unchanged (non-recursive) spool is skipped while inotify works.
 
+use std::ops::ControlFlow;
 use std::path::Path;
 use std::time::Duration;
 
@@ -44,6 +45,8 @@ impl<'p, 'a> Main<'p, 'a> {
                 if first_error.is_none() {
                     first_error = self.consider_entry(e, false, true).err();
                 }
+                // A scan is never cut short: what it does not see, the scheduler forgets.
+                ControlFlow::Continue(())
             },
             &mut |p, e| log::warn!("{}: cannot read: {e}", p.display()),
         );
