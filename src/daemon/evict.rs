@@ -8,9 +8,10 @@
 //! (`fstatvfs`) and asks the pure planner. Remembering every file the scans saw instead cost
 //! about 300 bytes a file: 23 MiB for a spool of 60,000. A check runs a few seconds after a
 //! full scan or a file's arrival and at least every minute (the first one at once); on a spool
-//! so big that its walk takes long, checks are spaced to 50 times the walk's duration. Eviction deletes the file (its directory synced), then drops its record
-//! durably, tells the scheduler the file is gone, and hands its upload URL to the terminator
-//! thread (a DELETE at best effort, never on the main thread).
+//! so big that its walk takes long, checks are spaced to 50 times the walk's duration.
+//! Eviction deletes the file (its directory synced), then drops its record durably, tells the
+//! scheduler the file is gone, and hands its upload URL to the terminator thread (a DELETE at
+//! best effort, never on the main thread).
 
 use std::collections::HashMap;
 use std::ops::ControlFlow;
@@ -216,7 +217,7 @@ impl Main<'_, '_> {
                 cut_short = true;
                 return ControlFlow::Break(());
             }
-            match self.waiting(store, rules, &e, wall) {
+            match self.waiting(store, &e, wall) {
                 Ok(Some(w)) => {
                     // Only the listed files' identities are kept.
                     identities.insert(w.key.clone(), e.identity);
@@ -256,17 +257,14 @@ impl Main<'_, '_> {
     fn waiting(
         &self,
         store: &crate::store::Store,
-        rules: &spool::SpoolRules,
         e: &spool::Entry,
         wall: SystemTime,
     ) -> Result<Option<Waiting<FileKey>>> {
         let path = e.path.as_path();
-        let name = path
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_default();
-        let verdict = spool::judge(&name, e.kind, e.mtime(), wall, rules);
-        if !matches!(verdict, spool::Verdict::Ready | spool::Verdict::NotYet(_)) {
+        if !matches!(
+            self.verdict(e, wall),
+            spool::Verdict::Ready | spool::Verdict::NotYet(_)
+        ) {
             return Ok(None);
         }
         let Ok(key) = FileKey::for_path(path) else {

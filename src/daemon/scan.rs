@@ -101,6 +101,16 @@ impl<'p, 'a> Main<'p, 'a> {
         }
     }
 
+    /// What the spool's rules say of `entry` at `wall` (ignored, refused, not yet, ready).
+    pub(super) fn verdict(&self, entry: &spool::Entry, wall: std::time::SystemTime) -> Verdict {
+        let name = entry
+            .path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        spool::judge(&name, entry.kind, entry.mtime(), wall, &self.settings.spool)
+    }
+
     fn consider_entry(&mut self, entry: spool::Entry, written: bool, by_scan: bool) -> Result<()> {
         let path = entry.path.clone();
         let path = path.as_path();
@@ -111,17 +121,7 @@ impl<'p, 'a> Main<'p, 'a> {
         let Ok(key) = FileKey::for_path(path) else {
             return Ok(());
         };
-        let name = path
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_default();
-        let verdict = spool::judge(
-            &name,
-            entry.kind,
-            entry.mtime(),
-            self.parts.clock.wall(),
-            &self.settings.spool,
-        );
+        let verdict = self.verdict(&entry, self.parts.clock.wall());
         if matches!(verdict, Verdict::Ready | Verdict::NotYet(_)) {
             let ready = written || verdict == Verdict::Ready;
             self.spool_watch.saw(by_scan, ready);
