@@ -186,69 +186,72 @@ pub(super) mod tests {
         (path, bytes)
     }
 
-    #[test]
-    fn a_file_range_goes_by_sendfile_and_arrives_whole() {
-        let (path, bytes) = file_of("whole", (1 << 20) + 4099);
+    /// What came of sending `len` bytes from `offset` of a file of `file_len` bytes through
+    /// `send_file` to a recording server, as spans only.
+    struct Sent {
+        result: Result<crate::tus::Response, crate::transport::TransportError>,
+        /// What the server received.
+        got: Vec<u8>,
+        /// The file's bytes.
+        bytes: Vec<u8>,
+        /// The body's byte counter.
+        counted: u64,
+    }
+
+    fn send_range(name: &str, file_len: usize, offset: u64, len: u64) -> Sent {
+        let (path, bytes) = file_of(name, file_len);
         let (url, rx) = recording_server();
         let transport = UreqTransport::new(&HttpSettings::default()).unwrap();
-        let (offset, len) = (1000u64, 700_001u64);
         let control = ReadControl::default();
         let source = Source::open(&path).unwrap();
         let body = SpansOnly(source.reader(offset, len, control.clone()).unwrap());
         let req = request::patch(&url, offset, len, None);
-        let resp = transport
-            .send_file(&req, Box::new(body), &Arc::new(Delivery::default()))
-            .unwrap();
-        assert_eq!(resp.status, 204);
+        let result = transport.send_file(&req, Box::new(body), &Arc::new(Delivery::default()));
         let got = rx.recv().unwrap();
-        assert!(
-            got == bytes[offset as usize..(offset + len) as usize],
-            "the body is the file's range ({} bytes came)",
-            got.len()
-        );
-        assert_eq!(
-            control.counter.load(std::sync::atomic::Ordering::Relaxed),
-            len
-        );
         assert!(!is_pending(), "no span outlives its request");
         let _ = std::fs::remove_file(path);
+        Sent {
+            result,
+            got,
+            bytes,
+            counted: control.counter.load(std::sync::atomic::Ordering::Relaxed),
+        }
+    }
+
+    #[test]
+    fn a_file_range_goes_by_sendfile_and_arrives_whole() {
+        let (offset, len) = (1000, 700_001);
+        let sent = send_range("whole", (1 << 20) + 4099, offset, len);
+        assert_eq!(sent.result.unwrap().status, 204);
+        assert!(
+            sent.got == sent.bytes[offset as usize..(offset + len) as usize],
+            "the body is the file's range ({} bytes came)",
+            sent.got.len()
+        );
+        assert_eq!(sent.counted, len);
     }
 
     #[test]
     fn where_sendfile_is_refused_the_span_is_copied_and_arrives_whole() {
-        let (path, bytes) = file_of("refused", 500_000);
-        let (url, rx) = recording_server();
-        let transport = UreqTransport::new(&HttpSettings::default()).unwrap();
-        let source = Source::open(&path).unwrap();
-        let body = SpansOnly(source.reader(7, 400_000, ReadControl::default()).unwrap());
-        let req = request::patch(&url, 7, 400_000, None);
         REFUSE.with(|r| r.set(true));
-        let resp = transport.send_file(&req, Box::new(body), &Arc::new(Delivery::default()));
+        let sent = send_range("refused", 500_000, 7, 400_000);
         REFUSE.with(|r| r.set(false));
-        assert_eq!(resp.unwrap().status, 204);
-        let got = rx.recv().unwrap();
-        assert!(got == bytes[7..400_007], "{} bytes came", got.len());
-        let _ = std::fs::remove_file(path);
+        assert_eq!(sent.result.unwrap().status, 204);
+        assert!(
+            sent.got == sent.bytes[7..400_007],
+            "{} bytes came",
+            sent.got.len()
+        );
     }
 
     #[test]
     fn a_file_that_ends_before_its_range_is_a_body_failure_not_a_short_body() {
-        let (path, bytes) = file_of("short", 300_000);
-        let (url, rx) = recording_server();
-        let transport = UreqTransport::new(&HttpSettings::default()).unwrap();
-        let source = Source::open(&path).unwrap();
         // The record says 1 MB; the file holds 300 kB (it shrank after it was opened).
-        let body = SpansOnly(source.reader(0, 1_000_000, ReadControl::default()).unwrap());
-        let req = request::patch(&url, 0, 1_000_000, None);
-        let err = transport
-            .send_file(&req, Box::new(body), &Arc::new(Delivery::default()))
-            .unwrap_err();
+        let sent = send_range("short", 300_000, 0, 1_000_000);
+        let err = sent.result.unwrap_err();
         assert_eq!(err.kind, FailureKind::Body, "{err}");
         assert!(err.message.contains("shrank while uploading"), "{err}");
-        let got = rx.recv().unwrap();
-        assert!(got.len() <= bytes.len() && got == bytes[..got.len()]);
-        assert!(!is_pending());
-        let _ = std::fs::remove_file(path);
+        assert!(sent.got.len() <= sent.bytes.len() && sent.got == sent.bytes[..sent.got.len()]);
     }
 
     #[test]
