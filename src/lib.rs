@@ -59,6 +59,15 @@
 //! - `broker` (feature `broker`): `ferry broker`, the one-time upload URL service.
 //! - `fuzzing` (only under `cargo fuzz`, `--cfg fuzzing`): the fuzz targets' entry points
 //!   (`fuzz/`, docs/fuzzing.md).
+//!
+//! On musl targets (the static ARM builds) the global allocator is `ferry_lazyzero::LazyZero`
+//! (crates/lazyzero): musl's `calloc` makes every zeroed block resident, and sled's mostly
+//! unwritten zeroed tables would otherwise cost about 25 MiB of RSS on 64-bit.
+
+/// musl's `calloc` writes every page it returns; this leaves large zeroed blocks to the kernel.
+#[cfg(target_env = "musl")]
+#[global_allocator]
+static ALLOCATOR: ferry_lazyzero::LazyZero = ferry_lazyzero::LazyZero;
 
 pub mod app;
 pub(crate) mod backoff;

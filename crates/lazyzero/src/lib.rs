@@ -1,0 +1,208 @@
+//! ferry's global allocator on musl: the system allocator, except that every block of
+//! [`THRESHOLD`] bytes or more is an anonymous mapping of its own, so that a zeroed block costs
+//! no memory until it is written.
+//!
+//! Key idea: musl's `calloc` writes zeros over every block it returns, even over a fresh mapping
+//! that the kernel has already zeroed, so every page of it becomes resident. sled allocates
+//! zeroed tables that it mostly never writes (41 metric histograms of 64 Ki words, a page table
+//! of 6 MiB on 64-bit), and a static musl ferry idled at about 30 MiB of RSS where the glibc
+//! build, whose `calloc` knows fresh mappings are zero, idled at about 5 MiB. musl already maps
+//! blocks this large one by one (its own threshold is just under 128 KiB); this does the same
+//! and leaves the zeros to the kernel. Smaller blocks, and blocks aligned beyond a page, go to
+//! [`System`] unchanged.
+//!
+//! Which path a block took follows from its layout alone, which `dealloc` and `realloc` are
+//! given, so nothing is recorded. ferry forbids `unsafe` in its own crate; this crate holds
+//! the allocator and nothing else. ferry installs it on musl targets only: glibc's allocator
+//! already does this.
+
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::ptr;
+
+/// Blocks of this many bytes or more get a mapping of their own.
+pub const THRESHOLD: usize = 128 * 1024;
+
+/// The largest alignment a fresh mapping always has (the smallest page size Linux uses).
+const MAPPING_ALIGN: usize = 4096;
+
+/// The allocator: `#[global_allocator] static A: LazyZero = LazyZero;`.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct LazyZero;
+
+/// Whether a block of this layout lives in a mapping of its own.
+fn mapped(layout: &Layout) -> bool {
+    layout.size() >= THRESHOLD && layout.align() <= MAPPING_ALIGN
+}
+
+/// A fresh anonymous mapping of `size` bytes (the kernel zeroes pages on first touch), or
+/// null.
+fn map(size: usize) -> *mut u8 {
+    // SAFETY: a new private anonymous mapping at an address the kernel picks touches no
+    // existing memory.
+    let p = unsafe {
+        libc::mmap(
+            ptr::null_mut(),
+            size,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+            -1,
+            0,
+        )
+    };
+    if p == libc::MAP_FAILED {
+        ptr::null_mut()
+    } else {
+        p.cast()
+    }
+}
+
+// SAFETY: every block is either System's (and handed back to System with the same layout) or a
+// mapping of at least `layout.size()` bytes whose address is page-aligned, which satisfies any
+// alignment up to MAPPING_ALIGN; `mapped()` decides which from the layout alone, and the
+// GlobalAlloc contract gives dealloc and realloc the layout the block was allocated with.
+#[allow(unsafe_code)]
+unsafe impl GlobalAlloc for LazyZero {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        if mapped(&layout) {
+            map(layout.size())
+        } else {
+            unsafe { System.alloc(layout) }
+        }
+    }
+
+    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
+        if mapped(&layout) {
+            map(layout.size())
+        } else {
+            unsafe { System.alloc_zeroed(layout) }
+        }
+    }
+
+    unsafe fn dealloc(&self, block: *mut u8, layout: Layout) {
+        if mapped(&layout) {
+            // SAFETY: `block` is a mapping of `layout.size()` bytes made by `map` or `mremap`,
+            // and the caller no longer uses it. munmap fails only on bad arguments.
+            unsafe { libc::munmap(block.cast(), layout.size()) };
+        } else {
+            unsafe { System.dealloc(block, layout) }
+        }
+    }
+
+    unsafe fn realloc(&self, block: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        // SAFETY: the caller guarantees that new_size, rounded up to the alignment, does not
+        // overflow isize, which is all from_size_align asks.
+        let new_layout = unsafe { Layout::from_size_align_unchecked(new_size, layout.align()) };
+        match (mapped(&layout), mapped(&new_layout)) {
+            (false, false) => unsafe { System.realloc(block, layout, new_size) },
+            (true, true) => {
+                // SAFETY: `block` is a mapping of `layout.size()` bytes; on failure it is left
+                // as it was, as realloc's contract asks.
+                let p = unsafe {
+                    libc::mremap(block.cast(), layout.size(), new_size, libc::MREMAP_MAYMOVE)
+                };
+                if p == libc::MAP_FAILED {
+                    ptr::null_mut()
+                } else {
+                    p.cast()
+                }
+            }
+            _ => {
+                // Across the threshold: a new block, the bytes both hold, the old one freed.
+                let new = unsafe { self.alloc(new_layout) };
+                if !new.is_null() {
+                    unsafe {
+                        ptr::copy_nonoverlapping(block, new, layout.size().min(new_size));
+                        self.dealloc(block, layout);
+                    }
+                }
+                new
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+#[allow(unsafe_code)]
+mod tests {
+    use super::*;
+
+    fn resident_kib() -> u64 {
+        let status = std::fs::read_to_string("/proc/self/status").expect("/proc/self/status");
+        let line = status.lines().find(|l| l.starts_with("VmRSS:")).expect("VmRSS");
+        line.split_whitespace().nth(1).and_then(|v| v.parse().ok()).expect("VmRSS value")
+    }
+
+    fn layout(size: usize, align: usize) -> Layout {
+        Layout::from_size_align(size, align).expect("layout")
+    }
+
+    #[test]
+    fn a_large_zeroed_block_is_zero_and_costs_nothing_until_written() {
+        let size = 32 << 20;
+        let before = resident_kib();
+        let p = unsafe { LazyZero.alloc_zeroed(layout(size, 8)) };
+        assert!(!p.is_null());
+        let after = resident_kib();
+        // Reading maps the shared zero page, which is not counted.
+        let sum: u64 = (0..size).step_by(4096).map(|i| u64::from(unsafe { *p.add(i) })).sum();
+        assert_eq!(sum, 0);
+        let read = resident_kib();
+        unsafe { LazyZero.dealloc(p, layout(size, 8)) };
+        // Other test threads allocate too: allow them 4 MiB, far under the block's 32 MiB.
+        assert!(after < before + 4096, "RSS grew from {before} to {after} KiB on alloc_zeroed");
+        assert!(read < before + 4096, "RSS grew from {before} to {read} KiB on reading zeros");
+    }
+
+    #[test]
+    fn blocks_on_both_sides_of_the_threshold_keep_their_bytes_through_realloc() {
+        // small → small, small → mapped, mapped → mapped (grow and shrink), mapped → small
+        let sizes = [100, 4000, THRESHOLD - 1, THRESHOLD, 3 * THRESHOLD + 5, THRESHOLD + 1, 10];
+        for align in [1, 8, 64, 4096] {
+            let mut size = sizes[0];
+            let mut p = unsafe { LazyZero.alloc(layout(size, align)) };
+            assert!(!p.is_null());
+            let fill = |p: *mut u8, n: usize| {
+                for i in 0..n {
+                    unsafe { *p.add(i) = (i % 251) as u8 };
+                }
+            };
+            fill(p, size);
+            for &next in &sizes[1..] {
+                p = unsafe { LazyZero.realloc(p, layout(size, align), next) };
+                assert!(!p.is_null(), "realloc {size} -> {next} (align {align})");
+                assert_eq!(p as usize % align, 0, "alignment {align} lost at {next}");
+                for i in 0..size.min(next) {
+                    assert_eq!(unsafe { *p.add(i) }, (i % 251) as u8, "byte {i}, {size} -> {next}");
+                }
+                size = next;
+                fill(p, size);
+            }
+            unsafe { LazyZero.dealloc(p, layout(size, align)) };
+        }
+    }
+
+    #[test]
+    fn alignment_beyond_a_page_goes_to_the_system_allocator() {
+        let l = layout(THRESHOLD * 2, 1 << 16);
+        assert!(!mapped(&l));
+        let p = unsafe { LazyZero.alloc_zeroed(l) };
+        assert!(!p.is_null());
+        assert_eq!(p as usize % (1 << 16), 0);
+        assert!((0..l.size()).all(|i| unsafe { *p.add(i) } == 0));
+        unsafe { LazyZero.dealloc(p, l) };
+    }
+
+    #[test]
+    fn a_mapped_block_is_writable_to_its_last_byte() {
+        for size in [THRESHOLD, THRESHOLD + 1, 1 << 20] {
+            let p = unsafe { LazyZero.alloc(layout(size, 16)) };
+            assert!(!p.is_null());
+            unsafe {
+                *p = 1;
+                *p.add(size - 1) = 2;
+                assert_eq!((*p, *p.add(size - 1)), (1, 2));
+                LazyZero.dealloc(p, layout(size, 16));
+            }
+        }
+    }
+}
