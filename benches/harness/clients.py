@@ -108,6 +108,13 @@ class RssPoller:
         return self.peak
 
 
+def process_cpu(pid: int) -> float:
+    """User + system CPU seconds a running process has used so far."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def exited(proc) -> bool:
     """The child has exited (a zombie not yet reaped), without reaping it (reap() does)."""
     try:

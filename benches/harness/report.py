@@ -83,6 +83,21 @@ def small_section(s, bars, title, base="tus-js-client", count_key="count"):
     return out + [""] + [f"- {x}" for x in notes] + [""]
 
 
+def small_rounds(s):
+    """Per-round ratios of ferry over tus-js-client and the server's CPU per file in each run."""
+    rows = s["rows"]
+    f, j = rows.get("ferry") or {}, rows.get("tus-js-client") or {}
+    if not f.get("walls") or not j.get("walls"):
+        return []
+    ratios = [jw / fw for fw, jw in zip(f["walls"], j["walls"]) if fw and jw]
+    per_file = lambda r: " ".join(f"{x * 1000 / s['count']:.1f}" for x in r.get("server_cpus", []))
+    return [f"Per round, ferry's files/s over tus-js-client's: {' '.join(f'{x:.2f}' for x in ratios)} "
+            f"(median {statistics.median(ratios):.2f}). @tus/server's CPU per file in each run, ms: "
+            f"under ferry {per_file(f)}; under tus-js-client {per_file(j)}. On a shared machine it "
+            "swings between two levels for the same work, whichever client runs: compare runs at the "
+            "same level.\n"]
+
+
 def cuts_section(s, bars):
     out = [f"## Bytes re-sent under cuts\n", when(s),
            f"One {s['size'] // MIB} MiB file through a proxy that resets the connection each time "
@@ -243,8 +258,11 @@ def main():
                 "ferry: `ferry run` on a spool holding all of them (durable state as usual, "
                 "after_upload = delete, concurrency 1), timed until the spool is empty; the others: "
                 "sequential uploads in one process (curl: a shell loop of one POST and one PATCH per "
-                "file). Target for ferry: ≥ 2× tus-js-client.\n"]
+                "file). ferry and tus-js-client run in alternating rounds, each run on a fresh "
+                "@tus/server; their rows are the median runs; curl and tuspy run once. "
+                "Target for ferry: ≥ 2× tus-js-client.\n"]
         out += small_section(s, bars, f"{s['count']:,} small files on loopback: files/s × tus-js-client (higher is better)")
+        out += small_rounds(s)
     if "cuts" in r:
         out += cuts_section(r["cuts"], bars)
     if "shaped" in r:
