@@ -22,6 +22,8 @@ use crate::status::PAUSE_MARKER;
 
 /// How often a missing spool directory is looked for again.
 const RETRY_MISSING: Duration = Duration::from_secs(2);
+/// How long [`Watcher::watch`] waits for the watch to be in place before it returns anyway.
+const SETUP_WAIT: Duration = Duration::from_secs(2);
 
 /// Watches the spool that the daemon's settings name now; a reload that moves the spool
 /// starts a new watcher thread and retires the old one.
@@ -46,7 +48,9 @@ impl Watcher {
     }
 
     /// Watches the spool `rules` describe (and the state dir's pause marker), instead of any
-    /// spool watched before.
+    /// spool watched before. Returns once the watch is in place (or found impossible for now),
+    /// so that a scan begun after it misses nothing: the daemon's first scan then needs no
+    /// second one (on a spool of 100,000 files each walk takes about half a second here).
     pub(crate) fn watch(&self, rules: SpoolRules) {
         let mine = self.generation.fetch_add(1, Ordering::SeqCst) + 1;
         let current = Current {
@@ -83,10 +87,20 @@ fn spool(
     tx: Sender<Event>,
     current: Current,
 ) {
+    let (set_up, wait_set_up) = std::sync::mpsc::sync_channel(1);
     let spawned = std::thread::Builder::new()
         .name("watch".into())
         .spawn(move || {
-            if let Err(e) = watch_loop(&rules, &state_dir, clock.as_ref(), &tx, &current) {
+            let mut set_up = Some(set_up);
+            let result = watch_loop(
+                &rules,
+                &state_dir,
+                clock.as_ref(),
+                &tx,
+                &current,
+                &mut set_up,
+            );
+            if let Err(e) = result {
                 log::warn!(
                     "cannot watch {} ({e}); falling back to frequent scans",
                     rules.dir.display()
@@ -94,8 +108,10 @@ fn spool(
                 let _ = tx.send(Event::WatchUnavailable);
             }
         });
-    if let Err(e) = spawned {
-        log::warn!("cannot start the spool watcher: {e}");
+    match spawned {
+        // A message, or the thread's end (the sender dropped), or the wait's end.
+        Ok(_) => drop(wait_set_up.recv_timeout(SETUP_WAIT)),
+        Err(e) => log::warn!("cannot start the spool watcher: {e}"),
     }
 }
 
@@ -113,6 +129,7 @@ fn watch_loop(
     clock: &dyn Clock,
     tx: &Sender<Event>,
     current: &Current,
+    set_up: &mut Option<std::sync::mpsc::SyncSender<()>>,
 ) -> std::io::Result<()> {
     let mut ino = Inotify::init()?;
     let control = ino.watches().add(
@@ -125,14 +142,17 @@ fn watch_loop(
         let mut dirs: HashMap<WatchDescriptor, PathBuf> = HashMap::new();
         while let Err(e) = add_tree(&mut ino, &rules.dir, rules, &mut dirs) {
             log::debug!("spool {} not watchable yet: {e}", rules.dir.display());
+            // The daemon goes on (its scan reports the missing spool); the watch follows.
+            tell_set_up(set_up);
             clock.sleep(RETRY_MISSING, &never);
             if !current.still() {
                 return Ok(());
             }
         }
-        if tx.send(Event::Rescan).is_err() {
+        if tx.send(Event::Rescan(clock.now())).is_err() {
             return Ok(());
         }
+        tell_set_up(set_up);
         'events: loop {
             let events = ino.read_events_blocking(&mut buf)?;
             if !current.still() {
@@ -140,7 +160,7 @@ fn watch_loop(
             }
             for ev in events {
                 if ev.mask.contains(EventMask::Q_OVERFLOW) {
-                    send(tx, Event::Rescan)?;
+                    send(tx, Event::Rescan(clock.now()))?;
                     continue;
                 }
                 if ev.wd == control {
@@ -172,7 +192,7 @@ fn watch_loop(
                         && !rules.exclude.contains(&path)
                     {
                         let _ = add_tree(&mut ino, &path, rules, &mut dirs);
-                        send(tx, Event::Rescan)?;
+                        send(tx, Event::Rescan(clock.now()))?;
                     }
                 } else if ev
                     .mask
@@ -185,6 +205,13 @@ fn watch_loop(
                 }
             }
         }
+    }
+}
+
+/// Lets [`Watcher::watch`] return (once: later calls do nothing).
+fn tell_set_up(set_up: &mut Option<std::sync::mpsc::SyncSender<()>>) {
+    if let Some(s) = set_up.take() {
+        let _ = s.send(()); // the caller may have stopped waiting
     }
 }
 

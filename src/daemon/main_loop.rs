@@ -174,9 +174,15 @@ impl<'p, 'a> Main<'p, 'a> {
                     self.consider(&path, false)?;
                 }
             }
-            Event::Rescan => {
-                self.force_scan = true;
-                self.next_rescan = self.parts.clock.now();
+            Event::Rescan(since) => {
+                // The watcher sends one as soon as its watch is in place, during the first
+                // scan as a rule: a scan that began after `since` saw all it could have missed
+                // (a second walk of a large spool would double the start-up, and a stop would
+                // wait for it).
+                if self.last_scan_began.is_none_or(|began| began < since) {
+                    self.force_scan = true;
+                    self.next_rescan = self.parts.clock.now();
+                }
             }
             Event::WatchUnavailable => {
                 self.watch_ok = false;

@@ -112,8 +112,9 @@ pub(crate) enum Event {
     Written(PathBuf),
     /// A name appeared (a file being written, a link, a FIFO): judged by the usual rules.
     Created(PathBuf),
-    /// Something a full scan must look at.
-    Rescan,
+    /// Something a full scan must look at: what happened in the spool before this moment
+    /// (the watch was set up, or inotify lost events), which a scan begun since has seen.
+    Rescan(Instant),
     /// The pause marker appeared or vanished.
     Control,
     /// The spool cannot be watched: scan often instead.
@@ -285,6 +286,8 @@ struct Main<'p, 'a> {
     hooks: Option<(Sender<FileKey>, Arc<AtomicBool>)>,
     /// A full scan must run at the next tick (start, events, refill, reload, unreadable files).
     force_scan: bool,
+    /// When the last full scan began (read the spool's first entry).
+    last_scan_began: Option<Instant>,
     last_status_write: Instant,
     watch_ok: bool,
     last_scan_dir_mtime: Option<SystemTime>,
@@ -340,6 +343,7 @@ impl<'p, 'a> Main<'p, 'a> {
             ready_sent: false,
             hooks: None,
             force_scan: true,
+            last_scan_began: None,
             last_status_write: now,
             watch_ok: true,
             last_scan_dir_mtime: None,

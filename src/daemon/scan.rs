@@ -36,12 +36,16 @@ impl<'p, 'a> Main<'p, 'a> {
         }
         self.force_scan = false;
         self.last_scan_dir_mtime = dir_mtime;
+        let began = self.parts.clock.now();
+        self.last_scan_began = Some(began);
         self.tell(Input::BeginScan)?;
         let rules = self.settings.spool.clone();
         let mut first_error = None;
+        let mut entries = 0u64;
         let walked = spool::walk(
             &rules,
             &mut |e| {
+                entries += 1;
                 if first_error.is_none() {
                     first_error = self.consider_entry(e, false, true).err();
                 }
@@ -53,7 +57,16 @@ impl<'p, 'a> Main<'p, 'a> {
         if let Some(e) = first_error {
             return Err(e);
         }
+        log::debug!(
+            "scan: {entries} entries walked in {} ms",
+            self.parts
+                .clock
+                .now()
+                .saturating_duration_since(began)
+                .as_millis()
+        );
         if let Err(e) = walked {
+            self.last_scan_began = None; // it saw nothing
             if !self.spool_missing {
                 log::error!(
                     "spool directory {}: {e}; waiting for it (create it or fix spool.dir)",
