@@ -8,7 +8,9 @@
 //! (`fstatvfs`) and asks the pure planner. Remembering every file the scans saw instead cost
 //! about 300 bytes a file: 23 MiB for a spool of 60,000. A check runs a few seconds after a
 //! full scan or a file's arrival and at least every minute (the first one at once); on a spool
-//! so big that its walk takes long, checks are spaced to 50 times the walk's duration.
+//! so big that its walk takes long, checks are spaced to 50 times the walk's duration. A check
+//! that is due when a scan begins collects during the scan's walk instead of walking again
+//! (the first start-up of a 100,000-file spool walked it twice: 0.47 s, then 0.44 s here).
 //! Eviction deletes the file (its directory synced), then drops its record durably, tells the
 //! scheduler the file is gone, and hands its upload URL to the terminator thread (a DELETE at
 //! best effort, never on the main thread).
@@ -124,28 +126,53 @@ impl Main<'_, '_> {
         }
     }
 
+    /// Whether a check is due now: a scan about to walk the spool then collects for it, so
+    /// that one walk serves both.
+    pub(super) fn check_due_now(&self) -> bool {
+        self.spool_check_due()
+            .is_some_and(|due| due <= self.parts.clock.now())
+    }
+
     /// Measures the spool, warns about exceeded limits, and evicts when told to.
     pub(super) fn check_spool(&mut self) -> Result<()> {
-        let now = self.parts.clock.now();
-        self.spool_watch.last_check = Some(now);
-        self.spool_watch.arrived = false;
-        self.spool_watch.more = false;
+        let began = self.parts.clock.now();
         if self.spool_missing || self.stopping.is_some() {
+            self.checked(began);
             return Ok(());
         }
+        match self.waiting_files(began)? {
+            Some(walked) => self.check_walked(walked),
+            // The spool is gone (the scan says so), or ferry is stopping.
+            None => {
+                self.checked(began);
+                Ok(())
+            }
+        }
+    }
+
+    /// A check was made (or found nothing to measure) at `at`.
+    fn checked(&mut self, at: Instant) {
+        self.spool_watch.last_check = Some(at);
+        self.spool_watch.arrived = false;
+        self.spool_watch.more = false;
+    }
+
+    /// The check itself, on what a walk that began at `walked.began` found waiting: the
+    /// check's own walk, or a scan's that collected for it.
+    pub(super) fn check_walked(&mut self, walked: Walked) -> Result<()> {
+        let now = walked.began;
+        self.checked(now);
         let wall = self.parts.clock.wall();
         let limits = self.settings.limits.clone();
         let mut fs = fs_space(&self.settings.spool.dir);
-        let Some(Walked {
+        let Walked {
             mut waiting,
             unlisted_files,
             unlisted_bytes,
             unlisted_oldest,
             identities,
-        }) = self.waiting_files()?
-        else {
-            return Ok(()); // the spool is gone (the scan says so), or ferry is stopping
-        };
+            began: _,
+        } = walked;
         self.spool_watch.last_walk = self.parts.clock.now().saturating_duration_since(now);
         log::debug!(
             "spool check: {} waiting files walked in {} ms",
@@ -202,12 +229,9 @@ impl Main<'_, '_> {
 
     /// Walks the spool for the files waiting to be uploaded; `None` when it cannot be read or
     /// a stop was asked for meanwhile.
-    fn waiting_files(&self) -> Result<Option<Walked>> {
-        let store = self.parts.store;
+    fn waiting_files(&self, began: Instant) -> Result<Option<Walked>> {
         let rules = &self.settings.spool;
-        let wall = self.parts.clock.wall();
-        let mut oldest = OldestWaiting::new(CHECK_LISTED);
-        let mut identities = HashMap::new();
+        let mut collect = Waiters::new(self.parts.clock.wall());
         let mut first_error = None;
         let mut cut_short = false;
         let stop = &self.parts.stop_requested;
@@ -217,16 +241,8 @@ impl Main<'_, '_> {
                 cut_short = true;
                 return ControlFlow::Break(());
             }
-            match self.waiting(store, &e, wall) {
-                Ok(Some(w)) => {
-                    // Only the listed files' identities are kept.
-                    identities.insert(w.key.clone(), e.identity);
-                    if let Some(out) = oldest.add(w) {
-                        identities.remove(&out);
-                    }
-                    ControlFlow::Continue(())
-                }
-                Ok(None) => ControlFlow::Continue(()),
+            match self.collect_waiting(&mut collect, &e) {
+                Ok(()) => ControlFlow::Continue(()),
                 Err(err) => {
                     first_error = Some(err);
                     ControlFlow::Break(())
@@ -240,15 +256,20 @@ impl Main<'_, '_> {
         if walked.is_err() || cut_short {
             return Ok(None);
         }
-        let (unlisted_files, unlisted_bytes) = (oldest.unlisted_files, oldest.unlisted_bytes);
-        let (waiting, unlisted_oldest) = oldest.into_listed();
-        Ok(Some(Walked {
-            waiting,
-            unlisted_files,
-            unlisted_bytes,
-            unlisted_oldest,
-            identities,
-        }))
+        Ok(Some(collect.walked(began)))
+    }
+
+    /// Adds one entry of a walk to what a check collects: a waiting file is listed if it is
+    /// among the oldest, counted otherwise.
+    pub(super) fn collect_waiting(&self, into: &mut Waiters, e: &spool::Entry) -> Result<()> {
+        if let Some(w) = self.waiting(self.parts.store, e, into.wall)? {
+            // Only the listed files' identities are kept.
+            into.identities.insert(w.key.clone(), e.identity);
+            if let Some(out) = into.oldest.add(w) {
+                into.identities.remove(&out);
+            }
+        }
+        Ok(())
     }
 
     /// The file as a waiting file, or `None` when it does not wait: not an upload candidate
@@ -390,8 +411,42 @@ impl Main<'_, '_> {
     }
 }
 
+/// What a walk has found waiting so far (see [`Main::collect_waiting`]).
+pub(super) struct Waiters {
+    oldest: OldestWaiting<FileKey>,
+    identities: HashMap<FileKey, Identity>,
+    /// The wall clock the files' ages are judged by.
+    wall: SystemTime,
+}
+
+impl Waiters {
+    /// Nothing found yet; ages judged at `wall`.
+    pub(super) fn new(wall: SystemTime) -> Self {
+        Self {
+            oldest: OldestWaiting::new(CHECK_LISTED),
+            identities: HashMap::new(),
+            wall,
+        }
+    }
+
+    /// The walk, which began at `began`, has ended.
+    pub(super) fn walked(self, began: Instant) -> Walked {
+        let (unlisted_files, unlisted_bytes) =
+            (self.oldest.unlisted_files, self.oldest.unlisted_bytes);
+        let (waiting, unlisted_oldest) = self.oldest.into_listed();
+        Walked {
+            waiting,
+            unlisted_files,
+            unlisted_bytes,
+            unlisted_oldest,
+            identities: self.identities,
+            began,
+        }
+    }
+}
+
 /// What a check's walk found waiting.
-struct Walked {
+pub(super) struct Walked {
     /// The oldest waiting files, oldest first.
     waiting: Vec<Waiting<FileKey>>,
     /// The others (younger), only counted.
@@ -400,6 +455,8 @@ struct Walked {
     unlisted_oldest: Option<SystemTime>,
     /// The listed files' identities as the walk saw them.
     identities: HashMap<FileKey, Identity>,
+    /// When the walk began.
+    began: Instant,
 }
 
 /// All waiting files' bytes and the oldest one's mtime.

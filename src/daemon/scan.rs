@@ -14,6 +14,7 @@ use crate::spool::{self, Verdict};
 use crate::store::FileKey;
 use crate::store::RecordState;
 
+use super::evict::Waiters;
 use super::schedule::{Input, Rank};
 use super::Main;
 
@@ -40,6 +41,12 @@ impl<'p, 'a> Main<'p, 'a> {
         self.last_scan_began = Some(began);
         self.tell(Input::BeginScan)?;
         let rules = self.settings.spool.clone();
+        // A check follows every scan (soon, not more often than arrivals make one): when it is
+        // due already, this walk collects for it, and the spool is walked once for both.
+        self.spool_watch.scanned();
+        let mut for_check = self
+            .check_due_now()
+            .then(|| Waiters::new(self.parts.clock.wall()));
         let mut first_error = None;
         let mut entries = 0u64;
         let walked = spool::walk(
@@ -47,7 +54,14 @@ impl<'p, 'a> Main<'p, 'a> {
             &mut |e| {
                 entries += 1;
                 if first_error.is_none() {
-                    first_error = self.consider_entry(e, false, true).err();
+                    // The check sees the entry as the scan left it (settling, queued).
+                    first_error = match for_check.as_mut() {
+                        Some(c) => self
+                            .consider_entry(e.clone(), false, true)
+                            .and_then(|()| self.collect_waiting(c, &e))
+                            .err(),
+                        None => self.consider_entry(e, false, true).err(),
+                    };
                 }
                 // A scan is never cut short: what it does not see, the scheduler forgets.
                 ControlFlow::Continue(())
@@ -89,9 +103,10 @@ impl<'p, 'a> Main<'p, 'a> {
             self.spool_missing = false;
         }
         self.forget_vanished()?;
-        // A check follows (it walks the spool too, so not more often than arrivals do).
-        self.spool_watch.scanned();
-        self.check_spool_if_due()?;
+        match for_check {
+            Some(c) => self.check_walked(c.walked(began))?,
+            None => self.check_spool_if_due()?,
+        }
         self.announce_ready();
         Ok(())
     }
