@@ -120,9 +120,10 @@ impl Main<'_, '_> {
 
     /// Checks the spool's limits if that is due.
     pub(super) fn check_spool_if_due(&mut self) -> Result<()> {
-        match self.spool_check_due() {
-            Some(due) if due <= self.parts.clock.now() => self.check_spool(),
-            _ => Ok(()),
+        if self.check_due_now() {
+            self.check_spool()
+        } else {
+            Ok(())
         }
     }
 
@@ -262,7 +263,7 @@ impl Main<'_, '_> {
     /// Adds one entry of a walk to what a check collects: a waiting file is listed if it is
     /// among the oldest, counted otherwise.
     pub(super) fn collect_waiting(&self, into: &mut Waiters, e: &spool::Entry) -> Result<()> {
-        if let Some(w) = self.waiting(self.parts.store, e, into.wall)? {
+        if let Some(w) = self.waiting(e, into.wall)? {
             // Only the listed files' identities are kept.
             into.identities.insert(w.key.clone(), e.identity);
             if let Some(out) = into.oldest.add(w) {
@@ -275,12 +276,8 @@ impl Main<'_, '_> {
     /// The file as a waiting file, or `None` when it does not wait: not an upload candidate
     /// (ignored, refused), uploaded for this content (kept, or its action left), failed for
     /// good for this content, or finishing.
-    fn waiting(
-        &self,
-        store: &crate::store::Store,
-        e: &spool::Entry,
-        wall: SystemTime,
-    ) -> Result<Option<Waiting<FileKey>>> {
+    fn waiting(&self, e: &spool::Entry, wall: SystemTime) -> Result<Option<Waiting<FileKey>>> {
+        let store = self.parts.store;
         let path = e.path.as_path();
         if !matches!(
             self.verdict(e, wall),
