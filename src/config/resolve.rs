@@ -20,7 +20,7 @@ use crate::spool::{self, SpoolRules};
 use crate::spool_limits::{MinFree, OnFull, SpoolLimits};
 use crate::stream::{self, Target, MEDIA_ID_HEADER};
 use crate::transport::cipher::CipherOrder;
-use crate::transport::http::HttpSettings;
+use crate::transport::http::{HttpSettings, MAX_CONCURRENT_REQUESTS};
 use crate::tus::checksum::Algorithm;
 use crate::tus::{metadata, url};
 use crate::upload::{ChecksumMode, Header, Settings, MIN_CHUNK_BYTES};
@@ -258,8 +258,10 @@ impl Raw {
             newest_first: newest_first(sp.order.as_deref())?,
         };
         let concurrency = self.daemon.concurrency.unwrap_or(CONCURRENCY);
-        if concurrency == 0 || concurrency > 64 {
-            return Err(Error::config("daemon.concurrency must be between 1 and 64"));
+        if concurrency == 0 || concurrency > MAX_CONCURRENT_REQUESTS {
+            return Err(Error::config(format!(
+                "daemon.concurrency must be between 1 and {MAX_CONCURRENT_REQUESTS}"
+            )));
         }
         let rate = self.rate_limit()?;
         let rescan = duration_or(

@@ -101,6 +101,12 @@ pub(crate) struct UreqTransport {
     negotiated: Negotiated,
 }
 
+/// The most requests one transport makes at once (`daemon.concurrency`'s upper bound), and so
+/// the most connections its pool keeps. ureq's default pool keeps 3 per host: with 4 uploads
+/// at once, every fourth returned connection was closed and the next request opened another
+/// (101 connections for 300 small files, each with fresh 256 KiB of buffers).
+pub(crate) const MAX_CONCURRENT_REQUESTS: usize = 64;
+
 impl UreqTransport {
     /// Builds the client; fails when a certificate or key file is unusable.
     pub(crate) fn new(settings: &HttpSettings) -> Result<Self> {
@@ -118,6 +124,10 @@ impl UreqTransport {
             .timeout_send_request(Some(settings.idle_timeout))
             .timeout_recv_response(Some(settings.response_timeout))
             .timeout_recv_body(Some(settings.response_timeout))
+            // A connection is only opened when none is idle, so the pool never holds more
+            // than the most requests that ran at once.
+            .max_idle_connections(MAX_CONCURRENT_REQUESTS)
+            .max_idle_connections_per_host(MAX_CONCURRENT_REQUESTS)
             .build();
         let negotiated = Negotiated::default();
         let tls = TlsConnector {

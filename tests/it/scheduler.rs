@@ -444,3 +444,40 @@ fn a_network_change_probes_the_link_at_once() {
         sp.log()
     );
 }
+
+/// Four uploads at once keep four connections: ureq's pool kept 3 per host by default, so each
+/// time all four workers handed theirs back one was closed, and the next request opened
+/// another (101 connections for 300 small files; on a cellular link each is a TCP and a TLS
+/// handshake more).
+#[test]
+fn four_uploads_at_once_reuse_four_connections() {
+    let (server, proxy) = server_behind_proxy(ProxyPlan::default());
+    let sp = Spool::new(
+        "sched-pool",
+        &proxy.rewrite(&server.endpoint()),
+        "[daemon]\nconcurrency = 4",
+    );
+    let files = 48;
+    for i in 0..files {
+        sp.drop_file(&format!("f{i:02}.bin"), 20_000, i as u64);
+    }
+    // Settled before the start, so that the four workers take files back to back.
+    std::thread::sleep(Duration::from_millis(400));
+    let mut child = sp.start();
+    wait_until("every file uploaded", Duration::from_secs(60), || {
+        sp.spool_files().is_empty()
+    });
+    sigterm(&child);
+    child.wait().unwrap();
+    let complete = server
+        .uploads()
+        .iter()
+        .filter(|u| u.offset == u.length && u.length == 20_000)
+        .count();
+    assert_eq!(complete, files, "{}", sp.log());
+    let connections = proxy.connections();
+    assert!(
+        (1..=4).contains(&connections),
+        "{connections} connections for {files} files with 4 uploads at once"
+    );
+}
