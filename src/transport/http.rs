@@ -101,10 +101,11 @@ pub(crate) struct UreqTransport {
     negotiated: Negotiated,
 }
 
-/// The most requests one transport makes at once (`daemon.concurrency`'s upper bound), and so
-/// the most connections its pool keeps. ureq's default pool keeps 3 per host: with 4 uploads
-/// at once, every fourth returned connection was closed and the next request opened another
-/// (101 connections for 300 small files, each with fresh 256 KiB of buffers).
+/// `daemon.concurrency`'s upper bound, and so the most idle connections the pool keeps (the
+/// broker may run more requests at once: connections beyond this are closed when done).
+/// ureq's default pool keeps 3 per host: with 4 uploads at once, every fourth returned
+/// connection was closed and the next request opened another (101 connections for 300 small
+/// files, each with fresh 256 KiB of buffers).
 pub(crate) const MAX_CONCURRENT_REQUESTS: usize = 64;
 
 impl UreqTransport {

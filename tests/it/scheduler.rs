@@ -1,7 +1,8 @@
 //! End to end: the daemon's scheduling findings, each against the real binary and our fault
 //! server: resume continues the interrupted file at once, paused files stay in the status, one
 //! file's trouble does not hold up the spool, an endpoint that refuses creations fails no
-//! file, and a reload that moves the spool leaves the old one alone.
+//! file, a reload that moves the spool leaves the old one alone, and four uploads at once
+//! reuse four connections.
 
 use std::time::{Duration, Instant};
 
