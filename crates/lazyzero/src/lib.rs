@@ -129,15 +129,17 @@ unsafe impl GlobalAlloc for LazyZero {
     }
 }
 
+/// The environment variables through which glibc takes malloc settings from the user; when
+/// one is set, [`tune_glibc`] leaves malloc alone.
+pub const GLIBC_MALLOC_ENV: [&str; 3] = ["MALLOC_ARENA_MAX", "MALLOC_MMAP_THRESHOLD_", "GLIBC_TUNABLES"];
+
 /// glibc's malloc: one arena and a fixed mmap threshold of [`THRESHOLD`] bytes, unless the
-/// environment already sets either (`MALLOC_ARENA_MAX`, `MALLOC_MMAP_THRESHOLD_`,
-/// `GLIBC_TUNABLES`), which then wins. Call it before any thread starts. Whether the settings
-/// were made; always false on other C libraries.
+/// environment already sets one of [`GLIBC_MALLOC_ENV`], which then wins. Call it before any
+/// thread starts. Whether the settings were made; always false on other C libraries.
 pub fn tune_glibc() -> bool {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     {
-        let set = |v: &str| std::env::var_os(v).is_some();
-        if set("MALLOC_ARENA_MAX") || set("MALLOC_MMAP_THRESHOLD_") || set("GLIBC_TUNABLES") {
+        if GLIBC_MALLOC_ENV.iter().any(|v| std::env::var_os(v).is_some()) {
             return false;
         }
         let threshold = libc::c_int::try_from(THRESHOLD).unwrap_or(libc::c_int::MAX);
@@ -229,9 +231,7 @@ mod tests {
     #[test]
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     fn glibc_takes_both_settings_unless_the_environment_made_them() {
-        let env_set = ["MALLOC_ARENA_MAX", "MALLOC_MMAP_THRESHOLD_", "GLIBC_TUNABLES"]
-            .iter()
-            .any(|v| std::env::var_os(v).is_some());
+        let env_set = GLIBC_MALLOC_ENV.iter().any(|v| std::env::var_os(v).is_some());
         // mallopt answers 1 for a setting it took and 0 for one it refused.
         assert_eq!(tune_glibc(), !env_set);
     }
