@@ -70,6 +70,11 @@ def small_files(dirpath: Path, count: int, size: int):
         os.utime(p, (hour_ago, hour_ago))
 
 
+def ferry_concurrency(kind: str) -> int:
+    """`daemon.concurrency` of a ferry row: `ferry c=4` is 4, `ferry` 1."""
+    return int(kind.split("c=", 1)[1]) if "c=" in kind else 1
+
+
 def check_big(server: c.TusServer, src: Path) -> str:
     """The one stored upload equals the one file of directory `src`, byte for byte."""
     src = next(p for p in src.iterdir() if p.is_file())
@@ -145,7 +150,7 @@ def section_small(env, work: Path, quick: bool) -> dict:
             cpu0 = c.process_cpu(server.proc.pid)
             if kind.startswith("ferry"):
                 m = c.run_ferry_daemon(server.endpoint, src, work, env, timeout=3600,
-                                       concurrency=4 if "4" in kind else 1)
+                                       concurrency=ferry_concurrency(kind))
             else:
                 m = c.run_client(kind, server.endpoint, src, work, env, timeout=3600)
             d = run_checked(m, check_small(server, count, size))
@@ -236,7 +241,7 @@ def section_shaped(env, work: Path, quick: bool) -> dict:
                     log(f"shaped {name}: {n_small[name]} x 100 KiB, {kind}")
                     if kind.startswith("ferry"):
                         m = c.run_ferry_daemon(server.endpoint, ssrc, work, env, ns=ns.name,
-                                               concurrency=4 if "4" in kind else 1, timeout=1800)
+                                               concurrency=ferry_concurrency(kind), timeout=1800)
                     else:
                         m = c.run_client(kind, server.endpoint, ssrc, work, env, ns=ns.name,
                                          retries=1000, timeout=1800)
