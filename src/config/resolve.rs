@@ -543,13 +543,24 @@ pub(crate) fn read_secret(source: &str, env: &Env) -> std::result::Result<String
 }
 
 fn user_metadata(m: &BTreeMap<String, String>) -> Result<Vec<metadata::Entry>> {
-    m.iter()
+    let entries = m
+        .iter()
         .map(|(k, v)| {
             metadata::validate_key(k)
                 .map_err(|e| Error::config(format!("upload.metadata: {e}")))?;
             Ok((k.clone(), Some(v.clone())))
         })
-        .collect()
+        .collect::<Result<Vec<_>>>()?;
+    let encoded = metadata::encode(&entries)
+        .map_err(|e| Error::config(format!("upload.metadata: {e}")))?
+        .map_or(0, |h| h.len());
+    if encoded > metadata::MAX_USER_METADATA_BYTES {
+        return Err(Error::config(format!(
+            "upload.metadata takes {encoded} bytes once encoded (base64), over the {} ferry sends: servers refuse long request heads (Node's, under @tus/server, takes 16 KiB in all); shorten the values or send fewer",
+            metadata::MAX_USER_METADATA_BYTES
+        )));
+    }
+    Ok(entries)
 }
 
 fn duration_or(v: &Option<String>, key: &str, default: Duration) -> Result<Duration> {

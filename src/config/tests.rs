@@ -125,6 +125,30 @@ fn errors_name_the_key() {
     assert!(err("state_dir=\"/s\"\n[server]\n").contains("server.endpoint is not set"));
 }
 
+/// `Upload-Metadata` is one line of the request head: what the config adds is bounded, and a
+/// config over the bound is refused at start, naming the key, not on the first upload.
+#[test]
+fn user_metadata_over_8_kib_encoded_is_refused() {
+    let with = |len: usize| {
+        let text = format!(
+            "state_dir=\"/s\"\n[server]\nendpoint = \"http://h/\"\n[upload]\nmetadata = {{ k = \"{}\" }}",
+            "v".repeat(len)
+        );
+        from_toml(&text, "ferry.toml").and_then(|r| r.resolve(&Env::default()))
+    };
+    // "k " and base64: 4 bytes per 3.
+    let fits = with(6000).unwrap();
+    assert_eq!(
+        fits.upload.metadata[0].1.as_deref().map(str::len),
+        Some(6000)
+    );
+    let e = with(6200).unwrap_err().to_string();
+    assert!(
+        e.contains("upload.metadata takes 8270 bytes") && e.contains("8192"),
+        "{e}"
+    );
+}
+
 #[test]
 fn flags_override_the_file_and_add_headers() {
     let file = from_toml(FULL, "t").unwrap();

@@ -108,6 +108,21 @@ pub(crate) struct UreqTransport {
 /// files, each with fresh 256 KiB of buffers).
 pub(crate) const MAX_CONCURRENT_REQUESTS: usize = 64;
 
+/// Each connection's buffers, which ureq writes through (so they are resident while the
+/// connection is pooled). Its defaults are 128 KiB each: 256 KiB per connection, 1 MiB of a
+/// daemon's 8 MiB at `concurrency = 4`.
+/// - Input: a tus answer is a head of under 1 KiB; bodies (errors, the broker's JSON) are read
+///   through it in pieces. It must hold a whole head: see [`MAX_RESPONSE_HEAD_BYTES`].
+/// - Output: a request head, one line at a time (so the longest line must fit: user metadata
+///   is bounded by `metadata::MAX_USER_METADATA_BYTES`), then the body in pieces of this size:
+///   one `sendfile` or one TLS write each (32,768 per GiB: their cost was within noise).
+const INPUT_BUFFER_BYTES: usize = 32 * 1024;
+const OUTPUT_BUFFER_BYTES: usize = 32 * 1024;
+/// The largest response head taken (ureq's default: 64 KiB). Below the input buffer, so a
+/// bigger head is reported as such ("response header is too big") and not as a stalled read.
+/// Node's HTTP server, for one, refuses heads over 16 KiB.
+pub(crate) const MAX_RESPONSE_HEAD_BYTES: usize = 16 * 1024;
+
 impl UreqTransport {
     /// Builds the client; fails when a certificate or key file is unusable.
     pub(crate) fn new(settings: &HttpSettings) -> Result<Self> {
@@ -129,6 +144,9 @@ impl UreqTransport {
             // than the most requests that ran at once.
             .max_idle_connections(MAX_CONCURRENT_REQUESTS)
             .max_idle_connections_per_host(MAX_CONCURRENT_REQUESTS)
+            .input_buffer_size(INPUT_BUFFER_BYTES)
+            .output_buffer_size(OUTPUT_BUFFER_BYTES)
+            .max_response_header_size(MAX_RESPONSE_HEAD_BYTES)
             .build();
         let negotiated = Negotiated::default();
         let tls = TlsConnector {

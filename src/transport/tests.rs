@@ -95,6 +95,53 @@ fn a_server_that_reads_the_body_slowly_is_cut_off_by_the_size_bound() {
     );
 }
 
+/// A server that answers the first request on its first connection with a head carrying an
+/// `X-Padding` header of `pad` bytes, then closes.
+fn answers_with_padding(pad: usize) -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    std::thread::spawn(move || {
+        let (mut conn, _) = listener.accept().unwrap();
+        let mut req = [0u8; 4096];
+        let _ = conn.read(&mut req);
+        let head = format!(
+            "HTTP/1.1 200 OK\r\nTus-Resumable: 1.0.0\r\nUpload-Offset: 7\r\nX-Padding: {}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+            "p".repeat(pad)
+        );
+        let _ = conn.write_all(head.as_bytes());
+    });
+    addr
+}
+
+/// The connection's input buffer is 32 KiB (ureq's default is 128): a head up to
+/// `MAX_RESPONSE_HEAD_BYTES` is read, a longer one (even one longer than the buffer) is an
+/// error that says what it is, not a stalled read or a cut connection.
+#[test]
+fn a_response_head_over_16_kib_is_named_as_such() {
+    let transport = UreqTransport::new(&HttpSettings::default()).unwrap();
+    let fits = answers_with_padding(12 * 1024);
+    let resp = transport
+        .send(&request::head(&format!("http://{fits}/files/x")), None)
+        .unwrap();
+    assert_eq!(resp.status, 200);
+    assert_eq!(resp.header("upload-offset"), Some("7"));
+    assert_eq!(resp.header("x-padding").map(str::len), Some(12 * 1024));
+
+    for pad in [20 * 1024, 64 * 1024] {
+        let big = answers_with_padding(pad);
+        let err = transport
+            .send(&request::head(&format!("http://{big}/files/x")), None)
+            .unwrap_err();
+        assert_eq!(err.kind, FailureKind::Protocol, "{err}");
+        assert!(
+            err.message.starts_with(&format!("{big}: "))
+                && err.message.contains("header is too big")
+                && err.message.contains("16384"),
+            "{pad}: {err}"
+        );
+    }
+}
+
 #[test]
 fn min_send_rate_0_sets_no_bound() {
     let settings = HttpSettings {

@@ -7,6 +7,12 @@
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine;
 
+/// The most bytes the configured entries may take in `Upload-Metadata`, once encoded. The
+/// header is one line of the request head, which must fit in a connection's output buffer
+/// (32 KiB) with the file's name; and servers refuse long heads (Node's HTTP server, under
+/// @tus/server, takes 16 KiB of headers in all).
+pub const MAX_USER_METADATA_BYTES: usize = 8 * 1024;
+
 /// A metadata entry: key and optional value (`None` = flag-style key without a value).
 pub type Entry = (String, Option<String>);
 
