@@ -131,6 +131,49 @@ fn assert_reset(dir: &Path, problem: &str) {
     std::fs::remove_dir_all(dir).unwrap();
 }
 
+/// New stores use 128 KiB log segments (sled's log buffers are that size, in memory). A store
+/// that an earlier version created with sled's default (512 KiB), which sled refuses to open
+/// with another size, opens with its own: records kept, no reset.
+#[test]
+fn a_store_made_with_sleds_default_segments_opens_as_it_is() {
+    let segment = |dir: &Path| super::created_segment_size(&dir.join("db"));
+    let new = populated("segment-new");
+    assert_eq!(segment(&new), Some(SEGMENT_BYTES));
+    assert_eq!(SEGMENT_BYTES, 128 * 1024);
+    std::fs::remove_dir_all(&new).unwrap();
+
+    let dir = std::env::temp_dir().join(format!("ferry-store-segment-old-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    {
+        // As earlier versions made it: sled's defaults but for the cache, an identity, a record.
+        let db = sled::Config::new()
+            .path(dir.join("db"))
+            .cache_capacity(CACHE_CAPACITY_BYTES)
+            .open()
+            .unwrap();
+        db.insert(b"meta/store-id", &b"0123456789abcdef"[..])
+            .unwrap();
+        db.insert(
+            key(&"/old".into()),
+            serde_json::to_vec(&record("/old")).unwrap(),
+        )
+        .unwrap();
+        db.flush().unwrap();
+        std::fs::write(dir.join(STORE_ID_FILE), "0123456789abcdef").unwrap();
+    }
+    assert_eq!(segment(&dir), Some(512 * 1024));
+    let s = reopen(&dir);
+    assert_eq!(s.damage(), Damage::default(), "not reset");
+    assert_eq!(s.get(&"/old".into()).unwrap(), Some(record("/old")));
+    s.put(&record("/new")).unwrap();
+    drop(s);
+    let s = reopen(&dir);
+    assert_eq!(s.records().unwrap().len(), 2);
+    assert_eq!(segment(&dir), Some(512 * 1024), "kept its own");
+    drop(s);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
 #[test]
 fn a_deleted_database_is_reported_not_silently_recreated() {
     let dir = populated("deleted");
