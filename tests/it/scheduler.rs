@@ -1,5 +1,6 @@
 //! End to end: the daemon's scheduling findings, each against the real binary and our fault
-//! server: resume continues the interrupted file at once, paused files stay in the status, one
+//! server: resume continues the interrupted file at once, paused files stay in the status (the
+//! next 32 queued listed, the rest counted), one
 //! file's trouble does not hold up the spool, an endpoint that refuses creations fails no
 //! file, a reload that moves the spool leaves the old one alone, and four uploads at once
 //! reuse four connections.
@@ -16,6 +17,48 @@ const MIB: usize = 1024 * 1024;
 fn status_json(sp: &Spool) -> serde_json::Value {
     let out = sp.cmd(&["status", "--json"]);
     serde_json::from_slice(&out.stdout).unwrap_or(serde_json::Value::Null)
+}
+
+/// The status lists the next 32 queued files and counts the rest: with the whole queue
+/// window listed, `status.json` was about 250 KB for a long queue, rewritten every second.
+#[test]
+fn the_status_lists_the_next_32_queued_files_and_counts_the_rest() {
+    let server = TusServer::start(ServerConfig::default());
+    let sp = Spool::new("sched-listed", &server.endpoint(), "");
+    assert!(sp.cmd(&["pause"]).status.success());
+    // Written a minute ago: queued by the first scan, none left settling.
+    let written = std::time::SystemTime::now() - Duration::from_secs(60);
+    for i in 0..40 {
+        let p = sp.drop_file(&format!("f{i:02}.bin"), 1000, i);
+        let f = std::fs::File::options().write(true).open(&p).unwrap();
+        f.set_modified(written).unwrap();
+    }
+    let mut child = sp.start();
+    let mut json = serde_json::Value::Null;
+    wait_until("40 files queued", Duration::from_secs(20), || {
+        json = status_json(&sp);
+        json["queued"] == 40
+    });
+    let listed: Vec<&str> = json["files"]
+        .as_array()
+        .map(|files| files.iter().filter_map(|f| f["state"].as_str()).collect())
+        .unwrap_or_default();
+    assert_eq!(listed, ["paused"; 32], "{json}");
+    assert_eq!(json["queued_unlisted"], 8, "{json}");
+    let text = sp.status();
+    assert!(
+        text.contains("files: 32 paused (+8 more queued in the spool)"),
+        "{text}"
+    );
+    assert!(sp.cmd(&["resume"]).status.success());
+    wait_until("the spool to empty", Duration::from_secs(30), || {
+        sp.spool_files().is_empty()
+    });
+    sigterm(&child);
+    assert!(child.wait().unwrap().success());
+    let uploads = server.uploads();
+    assert_eq!(uploads.len(), 40, "each file once");
+    assert!(uploads.iter().all(|u| u.offset == 1000), "all complete");
 }
 
 /// Finding 1 and 2: the file a pause interrupted used to leave the queue until a rescan (which
