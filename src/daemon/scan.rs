@@ -208,6 +208,9 @@ impl<'p, 'a> Main<'p, 'a> {
             spool::mtime_of(&identity),
             rules.newest_first,
         );
+        // The status counts it within a second, also when nothing starts (paused, held),
+        // not at the next idle write (30 s).
+        self.status_soon();
         self.tell(Input::Ready {
             key: key.clone(),
             rank,

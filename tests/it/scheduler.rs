@@ -21,6 +21,7 @@ fn status_json(sp: &Spool) -> serde_json::Value {
 
 /// The status lists the next 32 queued files and counts the rest: with the whole queue
 /// window listed, `status.json` was about 250 KB for a long queue, rewritten every second.
+/// A file written while paused is counted at once.
 #[test]
 fn the_status_lists_the_next_32_queued_files_and_counts_the_rest() {
     let server = TusServer::start(ServerConfig::default());
@@ -50,6 +51,12 @@ fn the_status_lists_the_next_32_queued_files_and_counts_the_rest() {
         text.contains("files: 32 paused (+8 more queued in the spool)"),
         "{text}"
     );
+    // A file written while paused is counted within seconds, not at the next idle status
+    // write 30 s later.
+    sp.drop_file("late.bin", 1000, 40);
+    wait_until("the new file counted", Duration::from_secs(5), || {
+        status_json(&sp)["queued"] == 41
+    });
     assert!(sp.cmd(&["resume"]).status.success());
     wait_until("the spool to empty", Duration::from_secs(30), || {
         sp.spool_files().is_empty()
@@ -57,7 +64,7 @@ fn the_status_lists_the_next_32_queued_files_and_counts_the_rest() {
     sigterm(&child);
     assert!(child.wait().unwrap().success());
     let uploads = server.uploads();
-    assert_eq!(uploads.len(), 40, "each file once");
+    assert_eq!(uploads.len(), 41, "each file once");
     assert!(uploads.iter().all(|u| u.offset == 1000), "all complete");
 }
 
