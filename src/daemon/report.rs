@@ -109,15 +109,12 @@ impl<'p, 'a> Main<'p, 'a> {
 
     fn snapshot(&mut self, state: &str, now: Instant) -> Snapshot {
         let mut files = Vec::new();
-        let views = self.core.files(now);
-        let mut queued_shown = 0;
+        let views = self.core.files(now, LISTED_QUEUED);
+        let queued_shown = views
+            .iter()
+            .filter(|v| v.state == FileState::Queued)
+            .count();
         for view in views {
-            if view.state == FileState::Queued {
-                if queued_shown == LISTED_QUEUED {
-                    continue;
-                }
-                queued_shown += 1;
-            }
             files.push(self.file_status(&view, now));
         }
         let mut settling: Vec<_> = self.settling.keys().collect();

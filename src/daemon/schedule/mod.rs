@@ -683,14 +683,16 @@ impl Schedule {
         self.queue.waiting()
     }
 
-    /// Every file the core knows, started ones first, each with its state.
-    pub(crate) fn files(&self, now: Instant) -> Vec<FileView> {
+    /// Every file the core knows, started ones first, each with its state; of the queued
+    /// ones only the first `max_queued` in the queue's order (the status lists a few of a
+    /// window of up to 1,024, once a second).
+    pub(crate) fn files(&self, now: Instant, max_queued: usize) -> Vec<FileView> {
         let mut started: Vec<_> = self.started.iter().collect();
         started.sort_by(|a, b| (a.1.rank, a.0).cmp(&(b.1.rank, b.0)));
         let started = started
             .into_iter()
             .map(|(k, s)| (k.clone(), s.state, s.has_url));
-        let queued = self.queue.iter().map(|k| {
+        let queued = self.queue.iter().take(max_queued).map(|k| {
             (
                 k.clone(),
                 FileState::Queued,

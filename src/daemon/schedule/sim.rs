@@ -803,7 +803,7 @@ impl World {
     fn check_status(&self) {
         let listed: HashSet<FileKey> = self
             .core
-            .files(self.now)
+            .files(self.now, usize::MAX)
             .into_iter()
             .map(|v| v.key)
             .collect();
@@ -899,7 +899,7 @@ fn run_seed(seed: u64, trace_all: bool) -> Result<Coverage, String> {
             left.is_empty(),
             "after {calm:?} of calm these files are still in the spool: {left:?}"
         );
-        let known = w.core.files(w.now);
+        let known = w.core.files(w.now, usize::MAX);
         assert!(
             known.is_empty(),
             "after {calm:?} of calm the core still knows {known:?}"

@@ -68,7 +68,7 @@ impl Sim {
 
     fn view(&self, name: &str) -> FileView {
         self.core
-            .files(self.now)
+            .files(self.now, usize::MAX)
             .into_iter()
             .find(|v| v.key == key(name))
             .unwrap_or_else(|| panic!("{name} is not in the status"))
@@ -103,7 +103,7 @@ fn paused_files_stay_in_the_status_with_their_state() {
     assert_eq!(s.poll(), ["a"]);
     s.handle(Input::Pause(true));
     s.stepped("a", Outcome::Interrupted, true);
-    let files = s.core.files(s.now);
+    let files = s.core.files(s.now, usize::MAX);
     assert_eq!(files.len(), 2, "both files are listed: {files:?}");
     assert_eq!(s.view("a").state, FileState::Ready);
     assert_eq!(s.view("a").blocked, Some(Blocked::Paused));
@@ -339,7 +339,7 @@ fn a_file_gone_mid_step_is_dropped_when_its_step_reports() {
     assert_eq!(s.poll(), ["b"]);
     s.stepped("b", Outcome::Wait(Duration::from_secs(5)), true);
     assert_eq!(s.handle(Input::Gone(key("b"))), [Action::Drop(key("b"))]);
-    assert!(s.core.files(s.now).is_empty());
+    assert!(s.core.files(s.now, usize::MAX).is_empty());
 }
 
 #[test]
@@ -359,7 +359,7 @@ fn a_reload_that_moves_the_spool_forgets_files_of_the_old_one() {
     );
     s.advance(Duration::from_secs(2));
     assert!(s.poll().is_empty(), "nothing of the old spool is stepped");
-    assert!(s.core.files(s.now).is_empty());
+    assert!(s.core.files(s.now, usize::MAX).is_empty());
 }
 
 #[test]
@@ -375,14 +375,21 @@ fn started_uploads_waiting_between_steps_are_bounded() {
         }
         s.stepped(&out[0], Outcome::Wait(Duration::from_secs(3600)), true);
     }
-    assert_eq!(s.core.files(s.now).len(), 100);
+    assert_eq!(s.core.files(s.now, usize::MAX).len(), 100);
     let started = s
         .core
-        .files(s.now)
+        .files(s.now, usize::MAX)
         .iter()
         .filter(|v| v.state != FileState::Queued)
         .count();
     assert_eq!(started, 1 + STARTED_MAX_EXTRA);
+    // The status asks for the first few queued files only: every started file, then the
+    // head of the queue in its order.
+    let all = s.core.files(s.now, usize::MAX);
+    let few = s.core.files(s.now, 3);
+    assert_eq!(few.len(), started + 3);
+    let keys = |v: &[FileView]| v.iter().map(|f| f.key.clone()).collect::<Vec<_>>();
+    assert_eq!(keys(&few), keys(&all[..started + 3]));
 }
 
 fn hooked() -> Sim {
@@ -431,7 +438,10 @@ fn the_hook_runs_before_the_after_upload_action_and_a_failed_one_is_retried() {
             ok: true
         })
         .is_empty());
-    assert!(s.core.files(s.now).is_empty(), "done and forgotten");
+    assert!(
+        s.core.files(s.now, usize::MAX).is_empty(),
+        "done and forgotten"
+    );
 }
 
 #[test]
