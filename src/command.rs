@@ -6,7 +6,8 @@
 //! no zombie is left behind. The callers spawn the child themselves (each sets its own
 //! environment and pipes) and turn [`Ended`] into their own words.
 
-use std::process::{Child, ExitStatus};
+use std::ffi::OsStr;
+use std::process::{Child, Command, ExitStatus};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
@@ -24,6 +25,15 @@ pub(crate) enum Ended {
     TimedOut,
     /// `stop` was set while it ran: it was killed (and reaped).
     Stopped,
+}
+
+/// A command for `program`, with the environment ferry was started with, less the malloc
+/// settings that ferry gives itself on glibc (`ferry_lazyzero::tune_glibc`): they suit ferry,
+/// not the operator's programs.
+pub(crate) fn command(program: impl AsRef<OsStr>) -> Command {
+    let mut command = Command::new(program);
+    ferry_lazyzero::child_env(&mut command);
+    command
 }
 
 /// Waits for `child` until it exits, `timeout` passes (measured on `clock`) or `stop` is set;

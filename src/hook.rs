@@ -11,7 +11,7 @@
 use std::collections::BTreeMap;
 use std::fmt;
 use std::path::PathBuf;
-use std::process::{Command, ExitStatus, Stdio};
+use std::process::{ExitStatus, Stdio};
 use std::sync::atomic::AtomicBool;
 use std::time::Duration;
 
@@ -162,7 +162,7 @@ pub(crate) fn run(
         return Err(HookError::NoCommand);
     };
     let program = program.clone();
-    let mut child = match Command::new(&program)
+    let mut child = match crate::command::command(&program)
         .args(args)
         .envs(input.env())
         .stdin(Stdio::null())

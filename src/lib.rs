@@ -63,8 +63,9 @@
 //! On musl targets (the static ARM builds) the global allocator is `ferry_lazyzero::LazyZero`
 //! (crates/lazyzero): musl's `calloc` makes every zeroed block resident, and sled's mostly
 //! unwritten zeroed tables would otherwise cost about 25 MiB of RSS on 64-bit. On glibc
-//! targets `main` calls `ferry_lazyzero::tune_glibc` first: one malloc arena instead of one per
-//! thread, and a fixed mmap threshold.
+//! targets `main` calls `ferry_lazyzero::tune_glibc` first, which starts ferry again with
+//! malloc's settings fixed (one arena, a fixed mmap threshold, no per-thread cache);
+//! `command::command` keeps those settings from the operator's commands.
 
 /// musl's `calloc` writes every page it returns; this leaves large zeroed blocks to the kernel.
 #[cfg(target_env = "musl")]

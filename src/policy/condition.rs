@@ -12,7 +12,7 @@
 
 use std::io::Read;
 use std::os::unix::process::ExitStatusExt;
-use std::process::{Command, ExitStatus, Stdio};
+use std::process::{ExitStatus, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
@@ -160,7 +160,7 @@ fn run_until_stopped(settings: &ConditionSettings, shared: &Shared, clock: &dyn 
 /// Runs the command once; `None` when `stop` ended the run.
 fn run_once(settings: &ConditionSettings, clock: &dyn Clock, stop: &AtomicBool) -> Option<Answer> {
     let (program, args) = settings.argv.split_first()?;
-    let spawned = Command::new(program)
+    let spawned = crate::command::command(program)
         .args(args)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())

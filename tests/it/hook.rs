@@ -214,3 +214,86 @@ fn a_file_rewritten_after_its_upload_is_uploaded_again_not_deleted() {
         runs.lines().filter_map(|l| l.split(' ').nth(1)).collect();
     assert_eq!(sizes, ["2000", "5000"].into(), "hook runs:\n{runs}");
 }
+
+/// On glibc ferry starts itself again with its own malloc settings (crates/lazyzero); the
+/// hook gets the environment ferry was started with, without them. Settings the operator made
+/// are the operator's: ferry keeps them and so does the hook.
+#[test]
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+fn ferry_runs_with_its_malloc_settings_and_the_hook_without_them() {
+    use ferry_lazyzero::{MARKER, TUNABLES};
+    let server = TusServer::start(ServerConfig::default());
+    let s = Scratch::new("hook-malloc-env");
+    let script = s.dir.join("env.sh");
+    write_script(
+        &script,
+        &format!(
+            "#!/bin/sh\nenv > {d:?}/hook.env\ntr '\\0' '\\n' < /proc/$PPID/environ > {d:?}/ferry.env\n",
+            d = s.dir
+        ),
+    );
+    let cfg = s.config(
+        &server.endpoint(),
+        &format!("[hook]\ncommand = [{:?}]", script.display().to_string()),
+    );
+    let vars = |name: &str| -> Vec<String> {
+        std::fs::read_to_string(s.dir.join(name))
+            .unwrap()
+            .lines()
+            .filter(|l| l.starts_with("GLIBC_TUNABLES=") || l.starts_with(&format!("{MARKER}=")))
+            .map(str::to_owned)
+            .collect()
+    };
+    let run = |n: u64, tunables: Option<&str>| {
+        let f = s.file(&format!("{n}.bin"), 1000, n);
+        let mut c = crate::harness::ferry();
+        for v in [
+            "GLIBC_TUNABLES",
+            "MALLOC_ARENA_MAX",
+            "MALLOC_MMAP_THRESHOLD_",
+            MARKER,
+        ] {
+            c.env_remove(v);
+        }
+        if let Some(t) = tunables {
+            c.env("GLIBC_TUNABLES", t);
+        }
+        finished(
+            &c.arg("upload")
+                .arg("--config")
+                .arg(&cfg)
+                .arg(&f)
+                .output()
+                .unwrap(),
+        );
+    };
+
+    run(1, None);
+    let emulated = std::env::var_os("FERRY_TEST_RUNNER").is_some();
+    if emulated {
+        // Under qemu-user without binfmt_misc the host cannot start the ARM program again:
+        // ferry goes on with the two settings mallopt makes, and its environment is unchanged.
+        assert_eq!(vars("ferry.env"), Vec::<String>::new());
+    } else {
+        // glibc splits the value where it lies (2.36 leaves only its first setting visible
+        // in /proc), so the whole of it cannot be read back from outside.
+        let mut seen = vars("ferry.env");
+        seen.sort();
+        assert_eq!(seen.len(), 2, "{seen:?}");
+        assert_eq!(seen[0], format!("{MARKER}=1"));
+        assert!(
+            format!("GLIBC_TUNABLES={TUNABLES}").starts_with(&seen[1]) && seen[1].len() > 20,
+            "{seen:?}"
+        );
+    }
+    assert_eq!(
+        vars("hook.env"),
+        Vec::<String>::new(),
+        "the hook runs without ferry's settings"
+    );
+
+    run(2, Some("glibc.malloc.arena_max=2"));
+    let own = vec!["GLIBC_TUNABLES=glibc.malloc.arena_max=2".to_owned()];
+    assert_eq!(vars("ferry.env"), own, "the operator's settings win");
+    assert_eq!(vars("hook.env"), own, "and reach the hook");
+}

@@ -128,6 +128,10 @@ impl Run {
                 .env("NOTIFY_SOCKET", notify)
                 .env("WATCHDOG_USEC", "2000000")
                 .env("CREDENTIALS_DIRECTORY", &self.creds)
+                // The malloc settings a glibc ferry would start itself again with
+                // (crates/lazyzero), given up front: started again, the native binary would
+                // leave qemu, and the trace would end before the run begins.
+                .env("GLIBC_TUNABLES", ferry_lazyzero::TUNABLES)
                 .stdin(Stdio::null())
                 .stdout(Stdio::null())
                 .stderr(std::fs::File::create(&self.log).unwrap())
