@@ -221,7 +221,7 @@ fn a_file_rewritten_after_its_upload_is_uploaded_again_not_deleted() {
 #[test]
 #[cfg(all(target_os = "linux", target_env = "gnu"))]
 fn ferry_runs_with_its_malloc_settings_and_the_hook_without_them() {
-    use ferry_lazyzero::{MARKER, TUNABLES};
+    use ferry_lazyzero::{GLIBC_MALLOC_ENV, MARKER, TUNABLES};
     let server = TusServer::start(ServerConfig::default());
     let s = Scratch::new("hook-malloc-env");
     let script = s.dir.join("env.sh");
@@ -247,12 +247,7 @@ fn ferry_runs_with_its_malloc_settings_and_the_hook_without_them() {
     let run = |n: u64, tunables: Option<&str>| {
         let f = s.file(&format!("{n}.bin"), 1000, n);
         let mut c = crate::harness::ferry();
-        for v in [
-            "GLIBC_TUNABLES",
-            "MALLOC_ARENA_MAX",
-            "MALLOC_MMAP_THRESHOLD_",
-            MARKER,
-        ] {
+        for v in GLIBC_MALLOC_ENV.into_iter().chain([MARKER]) {
             c.env_remove(v);
         }
         if let Some(t) = tunables {

@@ -139,19 +139,6 @@ pub const TUNABLES: &str =
 /// [`TUNABLES`] are its own and [`child_env`] can keep them from the commands it runs.
 pub const MARKER: &str = "FERRY_MALLOC_TUNED";
 
-/// How glibc's malloc was set up by [`tune_glibc`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Tuned {
-    /// Not glibc, or the environment set malloc's settings itself: left alone.
-    Untouched,
-    /// Running with [`TUNABLES`] (this process was started again with them).
-    Tunables,
-    /// Starting again failed; the two settings `mallopt` can make are made.
-    Mallopt,
-    /// Starting again failed and `mallopt` refused.
-    Failed,
-}
-
 /// glibc's malloc for a long-running process with several threads: starts this program again
 /// (the same process, the program `/proc/self/exe` names, with the same arguments) with
 /// `GLIBC_TUNABLES` set to [`TUNABLES`], unless the environment already sets one of
@@ -169,25 +156,19 @@ pub enum Tuned {
 /// out of the heap's reach, and the heap grows around them): `ferry run` with four uploads
 /// at once over 10,000 files of 100 KiB peaked at 8.3 MiB of RSS with the first two (3.0 MiB
 /// of it the heap) and 6.9-7.1 MiB with all three (1.4-1.5 MiB of heap), in the same time.
-pub fn tune_glibc() -> Tuned {
+pub fn tune_glibc() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     {
-        if std::env::var_os(MARKER).is_some() {
-            return Tuned::Tunables;
+        // MARKER: this is the process started again, with TUNABLES in effect.
+        if std::env::var_os(MARKER).is_some()
+            || GLIBC_MALLOC_ENV.iter().any(|v| std::env::var_os(v).is_some())
+        {
+            return;
         }
-        if GLIBC_MALLOC_ENV.iter().any(|v| std::env::var_os(v).is_some()) {
-            return Tuned::Untouched;
-        }
+        // Returns only when starting again failed: then mallopt's two settings, as far as
+        // they are taken.
         let _failed = restart_with_tunables();
-        if mallopt() {
-            Tuned::Mallopt
-        } else {
-            Tuned::Failed
-        }
-    }
-    #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
-    {
-        Tuned::Untouched
+        let _taken = mallopt();
     }
 }
 
@@ -313,7 +294,7 @@ mod tests {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     fn glibc_takes_both_mallopt_settings() {
         // mallopt answers 1 for a setting it took and 0 for one it refused. (tune_glibc itself
-        // would start the test binary again; tests/cli.rs covers it through ferry.)
+        // would start the test binary again; tests/it/hook.rs covers it through ferry.)
         assert!(mallopt());
     }
 
