@@ -174,9 +174,16 @@ pub fn tune_glibc() {
 
 /// Replaces this process with a fresh run of its own program, with [`TUNABLES`]; returns only
 /// when that failed.
+///
+/// Through `execve` itself, not `Command::exec`: that one calls glibc's `execvp`, which on
+/// `ENOEXEC` (a program the kernel cannot start, such as an ARM binary run by qemu-user
+/// without binfmt_misc) runs the file again as a `/bin/sh` script, and the shell then fails
+/// on its first bytes instead of ferry going on.
 #[cfg(all(target_os = "linux", target_env = "gnu"))]
 fn restart_with_tunables() -> std::io::Error {
-    use std::os::unix::process::CommandExt;
+    use std::ffi::{CString, OsString};
+    use std::io::{Error, ErrorKind};
+    use std::os::unix::ffi::OsStringExt;
     // The path /proc/self/exe names, not the link itself: under qemu-user (the ARM tests) the
     // link is qemu's own binary, the path the emulated one (which the host kernel then refuses
     // to start, so ferry goes on with mallopt).
@@ -184,16 +191,33 @@ fn restart_with_tunables() -> std::io::Error {
         Ok(exe) => exe,
         Err(e) => return e,
     };
-    let mut args = std::env::args_os();
-    let mut command = std::process::Command::new(exe);
-    if let Some(arg0) = args.next() {
-        command.arg0(arg0);
+    let c = |s: OsString| CString::new(s.into_vec()).ok();
+    let entry = |(k, v): (OsString, OsString)| {
+        let mut kv = k.into_vec();
+        kv.push(b'=');
+        kv.extend(v.into_vec());
+        CString::new(kv).ok()
+    };
+    let tuned = [("GLIBC_TUNABLES", TUNABLES), (MARKER, "1")];
+    let env: Option<Vec<CString>> = std::env::vars_os()
+        .filter(|(k, _)| tuned.iter().all(|(t, _)| k != t))
+        .map(entry)
+        .chain(tuned.iter().map(|(k, v)| entry(((*k).into(), (*v).into()))))
+        .collect();
+    let (Some(path), Some(args), Some(env)) =
+        (c(exe.into_os_string()), std::env::args_os().map(c).collect::<Option<Vec<_>>>(), env)
+    else {
+        return Error::from(ErrorKind::InvalidInput);
+    };
+    let argv: Vec<*const libc::c_char> = args.iter().map(|a| a.as_ptr()).chain([ptr::null()]).collect();
+    let envp: Vec<*const libc::c_char> = env.iter().map(|e| e.as_ptr()).chain([ptr::null()]).collect();
+    // SAFETY: path, argv and envp are NUL-terminated strings (CString) and null-terminated
+    // arrays of them, all alive until execve returns (it returns only on failure).
+    #[allow(unsafe_code)]
+    unsafe {
+        libc::execve(path.as_ptr(), argv.as_ptr(), envp.as_ptr());
     }
-    command
-        .args(args)
-        .env("GLIBC_TUNABLES", TUNABLES)
-        .env(MARKER, "1")
-        .exec()
+    Error::last_os_error()
 }
 
 /// One arena and a fixed mmap threshold of [`THRESHOLD`] bytes through `mallopt`; whether
