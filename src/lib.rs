@@ -61,13 +61,15 @@
 //!   (`fuzz/`, docs/fuzzing.md).
 //!
 //! On musl targets (the static ARM builds) the global allocator is `ferry_lazyzero::LazyZero`
-//! (crates/lazyzero): musl's `calloc` makes every zeroed block resident, and sled's mostly
-//! unwritten zeroed tables would otherwise cost about 25 MiB of RSS on 64-bit. On glibc
+//! (crates/lazyzero): dlmalloc for small blocks, instead of whichever malloc the linker brought
+//! (Zig's keeps its slabs for good), and a mapping of its own for each large one, so that sled's
+//! mostly unwritten zeroed tables (about 25 MiB on 64-bit) cost nothing until written. On glibc
 //! targets `main` calls `ferry_lazyzero::tune_glibc` first, which starts ferry again with
 //! malloc's settings fixed (one arena, a fixed mmap threshold, no per-thread cache);
 //! `command::command` keeps those settings from the operator's commands.
 
-/// musl's `calloc` writes every page it returns; this leaves large zeroed blocks to the kernel.
+/// The same allocator on every musl build, whoever linked it; large zeroed blocks are left to
+/// the kernel.
 #[cfg(target_env = "musl")]
 #[global_allocator]
 static ALLOCATOR: ferry_lazyzero::LazyZero = ferry_lazyzero::LazyZero;
