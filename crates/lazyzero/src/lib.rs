@@ -2,17 +2,17 @@
 //! anonymous mapping of its own for every block of [`THRESHOLD`] bytes or more, so that a
 //! zeroed block costs no memory until it is written.
 //!
-//! Key idea: the C library's `malloc` on a static musl build depends on who linked it, and
-//! neither choice suits a small daemon. Zig's libc (cargo-zigbuild, which builds the release
-//! binaries) replaces musl's malloc with Zig's `SmpAllocator`: power-of-two size classes in
-//! 64 KiB slabs, one set per CPU, never given back. musl's own mallocng (what `cross` links)
-//! keeps freed groups, and its `calloc` writes zeros over every block it returns, even over a
-//! fresh mapping the kernel has already zeroed. So the allocator is ferry's own choice, the
-//! same on every musl build: dlmalloc (the allocator Rust's std uses on wasm) for small blocks,
-//! one heap behind one lock, that gives freed memory at its top back to the kernel; ferry's
-//! allocations are few and small, so the lock costs nothing measurable. `ferry run` with four
-//! uploads at once over 10,000 files of 100 KiB peaked at 8.6-8.8 MiB of RSS with Zig's
-//! allocator, 5.8 MiB with dlmalloc, and 5.4-5.5 MiB with mallocng (built without zig).
+//! Key idea: the C library's `malloc` on a static musl build depends on who linked it. Zig's
+//! libc (cargo-zigbuild, which builds the release binaries) replaces musl's malloc with Zig's
+//! `SmpAllocator`: power-of-two size classes in 64 KiB slabs, one set per CPU, never given
+//! back. musl's own mallocng (what `cross` links) does well for small blocks, but its `calloc`
+//! writes zeros over every block it returns, even over a fresh mapping the kernel has already
+//! zeroed. So the small-block allocator is ferry's own choice, the same on every musl build:
+//! dlmalloc (the allocator Rust's std uses on wasm), one heap behind one lock, that gives freed
+//! memory at its top back to the kernel; ferry's allocations are few and small, so the lock
+//! costs nothing measurable. `ferry run` with four uploads at once over 10,000 files of 100 KiB
+//! peaked at 8.6-8.8 MiB of RSS with Zig's allocator, 5.8 MiB with dlmalloc, and 5.4-5.5 MiB
+//! with mallocng (built without zig, for the comparison).
 //!
 //! Large blocks: sled allocates zeroed tables that it mostly never writes (41 metric histograms
 //! of 64 Ki words, a page table of 6 MiB on 64-bit), and a static musl ferry whose `calloc`
