@@ -10,9 +10,9 @@
 //! zeroed. So the small-block allocator is ferry's own choice, the same on every musl build:
 //! dlmalloc (the allocator Rust's std uses on wasm): one heap for every thread behind one
 //! lock, so that what one thread frees another reuses; ferry's allocations are few and small,
-//! so the lock costs nothing measurable. `ferry run` with four uploads at once over 10,000 files of 100 KiB
-//! peaked at 8.6-8.8 MiB of RSS with Zig's allocator, 5.8 MiB with dlmalloc, and 5.4-5.5 MiB
-//! with mallocng (built without zig, for the comparison).
+//! so the lock costs nothing measurable. `ferry run` with four uploads at once over 10,000
+//! files of 100 KiB peaked at 8.6-8.8 MiB of RSS with Zig's allocator, 5.8 MiB with dlmalloc,
+//! and 5.4-5.5 MiB with mallocng (built without zig, for the comparison).
 //!
 //! Large blocks: sled allocates zeroed tables that it mostly never writes (41 metric histograms
 //! of 64 Ki words, a page table of 6 MiB on 64-bit), and a static musl ferry whose `calloc`
@@ -268,8 +268,8 @@ mod tests {
         Layout::from_size_align(size, align).expect("layout")
     }
 
-    /// The tests that allocate through LazyZero run one at a time: a small block another test
-    /// holds at the top of dlmalloc's heap would keep everything freed below it resident.
+    /// The tests that allocate through LazyZero run one at a time, so that one test's blocks
+    /// neither show in another's RSS figures nor take the blocks another freed for reuse.
     fn one_at_a_time() -> std::sync::MutexGuard<'static, ()> {
         static ALLOCATING: std::sync::Mutex<()> = std::sync::Mutex::new(());
         ALLOCATING.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
